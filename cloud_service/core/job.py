@@ -1,0 +1,193 @@
+"""The Job object of PWG 5108.01 as a pure state machine (no I/O, like h11 for HTTP).
+
+``Job.apply(event)`` returns the next Job or raises InvalidTransition; it never mutates.
+Every change bumps ``version`` so device reports can be checked for staleness
+(optimistic concurrency, as AWS IoT Jobs' expectedVersion). Terminal states are final.
+
+Transitions (RFC 8011 5.3.7, PWG 5108.01 7.2.2):
+
+    pending-held --close--> pending(job-fetchable) --accept--> pending(claimed)
+    pending(fetchable) --reject--> aborted
+    pending(claimed) --device--> processing <--> processing-stopped
+    processing / processing-stopped / pending(claimed) --device--> completed | aborted | canceled
+    any non-terminal --cancel--> canceled at once if no device holds it,
+                                 else processing-to-stop-point until the device confirms
+    any non-terminal --abort (system: timeout, device rejects, ...)--> aborted
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from schemas.enums import JobState, Reason
+
+S = JobState
+
+
+class InvalidTransition(Exception):
+    """The event is not allowed in the job's current state."""
+
+    def __init__(self, job: Job, event: object, why: str) -> None:
+        super().__init__(f"{type(event).__name__} not allowed in state {job.state}: {why}")
+        self.state = job.state
+        self.why = why
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Close:
+    """All documents are in: the job becomes fetchable (Close-Job / Send-Document last)."""
+
+
+@dataclass(frozen=True)
+class Accept:
+    """The assigned device claimed the job (Acknowledge-Job, accepted)."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """The device refused the job at fetch (Acknowledge-Job with a fetch-status-code)."""
+
+    reason: str = Reason.UNSUPPORTED_ATTRIBUTES
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """Update-Job-Status from the device that holds the job."""
+
+    state: JobState
+    reasons: tuple[str, ...] = ()
+    message: str | None = None
+    impressions_completed: int = 0
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel-Job from a client or an operator."""
+
+    reason: str = Reason.JOB_CANCELED_BY_USER
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Abort:
+    """The service gives up on the job (timeouts, device gone, fetch failed...)."""
+
+    reason: str = Reason.ABORTED_BY_SYSTEM
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Release:
+    """A claim is given back (step timeout before printing started): fetchable again."""
+
+    message: str | None = None
+
+
+Event = Close | Accept | Reject | DeviceReport | Cancel | Abort | Release
+
+#: States a device may report, from each state the job can be in while the device holds it.
+_DEVICE_MOVES: dict[JobState, frozenset[JobState]] = {
+    S.PENDING: frozenset({S.PENDING, S.PROCESSING, S.PROCESSING_STOPPED, S.COMPLETED, S.ABORTED, S.CANCELED}),
+    S.PROCESSING: frozenset({S.PROCESSING, S.PROCESSING_STOPPED, S.COMPLETED, S.ABORTED, S.CANCELED}),
+    S.PROCESSING_STOPPED: frozenset({S.PROCESSING, S.PROCESSING_STOPPED, S.COMPLETED, S.ABORTED,
+                                     S.CANCELED}),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """The model's view of one job: state, reasons, version and claim flags."""
+
+    state: JobState = S.PENDING_HELD
+    reasons: tuple[str, ...] = (Reason.JOB_INCOMING,)
+    message: str | None = None
+    version: int = 0
+    claimed: bool = False
+    cancel_requested: bool = False
+    impressions_completed: int = 0
+    #: True once a device reported processing: such a job is never handed out again in full.
+    started: bool = False
+    history: tuple[tuple[JobState, tuple[str, ...]], ...] = field(default=(), compare=False)
+
+    @classmethod
+    def created(cls, with_documents: bool) -> Job:
+        """A new job: fetchable at once when its documents came with it."""
+        job = cls()
+        return job.apply(Close()) if with_documents else job
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def fetchable(self) -> bool:
+        return self.state is S.PENDING and not self.claimed and Reason.JOB_FETCHABLE in self.reasons
+
+    def _to(self, state: JobState, reasons: tuple[str, ...], message: str | None = None,
+            **changes: object) -> Job:
+        return replace(self, state=state, reasons=reasons, message=message, version=self.version + 1,
+                       history=(*self.history, (state, reasons)), **changes)
+
+    def apply(self, event: Event) -> Job:
+        if self.terminal:
+            raise InvalidTransition(self, event, "the job has ended")
+        match event:
+            case Close():
+                if self.state is not S.PENDING_HELD or Reason.JOB_INCOMING not in self.reasons:
+                    raise InvalidTransition(self, event, "the job is not waiting for documents")
+                return self._to(S.PENDING, (Reason.JOB_FETCHABLE,))
+            case Accept():
+                if not self.fetchable:
+                    raise InvalidTransition(self, event, "the job is not fetchable")
+                return self._to(S.PENDING, (Reason.JOB_QUEUED,), claimed=True)
+            case Reject(reason=reason, message=message):
+                if not self.fetchable:
+                    raise InvalidTransition(self, event, "the job is not fetchable")
+                return self._to(S.ABORTED, _unique((Reason.ABORTED_BY_SYSTEM, reason)), message)
+            case Release(message=message):
+                if not self.claimed or self.started or self.state is not S.PENDING:
+                    raise InvalidTransition(self, event, "only an unstarted claim can be released")
+                return self._to(S.PENDING, (Reason.JOB_FETCHABLE,), message, claimed=False)
+            case DeviceReport():
+                return self._report(event)
+            case Cancel(reason=reason, message=message):
+                if not self.claimed:
+                    return self._to(S.CANCELED, (reason,), message)
+                if self.cancel_requested:
+                    return self
+                reasons = _unique((*self.reasons, Reason.PROCESSING_TO_STOP_POINT))
+                return self._to(self.state, reasons, message, cancel_requested=True)
+            case Abort(reason=reason, message=message):
+                return self._to(S.ABORTED, _unique((reason,)), message)
+        raise InvalidTransition(self, event, "unknown event")
+
+    def _report(self, event: DeviceReport) -> Job:
+        if not self.claimed:
+            raise InvalidTransition(self, event, "no device holds the job")
+        if event.state not in _DEVICE_MOVES.get(self.state, frozenset()):
+            raise InvalidTransition(self, event, f"a device cannot move it to {event.state}")
+        if event.impressions_completed < self.impressions_completed:
+            raise InvalidTransition(self, event, "impressions-completed cannot go down")
+        reasons = tuple(r for r in event.reasons if r != Reason.NONE)
+        if self.cancel_requested and not event.state.terminal:
+            reasons = _unique((*reasons, Reason.PROCESSING_TO_STOP_POINT))
+        if event.state is S.CANCELED and not self.cancel_requested:
+            reasons = _unique((*reasons, Reason.JOB_CANCELED_AT_DEVICE))
+        if event.state is S.COMPLETED and not reasons:
+            reasons = (Reason.JOB_COMPLETED_SUCCESSFULLY,)
+        if not reasons:
+            reasons = (Reason.NONE,)
+        if (event.state, reasons, event.message, event.impressions_completed) == (
+                self.state, self.reasons, self.message, self.impressions_completed):
+            return self
+        started = self.started or event.state is not S.PENDING
+        return self._to(event.state, reasons, event.message,
+                        impressions_completed=event.impressions_completed, started=started)
+
+
+def _unique(reasons: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r for r in reasons if r))

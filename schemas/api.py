@@ -1,0 +1,112 @@
+"""JSON bodies of the HTTP API (served by cloud_service.http, used by client/).
+
+Field names are snake_case for the API's own fields; tickets and capabilities keep their
+IPP names (``print-color-mode``) because they are IPP attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+from schemas.enums import DocumentState, JobState, ServiceKind, ServiceState
+from schemas.text import MimeType, Name, Text
+
+API_PREFIX = "/api/v1"
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServiceInfo(ApiModel):
+    """A print (later scan, fax) service as a client sees it."""
+
+    kind: ServiceKind
+    name: str
+    device_id: str
+    state: ServiceState
+    state_reasons: list[str]
+    state_message: str | None = None
+    info: str | None = None
+    location: str | None = None
+    make_and_model: str | None = None
+    online: bool
+    last_seen: float | None = None
+    queued_jobs: int = 0
+    capabilities: dict[str, Any]
+    ipp_uri: str | None = None
+
+
+class JobCreate(ApiModel):
+    """Create a job. With multipart, this is the ``job`` part and the file is ``document``.
+
+    As JSON alone: give ``document_uri`` (an https URL the service fetches) or set
+    ``upload`` to get a presigned ``upload_url``; PUT the bytes there, then POST .../close.
+    """
+
+    service: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    kind: ServiceKind = ServiceKind.PRINT
+    ticket: dict[str, Any] = {}
+    document_name: Name | None = None
+    document_format: MimeType | None = None
+    document_uri: HttpUrl | None = None
+    upload: bool = False
+
+
+class TicketCheck(ApiModel):
+    ticket: dict[str, Any] = {}
+    document_format: MimeType | None = None
+
+
+class DocumentInfo(ApiModel):
+    number: int
+    name: str | None = None
+    format: str
+    size: int | None = None
+    sha256: str | None = None
+    state: DocumentState
+    impressions_completed: int = 0
+
+
+class JobEvent(ApiModel):
+    """One step of a job's history."""
+
+    at: float
+    version: int
+    state: JobState
+    state_reasons: list[str]
+    message: str | None = None
+
+
+class JobInfo(ApiModel):
+    id: int
+    uuid: str
+    kind: ServiceKind
+    service: str
+    device_id: str
+    owner: str
+    state: JobState
+    state_reasons: list[str]
+    state_message: str | None = None
+    version: int
+    created_at: float
+    updated_at: float
+    completed_at: float | None = None
+    impressions_completed: int = 0
+    ticket: dict[str, Any]
+    documents: list[DocumentInfo]
+    history: list[JobEvent] = []
+    upload_url: str | None = None
+
+
+class ErrorDetail(ApiModel):
+    code: str
+    message: Text
+    attribute: str | None = None
+    supported: Any = None
+
+
+class ErrorBody(ApiModel):
+    error: ErrorDetail
