@@ -1,0 +1,109 @@
+"""Composition of the Cloud Service: database, object store, MQTT adapter and HTTPS server.
+
+``CloudService(config)``: ``await start()`` / ``await stop()``. Everything durable is in the
+database and the object store, so a restart (or a second replica) picks up where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from cloud_service.auth import create_token
+from cloud_service.clf import ClfLog
+from cloud_service.config import ServiceConfig
+from cloud_service.db import create_schema, make_engine
+from cloud_service.devices import DeviceProtocol
+from cloud_service.http import create_app
+from cloud_service.jobs import JobService
+from cloud_service.mqtt import MqttAdapter
+from cloud_service.objects import LocalObjectStore, UrlSigner, load_or_create_secret
+from cloud_service.store import JobStore
+
+log = logging.getLogger("cloudimaging.service")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class CloudService:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return self.config.base_url(self.port)
+
+    def _tls_files(self) -> tuple[Path, Path, Path]:
+        cfg = self.config
+        if cfg.tls_cert and cfg.tls_key and cfg.ca_file:
+            return cfg.tls_cert, cfg.tls_key, cfg.ca_file
+        from broker.pki import ensure_pki
+
+        pki = ensure_pki(cfg.data_dir / "pki")
+        return cfg.tls_cert or pki.server_cert, cfg.tls_key or pki.server_key, cfg.ca_file or pki.ca_cert
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        cert, key, ca = self._tls_files()
+        self.engine = make_engine(cfg.db_url)
+        await create_schema(self.engine)
+        self.store = JobStore(self.engine)
+        self._socket = _bind(cfg.http_host, cfg.http_port)
+        self.port = self._socket.getsockname()[1]
+        signer = UrlSigner(load_or_create_secret(cfg.data_dir / "objects.key"), self.url)
+        self.objects = LocalObjectStore(cfg.objects_dir, signer)
+        self.clf = ClfLog(cfg.logs_dir / "access.log")
+        self.devices = DeviceProtocol(self.store, self.objects, self.clf, cfg.url_ttl)
+        self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
+                                self.clf, keepalive=cfg.keepalive)
+        self.jobs = JobService(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
+        self.app = create_app(store=self.store, jobs=self.jobs, devices=self.devices, objects=self.objects,
+                              clf=self.clf, url_ttl=cfg.url_ttl,
+                              allow_insecure_document_uri=cfg.allow_insecure_document_uri,
+                              ca_file=str(ca), ipp_base=None)
+        uv_config = uvicorn.Config(self.app, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",
+                                   access_log=False, lifespan="off", timeout_graceful_shutdown=3)
+        self._server = uvicorn.Server(uv_config)
+        self._serve_task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        for _ in range(200):
+            if self._server.started or self._serve_task.done():
+                break
+            await asyncio.sleep(0.025)
+        if self._serve_task.done():
+            self._serve_task.result()
+        await self.mqtt.start()
+        log.info("cloud service at %s (broker %s)", self.url, cfg.broker_url)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            await asyncio.gather(self._serve_task, return_exceptions=True)
+        if hasattr(self, "mqtt"):
+            await self.mqtt.stop()
+        if hasattr(self, "engine"):
+            await self.engine.dispose()
+        if hasattr(self, "clf"):
+            self.clf.close()
+        if self._socket is not None:
+            self._socket.close()
+
+    async def create_token(self, user: str, role: str = "user") -> str:
+        return await create_token(self.store, user, role)

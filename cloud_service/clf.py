@@ -1,0 +1,65 @@
+"""Common Log Format for every device<->cloud interaction and HTTP request (requirement 16).
+
+``host ident authuser [date] "request" status bytes``. HTTP requests log as usual (the
+query string is dropped: presigned URLs carry signatures that must not land in logs). MQTT
+messages log with the request line ``"MQTT-RECV topic type"`` or ``"MQTT-SEND topic type"``,
+the device id as authuser, a status of 200 for accepted messages or the HTTP-like code of
+the refusal (400 malformed/bad request, 403 not yours, 404 unknown job, 409 stale or invalid
+transition, 413 too large), and the payload size as bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import threading
+import time
+from pathlib import Path
+
+CODE_STATUS = {
+    "ok": 200, "duplicate": 200, "malformed": 400, "bad-request": 400, "unknown-type": 400,
+    "unsupported-version": 400, "not-yours": 403, "not-found": 404, "not-fetchable": 409,
+    "stale": 409, "invalid-transition": 409, "too-large": 413, "error": 500,
+}
+
+
+def clf_time(ts: float | None = None) -> str:
+    return time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(ts or time.time()))
+
+
+def _field(value: str | None) -> str:
+    if not value:
+        return "-"
+    return "".join(ch if 32 < ord(ch) < 127 and ch != '"' else "_" for ch in value)[:200]
+
+
+class ClfLog:
+    """Appends CLF lines to ``path`` (rotated by size); thread-safe."""
+
+    def __init__(self, path: Path, max_bytes: int = 20 * 1024 * 1024, backups: int = 5) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                                             encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._lock = threading.Lock()
+
+    def line(self, host: str | None, user: str | None, request: str, status: int, size: int | None) -> None:
+        text = (f"{_field(host)} - {_field(user)} {clf_time()} \"{request}\" {status} "
+                f"{size if size is not None else '-'}")
+        record = logging.LogRecord("clf", logging.INFO, __file__, 0, text, None, None)
+        with self._lock:
+            self._handler.emit(record)
+
+    def http(self, host: str | None, user: str | None, method: str, path: str, version: str,
+             status: int, size: int | None) -> None:
+        request = f"{_field(method)} {_field(path)} HTTP/{_field(version)}"
+        self.line(host, user, request, status, size)
+
+    def mqtt(self, direction: str, device_id: str | None, topic: str, kind: str, code: str,
+             size: int) -> None:
+        request = f"MQTT-{direction} {_field(topic)} {_field(kind)}"
+        self.line("-", device_id, request, CODE_STATUS.get(code, 400), size)
+
+    def close(self) -> None:
+        self._handler.close()

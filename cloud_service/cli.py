@@ -1,0 +1,103 @@
+"""Sub-commands of the service side: ``cloudimaging service`` and ``cloudimaging up``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from cloud_service.config import ServiceConfig
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    service = subparsers.add_parser("service", help="run the Cloud Service (HTTPS API + MQTT dispatcher)")
+    service.add_argument("--config", type=Path, help="JSON file of ServiceConfig fields")
+    service.add_argument("--data-dir", type=Path, help="data directory (default .cloudimaging)")
+    service.add_argument("--broker-url", help="mqtts://host:port of the broker")
+    service.add_argument("--port", type=int, help="HTTPS port (default 8443)")
+    service.add_argument("--token", metavar="USER", help="print a new admin token for USER and exit")
+    service.set_defaults(func=run_service)
+
+    up = subparsers.add_parser("up", help="run the embedded stack: broker + service + a simulated printer")
+    up.add_argument("--data-dir", type=Path, default=Path(".cloudimaging"),
+                    help="where state, logs, certificates and printed output live (default .cloudimaging)")
+    up.add_argument("--http-port", type=int, default=8443, help="HTTPS port; 0 = any free port (default 8443)")
+    up.add_argument("--broker-port", type=int, default=8883, help="MQTT/TLS port; 0 = any free (default 8883)")
+    up.add_argument("--no-printer", action="store_true", help="do not start the simulated printer")
+    up.add_argument("-v", "--verbose", action="store_true", help="log every message")
+    up.set_defaults(func=run_up)
+
+
+def _service_config(args: argparse.Namespace) -> ServiceConfig:
+    config = ServiceConfig.load(args.config) if args.config else ServiceConfig()
+    updates = {}
+    if args.data_dir:
+        updates["data_dir"] = args.data_dir
+    if args.broker_url:
+        updates["broker_url"] = args.broker_url
+    if args.port is not None:
+        updates["http_port"] = args.port
+    return config.model_copy(update=updates)
+
+
+def run_service(args: argparse.Namespace) -> int:
+    from cloud_service.app import CloudService
+
+    config = _service_config(args)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        service = CloudService(config)
+        if args.token:
+            from cloud_service.auth import create_token
+            from cloud_service.db import create_schema, make_engine
+            from cloud_service.store import JobStore
+
+            engine = make_engine(config.db_url)
+            await create_schema(engine)
+            print(await create_token(JobStore(engine), args.token, "admin"))
+            await engine.dispose()
+            return
+        await service.start()
+        print(f"cloudimaging service at {service.url}; Ctrl-C stops it", flush=True)
+        await _until_signal()
+        await service.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from cloud_service.up import EmbeddedStack
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stack = EmbeddedStack(args.data_dir, http_port=args.http_port, broker_port=args.broker_port,
+                              printer=not args.no_printer)
+        await stack.start()
+        print(stack.banner(), flush=True)
+        try:
+            await _until_signal()
+        finally:
+            print("\nstopping...", flush=True)
+            await stack.stop()
+            print("stopped.", flush=True)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"cloudimaging: error: {exc}")
+        return 1
+    return 0

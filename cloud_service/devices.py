@@ -1,0 +1,320 @@
+"""The device side of the protocol: every message a Manager sends, driven through the core.
+
+Transport-free: ``DeviceProtocol.handle(device_id, leaf, payload)`` returns the messages to
+send back (the MQTT adapter publishes them). Each handler checks, in this order, that the job
+exists, that it is assigned to the calling device, that the message is not a duplicate (its id
+was already applied: acknowledged, ignored) and that its version is current (else ``stale``
+with the current state), then applies the event to the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from cloud_service.clf import ClfLog
+from cloud_service.core.document import InvalidDocumentTransition, document_transition
+from cloud_service.core.job import Abort, Accept, DeviceReport, InvalidTransition, Reject, Release
+from cloud_service.core.service import ServiceStatus, effective_status
+from cloud_service.db import JobRow
+from cloud_service.objects import ObjectStore
+from cloud_service.store import JobNotFound, JobStore
+from schemas import topics
+from schemas.enums import DocumentState, JobState, Reason, ServiceState
+from schemas.messages import (
+    AcknowledgeJob,
+    Attributes,
+    Bye,
+    DocumentAccess,
+    DocumentStatus,
+    FetchDocument,
+    FetchJob,
+    Hello,
+    JobStatus,
+    Message,
+    ProtocolError,
+    Reply,
+    StopJob,
+    Sync,
+    decode_presence,
+    decode_up,
+)
+from schemas.tickets import PrintJobTicket
+
+log = logging.getLogger("cloudimaging.devices")
+
+Outgoing = list[tuple[str, Message]]
+
+
+@dataclass
+class StatusWaiters:
+    """Pending status requests (requirement 11), keyed by request id."""
+
+    futures: dict[str, asyncio.Future[Attributes]] = field(default_factory=dict)
+
+
+class DeviceProtocol:
+    def __init__(self, store: JobStore, objects: ObjectStore, clf: ClfLog, url_ttl: float) -> None:
+        self.store = store
+        self.objects = objects
+        self.clf = clf
+        self.url_ttl = url_ttl
+        self.status_waiters = StatusWaiters()
+        #: Called with (device_id, online) so the HTTP side can react; optional.
+        self.on_presence: Callable[[str, bool], Awaitable[None]] | None = None
+
+    # ------------------------------------------------------------------ entry point
+
+    async def handle(self, device_id: str, leaf: str, payload: bytes) -> Outgoing:
+        topic = f"{topics.PREFIX}/{device_id}/{leaf}"
+        if leaf == "presence":
+            try:
+                presence = decode_presence(payload)
+            except ProtocolError as exc:
+                self.clf.mqtt("RECV", device_id, topic, "presence", exc.code, len(payload))
+                return []
+            self.clf.mqtt("RECV", device_id, topic, f"presence-{presence.state}", "ok", len(payload))
+            await self._presence(device_id, presence.state == "online")
+            return []
+        try:
+            message = decode_up(payload)
+        except ProtocolError as exc:
+            self.clf.mqtt("RECV", device_id, topic, exc.code, exc.code, len(payload))
+            log.warning("refused message from %s: %s (%s)", device_id, exc.message, exc.code)
+            return [(device_id, Reply(re=exc.request_id, ok=False, code=exc.code, message=exc.message))]
+        try:
+            replies = await self._dispatch(device_id, message)
+        except Exception:
+            log.exception("error handling %s from %s", message.type, device_id)
+            replies = [(device_id, Reply(re=message.id, ok=False, code="error",
+                                         message="internal error; retry later"))]
+        code = next((r.code for _, r in replies if isinstance(r, Reply) and r.re == message.id), "ok")
+        self.clf.mqtt("RECV", device_id, topic, _describe(message), code, len(payload))
+        return replies
+
+    async def _dispatch(self, device_id: str, message: Message) -> Outgoing:
+        # Any message proves the device is alive (covers a lost "online" presence).
+        await self.store.set_device(device_id, online=True, last_seen=time.time())
+        match message:
+            case Hello():
+                return await self._hello(device_id, message)
+            case Attributes():
+                return await self._attributes(device_id, message)
+            case FetchJob():
+                return await self._fetch_job(device_id, message)
+            case AcknowledgeJob():
+                return await self._acknowledge(device_id, message)
+            case FetchDocument():
+                return await self._fetch_document(device_id, message)
+            case DocumentStatus():
+                return await self._document_status(device_id, message)
+            case JobStatus():
+                return await self._job_status(device_id, message)
+            case Bye():
+                await self._presence(device_id, False)
+                return []
+        return [(device_id, Reply(re=message.id, ok=False, code="unknown-type", message="unhandled"))]
+
+    # ------------------------------------------------------------------ liveness and attributes
+
+    async def _presence(self, device_id: str, online: bool) -> None:
+        await self.store.set_device(device_id, online=online, last_seen=time.time())
+        if self.on_presence:
+            await self.on_presence(device_id, online)
+
+    async def _hello(self, device_id: str, hello: Hello) -> Outgoing:
+        """Update-Active-Jobs + Get-Jobs(fetchable): reconcile what the device holds."""
+        await self.store.set_device(device_id, software=hello.software)
+        stop: list[StopJob] = []
+        unknown: list[int] = []
+        held = {j.job_id for j in hello.jobs}
+        for held_job in hello.jobs:
+            try:
+                row = await self.store.get_job(held_job.job_id)
+            except JobNotFound:
+                unknown.append(held_job.job_id)
+                continue
+            if row.device_id != device_id or not row.claimed:
+                unknown.append(held_job.job_id)
+            elif JobState(row.state).terminal or row.cancel_requested:
+                stop.append(StopJob(job_id=row.id, version=row.version, state=JobState(row.state)))
+        # Claimed jobs the device no longer holds: it lost them (e.g. restarted without state).
+        for row in await self.store.active_for(device_id):
+            if row.id in held:
+                continue
+            if row.started:
+                await self._transition(row.id, Abort(Reason.ABORTED_BY_SYSTEM,
+                                                     "the device restarted and no longer holds the job"))
+            else:
+                await self._transition(row.id, Release("the device restarted before printing; fetchable"))
+        fetchable = [r.id for r in await self.store.fetchable_for(device_id)]
+        return [(device_id, Sync(re=hello.id, fetchable=fetchable, stop=stop, unknown=unknown))]
+
+    async def _attributes(self, device_id: str, msg: Attributes) -> Outgoing:
+        for svc in msg.services:
+            ok = await self.store.upsert_service(device_id, svc.kind.value, svc.name, {
+                "state": svc.state.value, "state_reasons": list(svc.state_reasons) or [Reason.NONE],
+                "state_message": svc.state_message, "info": svc.info, "location": svc.location,
+                "make_and_model": svc.make_and_model,
+                "capabilities": svc.capabilities.model_dump(mode="json", by_alias=True),
+            })
+            if not ok:
+                return [(device_id, Reply(re=msg.id, ok=False, code="not-yours",
+                                          message=f"service name {svc.name!r} belongs to another device"))]
+        if msg.re and msg.re in self.status_waiters.futures:
+            fut = self.status_waiters.futures[msg.re]
+            if not fut.done():
+                fut.set_result(msg)
+        return [(device_id, Reply(re=msg.id, ok=True, code="ok"))]
+
+    # ------------------------------------------------------------------ jobs
+
+    async def _own_job(self, device_id: str, msg: Message, job_id: int) -> JobRow | Reply:
+        try:
+            row = await self.store.get_job(job_id)
+        except JobNotFound:
+            return Reply(re=msg.id, ok=False, code="not-found", job_id=job_id, message="no such job")
+        if row.device_id != device_id:
+            log.warning("device %s named job %s of another device", device_id, job_id)
+            return Reply(re=msg.id, ok=False, code="not-yours", job_id=job_id,
+                         message="the job is not assigned to this device")
+        return row
+
+    @staticmethod
+    def _current(msg: Message, row: JobRow, code: str, text: str | None = None, ok: bool = False) -> Reply:
+        return Reply(re=msg.id, ok=ok, code=code, message=text, job_id=row.id, state=JobState(row.state),
+                     reasons=[r for r in row.state_reasons if _is_keyword(r)], version=row.version)
+
+    async def _fetch_job(self, device_id: str, msg: FetchJob) -> Outgoing:
+        row = await self._own_job(device_id, msg, msg.job_id)
+        if isinstance(row, Reply):
+            return [(device_id, row)]
+        state = JobState(row.state)
+        if state.terminal or not ("job-fetchable" in row.state_reasons or row.claimed):
+            return [(device_id, self._current(msg, row, "not-fetchable", "the job is not fetchable"))]
+        docs = await self.store.documents(row.id)
+        ticket = dict(row.ticket)
+        if docs:
+            ticket["document-format"] = docs[0].format
+        reply = Reply(re=msg.id, ok=True, code="ok", job_id=row.id, state=state, version=row.version,
+                      reasons=row.state_reasons, service=row.service_name,
+                      ticket=PrintJobTicket.model_validate(ticket), document_count=len(docs))
+        return [(device_id, reply)]
+
+    async def _document_urls(self, row: JobRow, number: int | None = None) -> list[DocumentAccess]:
+        out = []
+        for doc in await self.store.documents(row.id):
+            if number is not None and doc.number != number:
+                continue
+            url, expires = self.objects.presign(doc.object_key, "GET", self.url_ttl)
+            out.append(DocumentAccess(document_number=doc.number, url=url, expires_at=expires,
+                                      size=doc.size or 0, sha256=doc.sha256 or "0" * 64,
+                                      document_format=doc.format, document_name=doc.name))
+        return out
+
+    async def _acknowledge(self, device_id: str, msg: AcknowledgeJob) -> Outgoing:
+        row = await self._own_job(device_id, msg, msg.job_id)
+        if isinstance(row, Reply):
+            return [(device_id, row)]
+        if msg.id in row.applied_ids:
+            reply = self._current(msg, row, "duplicate", "already applied", ok=True)
+            if msg.accept and row.claimed and not JobState(row.state).terminal:
+                reply = reply.model_copy(update={"documents": await self._document_urls(row)})
+            return [(device_id, reply)]
+        if msg.version != row.version:
+            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
+        event = Accept() if msg.accept else Reject(msg.reason or Reason.UNSUPPORTED_ATTRIBUTES,
+                                                   msg.message or "the device rejected the job")
+        result = await self._transition(row.id, event, msg.id)
+        if isinstance(result, Reply):
+            return [(device_id, result.model_copy(update={"re": msg.id}))]
+        reply = self._current(msg, result, "ok", ok=True)
+        if msg.accept:
+            reply = reply.model_copy(update={"documents": await self._document_urls(result)})
+        return [(device_id, reply)]
+
+    async def _fetch_document(self, device_id: str, msg: FetchDocument) -> Outgoing:
+        row = await self._own_job(device_id, msg, msg.job_id)
+        if isinstance(row, Reply):
+            return [(device_id, row)]
+        if not row.claimed or JobState(row.state).terminal:
+            return [(device_id, self._current(msg, row, "not-fetchable", "the job is not yours to print"))]
+        docs = await self._document_urls(row, msg.document_number)
+        if not docs:
+            return [(device_id, self._current(msg, row, "not-found", "no such document"))]
+        return [(device_id, self._current(msg, row, "ok", ok=True).model_copy(update={"documents": docs}))]
+
+    async def _document_status(self, device_id: str, msg: DocumentStatus) -> Outgoing:
+        row = await self._own_job(device_id, msg, msg.job_id)
+        if isinstance(row, Reply):
+            return [(device_id, row)]
+        if msg.id in row.applied_ids:
+            return [(device_id, self._current(msg, row, "duplicate", "already applied", ok=True))]
+        if not row.claimed:
+            return [(device_id, self._current(msg, row, "invalid-transition", "the job is not claimed"))]
+        if msg.version != row.version:
+            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
+        docs = {d.number: d for d in await self.store.documents(row.id)}
+        doc = docs.get(msg.document_number)
+        if doc is None:
+            return [(device_id, self._current(msg, row, "not-found", "no such document"))]
+        try:
+            new_state = document_transition(DocumentState(doc.state), msg.state)
+        except InvalidDocumentTransition as exc:
+            return [(device_id, self._current(msg, row, "invalid-transition", str(exc)))]
+        new_version = await self.store.bump_version(row.id, msg.version, msg.id)
+        if new_version is None:
+            row = await self.store.get_job(row.id)
+            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
+        await self.store.set_document(row.id, msg.document_number, state=new_state.value,
+                                      impressions_completed=max(doc.impressions_completed,
+                                                                msg.impressions_completed))
+        row = await self.store.get_job(row.id)
+        return [(device_id, self._current(msg, row, "ok", ok=True))]
+
+    async def _job_status(self, device_id: str, msg: JobStatus) -> Outgoing:
+        row = await self._own_job(device_id, msg, msg.job_id)
+        if isinstance(row, Reply):
+            return [(device_id, row)]
+        if msg.id in row.applied_ids:
+            return [(device_id, self._current(msg, row, "duplicate", "already applied", ok=True))]
+        if msg.version != row.version:
+            # A terminal report that matches the current terminal state is harmless: ack it.
+            if JobState(row.state).terminal and msg.state == JobState(row.state):
+                return [(device_id, self._current(msg, row, "duplicate", "already ended", ok=True))]
+            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
+        report = DeviceReport(msg.state, tuple(msg.reasons), msg.message, msg.impressions_completed)
+        result = await self._transition(row.id, report, msg.id)
+        if isinstance(result, Reply):
+            return [(device_id, result.model_copy(update={"re": msg.id}))]
+        return [(device_id, self._current(msg, result, "ok", ok=True))]
+
+    async def _transition(self, job_id: int, event: object, message_id: str | None = None) -> JobRow | Reply:
+        try:
+            result = await self.store.transition(job_id, event, message_id)  # type: ignore[arg-type]
+        except InvalidTransition as exc:
+            row = await self.store.get_job(job_id)
+            return Reply(ok=False, code="invalid-transition", message=str(exc)[:1000], job_id=job_id,
+                         state=JobState(row.state), version=row.version)
+        return result.row
+
+    # ------------------------------------------------------------------ service view
+
+    @staticmethod
+    def effective(state: str, reasons: list[str], message: str | None, online: bool) -> ServiceStatus:
+        return effective_status(ServiceStatus(ServiceState(state), tuple(reasons), message), online)
+
+
+def _is_keyword(value: str) -> bool:
+    from schemas.text import _KEYWORD
+
+    return bool(_KEYWORD.match(value))
+
+
+def _describe(message: Message) -> str:
+    job_id = getattr(message, "job_id", None)
+    kind = getattr(message, "type", "message")
+    return f"{kind}#{job_id}" if job_id else kind

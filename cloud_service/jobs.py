@@ -1,0 +1,152 @@
+"""The client side of the Cloud Print Service: create, close, cancel, validate, read jobs.
+
+Transport-free like devices.py: the HTTP bridge calls these, and they call a ``Notify``
+callable to ring a device's doorbell. The doorbell is only a hint: a device that misses it
+finds the job in the ``sync`` answer to its next hello.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cloud_service.core.job import Cancel, Close, InvalidTransition
+from cloud_service.core.ticket import TicketError, TicketProblem, parse_print_ticket, validate_print_ticket
+from cloud_service.db import JobRow, ServiceRow
+from cloud_service.objects import ObjectStore, StoredObject
+from cloud_service.store import JobNotFound, JobStore
+from schemas.enums import JobState, ServiceKind
+from schemas.messages import JobCanceled, JobFetchable, Message
+from schemas.tickets import PrintCapabilities
+
+log = logging.getLogger("cloudimaging.jobs")
+
+Notify = Callable[[str, Message], None]
+
+
+class JobError(Exception):
+    """A refusal with an HTTP status and a JSON error code."""
+
+    def __init__(self, status: int, code: str, message: str, attribute: str | None = None,
+                 supported: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.attribute = attribute
+        self.supported = supported
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class JobService:
+    def __init__(self, store: JobStore, objects: ObjectStore, notify: Notify, max_document_bytes: int) -> None:
+        self.store = store
+        self.objects = objects
+        self.notify = notify
+        self.max_document_bytes = max_document_bytes
+
+    # ------------------------------------------------------------------ services and tickets
+
+    async def resolve_service(self, kind: ServiceKind, name: str | None) -> ServiceRow:
+        if name:
+            row = await self.store.service(kind.value, name)
+            if row is None:
+                raise JobError(404, "not-found", f"no {kind.value} service named {name!r}")
+            return row
+        rows = await self.store.services(kind.value)
+        if not rows:
+            raise JobError(404, "not-found", f"no {kind.value} service is registered yet")
+        online = [svc for svc, dev, _ in rows if dev.online]
+        return (online or [svc for svc, _, _ in rows])[0]
+
+    def check_ticket(self, service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict:
+        """Validate against the service's capabilities; return the IPP-named ticket to store."""
+        try:
+            ticket = parse_print_ticket(raw)
+            caps = PrintCapabilities.model_validate(service.capabilities)
+            validate_print_ticket(ticket, caps, document_format)
+        except TicketError as exc:
+            first: TicketProblem = exc.first
+            raise JobError(400, "unsupported-attribute" if first.supported is not None else "bad-ticket",
+                           str(exc), attribute=first.attribute, supported=first.supported) from None
+        return ticket.wire()
+
+    # ------------------------------------------------------------------ creating jobs
+
+    async def create(self, user: User, kind: ServiceKind, service_name: str | None, ticket: dict[str, Any],
+                     document_format: str, document_name: str | None,
+                     chunks: AsyncIterator[bytes] | None) -> JobRow:
+        """Create a job; with ``chunks`` the document is stored and the job is fetchable at
+        once, without it the job waits (pending-held, job-incoming) for an upload and close."""
+        service = await self.resolve_service(kind, service_name)
+        stored_ticket = self.check_ticket(service, ticket, document_format)
+        stored_ticket.pop("document-format", None)
+        doc = {"name": document_name, "format": document_format}
+        row = await self.store.create_job(kind=kind, service=service, owner=user.name, ticket=stored_ticket,
+                                          documents=[doc], with_documents=False)
+        if chunks is not None:
+            await self.store_document(row.id, chunks)
+            row = await self.close(user, row.id)
+        return row
+
+    async def store_document(self, job_id: int, chunks: AsyncIterator[bytes]) -> StoredObject:
+        row = await self.store.get_job(job_id)
+        if row.state != JobState.PENDING_HELD.value or "job-incoming" not in row.state_reasons:
+            raise JobError(409, "job-not-incoming", "the job does not accept documents any more")
+        doc = (await self.store.documents(job_id))[0]
+        from cloud_service.objects import ObjectTooLarge
+
+        try:
+            stored = await self.objects.put_stream(doc.object_key, chunks, self.max_document_bytes)
+        except ObjectTooLarge as exc:
+            raise JobError(413, "too-large", str(exc)) from None
+        await self.store.set_document(job_id, doc.number, size=stored.size, sha256=stored.sha256)
+        return stored
+
+    async def close(self, user: User, job_id: int) -> JobRow:
+        """Close-Job: all documents are in; ring the device's doorbell."""
+        row = await self.get(user, job_id)
+        docs = await self.store.documents(job_id)
+        if any(d.sha256 is None for d in docs):
+            raise JobError(409, "document-missing", "upload the document before closing the job")
+        try:
+            result = await self.store.transition(job_id, Close())
+        except InvalidTransition as exc:
+            raise JobError(409, "job-not-incoming", str(exc)) from None
+        row = result.row
+        self.notify(row.device_id, JobFetchable(job_id=row.id))
+        return row
+
+    # ------------------------------------------------------------------ reading and canceling
+
+    async def get(self, user: User, job_id: int) -> JobRow:
+        try:
+            row = await self.store.get_job(job_id)
+        except JobNotFound:
+            raise JobError(404, "not-found", f"no job {job_id}") from None
+        if not user.is_admin and row.owner != user.name:
+            raise JobError(404, "not-found", f"no job {job_id}")
+        return row
+
+    async def cancel(self, user: User, job_id: int) -> JobRow:
+        row = await self.get(user, job_id)
+        if JobState(row.state).terminal:
+            raise JobError(409, "job-ended", f"job {job_id} has already ended ({row.state})")
+        try:
+            result = await self.store.transition(job_id, Cancel(message=f"canceled by {user.name}"))
+        except InvalidTransition as exc:
+            raise JobError(409, "job-ended", str(exc)) from None
+        # Tell the device either way: it may hold the ticket of a job it has not claimed yet.
+        self.notify(result.row.device_id, JobCanceled(job_id=job_id, version=result.row.version))
+        return result.row

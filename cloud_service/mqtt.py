@@ -1,0 +1,142 @@
+"""The MQTT adapter of the Cloud Service (paho-mqtt 2.x): broker session, in and out.
+
+paho runs its network loop in its own thread; received messages are handed to asyncio
+workers at once (never blocking paho's callbacks, which would delay PUBACKs and keepalives).
+A device always maps to the same worker, so its messages are handled in the order they were
+sent, while different devices proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import zlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_service.clf import ClfLog
+from cloud_service.devices import DeviceProtocol
+from schemas import topics
+from schemas.messages import MAX_MESSAGE_BYTES, Message, ProtocolError, encode
+
+log = logging.getLogger("cloudimaging.mqtt")
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtts://host:port`` -> (host, port). Plain ``mqtt://`` is refused: TLS on every hop."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts":
+        raise ValueError(f"broker URL must start with mqtts:// (TLS is required), got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"broker URL has no host: {url!r}")
+    return parts.hostname, parts.port or 8883
+
+
+class MqttAdapter:
+    def __init__(self, url: str, username: str, password: str, ca_file: Path | None, protocol: DeviceProtocol,
+                 clf: ClfLog, client_id: str = "cloud-service", keepalive: int = 30, workers: int = 4) -> None:
+        self.host, self.port = parse_broker_url(url)
+        self.protocol = protocol
+        self.clf = clf
+        self.connected = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queues: list[asyncio.Queue[tuple[str, str, bytes]]] = [asyncio.Queue(maxsize=10_000)
+                                                                     for _ in range(workers)]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._keepalive = keepalive
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                                  protocol=mqtt.MQTTv311)
+        self.client.username_pw_set(username, password)
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        self.client.tls_set_context(context)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.max_queued_messages_set(100_000)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    async def start(self, wait: float = 10.0) -> None:
+        """Connect (retrying in the background if the broker is not up yet)."""
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [asyncio.create_task(self._worker(q), name=f"mqtt-worker-{i}")
+                       for i, q in enumerate(self._queues)]
+        self.client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        self.client.loop_start()
+        try:
+            await asyncio.wait_for(self.connected.wait(), wait)
+        except TimeoutError:
+            log.warning("broker %s:%s not reachable yet; retrying in the background", self.host, self.port)
+
+    async def stop(self) -> None:
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -------------------------------------------------------------- paho thread
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason_code: object,
+                    _properties: object) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.error("broker refused the service's connection: %s", reason_code)
+            return
+        client.subscribe([(t, 1) for t in topics.SERVICE_SUBSCRIPTIONS])
+        log.info("connected to broker %s:%s", self.host, self.port)
+        if self._loop:
+            self._loop.call_soon_threadsafe(self.connected.set)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason_code: object,
+                       _properties: object) -> None:
+        log.warning("disconnected from broker: %s", reason_code)
+        if self._loop and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.connected.clear)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        parsed = topics.parse(msg.topic)
+        if parsed is None or parsed[1] == "down":
+            log.warning("ignored message on unexpected topic %r", msg.topic[:200])
+            return
+        device_id, leaf = parsed
+        queue = self._queues[zlib.crc32(device_id.encode()) % len(self._queues)]
+        if self._loop and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_put, queue, (device_id, leaf, bytes(msg.payload)))
+
+    # -------------------------------------------------------------- asyncio side
+
+    async def _worker(self, queue: asyncio.Queue[tuple[str, str, bytes]]) -> None:
+        while True:
+            device_id, leaf, payload = await queue.get()
+            try:
+                for target, message in await self.protocol.handle(device_id, leaf, payload):
+                    self.publish(target, message)
+            except Exception:
+                log.exception("failed to handle a message from %s", device_id)
+
+    def publish(self, device_id: str, message: Message) -> None:
+        """Send one message to a device's down topic (QoS 1; the reply to a lost one is a resend)."""
+        topic = topics.down(device_id)
+        try:
+            payload = encode(message)
+        except ProtocolError as exc:
+            log.error("not sending %s to %s: %s", message.type, device_id, exc)  # type: ignore[attr-defined]
+            return
+        assert len(payload) <= MAX_MESSAGE_BYTES
+        info = self.client.publish(topic, payload, qos=1)
+        kind = getattr(message, "type", "message")
+        job_id = getattr(message, "job_id", None)
+        code = getattr(message, "code", "ok")
+        self.clf.mqtt("SEND", device_id, topic, f"{kind}#{job_id}" if job_id else kind,
+                      "ok" if info.rc == mqtt.MQTT_ERR_SUCCESS and code in ("ok", "duplicate") else code,
+                      len(payload))
+
+
+def _put(queue: asyncio.Queue[tuple[str, str, bytes]], item: tuple[str, str, bytes]) -> None:
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        log.error("inbound queue full; dropped a message from %s (it will resync)", item[0])

@@ -1,0 +1,148 @@
+"""The object store: document bytes live here, never in the database or the broker.
+
+``ObjectStore`` is the interface; ``LocalObjectStore`` keeps files in the data directory and
+is served by the service itself under ``/objects/{key}`` through HMAC-signed URLs that expire
+and are scoped to one object and one method (GET or PUT). An S3 implementation (aioboto3,
+presigned by S3) fits behind the same interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlencode
+
+import anyio
+
+KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
+CHUNK = 256 * 1024
+
+
+class ObjectTooLarge(Exception):
+    pass
+
+
+class BadSignature(Exception):
+    """A presigned URL that is expired, tampered with, or for another object or method."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+class ObjectStore(Protocol):
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject: ...
+
+    def read_stream(self, key: str) -> AsyncIterator[bytes]: ...
+
+    async def size(self, key: str) -> int | None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    def presign(self, key: str, method: str, ttl: float) -> tuple[str, float]: ...
+
+
+class UrlSigner:
+    """HMAC-SHA256 over (method, key, expiry): a URL grants one method on one object until exp."""
+
+    def __init__(self, secret: bytes, base_url: str) -> None:
+        self._secret = secret
+        self.base_url = base_url.rstrip("/")
+
+    def _mac(self, method: str, key: str, expires: int) -> str:
+        msg = f"{method}\n{key}\n{expires}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+
+    def sign(self, key: str, method: str, ttl: float, now: float | None = None) -> tuple[str, float]:
+        expires = int((now or time.time()) + ttl)
+        query = urlencode({"m": method, "exp": expires, "sig": self._mac(method, key, expires)})
+        return f"{self.base_url}/objects/{key}?{query}", float(expires)
+
+    def check(self, key: str, method: str, query: dict[str, str], now: float | None = None) -> None:
+        try:
+            expires = int(query["exp"])
+            given_method, sig = query["m"], query["sig"]
+        except (KeyError, ValueError):
+            raise BadSignature("missing or malformed signature parameters") from None
+        if given_method != method:
+            raise BadSignature(f"URL is for {given_method}, not {method}")
+        if not hmac.compare_digest(sig, self._mac(method, key, expires)):
+            raise BadSignature("signature does not match")
+        if expires < (now or time.time()):
+            raise BadSignature("URL has expired")
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The signing key, made once per data directory (mode 0600)."""
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret.hex())
+    return secret
+
+
+class LocalObjectStore:
+    """Files under ``root``; writes go to a temp file and are renamed, so readers never see
+    half an object. Memory use is one chunk whatever the size."""
+
+    def __init__(self, root: Path, signer: UrlSigner) -> None:
+        self.root = root
+        self.signer = signer
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not KEY_RE.match(key) or ".." in key:
+            raise KeyError(key)
+        return self.root / key
+
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with await anyio.open_file(tmp, "wb") as fh:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ObjectTooLarge(f"document exceeds {max_bytes} bytes")
+                    digest.update(chunk)
+                    await fh.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return StoredObject(key, size, digest.hexdigest())
+
+    async def read_stream(self, key: str) -> AsyncIterator[bytes]:
+        async with await anyio.open_file(self._path(key), "rb") as fh:
+            while chunk := await fh.read(CHUNK):
+                yield chunk
+
+    async def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except (FileNotFoundError, KeyError):
+            return None
+
+    async def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def presign(self, key: str, method: str, ttl: float) -> tuple[str, float]:
+        self._path(key)
+        return self.signer.sign(key, method, ttl)

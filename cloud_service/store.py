@@ -1,0 +1,293 @@
+"""Job store: rows <-> the sans-IO core, with optimistic concurrency on ``jobs.version``.
+
+Every change to a job goes through ``JobStore.transition``: load the row, rebuild the core
+``Job``, apply the event, write back ``WHERE version = old``; if another writer (another
+replica, another handler) got there first, reload and try again. So the database stays the
+single truth with no in-memory locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cloud_service.core.job import Event, Job
+from cloud_service.db import DeviceRow, DocumentRow, JobEventRow, JobRow, ServiceRow
+from schemas.api import DocumentInfo, JobEvent, JobInfo
+from schemas.enums import DocumentState, JobState, ServiceKind
+
+#: How many recent device message ids a job remembers for duplicate detection.
+APPLIED_IDS_KEPT = 16
+
+
+class JobNotFound(Exception):
+    pass
+
+
+class ConcurrentUpdate(Exception):
+    pass
+
+
+@dataclass
+class Transition:
+    """The outcome of applying an event: before/after core jobs and the stored row."""
+
+    before: Job
+    after: Job
+    row: JobRow
+
+    @property
+    def changed(self) -> bool:
+        return self.after.version != self.before.version
+
+
+def core_job(row: JobRow) -> Job:
+    return Job(state=JobState(row.state), reasons=tuple(row.state_reasons), message=row.state_message,
+               version=row.version, claimed=row.claimed, cancel_requested=row.cancel_requested,
+               impressions_completed=row.impressions_completed, started=row.started)
+
+
+class ChangeFeed:
+    """In-process wake-ups for event streams. Only a hint: streams also poll the database,
+    so a change made by another replica is seen too."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[int, set[asyncio.Event]] = {}
+
+    def notify(self, job_id: int) -> None:
+        for ev in self._waiters.get(job_id, ()):
+            ev.set()
+
+    @asynccontextmanager
+    async def watch(self, job_id: int) -> AsyncIterator[asyncio.Event]:
+        ev = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(ev)
+        try:
+            yield ev
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(ev)
+                if not waiters:
+                    del self._waiters[job_id]
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.feed = ChangeFeed()
+
+    # ------------------------------------------------------------------ jobs
+
+    async def create_job(self, *, kind: ServiceKind, service: ServiceRow, owner: str, ticket: dict,
+                         documents: list[dict], with_documents: bool) -> JobRow:
+        """Insert a job and its documents; the job is fetchable at once if documents are in."""
+        core = Job.created(with_documents)
+        now = time.time()
+        async with self.sessions.begin() as s:
+            row = JobRow(uuid=f"urn:uuid:{uuid.uuid4()}", kind=kind.value, service_id=service.id,
+                         service_name=service.name, device_id=service.device_id, owner=owner,
+                         state=core.state.value, state_reasons=list(core.reasons), state_message=None,
+                         version=core.version, claimed=False, cancel_requested=False, started=False,
+                         impressions_completed=0, ticket=ticket, applied_ids=[], created_at=now,
+                         updated_at=now, completed_at=None)
+            s.add(row)
+            await s.flush()
+            for number, doc in enumerate(documents, start=1):
+                s.add(DocumentRow(job_id=row.id, number=number, name=doc.get("name"), format=doc["format"],
+                                  size=doc.get("size"), sha256=doc.get("sha256"),
+                                  object_key=doc.get("object_key") or f"jobs/{row.id}/doc-{number}",
+                                  state=DocumentState.PENDING.value, impressions_completed=0))
+            s.add(JobEventRow(job_id=row.id, version=core.version, at=now, state=core.state.value,
+                              state_reasons=list(core.reasons), message=None))
+        return row
+
+    async def get_job(self, job_id: int) -> JobRow:
+        async with self.sessions() as s:
+            row = await s.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFound(job_id)
+            return row
+
+    async def documents(self, job_id: int) -> list[DocumentRow]:
+        async with self.sessions() as s:
+            result = await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id)
+                                     .order_by(DocumentRow.number))
+            return list(result)
+
+    async def set_document(self, job_id: int, number: int, **values: object) -> None:
+        async with self.sessions.begin() as s:
+            await s.execute(update(DocumentRow).where(DocumentRow.job_id == job_id,
+                                                      DocumentRow.number == number).values(**values))
+
+    async def transition(self, job_id: int, event: Event | Callable[[Job, JobRow], Event | None],
+                         message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
+                         attempts: int = 20) -> Transition:
+        """Apply ``event`` (or the event a callback picks) with optimistic concurrency.
+
+        Raises JobNotFound, cloud_service.core.job.InvalidTransition, ConcurrentUpdate.
+        """
+        for _ in range(attempts):
+            row = await self.get_job(job_id)
+            before = core_job(row)
+            chosen = event(before, row) if callable(event) else event
+            if chosen is None:
+                return Transition(before, before, row)
+            after = before.apply(chosen)  # type: ignore[arg-type]
+            values: dict = {}
+            if message_id:
+                values["applied_ids"] = [*row.applied_ids, message_id][-APPLIED_IDS_KEPT:]
+            if after.version == before.version and not values:
+                return Transition(before, after, row)
+            now = time.time()
+            if after.version != before.version:
+                values.update(state=after.state.value, state_reasons=list(after.reasons),
+                              state_message=after.message, version=after.version, claimed=after.claimed,
+                              cancel_requested=after.cancel_requested, started=after.started,
+                              impressions_completed=after.impressions_completed, updated_at=now)
+                if after.terminal:
+                    values["completed_at"] = now
+            if extra:
+                values.update(extra(row))
+            async with self.sessions.begin() as s:
+                result = await s.execute(update(JobRow).where(JobRow.id == job_id,
+                                                              JobRow.version == before.version)
+                                         .values(**values))
+                if result.rowcount != 1:
+                    continue
+                if after.version != before.version:
+                    s.add(JobEventRow(job_id=job_id, version=after.version, at=now, state=after.state.value,
+                                      state_reasons=list(after.reasons), message=after.message))
+                if after.terminal:
+                    await self._finish_documents(s, job_id, after.state)
+            self.feed.notify(job_id)
+            return Transition(before, after, await self.get_job(job_id))
+        raise ConcurrentUpdate(f"job {job_id} changed {attempts} times while updating it")
+
+    async def bump_version(self, job_id: int, expected: int, message_id: str | None) -> int | None:
+        """Record a document-level change as a new job version; None if ``expected`` is stale."""
+        async with self.sessions.begin() as s:
+            row = await s.get(JobRow, job_id)
+            if row is None or row.version != expected:
+                return None
+            values: dict = {"version": expected + 1, "updated_at": time.time()}
+            if message_id:
+                values["applied_ids"] = [*row.applied_ids, message_id][-APPLIED_IDS_KEPT:]
+            result = await s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.version == expected)
+                                     .values(**values))
+            if result.rowcount != 1:
+                return None
+        self.feed.notify(job_id)
+        return expected + 1
+
+    @staticmethod
+    async def _finish_documents(s: AsyncSession, job_id: int, state: JobState) -> None:
+        from cloud_service.core.document import document_state_for_job_end
+
+        docs = await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id))
+        for doc in docs:
+            doc.state = document_state_for_job_end(DocumentState(doc.state), state.value).value
+
+    async def list_jobs(self, *, owner: str | None, include_ended: bool, kind: str | None = None,
+                        service: str | None = None, limit: int = 500) -> list[JobRow]:
+        query = select(JobRow).order_by(JobRow.id.desc()).limit(limit)
+        if owner is not None:
+            query = query.where(JobRow.owner == owner)
+        if not include_ended:
+            query = query.where(JobRow.state.not_in([s.value for s in JobState if s.terminal]))
+        if kind:
+            query = query.where(JobRow.kind == kind)
+        if service:
+            query = query.where(JobRow.service_name == service)
+        async with self.sessions() as s:
+            return list(await s.scalars(query))
+
+    async def fetchable_for(self, device_id: str, limit: int = 200) -> list[JobRow]:
+        async with self.sessions() as s:
+            rows = await s.scalars(select(JobRow).where(JobRow.device_id == device_id,
+                                                        JobRow.state == JobState.PENDING.value,
+                                                        JobRow.claimed.is_(False))
+                                   .order_by(JobRow.id).limit(limit))
+            return [r for r in rows if "job-fetchable" in r.state_reasons]
+
+    async def active_for(self, device_id: str) -> list[JobRow]:
+        """Non-terminal jobs claimed by ``device_id``."""
+        async with self.sessions() as s:
+            rows = await s.scalars(select(JobRow).where(
+                JobRow.device_id == device_id, JobRow.claimed.is_(True),
+                JobRow.state.not_in([s.value for s in JobState if s.terminal])))
+            return list(rows)
+
+    async def job_info(self, row: JobRow, with_history: bool = True) -> JobInfo:
+        docs = await self.documents(row.id)
+        history: list[JobEvent] = []
+        if with_history:
+            async with self.sessions() as s:
+                events = await s.scalars(select(JobEventRow).where(JobEventRow.job_id == row.id)
+                                         .order_by(JobEventRow.id))
+                history = [JobEvent(at=e.at, version=e.version, state=JobState(e.state),
+                                    state_reasons=e.state_reasons, message=e.message) for e in events]
+        return JobInfo(id=row.id, uuid=row.uuid, kind=ServiceKind(row.kind), service=row.service_name,
+                       device_id=row.device_id, owner=row.owner, state=JobState(row.state),
+                       state_reasons=row.state_reasons, state_message=row.state_message, version=row.version,
+                       created_at=row.created_at, updated_at=row.updated_at, completed_at=row.completed_at,
+                       impressions_completed=row.impressions_completed, ticket=row.ticket,
+                       documents=[DocumentInfo(number=d.number, name=d.name, format=d.format, size=d.size,
+                                               sha256=d.sha256, state=DocumentState(d.state),
+                                               impressions_completed=d.impressions_completed)
+                                  for d in docs],
+                       history=history)
+
+    # ------------------------------------------------------------------ devices and services
+
+    async def device(self, device_id: str) -> DeviceRow | None:
+        async with self.sessions() as s:
+            return await s.get(DeviceRow, device_id)
+
+    async def set_device(self, device_id: str, **values: object) -> None:
+        async with self.sessions.begin() as s:
+            row = await s.get(DeviceRow, device_id)
+            if row is None:
+                s.add(DeviceRow(id=device_id, created_at=time.time(), **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+
+    async def services(self, kind: str | None = None) -> list[tuple[ServiceRow, DeviceRow, int]]:
+        """Services with their device and the count of their not-ended jobs."""
+        active = [s.value for s in JobState if not s.terminal]
+        counts = (select(JobRow.service_id, func.count().label("n")).where(JobRow.state.in_(active))
+                  .group_by(JobRow.service_id).subquery())
+        query = (select(ServiceRow, DeviceRow, func.coalesce(counts.c.n, 0))
+                 .join(DeviceRow, DeviceRow.id == ServiceRow.device_id)
+                 .outerjoin(counts, counts.c.service_id == ServiceRow.id).order_by(ServiceRow.name))
+        if kind:
+            query = query.where(ServiceRow.kind == kind)
+        async with self.sessions() as s:
+            return [(svc, dev, int(n)) for svc, dev, n in (await s.execute(query)).all()]
+
+    async def service(self, kind: str, name: str) -> ServiceRow | None:
+        async with self.sessions() as s:
+            return await s.scalar(select(ServiceRow).where(ServiceRow.kind == kind, ServiceRow.name == name))
+
+    async def upsert_service(self, device_id: str, kind: str, name: str, values: dict) -> bool:
+        """Create or update a service; False if the name belongs to another device."""
+        async with self.sessions.begin() as s:
+            row = await s.scalar(select(ServiceRow).where(ServiceRow.kind == kind, ServiceRow.name == name))
+            if row is None:
+                s.add(ServiceRow(device_id=device_id, kind=kind, name=name, updated_at=time.time(), **values))
+                return True
+            if row.device_id != device_id:
+                return False
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = time.time()
+            return True

@@ -1,0 +1,188 @@
+"""``cloudimaging up``: the whole embedded stack in one process, zero setup.
+
+The amqtt broker (TLS, passwords, per-device ACL), the Cloud Service (HTTPS on the same CA)
+and one simulated printer behind its own Manager, which connects over TLS like any remote
+device would. First run creates the CA, the credentials and an admin token; later runs reuse
+them, so jobs, tokens and devices survive a restart. It writes ``client.json`` so the CLI
+works with no flags from the checkout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import getpass
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from cloud_service.app import CloudService
+from cloud_service.auth import authenticate
+from cloud_service.config import ServiceConfig
+
+PRINTER_ID = "sim-printer"
+
+#: What the simulated printer offers: enough variety to try every ticket attribute.
+SIM_PRINTER_CAPABILITIES: dict[str, Any] = {
+    "copies-supported": [1, 99],
+    "sides-supported": ["one-sided", "two-sided-long-edge", "two-sided-short-edge"],
+    "media-supported": ["iso_a4_210x297mm", "na_letter_8.5x11in", "iso_a5_148x210mm", "na_legal_8.5x14in"],
+    "media-default": "iso_a4_210x297mm",
+    "print-color-mode-supported": ["auto", "monochrome", "color"],
+    "print-color-mode-default": "auto",
+    "print-quality-supported": [3, 4, 5],
+    "orientation-requested-supported": [3, 4, 5, 6],
+    "page-ranges-supported": True,
+    "number-up-supported": [1, 2, 4],
+    "finishings-supported": [3, 4, 5],
+    "document-format-supported": ["application/pdf", "image/jpeg", "image/png", "text/plain"],
+}
+
+
+def _port_free(host: str, port: int) -> bool:
+    if port == 0:
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def _secret(path: Path) -> str:
+    """A password kept in a 0600 file, made on first use."""
+    from broker.credentials import generate_password
+
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = generate_password()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+class EmbeddedStack:
+    def __init__(self, data_dir: Path, http_port: int = 8443, broker_port: int = 8883, printer: bool = True,
+                 host: str = "127.0.0.1") -> None:
+        self.data_dir = data_dir.resolve()
+        self.host = host
+        self.http_port = http_port if _port_free(host, http_port) else 0
+        self.broker_port = broker_port if _port_free(host, broker_port) else 0
+        self.with_printer = printer
+        self.manager: Any = None
+        self.token: str | None = None
+
+    async def start(self) -> None:
+        from broker.credentials import CredentialStore
+        from broker.embedded import EmbeddedBroker
+        from broker.pki import ensure_pki
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pki = ensure_pki(self.data_dir / "pki")
+        credentials_path = self.data_dir / "broker" / "passwd"
+        credentials = CredentialStore(credentials_path)
+        service_password = _secret(self.data_dir / "broker" / "cloud-service.secret")
+        if not credentials.verify("cloud-service", service_password):
+            credentials.set("cloud-service", service_password)
+        self.broker = EmbeddedBroker(self.pki, credentials_path, host=self.host, port=self.broker_port)
+        await self.broker.start()
+        self.service = CloudService(ServiceConfig(
+            data_dir=self.data_dir, broker_url=self.broker.url, broker_password=service_password,
+            ca_file=self.pki.ca_cert, tls_cert=self.pki.server_cert, tls_key=self.pki.server_key,
+            http_host=self.host, http_port=self.http_port))
+        await self.service.start()
+        await self._client_config()
+        if self.with_printer:
+            await self._start_printer(credentials)
+
+    async def _client_config(self) -> None:
+        """Reuse the admin token in client.json if it is still valid, else make one."""
+        path = self.data_dir / "client.json"
+        token = None
+        if path.exists():
+            try:
+                token = json.loads(path.read_text()).get("token")
+            except (OSError, ValueError):
+                token = None
+        if not token or await authenticate(self.service.store, token) is None:
+            token = await self.service.create_token(getpass.getuser(), "admin")
+        self.token = token
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"url": self.service.url, "token": token, "ca": str(self.pki.ca_cert)}, fh, indent=2)
+
+    def printer_config(self, password: str) -> dict[str, Any]:
+        device_dir = self.data_dir / "devices" / PRINTER_ID
+        return {
+            "device_id": PRINTER_ID,
+            "broker_url": self.broker.url,
+            "password": password,
+            "ca_file": str(self.pki.ca_cert),
+            "state_dir": str(device_dir / "state"),
+            "services": [{
+                "kind": "print", "name": PRINTER_ID, "driver": "file",
+                "driver_options": {"output_dir": str(device_dir / "output")},
+                "capabilities": SIM_PRINTER_CAPABILITIES,
+                "info": "Simulated printer (writes each job to a folder)",
+                "location": str(device_dir / "output"),
+                "make_and_model": "cloudimaging simulated printer",
+            }],
+        }
+
+    async def _start_printer(self, credentials: Any) -> None:
+        from manager.service import Manager
+
+        from manager.config import ManagerConfig
+
+        password = _secret(self.data_dir / "devices" / PRINTER_ID / "broker.secret")
+        if not credentials.verify(PRINTER_ID, password):
+            credentials.set(PRINTER_ID, password)
+        raw = self.printer_config(password)
+        config_path = self.data_dir / "devices" / PRINTER_ID / "manager.json"
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(raw, fh, indent=2)
+        self.manager = Manager(ManagerConfig.model_validate(raw))
+        await asyncio.to_thread(self.manager.start)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.data_dir / "devices" / PRINTER_ID / "output"
+
+    def banner(self) -> str:
+        lines = [
+            "cloudimaging is up.",
+            f"  HTTPS API     {self.service.url}   (OpenAPI: {self.service.url}/docs)",
+            f"  MQTT broker   {self.broker.url}   (TLS, per-device passwords and ACL)",
+            f"  CA            {self.pki.ca_cert}",
+            f"  CLF log       {self.data_dir / 'logs' / 'access.log'}",
+        ]
+        if self.with_printer:
+            lines.append(f"  Printer       {PRINTER_ID}: printed jobs land in {self.output_dir}")
+        lines += [
+            f"  Client config {self.data_dir / 'client.json'} (admin token for {getpass.getuser()})",
+            "",
+            "In another shell, from this directory:",
+            "  .venv/bin/cloudimaging printers",
+            "  .venv/bin/cloudimaging print FILE -n 2 -o sides=two-sided-long-edge --wait",
+            "  .venv/bin/cloudimaging jobs --all",
+            "",
+            "Ctrl-C stops everything.",
+        ]
+        return "\n".join(lines)
+
+    async def stop(self) -> None:
+        if self.manager is not None:
+            await asyncio.to_thread(self.manager.stop, 10.0)
+        if hasattr(self, "service"):
+            await self.service.stop()
+        if hasattr(self, "broker"):
+            await self.broker.stop()
