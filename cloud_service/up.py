@@ -138,7 +138,7 @@ class EmbeddedStack:
         }
 
     async def _start_printer(self, credentials: Any) -> None:
-        from manager.service import Manager
+        from manager.app import Manager
 
         from manager.config import ManagerConfig
 

@@ -52,7 +52,7 @@ class Stack:
 
     async def add_manager(self, device_id: str, driver: str = "file", options: dict | None = None,
                           capabilities: dict | None = None, wait_online: bool = True) -> Any:
-        from manager.service import Manager
+        from manager.app import Manager
 
         from manager.config import ManagerConfig
 
