@@ -43,6 +43,8 @@ class DeviceRow(Base):
     software: Mapped[str | None] = mapped_column(String(255))
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[float | None] = mapped_column(Float)
+    #: The connection id of the latest "online" presence (see schemas.messages.Presence).
+    session: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
 
 

@@ -77,6 +77,13 @@ class DeviceProtocol:
                 self.clf.mqtt("RECV", device_id, topic, "presence", exc.code, len(payload))
                 return []
             self.clf.mqtt("RECV", device_id, topic, f"presence-{presence.state}", "ok", len(payload))
+            if presence.state == "offline" and presence.session:
+                device = await self.store.device(device_id)
+                if device is not None and device.session and device.session != presence.session:
+                    log.info("ignored the late Last Will of an earlier connection of %s", device_id)
+                    return []
+            if presence.state == "online":
+                await self.store.set_device(device_id, session=presence.session)
             await self._presence(device_id, presence.state == "online")
             return []
         try:

@@ -139,7 +139,6 @@ class EmbeddedStack:
 
     async def _start_printer(self, credentials: Any) -> None:
         from manager.app import Manager
-
         from manager.config import ManagerConfig
 
         password = _secret(self.data_dir / "devices" / PRINTER_ID / "broker.secret")

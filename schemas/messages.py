@@ -170,6 +170,9 @@ class Presence(BaseModel):
     type: Literal["presence"] = "presence"
     state: Literal["online", "offline"]
     ts: float = Field(default_factory=time.time)
+    #: Random id of the MQTT connection, the same in its "online" and its Last Will: an
+    #: "offline" will of an older connection (published late, after a takeover) is ignored.
+    session: Annotated[str, Field(max_length=64)] | None = None
 
 
 UpMessage = Annotated[

@@ -53,7 +53,6 @@ class Stack:
     async def add_manager(self, device_id: str, driver: str = "file", options: dict | None = None,
                           capabilities: dict | None = None, wait_online: bool = True) -> Any:
         from manager.app import Manager
-
         from manager.config import ManagerConfig
 
         password = generate_password()

@@ -125,7 +125,8 @@ async def test_bad_input_is_refused_logged_and_harmless(tmp_path: Path) -> None:
         r = await asyncio.to_thread(refused, msgpack.packb({"v": 1, "type": "hello", "id": "big",
                                                             "software": "x" * (MAX_MESSAGE_BYTES + 10)}))
         assert r.code == "too-large"
-        bad_utf8 = msgpack.packb({"v": 1, "type": "bye", "id": "u3", "reason": "zz"}).replace(b"\xa2zz", b"\xa2\xff\xfe")
+        bad_utf8 = msgpack.packb({"v": 1, "type": "bye", "id": "u3", "reason": "zz"})
+        bad_utf8 = bad_utf8.replace(b"\xa2zz", b"\xa2\xff\xfe")
         r = await asyncio.to_thread(refused, bad_utf8)
         assert r.code == "malformed" and "UTF-8" in r.message
         r = await asyncio.to_thread(refused, msgpack.packb({

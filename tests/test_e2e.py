@@ -48,7 +48,8 @@ async def test_print_end_to_end(tmp_path: Path, broker: str) -> None:
         assert (out / f"job-{job['id']}.ticket.json").exists()
 
         log = (stack.service.config.logs_dir / "access.log").read_text()
-        for needle in ('"POST /api/v1/jobs HTTP/1.1" 201', f"MQTT-SEND ci/v1/dev/printer-a/down job-fetchable#{job['id']}",
+        for needle in ('"POST /api/v1/jobs HTTP/1.1" 201',
+                       f"MQTT-SEND ci/v1/dev/printer-a/down job-fetchable#{job['id']}",
                        f"MQTT-RECV ci/v1/dev/printer-a/up fetch-job#{job['id']}",
                        f"MQTT-RECV ci/v1/dev/printer-a/up acknowledge-job#{job['id']}",
                        f"MQTT-RECV ci/v1/dev/printer-a/up document-status#{job['id']}",

@@ -95,9 +95,12 @@ def test_arbitrary_bytes_never_crash(data: bytes) -> None:
         decode_up(data)
 
 
+KEYS = ["v", "type", "id", "job_id", "version", "state", "accept", "jobs"]
+VALUES = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=20), st.booleans(), st.none())
+
+
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.sampled_from(["v", "type", "id", "job_id", "version", "state", "accept", "jobs"]),
-                       st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=20), st.booleans(), st.none()), max_size=8))
+@given(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=8))
 def test_arbitrary_maps_never_crash(obj: dict) -> None:
     with contextlib.suppress(ProtocolError):
         decode_up(msgpack.packb(obj))

@@ -1,0 +1,394 @@
+"""The embedded MQTT broker: amqtt 0.12.1 in-process, TLS only, behind a CONNECT gate.
+
+We own the listening socket (asyncio TLS server) and hand each connection to amqtt through its
+``external`` listener. Owning the socket gives us the real bound port (port=0 works) and a place
+to fix what amqtt gets wrong at the connection level:
+
+- **Authenticate before amqtt sees the CONNECT.** amqtt acts on the client id *before* asking the
+  auth plugins: a clean-session CONNECT deletes the existing session of that id (its
+  subscriptions vanish while the victim stays connected and deaf), a persistent-session CONNECT
+  takes the session over and disconnects the victim, both with a wrong password. The gate reads
+  the CONNECT (bounded in size and time), checks it with the same rules as DeviceAuthPlugin, and
+  answers a refusal with CONNACK itself; only accepted connections reach amqtt.
+- **Keepalive.** amqtt never drops a client that stops sending (MQTT 3.1.2.10 wants 1.5 x
+  keepalive), so a device that lost power kept its connection, and its Last Will never fired.
+  A sweeper aborts silent connections; amqtt then publishes the will.
+- **Takeover.** A second connection with a client id that is already connected closes the first
+  one (as Mosquitto does) and waits for amqtt to finish it, instead of leaving it half-alive.
+- **No plain TCP.** The only listener is TLS (TLS 1.2+); a plain MQTT CONNECT fails the handshake.
+
+The amqtt plugins (broker.plugins) still run behind the gate: authentication again (cached, so
+cheap) and the topic ACL with the no-retain rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amqtt.adapters import BufferReader, ReaderAdapter, StreamWriterAdapter
+from amqtt.broker import Broker
+from amqtt.mqtt.connect import ConnectPacket
+
+from broker.credentials import CredentialStore, shared_store
+from broker.pki import Pki
+from broker.plugins import NOT_AUTHORIZED, check_connect
+from schemas.messages import MAX_MESSAGE_BYTES
+
+log = logging.getLogger("broker.embedded")
+
+#: A CONNECT is small (ids, credentials, a presence will); anything bigger is not a device of ours.
+MAX_CONNECT_BYTES = 64 * 1024
+#: Largest packet a client may send after CONNECT: one envelope plus topic and headers.
+MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + 2048
+#: MQTT's "unacceptable protocol version" CONNACK code (amqtt speaks 3.1.1 only).
+UNACCEPTABLE_PROTOCOL = 0x01
+_LISTENER = "default"
+
+
+def quiet_amqtt(level: int = logging.WARNING) -> None:
+    """amqtt logs every packet and connection at INFO/DEBUG; keep it at WARNING unless configured."""
+    for name in ("amqtt", "transitions"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(level)
+
+
+@dataclass(eq=False)
+class _Connection:
+    client_id: str
+    keepalive: int
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[Any] | None
+    last_rx: float = field(default_factory=time.monotonic)
+
+
+class _ReplayReader(ReaderAdapter):
+    """Gives amqtt the CONNECT bytes the gate already read, then the stream; notes activity."""
+
+    def __init__(self, prefix: bytes, reader: asyncio.StreamReader, conn: _Connection) -> None:
+        self._prefix = prefix
+        self._reader = reader
+        self._conn = conn
+        self._closed = False
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._closed:
+            return b""  # EOF: amqtt's reader loop ends and publishes the Last Will
+        if n > MAX_PACKET_BYTES:
+            # amqtt reads a PUBLISH payload in one read of its full length and has no size limit.
+            # From here on everything reads as EOF, or amqtt would parse the rest of the payload
+            # already buffered as further packets.
+            log.warning("client %r sent a packet over %d bytes: closing", self._conn.client_id, MAX_PACKET_BYTES)
+            self._closed = True
+            self._conn.writer.transport.abort()
+            raise ConnectionResetError("packet too large")
+        if n == -1:
+            data = self._prefix + await self._reader.read()
+            self._prefix = b""
+        elif n <= len(self._prefix):
+            data, self._prefix = self._prefix[:n], self._prefix[n:]
+        else:
+            # If this await is cancelled (amqtt's read timeout), the prefix is still intact.
+            rest = await self._reader.readexactly(n - len(self._prefix))
+            data, self._prefix = self._prefix + rest, b""
+        self._conn.last_rx = time.monotonic()
+        return data
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+class EmbeddedBroker:
+    """amqtt on one TLS port with password auth and per-device topic ACLs.
+
+    `host` is an address (or a name with one address: with port=0 each address of a name would
+    get its own port); `port=0` picks a free port, readable from `.port` and `.url` after start().
+
+    Usage::
+
+        broker = EmbeddedBroker(ensure_pki(data / "pki"), data / "broker" / "passwd", port=0)
+        await broker.start()
+        broker.credentials.set("printer-1", generate_password())
+        ...  # clients connect to broker.url with pki.ca_cert
+        await broker.stop()
+    """
+
+    def __init__(
+        self,
+        pki: Pki,
+        credentials_path: Path,
+        host: str = "127.0.0.1",
+        port: int = 8883,
+        *,
+        session_expiry_interval: int = 24 * 3600,
+        connect_timeout: float = 10.0,
+        max_connections: int = 10_000,
+        quiet: bool = True,
+    ) -> None:
+        self.pki = pki
+        self.credentials_path = Path(credentials_path)
+        self._host = host
+        self._port = port
+        self.session_expiry_interval = session_expiry_interval
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self._quiet = quiet
+        self._broker: Broker | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._live: dict[str, _Connection] = {}
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the requested one before; 0 means 'pick one')."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"mqtts://{host}:{self._port}"
+
+    @property
+    def credentials(self) -> CredentialStore:
+        """The password file the broker checks; `set()` a device here and it can connect at once."""
+        return shared_store(self.credentials_path)
+
+    @property
+    def amqtt(self) -> Broker | None:
+        """The running amqtt Broker (for plugins/tests); None when stopped."""
+        return self._broker
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Start amqtt, then listen. A restart reuses the port first bound, so URLs stay valid."""
+        if self._server is not None:
+            return
+        if self._quiet:
+            quiet_amqtt()
+        self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {
+            "listeners": {_LISTENER: {"type": "external"}},
+            "session_expiry_interval": self.session_expiry_interval,
+            "plugins": {
+                "broker.plugins.DeviceAuthPlugin": {"password_file": str(self.credentials_path)},
+                "broker.plugins.DeviceAclPlugin": {},
+            },
+        }
+        broker = Broker(config)  # needs the running loop: construct here, not in __init__
+        await broker.start()
+        try:
+            server = await asyncio.start_server(
+                self._on_connection,
+                self._host,
+                self._port,
+                ssl=self.pki.server_context(),
+                ssl_handshake_timeout=self.connect_timeout,
+                reuse_address=True,
+            )
+        except BaseException:
+            await broker.shutdown()
+            raise
+        self._broker = broker
+        self._server = server
+        self._port = server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep_keepalives(), name="broker-keepalive")
+        log.info("embedded broker listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop listening, end every connection, shut amqtt down. Bounded in time."""
+        server, broker = self._server, self._broker
+        self._server = self._broker = None
+        if server is None:
+            return
+        server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        if broker is not None:
+            try:
+                await asyncio.wait_for(broker.shutdown(), timeout=10)
+            except Exception:
+                log.exception("amqtt shutdown failed")
+        for conn in list(self._live.values()):
+            conn.writer.transport.abort()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        self._live.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), timeout=5)
+        log.info("embedded broker stopped")
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- connection handling -----------------------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer, task)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+        except Exception:
+            log.exception("connection handler failed")
+            writer.transport.abort()
+        finally:
+            self._tasks.discard(task)
+            await self._close(writer)
+
+    @staticmethod
+    def _tcp_keepalive(writer: asyncio.StreamWriter) -> None:
+        """Let the kernel find dead peers of clients that chose MQTT keepalive 0."""
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in (("TCP_KEEPIDLE", 120), ("TCP_KEEPINTVL", 20), ("TCP_KEEPCNT", 4)):
+                if hasattr(socket, name):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[Any]) -> None:
+        peer = writer.get_extra_info("peername")
+        self._tcp_keepalive(writer)
+        if len(self._tasks) > self.max_connections:
+            log.warning("refusing connection from %s: %d connections open", peer, len(self._tasks) - 1)
+            return
+        try:
+            raw = await asyncio.wait_for(self._read_packet(reader), timeout=self.connect_timeout)
+            connect = await ConnectPacket.from_stream(BufferReader(raw))
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            log.info("dropping connection from %s before CONNECT: %r", peer, exc)
+            return
+        except Exception as exc:  # amqtt's parser raises its own error types on malformed input
+            log.warning("dropping connection from %s: unreadable CONNECT: %r", peer, exc)
+            return
+
+        if connect.proto_name != "MQTT" or connect.proto_level != 4:
+            await self._connack(writer, UNACCEPTABLE_PROTOCOL)
+            log.warning("refused CONNECT from %s: protocol %s level %s", peer, connect.proto_name, connect.proto_level)
+            return
+        refusal = await asyncio.to_thread(
+            check_connect,
+            self.credentials,
+            username=connect.username,
+            password=connect.password,
+            client_id=connect.client_id,
+            will_flag=connect.will_flag,
+            will_topic=connect.will_topic,
+            will_retain=connect.will_retain_flag,
+        )
+        if refusal is not None:
+            code, reason = refusal
+            log.warning(
+                "refused CONNECT from %s: user=%r client_id=%r: %s",
+                peer,
+                connect.username,
+                connect.client_id,
+                reason,
+            )
+            await self._connack(writer, code or NOT_AUTHORIZED)
+            return
+
+        client_id: str = connect.client_id
+        conn = _Connection(client_id, connect.keep_alive, writer, task)
+        await self._take_over(client_id)
+        self._live[client_id] = conn
+        try:
+            broker = self._broker
+            if broker is None:
+                return
+            await broker.external_connected(_ReplayReader(raw, reader, conn), StreamWriterAdapter(writer), _LISTENER)
+        finally:
+            if self._live.get(client_id) is conn:
+                del self._live[client_id]
+
+    async def _take_over(self, client_id: str) -> None:
+        """Close an older connection with the same client id and let amqtt finish it first.
+
+        amqtt then publishes that connection's Last Will, as Mosquitto 2.0 does on a takeover, so
+        the service sees "offline" before the new connection's "online", never after it.
+        """
+        old = self._live.pop(client_id, None)
+        if old is None:
+            return
+        log.info("client %r connected again: closing its previous connection", client_id)
+        old.writer.transport.abort()
+        if old.task is not None and not old.task.done():
+            await asyncio.wait([old.task], timeout=5)
+
+    @staticmethod
+    async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+        """Read one whole MQTT packet that must be a CONNECT, size-capped."""
+        first = await reader.readexactly(1)
+        if first[0] != 0x10:
+            raise ValueError(f"first packet type {first[0] >> 4} is not CONNECT")
+        header = bytearray(first)
+        length, multiplier = 0, 1
+        for _ in range(4):
+            byte = (await reader.readexactly(1))[0]
+            header.append(byte)
+            length += (byte & 0x7F) * multiplier
+            if not byte & 0x80:
+                break
+            multiplier *= 128
+        else:
+            raise ValueError("malformed remaining length")
+        if length > MAX_CONNECT_BYTES:
+            raise ValueError(f"CONNECT of {length} bytes is too large")
+        return bytes(header) + await reader.readexactly(length)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        """Close gracefully (flushes a refusal CONNACK and TLS close_notify), abort if that stalls."""
+        if writer.transport.is_closing():
+            return
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), timeout=2)
+        except (TimeoutError, OSError, asyncio.CancelledError):
+            writer.transport.abort()
+
+    @staticmethod
+    async def _connack(writer: asyncio.StreamWriter, code: int) -> None:
+        writer.write(bytes((0x20, 0x02, 0x00, code)))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.drain(), timeout=2)
+
+    async def _sweep_keepalives(self) -> None:
+        """Abort connections silent for more than 1.5 x their keepalive, so Last Wills fire."""
+        while True:
+            await asyncio.sleep(1)
+            now = time.monotonic()
+            for conn in list(self._live.values()):
+                if conn.keepalive > 0 and now - conn.last_rx > 1.5 * conn.keepalive:
+                    log.info("client %r silent for %.0f s: closing", conn.client_id, now - conn.last_rx)
+                    conn.writer.transport.abort()
+                    conn.keepalive = 0  # abort once

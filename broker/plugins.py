@@ -1,0 +1,185 @@
+"""amqtt 0.12.1 plugins: password authentication and per-device topic confinement.
+
+Load them through the broker config's ``plugins`` mapping (broker.embedded does):
+
+    "broker.plugins.DeviceAuthPlugin": {"password_file": "/path/passwd"},
+    "broker.plugins.DeviceAclPlugin": {},
+
+and never together with amqtt's AnonymousAuthPlugin (it marks every session anonymous, which
+turns off offline queueing for everyone).
+
+How amqtt calls them (read from amqtt/broker.py, 0.12.1):
+
+- ``authenticate(session=)`` runs after CONNECT is parsed; False -> CONNACK 0x05 and close.
+- ``topic_filtering(session=, topic=, action=)`` runs for SUBSCRIBE (False -> SUBACK 0x80), for
+  PUBLISH (False -> the message was already PUBACKed; it is silently dropped) and for RECEIVE
+  (per subscriber, at delivery time; False -> that subscriber is skipped).
+- ``topic_filtering`` does not see the message, so not its retain flag. amqtt fires the
+  ``broker_message_received`` event (with the message) just before the PUBLISH check, as a task
+  scheduled ahead of the check's own task; asyncio runs ready tasks in FIFO order, so
+  ``on_broker_message_received`` has recorded the message when ``topic_filtering`` runs, and a
+  retained publish is denied like any other forbidden publish (dropped, never stored, never
+  forwarded). ``on_broker_retained_message`` is a second net: anything that still lands in the
+  broker's retained store is deleted at once.
+- Last Wills bypass ``topic_filtering`` entirely (amqtt broadcasts them directly), so the auth
+  plugin refuses a CONNECT whose will topic the user could not publish to, or whose will is
+  retained.
+- amqtt sends retained messages on every CONNECT and SUBSCRIBE without any ACL check; since
+  nothing can be retained here, there is nothing to leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import ApplicationMessage, Session
+
+from broker import acl
+from broker.credentials import CredentialStore, shared_store
+
+log = logging.getLogger("broker.plugins")
+
+
+def _peer(session: Session) -> str:
+    return f"{session.remote_address}:{session.remote_port}"
+
+
+#: CONNACK return codes (MQTT 3.1.1, 3.2.2.3) used when refusing.
+BAD_USERNAME_OR_PASSWORD = 0x04
+NOT_AUTHORIZED = 0x05
+
+
+def check_connect(
+    store: CredentialStore,
+    *,
+    username: str | None,
+    password: str | None,
+    client_id: str | None,
+    will_flag: bool,
+    will_topic: str | None,
+    will_retain: bool,
+) -> tuple[int, str] | None:
+    """(CONNACK code, reason) when a CONNECT must be refused, None when it may proceed.
+
+    Blocking (scrypt on a cache miss): call it in a thread. Shared by the auth plugin and the
+    embedded broker's pre-authentication gate.
+    """
+    if not username:
+        return NOT_AUTHORIZED, "no username"
+    if not password:
+        return BAD_USERNAME_OR_PASSWORD, "no password"
+    if not acl.client_id_allowed(username, client_id):
+        return NOT_AUTHORIZED, f"client id {client_id!r} not allowed for this user"
+    if not acl.will_allowed(username, will_flag, will_topic, will_retain):
+        return NOT_AUTHORIZED, f"will topic {will_topic!r} (retain={will_retain}) not allowed"
+    if not store.verify(username, password):
+        return BAD_USERNAME_OR_PASSWORD, "bad username or password"
+    return None
+
+
+class DeviceAuthPlugin(BaseAuthPlugin):
+    """Username/password from a CredentialStore file; client id and Last Will bound to the user."""
+
+    @dataclass
+    class Config:
+        password_file: str = ""
+        """Path of the CredentialStore file (``username:hash`` lines)."""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        if not self.config.password_file:
+            raise ValueError("DeviceAuthPlugin needs 'password_file'")
+        self.store = shared_store(Path(self.config.password_file))
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        refusal = await asyncio.to_thread(
+            check_connect,
+            self.store,
+            username=session.username,
+            password=session.password,
+            client_id=session.client_id,
+            will_flag=bool(session.will_flag),
+            will_topic=session.will_topic,
+            will_retain=bool(session.will_retain),
+        )
+        if refusal is None:
+            return True
+        log.warning(
+            "refused CONNECT from %s: user=%r client_id=%r: %s",
+            _peer(session),
+            session.username,
+            session.client_id,
+            refusal[1],
+        )
+        return False
+
+
+class DeviceAclPlugin(BaseTopicPlugin):
+    """Confines each device to its own topics and the service to the device subtrees; no retain."""
+
+    @dataclass
+    class Config:
+        """No options: the rules are broker.acl's."""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        # The message each client most recently sent, recorded by on_broker_message_received
+        # just before amqtt's PUBLISH check for that same message (see module docstring).
+        self._last_message: dict[str, ApplicationMessage] = {}
+
+    async def on_broker_message_received(self, *, client_id: str, message: ApplicationMessage | None) -> None:
+        # No await before the assignment: it must happen before topic_filtering's task runs.
+        if message is not None and client_id:
+            self._last_message[client_id] = message
+
+    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        self._last_message.pop(client_id, None)
+
+    async def on_broker_retained_message(self, *, client_id: str | None, retained_message: Any) -> None:
+        # client_id is None for the broker-wide retained store (set by a retained publish or will);
+        # otherwise amqtt is queueing for an offline session, which is normal delivery.
+        if client_id is not None or not retained_message.data:
+            return
+        store = self.context.retained_messages  # type: ignore[attr-defined]
+        if store.get(retained_message.topic) is retained_message:
+            del store[retained_message.topic]
+            log.warning("deleted a retained message on %r: retained messages are not allowed", retained_message.topic)
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
+        if session is None or topic is None:
+            return False
+        username = session.username
+        if action == Action.PUBLISH:
+            message = self._last_message.pop(session.client_id or "", None)
+            if message is not None and message.topic == topic and message.retain:
+                log.warning(
+                    "denied retained PUBLISH by user=%r client_id=%r to %r (retain is not allowed)",
+                    username,
+                    session.client_id,
+                    topic,
+                )
+                return False
+            allowed = acl.may_publish(username, topic)
+        elif action == Action.SUBSCRIBE:
+            allowed = acl.may_subscribe(username, topic)
+        elif action == Action.RECEIVE:
+            allowed = acl.may_receive(username, topic)
+        else:
+            allowed = False
+        if not allowed:
+            log.warning(
+                "denied %s by user=%r client_id=%r on %r",
+                action.value if action else action,
+                username,
+                session.client_id,
+                topic,
+            )
+        return allowed

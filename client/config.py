@@ -1,0 +1,149 @@
+"""Where the CLI finds the service's URL, a bearer token and the CA to trust, with no flags.
+
+Order, highest first: flags (--url, --token, --ca), then environment (CLOUDIMAGING_URL,
+CLOUDIMAGING_TOKEN, CLOUDIMAGING_CA), then one ``client.json`` file ``{"url", "token", "ca"}``
+looked up at $CLOUDIMAGING_CONFIG, else ``.cloudimaging/client.json`` in the current directory
+or the nearest parent that has one (``cloudimaging up`` writes it there), else
+``$XDG_CONFIG_HOME/cloudimaging/client.json`` (``~/.config`` by default).
+
+A file's token and CA belong to that file's URL: when a flag or the environment points at
+another URL they are not used, so a token is never sent to a service it was not issued for.
+A relative ``ca`` in a file is resolved against the file's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from client.errors import ConfigError
+
+ENV_URL = "CLOUDIMAGING_URL"
+ENV_TOKEN = "CLOUDIMAGING_TOKEN"
+ENV_CA = "CLOUDIMAGING_CA"
+ENV_CONFIG = "CLOUDIMAGING_CONFIG"
+DATA_DIR = ".cloudimaging"
+FILE_NAME = "client.json"
+
+NOTHING_CONFIGURED = "no service configured: run `cloudimaging up` or pass --url/--token"
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """A resolved configuration; ``source`` says where it came from, for error messages."""
+
+    url: str
+    token: str
+    ca: str | None = None
+    source: str = "flags"
+
+
+@dataclass(frozen=True)
+class _FileConfig:
+    path: Path
+    url: str | None
+    token: str | None
+    ca: str | None
+
+
+def find_config_file(
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> Path | None:
+    """The client.json that applies, or None. $CLOUDIMAGING_CONFIG must exist if set."""
+    env = os.environ if env is None else env
+    explicit = env.get(ENV_CONFIG)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{ENV_CONFIG} points to {path}, which is not a file")
+        return path
+    start = Path(cwd) if cwd is not None else Path.cwd()
+    for directory in (start, *start.parents):
+        candidate = directory / DATA_DIR / FILE_NAME
+        if candidate.is_file():
+            return candidate
+    base = env.get("XDG_CONFIG_HOME")
+    config_home = Path(base) if base else Path(home if home is not None else Path.home()) / ".config"
+    candidate = config_home / "cloudimaging" / FILE_NAME
+    return candidate if candidate.is_file() else None
+
+
+def _read_file(path: Path) -> _FileConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object with url, token and ca")
+    values: dict[str, str | None] = {}
+    for key in ("url", "token", "ca"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string")
+        values[key] = value or None
+    ca = values["ca"]
+    if ca is not None:
+        ca = str(path.parent / Path(ca).expanduser())  # an absolute ca stays absolute
+    return _FileConfig(path, values["url"], values["token"], ca)
+
+
+def _same_service(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def check_url(url: str) -> str:
+    """Refuse URLs that would leak the bearer token: only https, or http on loopback."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"service URL {url!r} must look like https://host:port")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        raise ConfigError(f"refusing to send the token over plain http to {parts.hostname}: use https")
+    return url
+
+
+def load_config(
+    url: str | None = None,
+    token: str | None = None,
+    ca: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> ClientConfig:
+    """Resolve url, token and CA from flags, environment and client.json (see module doc)."""
+    env = os.environ if env is None else env
+    chosen_url = url or env.get(ENV_URL) or None
+    chosen_token = token or env.get(ENV_TOKEN) or None
+    chosen_ca = ca or env.get(ENV_CA) or None
+    source = "flags" if url else (ENV_URL if chosen_url else "")
+
+    if chosen_url is None or chosen_token is None or chosen_ca is None:
+        path = find_config_file(env, cwd, home)
+        if path is not None:
+            found = _read_file(path)
+            if chosen_url is None and found.url:
+                chosen_url, source = found.url, str(path)
+            if found.url and chosen_url and _same_service(chosen_url, found.url):
+                chosen_token = chosen_token or found.token
+                chosen_ca = chosen_ca or found.ca
+                source = source or str(path)
+
+    if chosen_url is None:
+        raise ConfigError(NOTHING_CONFIGURED)
+    if chosen_token is None:
+        raise ConfigError(f"no token for {chosen_url}: pass --token or set {ENV_TOKEN}")
+    if chosen_ca is not None:
+        chosen_ca = str(Path(chosen_ca).expanduser())
+        if not Path(chosen_ca).is_file():
+            raise ConfigError(f"CA file {chosen_ca} not found")
+    return ClientConfig(check_url(chosen_url), chosen_token, chosen_ca, source or "flags")
