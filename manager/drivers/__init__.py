@@ -1,0 +1,51 @@
+"""Device drivers of the Manager and the registry that builds them from the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from manager.drivers.base import (
+    DeviceStatus,
+    DocumentTask,
+    DriverConfigError,
+    DriverError,
+    JobRefused,
+    PrintCanceled,
+    PrintDriver,
+    PrintJob,
+    Progress,
+)
+from manager.drivers.file import FileDriver
+from manager.drivers.simulated import SimulatedDriver
+
+#: Driver classes by the name used in the config's ``driver`` field.
+DRIVERS: dict[str, type[PrintDriver]] = {
+    FileDriver.kind: FileDriver,
+    SimulatedDriver.kind: SimulatedDriver,
+}
+
+
+def make_driver(kind: str, name: str, options: dict[str, object], state_dir: Path) -> PrintDriver:
+    """Build the driver ``kind`` for service ``name``; raises DriverConfigError."""
+    try:
+        cls = DRIVERS[kind]
+    except KeyError:
+        raise DriverConfigError(f"service {name!r}: unknown driver {kind!r}") from None
+    return cls(name, options, state_dir)
+
+
+__all__ = [
+    "DRIVERS",
+    "DeviceStatus",
+    "DocumentTask",
+    "DriverConfigError",
+    "DriverError",
+    "FileDriver",
+    "JobRefused",
+    "PrintCanceled",
+    "PrintDriver",
+    "PrintJob",
+    "Progress",
+    "SimulatedDriver",
+    "make_driver",
+]

@@ -1,0 +1,148 @@
+"""The ``simulated`` driver: a printer that takes time, jams, runs out of paper and fails.
+
+It exists so the whole system (service states, job states, cancel, exactly-once printing)
+can be exercised without hardware. It prints ``pages_per_second`` impressions per second
+and follows a script of events, each fired once, keyed by the running count of impressions
+the printer has made since it started (so "page 3" is the third sheet side ever printed):
+
+    {"at_page": 3, "event": "media-jam", "seconds": 2}   stopped with media-jam, then resumes
+    {"at_page": 5, "event": "media-empty", "seconds": 1} stopped with media-empty, then resumes
+    {"at_page": 7, "event": "fail"}                      the job printing page 7 is aborted
+
+``reject: true`` refuses every job at fetch. Every completed job appends one line with its
+job id to ``{output_dir}/printed.log``, so a test can check a job was printed exactly once.
+Cancel stops between pages (and during a jam).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from manager.drivers.base import (
+    DeviceStatus,
+    DocumentTask,
+    DriverError,
+    DriverOptions,
+    JobRefused,
+    PrintCanceled,
+    PrintDriver,
+    PrintJob,
+    Progress,
+)
+from manager.drivers.pages import count_pages
+from schemas.enums import JobState, Reason
+from schemas.text import Keyword
+
+log = logging.getLogger("cloudimaging.manager.simulated")
+
+
+class ScriptEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at_page: Annotated[int, Field(ge=1)]
+    event: Literal["media-empty", "media-jam", "fail"]
+    #: How long the printer stays stopped (media-empty, media-jam).
+    seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    message: str | None = None
+
+
+class SimulatedOptions(DriverOptions):
+    pages_per_second: Annotated[float, Field(gt=0, le=100_000)] = 20.0
+    #: Where printed.log goes; ``{state_dir}/output/{service}`` when not given.
+    output_dir: Path | None = None
+    script: list[ScriptEvent] = []
+    reject: bool = False
+    reject_reason: Keyword = "aborted-by-system"
+
+
+class SimulatedDriver(PrintDriver):
+    kind = "simulated"
+    Options = SimulatedOptions
+    options: SimulatedOptions
+
+    def __init__(self, name: str, options: dict[str, object], state_dir: Path) -> None:
+        super().__init__(name, options, state_dir)
+        self.output_dir = self.options.output_dir or self.state_dir / "output" / name
+        self.printed_log = self.output_dir / "printed.log"
+        #: Impressions made since start; script events are keyed by it.
+        self.pages_printed = 0
+        self.identified: list[tuple[tuple[str, ...], str | None]] = []
+        self._pending_events = sorted(self.options.script, key=lambda e: e.at_page)
+        self._cancel: dict[int, asyncio.Event] = {}
+
+    async def open(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def check_job(self, job: PrintJob) -> None:
+        if self.options.reject:
+            raise JobRefused(self.options.reject_reason, "the simulated printer rejects every job")
+
+    def _cancel_event(self, job_id: int) -> asyncio.Event:
+        return self._cancel.setdefault(job_id, asyncio.Event())
+
+    async def print_document(self, task: DocumentTask, path: Path, progress: Progress) -> int:
+        job_id = task.job.job_id
+        canceled = self._cancel_event(job_id)
+        pages = await asyncio.to_thread(count_pages, path, task.document_format)
+        impressions = pages * task.job.copies
+        page_time = 1.0 / self.options.pages_per_second
+        for done in range(impressions):
+            if canceled.is_set():
+                raise PrintCanceled(f"job {job_id} canceled")
+            await self._run_events(job_id, canceled)
+            if await _wait(canceled, page_time):
+                raise PrintCanceled(f"job {job_id} canceled")
+            self.pages_printed += 1
+            progress(done + 1)
+        return impressions
+
+    async def _run_events(self, job_id: int, canceled: asyncio.Event) -> None:
+        """Fire the script events due at the page about to be printed."""
+        page = self.pages_printed + 1
+        while self._pending_events and self._pending_events[0].at_page <= page:
+            event = self._pending_events.pop(0)
+            if event.event == "fail":
+                raise DriverError(event.message or f"simulated failure at page {page}", (Reason.ABORTED_BY_SYSTEM,))
+            reason = Reason.MEDIA_EMPTY if event.event == "media-empty" else Reason.MEDIA_JAM
+            log.info("simulated %s at page %d for %.1f s (job %d)", reason, page, event.seconds, job_id)
+            self.set_status(DeviceStatus(stopped=True, reasons=(reason,), message=event.message))
+            try:
+                if await _wait(canceled, event.seconds):
+                    raise PrintCanceled(f"job {job_id} canceled")
+            finally:
+                self.set_status(DeviceStatus())
+
+    def cancel(self, job_id: int) -> None:
+        self._cancel_event(job_id).set()
+
+    async def end_job(self, job_id: int, state: JobState) -> None:
+        self._cancel.pop(job_id, None)
+        if state is JobState.COMPLETED:
+            await asyncio.to_thread(self._log_printed, job_id)
+
+    def _log_printed(self, job_id: int) -> None:
+        with self.printed_log.open("a", encoding="ascii") as f:
+            f.write(f"{job_id}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def identify(self, actions: Sequence[str], message: str | None) -> None:
+        self.identified.append((tuple(actions), message))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``event`` is set first; True if it was."""
+    if event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,162 @@
+"""The jobs a Manager holds, and the ones it finished recently.
+
+JobBook is the one place job records change hands, so a durable journal (SQLite, a later
+issue) plugs in by overriding ``save`` and ``forget`` and by loading records at start; the
+runner never keeps job state anywhere else. "Finished recently" is what makes duplicated or
+late doorbells harmless: a job id in it is never fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from schemas.enums import JobState
+from schemas.messages import DocumentAccess, HeldJob
+from schemas.tickets import PrintJobTicket
+
+
+class Phase(StrEnum):
+    """Where a job is in the Manager's own flow (finer than the PWG job state)."""
+
+    FETCHING = "fetching"  # fetch-job sent; not claimed yet
+    QUEUED = "queued"  # accepted (claimed); waiting for the printer
+    PRINTING = "printing"
+    ENDING = "ending"  # ended locally; the final job-status is not confirmed yet
+
+
+@dataclass(eq=False)
+class JobRecord:
+    """One job held by the Manager: what the cloud told it and how far printing got."""
+
+    job_id: int
+    version: int = 0
+    state: JobState = JobState.PENDING
+    reasons: tuple[str, ...] = ()
+    phase: Phase = Phase.FETCHING
+    service: str | None = None
+    ticket: PrintJobTicket | None = None
+    document_count: int = 1
+    documents: dict[int, DocumentAccess] = field(default_factory=dict)
+    impressions_completed: int = 0
+    claimed: bool = False
+    #: An acknowledge-job (accept) is on its way: the job may be claimed already.
+    acknowledging: bool = False
+    cancel_requested: bool = False
+    created_at: float = field(default_factory=time.time)
+    # Runtime only (never journaled): the task running the job, the lock that keeps its
+    # reports one at a time, the flag that stops its download thread, and the event that
+    # wakes a job waiting for the printer when it is canceled or dropped.
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def adopt_version(self, version: int | None) -> None:
+        """Take the cloud's version; versions only grow, so an older one is ignored."""
+        if version is not None and version > self.version:
+            self.version = version
+
+    def held(self) -> HeldJob:
+        return HeldJob(
+            job_id=self.job_id, version=self.version, state=self.state, impressions_completed=self.impressions_completed
+        )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A read-only copy of a JobRecord for code outside the runner (tests, status pages)."""
+
+    job_id: int
+    version: int
+    state: JobState
+    reasons: tuple[str, ...]
+    phase: Phase
+    service: str | None
+    impressions_completed: int
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        return cls(
+            record.job_id,
+            record.version,
+            record.state,
+            record.reasons,
+            record.phase,
+            record.service,
+            record.impressions_completed,
+            record.cancel_requested,
+        )
+
+
+class JobBook:
+    """Held jobs by id, plus a bounded memory of finished ones."""
+
+    def __init__(self, recent_limit: int = 10_000, recent_seconds: float = 24 * 3600) -> None:
+        self._jobs: dict[int, JobRecord] = {}
+        self._recent: OrderedDict[int, tuple[JobState | None, float]] = OrderedDict()
+        self._recent_limit = recent_limit
+        self._recent_seconds = recent_seconds
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: int) -> bool:
+        return job_id in self._jobs
+
+    def get(self, job_id: int) -> JobRecord | None:
+        return self._jobs.get(job_id)
+
+    def records(self) -> list[JobRecord]:
+        return list(self._jobs.values())
+
+    def held(self) -> list[JobRecord]:
+        """The jobs a Hello reports (Update-Active-Jobs): claimed, or being claimed right now.
+
+        A job whose acknowledge-job is in flight is listed too: the service may have claimed
+        it for this device already, and a claimed job missing from Hello is taken back.
+        """
+        return sorted((r for r in self._jobs.values() if r.claimed or r.acknowledging), key=lambda r: r.job_id)
+
+    def seen(self, job_id: int) -> bool:
+        """Held now or finished recently: a doorbell for it must be ignored."""
+        self._expire()
+        return job_id in self._jobs or job_id in self._recent
+
+    def finished_state(self, job_id: int) -> JobState | None:
+        self._expire()
+        entry = self._recent.get(job_id)
+        return entry[0] if entry else None
+
+    def recent(self) -> dict[int, JobState | None]:
+        self._expire()
+        return {job_id: state for job_id, (state, _) in self._recent.items()}
+
+    def add(self, record: JobRecord) -> None:
+        self._jobs[record.job_id] = record
+        self.save(record)
+
+    def save(self, record: JobRecord) -> None:
+        """Persist a changed record. In memory nothing to do; a journal overrides this."""
+
+    def forget(self, job_id: int, state: JobState | None = None, remember: bool = True) -> None:
+        """Remove a job; with ``remember`` its id is kept so it is never fetched again."""
+        self._jobs.pop(job_id, None)
+        if remember:
+            self._recent[job_id] = (state, time.monotonic())
+            self._recent.move_to_end(job_id)
+            while len(self._recent) > self._recent_limit:
+                self._recent.popitem(last=False)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self._recent_seconds
+        while self._recent:
+            job_id, (_, at) = next(iter(self._recent.items()))
+            if at >= cutoff:
+                break
+            del self._recent[job_id]
