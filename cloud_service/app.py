@@ -23,6 +23,7 @@ from cloud_service.jobs import JobService
 from cloud_service.mqtt import MqttAdapter
 from cloud_service.objects import LocalObjectStore, UrlSigner, load_or_create_secret
 from cloud_service.store import JobStore
+from cloud_service.supervisor import Supervisor, SupervisorPolicy
 
 log = logging.getLogger("cloudimaging.service")
 
@@ -74,10 +75,14 @@ class CloudService:
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive)
         self.jobs = JobService(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
+        self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
+                                                                  cfg.step_timeout), self.mqtt.publish)
         self.app = create_app(store=self.store, jobs=self.jobs, devices=self.devices, objects=self.objects,
                               clf=self.clf, url_ttl=cfg.url_ttl,
                               allow_insecure_document_uri=cfg.allow_insecure_document_uri,
-                              ca_file=str(ca), ipp_base=None)
+                              ca_file=str(ca), ipp_base=None,
+                              request_status=lambda device_id: self.devices.request_status(
+                                  device_id, self.mqtt.publish, cfg.status_timeout))
         uv_config = uvicorn.Config(self.app, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",
                                    access_log=False, lifespan="off", timeout_graceful_shutdown=3)
         self._server = uvicorn.Server(uv_config)
@@ -89,6 +94,7 @@ class CloudService:
         if self._serve_task.done():
             self._serve_task.result()
         await self.mqtt.start()
+        self.supervisor.start(cfg.supervise_interval)
         log.info("cloud service at %s (broker %s)", self.url, cfg.broker_url)
 
     async def stop(self) -> None:
@@ -97,6 +103,7 @@ class CloudService:
         if self._serve_task is not None:
             await asyncio.gather(self._serve_task, return_exceptions=True)
         if hasattr(self, "mqtt"):
+            await self.supervisor.stop()
             await self.mqtt.stop()
         if hasattr(self, "engine"):
             await self.engine.dispose()

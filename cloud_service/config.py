@@ -40,6 +40,18 @@ class ServiceConfig(BaseModel):
     #: Fetch of document_uri: allow plain http and private hosts (tests only).
     allow_insecure_document_uri: bool = False
     log_level: str = "INFO"
+    # ---- reliability (docs/reliability.md) ----
+    #: How often the supervisor looks for offline devices and stuck claims (seconds).
+    supervise_interval: float = 5.0
+    #: A device offline this long has its processing jobs moved to processing-stopped.
+    offline_grace: float = 60.0
+    #: A device offline this long has its claimed jobs aborted.
+    offline_abort_after: float = 3600.0
+    #: A claim with no report for this long (device online, job not processing-stopped) is
+    #: released if printing never started, else aborted (AWS IoT Jobs' step timeout).
+    step_timeout: float = 600.0
+    #: How long a status request waits for the device's answer before calling it unreachable.
+    status_timeout: float = 10.0
 
     @property
     def db_url(self) -> str:

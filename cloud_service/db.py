@@ -45,6 +45,8 @@ class DeviceRow(Base):
     last_seen: Mapped[float | None] = mapped_column(Float)
     #: The connection id of the latest "online" presence (see schemas.messages.Presence).
     session: Mapped[str | None] = mapped_column(String(64))
+    #: The id of the last status request the device answered (requirement 11).
+    status_re: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
 
 

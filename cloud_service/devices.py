@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from cloud_service.clf import ClfLog
 from cloud_service.core.document import InvalidDocumentTransition, document_transition
@@ -37,6 +36,7 @@ from schemas.messages import (
     Message,
     ProtocolError,
     Reply,
+    StatusRequest,
     StopJob,
     Sync,
     decode_presence,
@@ -49,20 +49,12 @@ log = logging.getLogger("cloudimaging.devices")
 Outgoing = list[tuple[str, Message]]
 
 
-@dataclass
-class StatusWaiters:
-    """Pending status requests (requirement 11), keyed by request id."""
-
-    futures: dict[str, asyncio.Future[Attributes]] = field(default_factory=dict)
-
-
 class DeviceProtocol:
     def __init__(self, store: JobStore, objects: ObjectStore, clf: ClfLog, url_ttl: float) -> None:
         self.store = store
         self.objects = objects
         self.clf = clf
         self.url_ttl = url_ttl
-        self.status_waiters = StatusWaiters()
         #: Called with (device_id, online) so the HTTP side can react; optional.
         self.on_presence: Callable[[str, bool], Awaitable[None]] | None = None
 
@@ -171,11 +163,30 @@ class DeviceProtocol:
             if not ok:
                 return [(device_id, Reply(re=msg.id, ok=False, code="not-yours",
                                           message=f"service name {svc.name!r} belongs to another device"))]
-        if msg.re and msg.re in self.status_waiters.futures:
-            fut = self.status_waiters.futures[msg.re]
-            if not fut.done():
-                fut.set_result(msg)
+        if msg.re:
+            # An answer to a status request: recorded in the database, so the replica that
+            # asked sees it whichever replica received it.
+            await self.store.set_device(device_id, status_re=msg.re)
         return [(device_id, Reply(re=msg.id, ok=True, code="ok"))]
+
+    async def request_status(self, device_id: str, publish: Callable[[str, Message], None],
+                             timeout: float) -> bool:
+        """Ask a device for its status now; True if it answered within ``timeout``.
+
+        No answer marks the device unreachable (offline): its services show stopped with
+        offline-report until it speaks again.
+        """
+        request = StatusRequest()
+        publish(device_id, request)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            device = await self.store.device(device_id)
+            if device is not None and device.status_re == request.id:
+                return True
+        log.warning("device %s did not answer a status request in %.1f s: unreachable", device_id, timeout)
+        await self._presence(device_id, False)
+        return False
 
     # ------------------------------------------------------------------ jobs
 

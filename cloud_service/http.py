@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,7 +87,8 @@ def error_response(status: int, code: str, message: str, attribute: str | None =
 
 def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, objects: LocalObjectStore,
                clf: ClfLog, url_ttl: float, allow_insecure_document_uri: bool = False,
-               ca_file: str | None = None, ipp_base: Callable[[], str] | None = None) -> FastAPI:
+               ca_file: str | None = None, ipp_base: Callable[[], str] | None = None,
+               request_status: Callable[[str], Awaitable[bool]] | None = None) -> FastAPI:
     app = FastAPI(title="cloudimaging", version="0.1.0", default_response_class=OrjsonResponse,
                   description="Cloud Print Service after the PWG Cloud Imaging Model. "
                               "Authenticate with `Authorization: Bearer <token>`.")
@@ -172,6 +173,15 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
         service = await jobs.resolve_service(kind, name)
         jobs.check_ticket(service, body.ticket, body.document_format)
         return {"ok": True}
+
+    @app.post(f"{API_PREFIX}/services/{{kind}}/{{name}}/status-request", tags=["services"])
+    async def status_request(kind: ServiceKind, name: str, _user: User = Depends(current_user)) -> ServiceInfo:
+        """Ask the device for its status now (model requirement 11). 504 if it does not answer:
+        the device is then marked unreachable (its services show stopped, offline-report)."""
+        service = await jobs.resolve_service(kind, name)
+        if request_status is None or not await request_status(service.device_id):
+            raise JobError(504, "device-unreachable", f"the device of {name!r} did not answer a status request")
+        return (await service_info(kind.value, name))[0]
 
     # ------------------------------------------------------------------ jobs
 

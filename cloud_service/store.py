@@ -235,9 +235,19 @@ class JobStore:
                                          .order_by(JobEventRow.id))
                 history = [JobEvent(at=e.at, version=e.version, state=JobState(e.state),
                                     state_reasons=e.state_reasons, message=e.message) for e in events]
+        reasons, message = list(row.state_reasons), row.state_message
+        if row.state == JobState.PENDING.value:
+            # Waiting for a device that is away: say so (the stored state is unchanged; this
+            # is what a client reads, like the offline overlay on service states).
+            device = await self.device(row.device_id)
+            if device is not None and not device.online:
+                reasons = [r for r in reasons if r != "none"] + ["printer-stopped"]
+                message = message or "waiting: the printer is offline" + (
+                    time.strftime(" (last seen %Y-%m-%d %H:%M:%S UTC)", time.gmtime(device.last_seen))
+                    if device.last_seen else "")
         return JobInfo(id=row.id, uuid=row.uuid, kind=ServiceKind(row.kind), service=row.service_name,
                        device_id=row.device_id, owner=row.owner, state=JobState(row.state),
-                       state_reasons=row.state_reasons, state_message=row.state_message, version=row.version,
+                       state_reasons=reasons, state_message=message, version=row.version,
                        created_at=row.created_at, updated_at=row.updated_at, completed_at=row.completed_at,
                        impressions_completed=row.impressions_completed, ticket=row.ticket,
                        documents=[DocumentInfo(number=d.number, name=d.name, format=d.format, size=d.size,

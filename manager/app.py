@@ -38,7 +38,7 @@ class Manager:
     """A Cloud Print Manager for the device described by ``config``.
 
     ``drivers`` replaces the drivers built from the config, by service name (tests, custom
-    hardware). ``book`` replaces the in-memory JobBook (a journal, later).
+    hardware). ``book`` replaces the durable journal (manager/journal.py) with another JobBook.
     """
 
     def __init__(
@@ -50,6 +50,10 @@ class Manager:
             s.name: given.get(s.name) or make_driver(s.driver, s.name, s.driver_options, config.state_dir)
             for s in config.services
         }
+        if book is None:
+            from manager.journal import JournalJobBook
+
+            book = JournalJobBook(config.state_dir / "journal.sqlite")
         self._runner = Runner(config, self.drivers, self._publish, book=book)
         self._session = Session(
             config,

@@ -1,8 +1,8 @@
 """The jobs a Manager holds, and the ones it finished recently.
 
-JobBook is the one place job records change hands, so a durable journal (SQLite, a later
-issue) plugs in by overriding ``save`` and ``forget`` and by loading records at start; the
-runner never keeps job state anywhere else. "Finished recently" is what makes duplicated or
+JobBook is the one place job records change hands, so the durable journal
+(manager/journal.py, SQLite) plugs in by overriding ``save`` and ``forget`` and by loading
+records at start; the runner never keeps job state anywhere else. "Finished recently" is what makes duplicated or
 late doorbells harmless: a job id in it is never fetched again.
 """
 
@@ -47,6 +47,13 @@ class JobRecord:
     #: An acknowledge-job (accept) is on its way: the job may be claimed already.
     acknowledging: bool = False
     cancel_requested: bool = False
+    #: Documents the driver has finished: never printed again, even after a restart.
+    documents_done: set[int] = field(default_factory=set)
+    #: The document the driver is printing right now (None between documents): after a
+    #: crash, a job with one is known to be partly printed (see docs/reliability.md).
+    printing_document: int | None = None
+    #: The final job-status message (phase ENDING), resent after a restart.
+    message: str | None = None
     created_at: float = field(default_factory=time.time)
     # Runtime only (never journaled): the task running the job, the lock that keeps its
     # reports one at a time, the flag that stops its download thread, and the event that
@@ -143,6 +150,10 @@ class JobBook:
 
     def save(self, record: JobRecord) -> None:
         """Persist a changed record. In memory nothing to do; a journal overrides this."""
+
+    def load(self) -> list[JobRecord]:
+        """Records that survived a restart (a journal's); the in-memory book has none."""
+        return []
 
     def forget(self, job_id: int, state: JobState | None = None, remember: bool = True) -> None:
         """Remove a job; with ``remember`` its id is kept so it is never fetched again."""

@@ -147,7 +147,7 @@ class Runner:
         self.config = config
         self.device_id = config.device_id
         self._publish = publish
-        self.book = book or JobBook()
+        self.book = book if book is not None else JobBook()  # (an empty book is falsy)
         self.services = {s.name: ServiceRuntime(s, drivers[s.name]) for s in config.services}
         self.requester = Requester(self._send, config.request_timeout, config.request_attempts)
         self.spool = config.state_dir / "spool"
@@ -175,16 +175,51 @@ class Runner:
         """Prepare the spool and open the drivers; call once on the runner's loop."""
         self.spool.mkdir(parents=True, exist_ok=True)
         for leftover in self.spool.glob("*"):
-            leftover.unlink(missing_ok=True)  # nothing survives a restart (no journal yet)
+            leftover.unlink(missing_ok=True)  # partial downloads: documents are fetched again
         for service in self.services.values():
             await service.driver.open()
             service.driver.add_listener(lambda status, s=service: self._on_device_status(s, status))
+        self._recover()
+
+    def _recover(self) -> None:
+        """Finish the jobs the journal kept across a restart (policy: docs/reliability.md).
+
+        - not claimed yet: forgotten; the service offers it again or takes the claim back;
+        - final state decided but not confirmed: the final job-status is sent again;
+        - a document was being printed: the job ends aborted with the impressions done, never
+          printed again in full (the printer may have output part of it);
+        - every document done: completed;
+        - claimed, nothing on paper yet (queued, or between documents): printing goes on with
+          the documents not yet done.
+        """
+        for record in self.book.load():
+            if not record.claimed:
+                self.book.forget(record.job_id, None, remember=False)
+                continue
+            loop = asyncio.get_running_loop()
+            all_done = set(range(1, record.document_count + 1)) <= record.documents_done
+            if record.phase is Phase.ENDING:
+                log.info("job %d: recovered; resending its final state %s", record.job_id, record.state)
+                coro = self._finish(record, record.state, record.reasons, record.message)
+            elif record.printing_document is not None:
+                message = (f"the Manager restarted while printing document {record.printing_document} after "
+                           f"{record.impressions_completed} impression(s); not printed again to avoid duplicates")
+                log.warning("job %d: %s", record.job_id, message)
+                coro = self._finish(record, JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,), message)
+            elif all_done:
+                log.info("job %d: recovered; all documents were printed", record.job_id)
+                coro = self._finish(record, JobState.COMPLETED, (Reason.JOB_COMPLETED_SUCCESSFULLY,), None)
+            else:
+                log.info("job %d: recovered; printing the documents not yet done", record.job_id)
+                record.phase = Phase.QUEUED
+                coro = self._run_claimed(record)
+            record.task = loop.create_task(coro, name=f"job-{record.job_id}-recovered")
 
     async def shutdown(self) -> None:
         """Stop all jobs without reporting them, then close the drivers.
 
-        Without a journal the jobs are forgotten: the next Hello will not list them and the
-        service applies its policy for jobs a device dropped.
+        The jobs stay in the journal: the next start lists them in its Hello and finishes
+        them by the recovery policy (``_recover``).
         """
         self._closing = True
         self.requester.set_online(False)
@@ -424,6 +459,8 @@ class Runner:
         self._forget(record, state)
 
     def _forget(self, record: JobRecord, state: JobState | None, remember: bool = True) -> None:
+        if self._closing:
+            return  # stopping: jobs cut short stay journaled; the next start recovers them
         if self.book.get(record.job_id) is record:
             self.book.forget(record.job_id, state, remember)
         with self.changed:
@@ -438,9 +475,24 @@ class Runner:
         try:
             async with self._intake_slots:
                 taken = await self._take(record)
-            if not taken:
+        except _JobGone as gone:
+            self._drop(record, gone.state, str(gone))
+            return
+        except Exception:
+            log.exception("job %d: failed while fetching it", record.job_id)
+            self._forget(record, None, remember=False)  # the service offers it again
+            return
+        if taken:
+            await self._run_claimed(record)
+
+    async def _run_claimed(self, record: JobRecord) -> None:
+        """Wait for the printer, print, report the end: the part after the claim."""
+        try:
+            service = self.services.get(record.service or "")
+            if service is None:
+                await self._finish(record, JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,),
+                                   f"this device has no service named {record.service!r}")
                 return
-            service = self.services[record.service or ""]
             try:
                 await self._wait_turn(record, service)
             except _Canceled:
@@ -608,6 +660,8 @@ class Runner:
             else:
                 await self._report_job(record, JobState.PROCESSING, (Reason.JOB_PRINTING,))
             for number in range(1, record.document_count + 1):
+                if number in record.documents_done:
+                    continue
                 outcome = await self._print_document(record, driver, job, number)
                 if outcome is not None:
                     return outcome
@@ -652,6 +706,8 @@ class Runner:
             size=access.size,
             document_name=access.document_name,
         )
+        record.printing_document = number
+        self.book.save(record)  # from here on, paper may come out: journaled first
         try:
             impressions = await driver.print_document(task, path, progress)
         except PrintCanceled:
@@ -685,6 +741,8 @@ class Runner:
         finally:
             path.unlink(missing_ok=True)
         record.impressions_completed = max(record.impressions_completed, base + impressions)
+        record.documents_done.add(number)
+        record.printing_document = None
         self.book.save(record)
         await self._report_document(
             record, number, DocumentState.COMPLETED, impressions=record.impressions_completed - base
@@ -744,6 +802,7 @@ class Runner:
             record.phase = Phase.ENDING
             record.state = state
             record.reasons = reasons
+            record.message = message
             self.book.save(record)
             log.info("job %d: %s (%d impressions)", record.job_id, state, record.impressions_completed)
             with contextlib.suppress(_JobGone):

@@ -18,6 +18,7 @@ from cloud_service.core.job import (
     Job,
     Reject,
     Release,
+    Suspend,
 )
 from schemas.enums import JobState, Reason
 
@@ -117,10 +118,19 @@ def test_release_only_unstarted_claims() -> None:
         job.apply(DeviceReport(S.PROCESSING)).apply(Release())
 
 
+def test_suspend_while_device_away_then_resume() -> None:
+    job = claimed().apply(DeviceReport(S.PROCESSING))
+    away = job.apply(Suspend(message="device offline"))
+    assert away.state is S.PROCESSING_STOPPED and away.reasons == (Reason.PRINTER_STOPPED,)
+    assert away.apply(DeviceReport(S.PROCESSING)).state is S.PROCESSING
+    with pytest.raises(InvalidTransition):
+        claimed().apply(Suspend())  # not started: released or aborted by the step rules instead
+
+
 @pytest.mark.parametrize("final", [S.COMPLETED, S.ABORTED, S.CANCELED])
 def test_terminal_states_are_final(final: JobState) -> None:
     job = claimed().apply(DeviceReport(final))
-    for event in (Close(), Accept(), Reject(), DeviceReport(S.PROCESSING), Cancel(), Abort(), Release()):
+    for event in (Close(), Accept(), Reject(), DeviceReport(S.PROCESSING), Cancel(), Abort(), Release(), Suspend()):
         with pytest.raises(InvalidTransition):
             job.apply(event)
 
@@ -129,7 +139,7 @@ def test_terminal_states_are_final(final: JobState) -> None:
 
 events = st.one_of(
     st.just(Close()), st.just(Accept()), st.builds(Reject), st.builds(Cancel), st.builds(Abort),
-    st.builds(Release),
+    st.builds(Release), st.builds(Suspend),
     st.builds(DeviceReport, state=st.sampled_from(list(JobState)),
               reasons=st.lists(st.sampled_from(["media-jam", "media-empty", "none"]), max_size=2).map(tuple),
               impressions_completed=st.integers(0, 20)),

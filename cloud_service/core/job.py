@@ -12,6 +12,7 @@ Transitions (RFC 8011 5.3.7, PWG 5108.01 7.2.2):
     processing / processing-stopped / pending(claimed) --device--> completed | aborted | canceled
     any non-terminal --cancel--> canceled at once if no device holds it,
                                  else processing-to-stop-point until the device confirms
+    processing --suspend (its device went offline)--> processing-stopped
     any non-terminal --abort (system: timeout, device rejects, ...)--> aborted
 """
 
@@ -87,7 +88,15 @@ class Release:
     message: str | None = None
 
 
-Event = Close | Accept | Reject | DeviceReport | Cancel | Abort | Release
+@dataclass(frozen=True)
+class Suspend:
+    """The device holding a processing job went away: processing-stopped until it returns."""
+
+    reason: str = Reason.PRINTER_STOPPED
+    message: str | None = None
+
+
+Event = Close | Accept | Reject | DeviceReport | Cancel | Abort | Release | Suspend
 
 #: States a device may report, from each state the job can be in while the device holds it.
 _DEVICE_MOVES: dict[JobState, frozenset[JobState]] = {
@@ -161,6 +170,11 @@ class Job:
                     return self
                 reasons = _unique((*self.reasons, Reason.PROCESSING_TO_STOP_POINT))
                 return self._to(self.state, reasons, message, cancel_requested=True)
+            case Suspend(reason=reason, message=message):
+                if not self.claimed or self.state is not S.PROCESSING:
+                    raise InvalidTransition(self, event, "only a processing job can be suspended")
+                reasons = (reason, Reason.PROCESSING_TO_STOP_POINT) if self.cancel_requested else (reason,)
+                return self._to(S.PROCESSING_STOPPED, reasons, message)
             case Abort(reason=reason, message=message):
                 return self._to(S.ABORTED, _unique((reason,)), message)
         raise InvalidTransition(self, event, "unknown event")

@@ -1,0 +1,126 @@
+"""The supervisor: no job stays non-terminal forever without a reason a client can read.
+
+A periodic sweep (``sweep(now)`` takes the time, so tests drive it with any clock) applies
+the rules of docs/reliability.md:
+
+- a device offline for ``offline_grace``: its processing jobs go to processing-stopped
+  (printer-stopped, "the device is offline"); when it returns, its Hello and reports decide;
+- a device offline for ``offline_abort_after``: its claimed jobs end aborted;
+- a claim with no report for ``step_timeout`` on an online device: released (fetchable
+  again) if printing never started, aborted otherwise; processing-stopped jobs are exempt
+  while their device is online (a jam or an empty tray can take long and is being reported).
+
+Every change goes through the core and the store's optimistic versions, so several service
+replicas may sweep at once without harm, and a restart loses nothing (all state is in the DB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from cloud_service.core.job import Abort, Event, InvalidTransition, Job, Release, Suspend
+from cloud_service.db import DeviceRow, JobRow
+from cloud_service.store import ConcurrentUpdate, JobNotFound, JobStore
+from schemas.enums import JobState, Reason
+from schemas.messages import JobFetchable, Message
+
+log = logging.getLogger("cloudimaging.supervisor")
+
+
+@dataclass(frozen=True)
+class SupervisorPolicy:
+    offline_grace: float = 60.0
+    offline_abort_after: float = 3600.0
+    step_timeout: float = 600.0
+
+
+@dataclass
+class SweepReport:
+    suspended: int = 0
+    released: int = 0
+    aborted: int = 0
+
+
+class Supervisor:
+    def __init__(self, store: JobStore, policy: SupervisorPolicy, notify: Callable[[str, Message], None]) -> None:
+        self.store = store
+        self.policy = policy
+        self.notify = notify
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, interval: float) -> None:
+        self._task = asyncio.create_task(self._loop(interval), name="supervisor")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                report = await self.sweep(time.time())
+                if report.suspended or report.released or report.aborted:
+                    log.info("supervisor: %s", report)
+            except Exception:
+                log.exception("supervisor sweep failed; trying again next time")
+
+    async def sweep(self, now: float) -> SweepReport:
+        report = SweepReport()
+        async with self.store.sessions() as s:
+            devices = list(await s.scalars(select(DeviceRow)))
+        for device in devices:
+            for row in await self.store.active_for(device.id):
+                event = self._decide(device, row, now)
+                if event is not None:
+                    await self._apply(row, event, report)
+        return report
+
+    def _decide(self, device: DeviceRow, row: JobRow, now: float) -> Event | None:
+        policy = self.policy
+        state = JobState(row.state)
+        if not device.online:
+            away = now - (device.last_seen or device.created_at)
+            if away >= policy.offline_abort_after:
+                return Abort(Reason.ABORTED_BY_SYSTEM,
+                             f"the device has been offline for {away:.0f} s (limit {policy.offline_abort_after:.0f} s)")
+            if away >= policy.offline_grace and state is JobState.PROCESSING:
+                return Suspend(Reason.PRINTER_STOPPED,
+                               f"the device went offline {away:.0f} s ago; waiting for it to return")
+            return None
+        idle = now - row.updated_at
+        if idle < policy.step_timeout or state is JobState.PROCESSING_STOPPED:
+            return None
+        if not row.started:
+            return Release(f"no progress for {idle:.0f} s after the claim; offered again")
+        return Abort(Reason.ABORTED_BY_SYSTEM, f"no progress report for {idle:.0f} s (step timeout)")
+
+    async def _apply(self, row: JobRow, event: Event, report: SweepReport) -> None:
+        expected = row.version
+
+        def only_if_unchanged(_job: Job, current: JobRow) -> Event | None:
+            # Re-decide nothing: if the job moved since we looked, leave it to the next sweep.
+            return event if current.version == expected else None
+
+        try:
+            result = await self.store.transition(row.id, only_if_unchanged)
+        except (InvalidTransition, JobNotFound, ConcurrentUpdate) as exc:
+            log.debug("supervisor skipped job %s: %s", row.id, exc)
+            return
+        if not result.changed:
+            return
+        log.warning("job %d: %s: %s", row.id, type(event).__name__.lower(), result.after.message)
+        if isinstance(event, Suspend):
+            report.suspended += 1
+        elif isinstance(event, Release):
+            report.released += 1
+            self.notify(row.device_id, JobFetchable(job_id=row.id))
+        else:
+            report.aborted += 1

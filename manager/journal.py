@@ -1,0 +1,106 @@
+"""The Manager's durable journal: SQLite in its state directory.
+
+A claimed job is written here before it is printed, and every step after (printing which
+document, which documents are done, impressions, the final state) is written before the
+Manager acts on it or reports it. After a crash or SIGKILL the Manager reloads the journal,
+lists the jobs in its Hello, and finishes each one by the policy in docs/reliability.md, so
+a job is never silently printed again in full.
+
+WAL with synchronous=NORMAL: a committed write survives the process being killed (the
+operating system has it); only a power loss can lose the last transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from manager.jobbook import JobBook, JobRecord, Phase
+from schemas.enums import JobState
+from schemas.messages import DocumentAccess
+from schemas.tickets import PrintJobTicket
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS finished (job_id INTEGER PRIMARY KEY, state TEXT, at REAL NOT NULL);
+"""
+#: Finished job ids are kept this long so late doorbells for them are ignored after a restart.
+FINISHED_KEEP_SECONDS = 7 * 24 * 3600
+
+
+def _dump(record: JobRecord) -> str:
+    return json.dumps({
+        "version": record.version, "state": record.state.value, "reasons": list(record.reasons),
+        "phase": record.phase.value, "service": record.service,
+        "ticket": record.ticket.wire() if record.ticket else None,
+        "document_count": record.document_count,
+        "documents": {str(n): d.model_dump(mode="json") for n, d in record.documents.items()},
+        "impressions_completed": record.impressions_completed, "claimed": record.claimed,
+        "cancel_requested": record.cancel_requested, "documents_done": sorted(record.documents_done),
+        "printing_document": record.printing_document, "message": record.message,
+        "created_at": record.created_at,
+    })
+
+
+def _load(job_id: int, text: str) -> JobRecord:
+    data = json.loads(text)
+    return JobRecord(
+        job_id=job_id, version=data["version"], state=JobState(data["state"]), reasons=tuple(data["reasons"]),
+        phase=Phase(data["phase"]), service=data["service"],
+        ticket=PrintJobTicket.model_validate(data["ticket"]) if data["ticket"] is not None else None,
+        document_count=data["document_count"],
+        documents={int(n): DocumentAccess.model_validate(d) for n, d in data["documents"].items()},
+        impressions_completed=data["impressions_completed"], claimed=data["claimed"],
+        cancel_requested=data["cancel_requested"], documents_done=set(data["documents_done"]),
+        printing_document=data["printing_document"], message=data["message"], created_at=data["created_at"],
+    )
+
+
+class JournalJobBook(JobBook):
+    """A JobBook whose records and finished ids live in ``{state_dir}/journal.sqlite``."""
+
+    def __init__(self, path: Path, **kwargs: float) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        cutoff = time.time() - FINISHED_KEEP_SECONDS
+        with self._lock:
+            self._db.execute("DELETE FROM finished WHERE at < ?", (cutoff,))
+            for job_id, state, _at in self._db.execute("SELECT job_id, state, at FROM finished ORDER BY at"):
+                super().forget(job_id, JobState(state) if state else None, remember=True)
+
+    def load(self) -> list[JobRecord]:
+        """Journaled records, added back to the book (call once at start)."""
+        with self._lock:
+            rows = self._db.execute("SELECT job_id, data FROM jobs ORDER BY job_id").fetchall()
+        records = [_load(job_id, data) for job_id, data in rows]
+        for record in records:
+            self._jobs[record.job_id] = record
+        return records
+
+    def save(self, record: JobRecord) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO jobs (job_id, data, updated) VALUES (?, ?, ?)",
+                             (record.job_id, _dump(record), time.time()))
+
+    def forget(self, job_id: int, state: JobState | None = None, remember: bool = True) -> None:
+        super().forget(job_id, state, remember)
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            if remember:
+                self._db.execute("INSERT OR REPLACE INTO finished (job_id, state, at) VALUES (?, ?, ?)",
+                                 (job_id, state.value if state else None, time.time()))
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
