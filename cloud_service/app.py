@@ -76,7 +76,8 @@ class CloudService:
                                 self.clf, keepalive=cfg.keepalive)
         self.jobs = JobService(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
-                                                                  cfg.step_timeout), self.mqtt.publish)
+                                                                  cfg.step_timeout, cfg.redeliver_after),
+                                     self.mqtt.publish)
         self.app = create_app(store=self.store, jobs=self.jobs, devices=self.devices, objects=self.objects,
                               clf=self.clf, url_ttl=cfg.url_ttl,
                               allow_insecure_document_uri=cfg.allow_insecure_document_uri,

@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     service.add_argument("--data-dir", type=Path, help="data directory (default .cloudimaging)")
     service.add_argument("--broker-url", help="mqtts://host:port of the broker")
     service.add_argument("--port", type=int, help="HTTPS port (default 8443)")
-    service.add_argument("--token", metavar="USER", help="print a new admin token for USER and exit")
+    service.add_argument("--new-token", metavar="USER", dest="new_token",
+                         help="print a new admin token for USER and exit")
     service.set_defaults(func=run_service)
 
     up = subparsers.add_parser("up", help="run the embedded stack: broker + service + a simulated printer")
@@ -50,14 +51,15 @@ def run_service(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         service = CloudService(config)
-        if args.token:
+        if args.new_token:
             from cloud_service.auth import create_token
             from cloud_service.db import create_schema, make_engine
             from cloud_service.store import JobStore
 
+            config.data_dir.mkdir(parents=True, exist_ok=True)
             engine = make_engine(config.db_url)
             await create_schema(engine)
-            print(await create_token(JobStore(engine), args.token, "admin"))
+            print(await create_token(JobStore(engine), args.new_token, "admin"))
             await engine.dispose()
             return
         await service.start()

@@ -50,6 +50,8 @@ class ServiceConfig(BaseModel):
     #: A claim with no report for this long (device online, job not processing-stopped) is
     #: released if printing never started, else aborted (AWS IoT Jobs' step timeout).
     step_timeout: float = 600.0
+    #: A job fetchable this long for an online device gets its doorbell rung again.
+    redeliver_after: float = 30.0
     #: How long a status request waits for the device's answer before calling it unreachable.
     status_timeout: float = 10.0
 

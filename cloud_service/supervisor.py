@@ -8,7 +8,8 @@ the rules of docs/reliability.md:
 - a device offline for ``offline_abort_after``: its claimed jobs end aborted;
 - a claim with no report for ``step_timeout`` on an online device: released (fetchable
   again) if printing never started, aborted otherwise; processing-stopped jobs are exempt
-  while their device is online (a jam or an empty tray can take long and is being reported).
+  while their device is online (a jam or an empty tray can take long and is being reported);
+- a job fetchable for ``redeliver_after`` on an online device: its doorbell rings again.
 
 Every change goes through the core and the store's optimistic versions, so several service
 replicas may sweep at once without harm, and a restart loses nothing (all state is in the DB).
@@ -38,6 +39,7 @@ class SupervisorPolicy:
     offline_grace: float = 60.0
     offline_abort_after: float = 3600.0
     step_timeout: float = 600.0
+    redeliver_after: float = 30.0
 
 
 @dataclass
@@ -45,6 +47,7 @@ class SweepReport:
     suspended: int = 0
     released: int = 0
     aborted: int = 0
+    rung: int = 0
 
 
 class Supervisor:
@@ -53,6 +56,8 @@ class Supervisor:
         self.policy = policy
         self.notify = notify
         self._task: asyncio.Task[None] | None = None
+        #: When each job's doorbell was last rung again (a hint only; losing it costs a ring).
+        self._rung: dict[int, float] = {}
 
     def start(self, interval: float) -> None:
         self._task = asyncio.create_task(self._loop(interval), name="supervisor")
@@ -67,7 +72,7 @@ class Supervisor:
             await asyncio.sleep(interval)
             try:
                 report = await self.sweep(time.time())
-                if report.suspended or report.released or report.aborted:
+                if report.suspended or report.released or report.aborted or report.rung:
                     log.info("supervisor: %s", report)
             except Exception:
                 log.exception("supervisor sweep failed; trying again next time")
@@ -81,7 +86,22 @@ class Supervisor:
                 event = self._decide(device, row, now)
                 if event is not None:
                     await self._apply(row, event, report)
+            if device.online:
+                await self._ring_again(device.id, now, report)
         return report
+
+    async def _ring_again(self, device_id: str, now: float, report: SweepReport) -> None:
+        """Ring the doorbell again for jobs fetchable for a while: a doorbell may have been
+        lost with a broker or service restart while the device stayed connected (and so sent
+        no Hello that would have found them)."""
+        wait = self.policy.redeliver_after
+        for row in await self.store.fetchable_for(device_id):
+            if now - row.updated_at >= wait and now - self._rung.get(row.id, 0.0) >= wait:
+                self._rung[row.id] = now
+                self.notify(device_id, JobFetchable(job_id=row.id))
+                report.rung += 1
+        if len(self._rung) > 100_000:
+            self._rung.clear()
 
     def _decide(self, device: DeviceRow, row: JobRow, now: float) -> Event | None:
         policy = self.policy

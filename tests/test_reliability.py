@@ -168,3 +168,18 @@ async def test_service_restart_loses_nothing(tmp_path: Path) -> None:
         assert all(j["state"] == "completed" for j in jobs)
         after = (await stack.submit(pdf_bytes(1, 10), {}, service="steady")).json()
         assert (await stack.wait_job(after["id"]))["state"] == "completed"
+
+
+async def test_lost_doorbell_rings_again(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        dev = await raw_device(stack, "deaf")
+        job = (await stack.submit(b"%PDF-1.4 d", service="deaf")).json()
+        await asyncio.to_thread(dev.next)  # the first doorbell, "lost" by this device
+        supervisor = stack.service.supervisor
+        wait = supervisor.policy.redeliver_after
+        assert (await supervisor.sweep(time.time() + wait / 2)).rung == 0
+        assert (await supervisor.sweep(time.time() + wait + 1)).rung == 1
+        bell = await asyncio.to_thread(dev.next)
+        assert isinstance(bell, JobFetchable) and bell.job_id == job["id"]
+        assert (await supervisor.sweep(time.time() + wait + 2)).rung == 0  # not every sweep
+        await asyncio.to_thread(dev.close)
