@@ -91,6 +91,9 @@ class JobRow(Base):
     ticket: Mapped[dict] = mapped_column(JSON)
     #: Ids of the last device messages applied (duplicate detection), newest last.
     applied_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: The device's own timestamp (``ts``) of the acknowledge-job that claimed the job: a
+    #: Hello older than the claim (a late or resent one) says nothing about the job.
+    claim_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float)

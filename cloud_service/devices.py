@@ -144,6 +144,9 @@ class DeviceProtocol:
         for row in await self.store.active_for(device_id):
             if row.id in held:
                 continue
+            if row.claim_ts is not None and row.claim_ts >= hello.ts:
+                # Claimed after this Hello was written (a resent or late Hello): not lost.
+                continue
             if row.started:
                 await self._transition(row.id, Abort(Reason.ABORTED_BY_SYSTEM,
                                                      "the device restarted and no longer holds the job"))
@@ -246,7 +249,7 @@ class DeviceProtocol:
             return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
         event = Accept() if msg.accept else Reject(msg.reason or Reason.UNSUPPORTED_ATTRIBUTES,
                                                    msg.message or "the device rejected the job")
-        result = await self._transition(row.id, event, msg.id)
+        result = await self._transition(row.id, event, msg.id, extra={"claim_ts": msg.ts} if msg.accept else None)
         if isinstance(result, Reply):
             return [(device_id, result.model_copy(update={"re": msg.id}))]
         reply = self._current(msg, result, "ok", ok=True)
@@ -310,9 +313,11 @@ class DeviceProtocol:
             return [(device_id, result.model_copy(update={"re": msg.id}))]
         return [(device_id, self._current(msg, result, "ok", ok=True))]
 
-    async def _transition(self, job_id: int, event: object, message_id: str | None = None) -> JobRow | Reply:
+    async def _transition(self, job_id: int, event: object, message_id: str | None = None,
+                          extra: dict | None = None) -> JobRow | Reply:
         try:
-            result = await self.store.transition(job_id, event, message_id)  # type: ignore[arg-type]
+            result = await self.store.transition(job_id, event, message_id,  # type: ignore[arg-type]
+                                                 extra=(lambda _row: extra) if extra else None)
         except InvalidTransition as exc:
             row = await self.store.get_job(job_id)
             return Reply(ok=False, code="invalid-transition", message=str(exc)[:1000], job_id=job_id,

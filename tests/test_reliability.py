@@ -183,3 +183,23 @@ async def test_lost_doorbell_rings_again(tmp_path: Path) -> None:
         assert isinstance(bell, JobFetchable) and bell.job_id == job["id"]
         assert (await supervisor.sweep(time.time() + wait + 2)).rung == 0  # not every sweep
         await asyncio.to_thread(dev.close)
+
+
+async def test_late_hello_does_not_take_back_a_newer_claim(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        dev = await raw_device(stack, "laggard")
+        job = (await stack.submit(b"%PDF-1.4 l", service="laggard")).json()
+        old_hello = Hello(software="raw", jobs=[], ts=time.time() - 5)  # written before the claim
+        await claim(stack, dev, job["id"])
+        await asyncio.to_thread(dev.send, old_hello)
+        sync = await asyncio.to_thread(dev.next, 10, old_hello.id)
+        assert isinstance(sync, Sync)
+        kept = (await stack.http.get(f"/api/v1/jobs/{job['id']}")).json()
+        assert kept["state"] == "pending" and "job-queued" in kept["state_reasons"], kept
+        # A Hello written after the claim that omits the job means the device lost it.
+        new_hello = Hello(software="raw", jobs=[])
+        await asyncio.to_thread(dev.send, new_hello)
+        await asyncio.to_thread(dev.next, 10, new_hello.id)
+        lost = (await stack.http.get(f"/api/v1/jobs/{job['id']}")).json()
+        assert "job-fetchable" in lost["state_reasons"], lost
+        await asyncio.to_thread(dev.close)
