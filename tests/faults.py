@@ -194,7 +194,8 @@ class FaultStack:
             "keepalive": self.keepalive, "request_timeout": 3.0,
             "services": [{"kind": "print", "name": device, "driver": "simulated",
                           "driver_options": {"output_dir": str(self.tmp / device / "output"),
-                                             "pages_per_second": 100},
+                                             # dev-1 is slow so a kill lands mid-print
+                                             "pages_per_second": 8 if device == "dev-1" else 100},
                           "capabilities": SIM_PRINTER_CAPABILITIES}],
         }
         path = self.tmp / device / "manager.json"
@@ -281,6 +282,10 @@ class FaultStack:
     async def states(self, http: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
         response = await http.get("/api/v1/jobs", params={"all": True, "limit": 5000})
         return {job["id"]: job for job in response.json()["jobs"]}
+
+    def printed_by(self, device: str) -> int:
+        log = self.tmp / device / "output" / "printed.log"
+        return len(log.read_text().split()) if log.exists() else 0
 
     def printed(self) -> Counter[int]:
         counts: Counter[int] = Counter()
