@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8883, help="TLS port; 0 = any free port (default 8883)")
+    p.add_argument("--require-device-certificates", action="store_true",
+                   help="devices must log in with a client certificate (enrolled); only the service "
+                        "keeps a password")
     p.set_defaults(func=run)
 
 
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir: Path = args.data_dir
     pki = ensure_pki(data_dir / "pki", hostnames_for(args.host))
-    broker = EmbeddedBroker(pki, data_dir / "broker" / "passwd", host=args.host, port=args.port)
+    broker = EmbeddedBroker(pki, data_dir / "broker" / "passwd", host=args.host, port=args.port,
+                            device_passwords=not getattr(args, "require_device_certificates", False))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(broker))
     return 0
@@ -71,6 +75,7 @@ async def _serve(broker: EmbeddedBroker) -> None:
     print(f"broker listening on {broker.url}", flush=True)
     print(f"  CA certificate  {broker.pki.ca_cert}", flush=True)
     print(f"  password file   {broker.credentials_path}", flush=True)
+    print(f"  CRL (revoked)   {broker.pki.crl}", flush=True)
     try:
         await stop.wait()
     finally:

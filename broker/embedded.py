@@ -16,6 +16,11 @@ to fix what amqtt gets wrong at the connection level:
 - **Takeover.** A second connection with a client id that is already connected closes the first
   one (as Mosquitto does) and waits for amqtt to finish it, instead of leaving it half-alive.
 - **No plain TCP.** The only listener is TLS (TLS 1.2+); a plain MQTT CONNECT fails the handshake.
+- **Device certificates (mTLS).** TLS asks for an optional client certificate of our CA. A
+  device presenting one is the device its CN names (the password is ignored, the username must
+  match), unless the CA's CRL lists its serial. The gate hands amqtt a CONNECT rewritten with
+  that identity and a one-time ticket for the auth plugin. When the CRL or the password file
+  changes, live connections of revoked certificates or removed users are closed at once.
 
 The amqtt plugins (broker.plugins) still run behind the gate: authentication again (cached, so
 cheap) and the topic ACL with the no-retain rule.
@@ -37,8 +42,8 @@ from amqtt.broker import Broker
 from amqtt.mqtt.connect import ConnectPacket
 
 from broker.credentials import CredentialStore, shared_store
-from broker.pki import Pki
-from broker.plugins import NOT_AUTHORIZED, check_connect
+from broker.pki import Pki, device_identity, read_revoked_serials
+from broker.plugins import BAD_USERNAME_OR_PASSWORD, GATE_TICKETS, NOT_AUTHORIZED, check_connect
 from schemas.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("broker.embedded")
@@ -67,6 +72,34 @@ class _Connection:
     writer: asyncio.StreamWriter
     task: asyncio.Task[Any] | None
     last_rx: float = field(default_factory=time.monotonic)
+    #: Who authenticated, and how: the serial of the client certificate, or None for a password.
+    username: str = ""
+    serial: int | None = None
+
+
+class _Revocations:
+    """The CA's CRL, reread when the file changes (the service rewrites it on revocation)."""
+
+    def __init__(self, pki: Pki) -> None:
+        self.pki = pki
+        self._stamp: tuple[int, int, int] | None = None
+        self.serials: frozenset[int] = frozenset()
+
+    def refresh(self) -> bool:
+        """Reload if the file changed; True when it did. A bad CRL keeps the previous list."""
+        try:
+            st = self.pki.crl.stat()
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.serials = read_revoked_serials(self.pki)
+        except ValueError as exc:
+            log.error("ignoring an unusable CRL (keeping %d revoked serials): %s", len(self.serials), exc)
+        return True
 
 
 class _ReplayReader(ReaderAdapter):
@@ -131,6 +164,9 @@ class EmbeddedBroker:
         connect_timeout: float = 10.0,
         max_connections: int = 10_000,
         quiet: bool = True,
+        client_certificates: bool = True,
+        device_passwords: bool = True,
+        revocation_interval: float = 0.25,
     ) -> None:
         self.pki = pki
         self.credentials_path = Path(credentials_path)
@@ -145,6 +181,13 @@ class EmbeddedBroker:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._live: dict[str, _Connection] = {}
+        #: Ask TLS clients for a certificate of our CA (devices enrolled with one log in by it).
+        self.client_certificates = client_certificates
+        #: False: devices must present a certificate; only the service logs in with a password.
+        self.device_passwords = device_passwords
+        self.revocation_interval = revocation_interval
+        self._revocations = _Revocations(pki)
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -198,7 +241,7 @@ class EmbeddedBroker:
                 self._on_connection,
                 self._host,
                 self._port,
-                ssl=self.pki.server_context(),
+                ssl=self.pki.server_context(client_certificates=self.client_certificates),
                 ssl_handshake_timeout=self.connect_timeout,
                 reuse_address=True,
             )
@@ -209,6 +252,8 @@ class EmbeddedBroker:
         self._server = server
         self._port = server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep_keepalives(), name="broker-keepalive")
+        self._revocations.refresh()
+        self._watcher = asyncio.create_task(self._watch_revocations(), name="broker-revocations")
         log.info("embedded broker listening on %s", self.url)
 
     async def stop(self) -> None:
@@ -218,10 +263,11 @@ class EmbeddedBroker:
         if server is None:
             return
         server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
+        for background in (self._sweeper, self._watcher):
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
+        self._sweeper = self._watcher = None
         if broker is not None:
             try:
                 await asyncio.wait_for(broker.shutdown(), timeout=10)
@@ -295,16 +341,20 @@ class EmbeddedBroker:
             await self._connack(writer, UNACCEPTABLE_PROTOCOL)
             log.warning("refused CONNECT from %s: protocol %s level %s", peer, connect.proto_name, connect.proto_level)
             return
-        refusal = await asyncio.to_thread(
-            check_connect,
-            self.credentials,
-            username=connect.username,
-            password=connect.password,
-            client_id=connect.client_id,
-            will_flag=connect.will_flag,
-            will_topic=connect.will_topic,
-            will_retain=connect.will_retain_flag,
-        )
+        cert_identity, serial, refusal = self._certificate(writer)
+        if refusal is None:
+            refusal = await asyncio.to_thread(
+                check_connect,
+                self.credentials,
+                username=connect.username,
+                password=connect.password,
+                client_id=connect.client_id,
+                will_flag=connect.will_flag,
+                will_topic=connect.will_topic,
+                will_retain=connect.will_retain_flag,
+                cert_identity=cert_identity,
+                device_passwords=self.device_passwords,
+            )
         if refusal is not None:
             code, reason = refusal
             log.warning(
@@ -318,7 +368,10 @@ class EmbeddedBroker:
             return
 
         client_id: str = connect.client_id
-        conn = _Connection(client_id, connect.keep_alive, writer, task)
+        if cert_identity is not None:
+            raw = self._as_ticket_connect(connect, cert_identity)
+        conn = _Connection(client_id, connect.keep_alive, writer, task, username=cert_identity or connect.username,
+                           serial=serial)
         await self._take_over(client_id)
         self._live[client_id] = conn
         try:
@@ -329,6 +382,72 @@ class EmbeddedBroker:
         finally:
             if self._live.get(client_id) is conn:
                 del self._live[client_id]
+
+    def _certificate(self, writer: asyncio.StreamWriter) -> tuple[str | None, int | None, tuple[int, str] | None]:
+        """(device id, serial, refusal) from the client certificate; all None without one.
+
+        TLS already checked the chain (CERT_OPTIONAL: a presented certificate must verify);
+        here the CRL is consulted, reread first if it changed, so a revocation counts at once.
+        """
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return None, None, None
+        identity = device_identity(der)
+        if identity is None:
+            return None, None, (NOT_AUTHORIZED, "client certificate names no device")
+        device_id, serial = identity
+        self._revocations.refresh()
+        if serial in self._revocations.serials:
+            return device_id, serial, (BAD_USERNAME_OR_PASSWORD, f"certificate {serial:x} of {device_id!r} is revoked")
+        return device_id, serial, None
+
+    @staticmethod
+    def _as_ticket_connect(connect: ConnectPacket, device_id: str) -> bytes:
+        """The CONNECT re-encoded with the certificate's identity and a one-time gate ticket."""
+        assert connect.variable_header is not None and connect.payload is not None
+        connect.payload.username = device_id
+        connect.payload.password = GATE_TICKETS.issue(connect.client_id, device_id)
+        connect.variable_header.username_flag = True
+        connect.variable_header.password_flag = True
+        return connect.to_bytes()
+
+    async def _watch_revocations(self) -> None:
+        """Close live connections whose certificate was revoked or whose password user was removed."""
+        passwd_stamp: tuple[int, int] | None = None
+        while True:
+            await asyncio.sleep(self.revocation_interval)
+            try:
+                st = self.credentials_path.stat()
+                stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
+            except FileNotFoundError:
+                stamp = None
+            users_changed = stamp != passwd_stamp
+            passwd_stamp = stamp
+            crl_changed = self._revocations.refresh()
+            if not (users_changed or crl_changed):
+                continue
+            users = set(self.credentials.usernames()) if users_changed else None
+            for conn in list(self._live.values()):
+                if conn.serial is not None and conn.serial in self._revocations.serials:
+                    why = f"certificate {conn.serial:x} revoked"
+                elif conn.serial is None and users is not None and conn.username not in users:
+                    why = "its password was removed"
+                else:
+                    continue
+                log.warning("closed the connection of client %r: %s", conn.client_id, why)
+                conn.writer.transport.abort()
+
+    async def disconnect(self, client_id: str) -> bool:
+        """Close the live connection of ``client_id`` now (its Last Will is published)."""
+        conn = self._live.get(client_id)
+        if conn is None:
+            return False
+        log.warning("closed the connection of client %r on request", client_id)
+        conn.writer.transport.abort()
+        if conn.task is not None and not conn.task.done():
+            await asyncio.wait([conn.task], timeout=5)
+        return True
 
     async def _take_over(self, client_id: str) -> None:
         """Close an older connection with the same client id and let amqtt finish it first.

@@ -18,12 +18,17 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=730)
 CLIENT_VALIDITY = dt.timedelta(days=730)
+#: A CRL's lifetime and when the service re-signs it (OpenSSL refuses all certificates after it).
+CRL_VALIDITY = dt.timedelta(days=365)
+CRL_RENEW_BEFORE = dt.timedelta(days=300)
+#: The URI SAN naming a device in its client certificate.
+DEVICE_URI = "urn:cloudimaging:device:"
 #: Reissue the server certificate when less than this is left, so a long-running site never expires.
 RENEW_BEFORE = dt.timedelta(days=30)
 DEFAULT_HOSTNAMES = ("localhost", "127.0.0.1", "::1")
@@ -40,11 +45,25 @@ class Pki:
     server_cert: Path
     server_key: Path
 
-    def server_context(self) -> ssl.SSLContext:
-        """TLS server context (TLS 1.2+) presenting the server certificate."""
+    @property
+    def crl(self) -> Path:
+        """The certificate revocation list of this CA (PEM), kept next to the CA certificate."""
+        return self.ca_cert.parent / "crl.pem"
+
+    def server_context(self, client_certificates: bool = False) -> ssl.SSLContext:
+        """TLS server context (TLS 1.2+) presenting the server certificate.
+
+        With ``client_certificates`` it asks for a client certificate signed by this CA
+        (optional: password clients still connect; whoever presents one must present a valid
+        one). Revocation is checked by the caller against the CRL, which can change while the
+        context lives.
+        """
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.server_cert, self.server_key)
+        if client_certificates:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.load_verify_locations(cafile=str(self.ca_cert))
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
@@ -110,6 +129,107 @@ def issue_client_cert(pki: Pki, csr_pem: bytes, common_name: str) -> bytes:
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def issue_device_cert(pki: Pki, csr_pem: bytes, device_id: str,
+                      validity: dt.timedelta = CLIENT_VALIDITY) -> x509.Certificate:
+    """A device's client certificate: CN and a URI SAN name the device, nothing from the CSR
+    but its public key is used. Refuses weak keys (EC below P-256, RSA below 2048 bits)."""
+    csr = x509.load_pem_x509_csr(csr_pem)
+    if not csr.is_signature_valid:
+        raise ValueError("CSR signature is invalid")
+    key = csr.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.key_size < 256:
+            raise ValueError("EC keys must be P-256 or stronger")
+    elif isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise ValueError("RSA keys must have at least 2048 bits")
+    else:
+        raise ValueError("the key must be EC (P-256+) or RSA (2048+)")
+    ca_key = _load_key(pki.ca_key)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"{DEVICE_URI}{device_id}")]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def write_crl(pki: Pki, revoked: Sequence[tuple[int, dt.datetime]], validity: dt.timedelta = CRL_VALIDITY) -> Path:
+    """Sign and atomically replace the CRL with ``revoked`` (serial, revocation time) entries.
+
+    Brokers that read it (Mosquitto's ``crlfile``, the embedded broker's gate) refuse those
+    certificates on the next handshake. OpenSSL refuses *every* certificate once a CRL's
+    nextUpdate has passed, so the service re-signs it well before (see CRL_RENEW_BEFORE).
+    """
+    ca_key = _load_key(pki.ca_key)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + validity)
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _write_public(pki.crl, crl.public_bytes(serialization.Encoding.PEM))
+    return pki.crl
+
+
+def crl_needs_renewal(pki: Pki) -> bool:
+    """True when the CRL is missing, unreadable or close to its nextUpdate."""
+    try:
+        crl = x509.load_pem_x509_crl(pki.crl.read_bytes())
+    except (OSError, ValueError):
+        return True
+    next_update = crl.next_update_utc
+    return next_update is None or next_update - _now() < CRL_RENEW_BEFORE
+
+
+def read_revoked_serials(pki: Pki) -> frozenset[int]:
+    """Serials in the CRL, after checking the CA signed it; empty when there is no CRL.
+
+    Raises ValueError for a CRL that is unreadable or not signed by this CA, so a broken or
+    forged file is noticed instead of silently un-revoking everyone.
+    """
+    try:
+        data = pki.crl.read_bytes()
+    except FileNotFoundError:
+        return frozenset()
+    crl = x509.load_pem_x509_crl(data)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    if not crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+        raise ValueError(f"{pki.crl} is not signed by this CA")
+    return frozenset(entry.serial_number for entry in crl)
+
+
+def device_identity(der: bytes) -> tuple[str, int] | None:
+    """(device id, serial) of a DER client certificate our CA issued to a device, else None."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return None
+    if len(names) != 1:
+        return None
+    common_name = names[0].value
+    return (common_name if isinstance(common_name, str) else common_name.decode()), cert.serial_number
 
 
 def _now() -> dt.datetime:

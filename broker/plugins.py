@@ -31,7 +31,9 @@ How amqtt calls them (read from amqtt/broker.py, 0.12.1):
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from amqtt.session import ApplicationMessage, Session
 
 from broker import acl
 from broker.credentials import CredentialStore, shared_store
+from schemas import topics
 
 log = logging.getLogger("broker.plugins")
 
@@ -55,6 +58,36 @@ BAD_USERNAME_OR_PASSWORD = 0x04
 NOT_AUTHORIZED = 0x05
 
 
+class GateTickets:
+    """One-time tickets from the embedded broker's gate to the auth plugin.
+
+    A device that authenticated with its client certificate has no password. The gate, which
+    saw the certificate, rewrites its CONNECT with username = the certificate's device id and
+    password = a fresh random ticket; the auth plugin (which cannot see the TLS layer) accepts
+    the ticket once. Tickets never leave the process.
+    """
+
+    def __init__(self) -> None:
+        self._tickets: dict[str, tuple[str, str]] = {}
+
+    def issue(self, client_id: str, username: str) -> str:
+        ticket = "gate-" + secrets.token_urlsafe(32)
+        self._tickets[client_id] = (username, ticket)
+        return ticket
+
+    def redeem(self, client_id: str | None, username: str | None, password: str | None) -> bool:
+        held = self._tickets.get(client_id or "")
+        if held is None or password is None or held[0] != username:
+            return False
+        if not hmac.compare_digest(held[1], password):
+            return False
+        del self._tickets[client_id or ""]
+        return True
+
+
+GATE_TICKETS = GateTickets()
+
+
 def check_connect(
     store: CredentialStore,
     *,
@@ -64,12 +97,29 @@ def check_connect(
     will_flag: bool,
     will_topic: str | None,
     will_retain: bool,
+    cert_identity: str | None = None,
+    device_passwords: bool = True,
 ) -> tuple[int, str] | None:
     """(CONNACK code, reason) when a CONNECT must be refused, None when it may proceed.
+
+    ``cert_identity`` is the device id of a verified, unrevoked client certificate (the
+    caller checked chain and CRL): the device is who the certificate says, whatever password
+    it sends, and the username, if any, must be the same. ``device_passwords=False`` refuses
+    password logins for devices (the service keeps its password).
 
     Blocking (scrypt on a cache miss): call it in a thread. Shared by the auth plugin and the
     embedded broker's pre-authentication gate.
     """
+    if cert_identity is not None:
+        if not topics.valid_device_id(cert_identity):
+            return NOT_AUTHORIZED, f"certificate CN {cert_identity!r} is not a device id"
+        if username and username != cert_identity:
+            return NOT_AUTHORIZED, f"username {username!r} differs from the certificate's {cert_identity!r}"
+        if not acl.client_id_allowed(cert_identity, client_id):
+            return NOT_AUTHORIZED, f"client id {client_id!r} not allowed for this certificate"
+        if not acl.will_allowed(cert_identity, will_flag, will_topic, will_retain):
+            return NOT_AUTHORIZED, f"will topic {will_topic!r} (retain={will_retain}) not allowed"
+        return None
     if not username:
         return NOT_AUTHORIZED, "no username"
     if not password:
@@ -78,6 +128,8 @@ def check_connect(
         return NOT_AUTHORIZED, f"client id {client_id!r} not allowed for this user"
     if not acl.will_allowed(username, will_flag, will_topic, will_retain):
         return NOT_AUTHORIZED, f"will topic {will_topic!r} (retain={will_retain}) not allowed"
+    if not device_passwords and not acl.is_service(username):
+        return NOT_AUTHORIZED, "devices must authenticate with a client certificate"
     if not store.verify(username, password):
         return BAD_USERNAME_OR_PASSWORD, "bad username or password"
     return None
@@ -98,6 +150,8 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         self.store = shared_store(Path(self.config.password_file))
 
     async def authenticate(self, *, session: Session) -> bool | None:
+        if GATE_TICKETS.redeem(session.client_id, session.username, session.password):
+            return True  # the gate authenticated this CONNECT by its client certificate
         refusal = await asyncio.to_thread(
             check_connect,
             self.store,

@@ -580,6 +580,40 @@ class CloudImagingClient:
         until the device confirms; an ended job raises ApiError 409."""
         return parse_model(JobInfo, self._json("POST", job_path(job_id, "cancel")))
 
+    # ------------------------------------------------------------------ scan and fax
+
+    def scan(self, ticket: Ticket = None, *, service: str | None = None) -> JobInfo:
+        """Create a scan job (no document goes up); the device scans and uploads the output,
+        listed in the job's ``documents`` once it has completed."""
+        body = job_create_body(service=service, kind=ServiceKind.SCAN, ticket=ticket_dict(ticket))
+        return parse_model(JobInfo, self._json("POST", f"{API_PREFIX}/jobs", json=body), 201)
+
+    def download(self, job_id: int, number: int, dest: str | os.PathLike[str],
+                 progress: ProgressCallback | None = None) -> int:
+        """Stream document ``number`` of a job (e.g. scan output) to ``dest``; returns its size.
+        Written to a temporary name first, so ``dest`` is never left half-written."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self._http.stream("GET", job_path(job_id, f"documents/{number}")) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response.status_code, response.content, response.reason_phrase)
+                total = int(response.headers.get("content-length") or 0)
+                done = 0
+                with tmp.open("wb") as fh:
+                    for chunk in response.iter_bytes(CHUNK_SIZE):
+                        fh.write(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total or done)
+            tmp.replace(dest)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"download failed: {exc or type(exc).__name__}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return done
+
     # ------------------------------------------------------------------ events
 
     def events(

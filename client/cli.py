@@ -51,7 +51,7 @@ EXIT_INTERRUPTED = 130
 WAIT_EXIT_CODES = {JobState.COMPLETED: 0, JobState.ABORTED: 1, JobState.CANCELED: 2}
 
 #: Modules whose ``add_parser(subparsers)`` adds verbs; a missing one is skipped.
-EXTENSIONS = ("broker.cli", "manager.cli", "cloud_service.cli")
+EXTENSIONS = ("client.manage_cli", "client.scanfax_cli", "broker.cli", "manager.cli", "cloud_service.cli")
 
 #: How verbs get a client from the resolved configuration; tests may replace it.
 client_factory: Callable[[ClientConfig], CloudImagingClient] = CloudImagingClient.from_config

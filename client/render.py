@@ -95,7 +95,11 @@ def services_table(services: Sequence[ServiceInfo], now: float | None = None) ->
         ]
         for s in services
     ]
-    return table(["NAME", "STATE", "REASONS", "ONLINE", "JOBS", "MAKE AND MODEL"], rows)
+    headers = ["NAME", "STATE", "REASONS", "ONLINE", "JOBS", "MAKE AND MODEL"]
+    if any(s.ipp_uri for s in services):  # the IPP front (docs/ipp.md): what to give lpadmin or a phone
+        headers.append("IPP URI")
+        rows = [[*row, clean(s.ipp_uri or "-")] for row, s in zip(rows, services, strict=True)]
+    return table(headers, rows)
 
 
 def capability_lines(capabilities: dict[str, Any]) -> list[str]:

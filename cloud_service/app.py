@@ -10,18 +10,25 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
 
+from cloud_service.accounting import Admission
+from cloud_service.audit import AuditLog
 from cloud_service.auth import create_token
 from cloud_service.clf import ClfLog
+from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
 from cloud_service.http import create_app
+from cloud_service.ipp.front import IppFront
 from cloud_service.jobs import JobService
 from cloud_service.mqtt import MqttAdapter
 from cloud_service.objects import LocalObjectStore, UrlSigner, load_or_create_secret
+from cloud_service.registration import Registry
+from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
 
@@ -50,6 +57,10 @@ class CloudService:
     def url(self) -> str:
         return self.config.base_url(self.port)
 
+    def ipp_base(self) -> str:
+        """``ipps://host:port`` of the IPP front (IPP over TLS on the HTTPS port)."""
+        return "ipps://" + urlsplit(self.url).netloc
+
     def _tls_files(self) -> tuple[Path, Path, Path]:
         cfg = self.config
         if cfg.tls_cert and cfg.tls_key and cfg.ca_file:
@@ -75,17 +86,31 @@ class CloudService:
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive)
         self.jobs = JobService(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
+        # Issue 4 (docs/security.md): audit log, prices/quotas/retention at submit, registration, sweeper.
+        self.clock = Clock()
+        self.audit = AuditLog(cfg.logs_dir / "security.log")
+        self.audit.attach_broker()
+        self.jobs.admission = Admission(self.store, self.objects, cfg)
+        self.registry = Registry(self.store, cfg, self.audit, self.clock, self.url)
+        self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
                                                                   cfg.step_timeout, cfg.redeliver_after),
                                      self.mqtt.publish)
         self.app = create_app(store=self.store, jobs=self.jobs, devices=self.devices, objects=self.objects,
                               clf=self.clf, url_ttl=cfg.url_ttl,
                               allow_insecure_document_uri=cfg.allow_insecure_document_uri,
-                              ca_file=str(ca), ipp_base=None,
+                              ca_file=str(ca), ipp_base=self.ipp_base,
                               request_status=lambda device_id: self.devices.request_status(
-                                  device_id, self.mqtt.publish, cfg.status_timeout))
+                                  device_id, self.mqtt.publish, cfg.status_timeout),
+                              audit=self.audit, registry=self.registry, config=cfg)
+        self.app.mount("/ipp", IppFront(store=self.store, jobs=self.jobs, https_base=lambda: self.url,
+                                        ipp_base=self.ipp_base))
         uv_config = uvicorn.Config(self.app, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",
                                    access_log=False, lifespan="off", timeout_graceful_shutdown=3)
+        uv_config.load()
+        # CUPS 2.4 clients (GnuTLS) take a TLS 1.3 session ticket for the end of the connection
+        # and fail every ipps:// request; without tickets TLS 1.3 works (only resumption is lost).
+        uv_config.ssl.num_tickets = 0
         self._server = uvicorn.Server(uv_config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         for _ in range(200):
@@ -96,6 +121,8 @@ class CloudService:
             self._serve_task.result()
         await self.mqtt.start()
         self.supervisor.start(cfg.supervise_interval)
+        await self.registry.start()
+        self.sweeper.start()
         log.info("cloud service at %s (broker %s)", self.url, cfg.broker_url)
 
     async def stop(self) -> None:
@@ -103,6 +130,9 @@ class CloudService:
             self._server.should_exit = True
         if self._serve_task is not None:
             await asyncio.gather(self._serve_task, return_exceptions=True)
+        if hasattr(self, "sweeper"):
+            await self.sweeper.stop()
+            self.audit.close()
         if hasattr(self, "mqtt"):
             await self.supervisor.stop()
             await self.mqtt.stop()

@@ -1,37 +1,127 @@
-"""API tokens: random, shown once, stored as SHA-256 (a leaked database leaks no token)."""
+"""API tokens: random, shown once, stored as SHA-256 (a leaked database leaks no token).
+
+A token belongs to a user (a person or a service account, cloud_service.users); the user's
+role and groups decide what it may do, so changing a role takes effect on the next request.
+Tokens may expire and may be revoked; their public handle is ``token_id`` (a prefix of the
+hash), which is safe to show, log and type.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from cloud_service.db import TokenRow
+from cloud_service.db import TokenRow, UserRow
 from cloud_service.jobs import User
 from cloud_service.store import JobStore
 
 ROLES = ("admin", "owner", "user")
+USER_KINDS = ("person", "service-account")
 TOKEN_PREFIX = "ci_"
+#: Characters of the hash that identify a token (64 bits: unique in practice, useless to guess).
+TOKEN_ID_LENGTH = 16
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+
+
+class TokenNotFound(Exception):
+    pass
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def create_token(store: JobStore, user: str, role: str = "user") -> str:
+def token_id(hashed: str) -> str:
+    """The public id of a token: the start of its hash (the token cannot be derived from it)."""
+    return hashed[:TOKEN_ID_LENGTH]
+
+
+def check_user_name(name: str) -> str:
+    if not USER_NAME_RE.match(name or ""):
+        raise ValueError("user names are 1-64 letters, digits and . _ @ + - (starting with a letter or digit)")
+    return name
+
+
+async def ensure_user(store: JobStore, name: str, role: str = "user", *, kind: str = "person",
+                      created_by: str | None = None, promote: bool = False) -> None:
+    """Create ``name`` if missing; with ``promote`` also set its role (operator bootstrap)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    async with store.sessions.begin() as s:
+        row = await s.get(UserRow, name)
+        if row is None:
+            s.add(UserRow(name=name, kind=kind, role=role, groups=[], created_at=time.time(),
+                          created_by=created_by, disabled=False))
+        elif promote:
+            row.role = role
+            row.disabled = False
+
+
+async def create_token(store: JobStore, user: str, role: str = "user", *, label: str | None = None,
+                       created_by: str | None = None, expires_at: float | None = None) -> str:
+    """A new token for ``user`` (created with ``role`` if it does not exist yet); returned once."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    await ensure_user(store, user, role, created_by=created_by)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     async with store.sessions.begin() as s:
-        s.add(TokenRow(token_hash=token_hash(token), user=user, role=role, created_at=time.time()))
+        current = await s.get(UserRow, user)
+        s.add(TokenRow(token_hash=token_hash(token), user=user, role=current.role if current else role,
+                       created_at=time.time(), label=label, created_by=created_by, expires_at=expires_at))
     return token
 
 
-async def authenticate(store: JobStore, token: str) -> User | None:
+async def authenticate(store: JobStore, token: str, now: float | None = None) -> User | None:
+    """The user a bearer token stands for, or None (unknown, revoked, expired, user disabled)."""
     if not token or len(token) > 200:
         return None
     async with store.sessions() as s:
         row = await s.scalar(select(TokenRow).where(TokenRow.token_hash == token_hash(token)))
-    return User(row.user, row.role) if row else None
+        if row is None or row.revoked_at is not None:
+            return None
+        if row.expires_at is not None and row.expires_at <= (now if now is not None else time.time()):
+            return None
+        user = await s.get(UserRow, row.user)
+    if user is None:  # a token made before users existed (schema 1): its own role stands
+        return User(row.user, row.role)
+    if user.disabled:
+        return None
+    return User(user.name, user.role, tuple(user.groups or ()), user.kind)
+
+
+async def list_tokens(store: JobStore, user: str | None = None) -> list[TokenRow]:
+    query = select(TokenRow).order_by(TokenRow.created_at)
+    if user is not None:
+        query = query.where(TokenRow.user == user)
+    async with store.sessions() as s:
+        return list(await s.scalars(query))
+
+
+async def find_token(store: JobStore, tid: str) -> TokenRow:
+    """The token whose id is ``tid`` (exactly TOKEN_ID_LENGTH hex characters)."""
+    if not re.fullmatch(rf"[0-9a-f]{{{TOKEN_ID_LENGTH}}}", tid or ""):
+        raise TokenNotFound(tid)
+    async with store.sessions() as s:
+        rows = list(await s.scalars(select(TokenRow).where(TokenRow.token_hash.startswith(tid))))
+    if len(rows) != 1:
+        raise TokenNotFound(tid)
+    return rows[0]
+
+
+async def revoke_token(store: JobStore, tid: str, now: float | None = None) -> TokenRow:
+    row = await find_token(store, tid)
+    async with store.sessions.begin() as s:
+        await s.execute(update(TokenRow).where(TokenRow.token_hash == row.token_hash, TokenRow.revoked_at.is_(None))
+                        .values(revoked_at=now or time.time()))
+    return await find_token(store, tid)
+
+
+async def revoke_user_tokens(store: JobStore, user: str, now: float | None = None) -> int:
+    async with store.sessions.begin() as s:
+        result = await s.execute(update(TokenRow).where(TokenRow.user == user, TokenRow.revoked_at.is_(None))
+                                 .values(revoked_at=now or time.time()))
+        return int(result.rowcount or 0)

@@ -52,13 +52,14 @@ def run_service(args: argparse.Namespace) -> int:
     async def main() -> None:
         service = CloudService(config)
         if args.new_token:
-            from cloud_service.auth import create_token
+            from cloud_service.auth import create_token, ensure_user
             from cloud_service.db import create_schema, make_engine
             from cloud_service.store import JobStore
 
             config.data_dir.mkdir(parents=True, exist_ok=True)
             engine = make_engine(config.db_url)
             await create_schema(engine)
+            await ensure_user(JobStore(engine), args.new_token, "admin", promote=True)  # operator bootstrap
             print(await create_token(JobStore(engine), args.new_token, "admin"))
             await engine.dispose()
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,6 +41,35 @@ class ServiceConfig(BaseModel):
     #: Fetch of document_uri: allow plain http and private hosts (tests only).
     allow_insecure_document_uri: bool = False
     log_level: str = "INFO"
+
+    # -- registration, enrollment and revocation (docs/security.md) --------------------------
+    #: Directory of the CA that signs device certificates (ca.pem, ca.key) and of its CRL
+    #: (crl.pem, which the broker reads); default: ca_file's directory if ca.key is there,
+    #: else DATA/pki. Several replicas must share it.
+    pki_dir: Path | None = None
+    #: Lifetime of a one-time enrollment code (seconds).
+    enrollment_ttl: float = 900.0
+    #: The broker URL devices are given at enrollment (Mosquitto: its mTLS listener);
+    #: default broker_url.
+    device_broker_url: str | None = None
+    #: The broker's password file: a revoked device's password is removed from it.
+    broker_password_file: Path | None = None
+    #: Run after the CRL or the password file changed, e.g. ["systemctl", "reload", "mosquitto"].
+    broker_reload_command: list[str] | None = None
+    #: "embedded" closes a revoked device's connection by itself (it watches the CRL);
+    #: "mosquitto": the service also takes the connection over to close it (see security.md).
+    broker_kind: Literal["embedded", "mosquitto", "other"] = "embedded"
+    #: How long a revocation waits to see the device go offline.
+    revoke_wait: float = 5.0
+
+    # -- retention (requirement 15) ------------------------------------------------------------
+    #: How often the retention sweeper runs (seconds).
+    sweep_interval: float = 30.0
+    #: Defaults when neither the service's policy nor the job chooses.
+    document_retention: Literal["discard-after-processing", "after-duration", "keep"] = "after-duration"
+    document_retention_seconds: float = 86400.0
+    #: Jobs (their history) are deleted this long after they ended; None keeps them.
+    history_retention_seconds: float | None = None
     # ---- reliability (docs/reliability.md) ----
     #: How often the supervisor looks for offline devices and stuck claims (seconds).
     supervise_interval: float = 5.0
@@ -66,6 +96,15 @@ class ServiceConfig(BaseModel):
     @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
+
+    @property
+    def ca_dir(self) -> Path:
+        """Where the device CA (and its CRL) lives; see ``pki_dir``."""
+        if self.pki_dir is not None:
+            return self.pki_dir
+        if self.ca_file is not None and (self.ca_file.parent / "ca.key").exists():
+            return self.ca_file.parent
+        return self.data_dir / "pki"
 
     @classmethod
     def load(cls, path: Path) -> ServiceConfig:

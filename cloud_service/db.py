@@ -22,7 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+#: 2: users, sharing, registration, enrollment, certificates, policies, quotas, credits (issue 4).
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -48,6 +49,13 @@ class DeviceRow(Base):
     #: The id of the last status request the device answered (requirement 11).
     status_re: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
+    #: Registration (schema 2; NULL for devices that were only ever given a broker password).
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    registered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    deregistered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: How the device last proved who it is: "certificate" after enrollment, else NULL (password).
+    auth: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class ServiceRow(Base):
@@ -97,6 +105,18 @@ class JobRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float)
+    # Schema 2: accounting and retention, fixed when the job is created.
+    #: Price of one impression when the job was submitted (credits); NULL: free.
+    price: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Impressions the job is expected to make (copies x pages), counted against quotas
+    #: until the device reports the real number.
+    impressions_estimated: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Document retention: "discard-after-processing", "after-duration" or "keep".
+    retention_documents: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    retention_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: How long the job itself (history) is kept after it ended; NULL: forever.
+    history_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    documents_discarded_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DocumentRow(Base):
@@ -133,6 +153,111 @@ class TokenRow(Base):
     user: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[float] = mapped_column(Float)
+    # Schema 2.
+    label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UserRow(Base):
+    """A person or a service account. Roles: admin, owner (may register devices), user."""
+
+    __tablename__ = "users"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: "person" or "service-account" (a program; may submit jobs like a person).
+    kind: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(16))
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EnrollmentCodeRow(Base):
+    """A one-time enrollment code, stored as its SHA-256 like tokens."""
+
+    __tablename__ = "enrollment_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class DeviceCertificateRow(Base):
+    """Every client certificate the CA issued to a device; revoked ones go into the CRL."""
+
+    __tablename__ = "device_certificates"
+    serial: Mapped[str] = mapped_column(String(48), primary_key=True)  # hex
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    issued_at: Mapped[float] = mapped_column(Float)
+    not_after: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ShareRow(Base):
+    """A service of a device shared with a user, a group or everyone.
+
+    ``service_name`` "*" shares every service of the device; ``principal`` is "*" for everyone.
+    Keyed by device id and service name (not services.id) so a share can exist before the
+    device first reports its services, and survives re-enrollment.
+    """
+
+    __tablename__ = "shares"
+    __table_args__ = (UniqueConstraint("device_id", "service_name", "principal_kind", "principal"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    service_name: Mapped[str] = mapped_column(String(64))
+    #: "user", "group" or "everyone".
+    principal_kind: Mapped[str] = mapped_column(String(16))
+    principal: Mapped[str] = mapped_column(String(255))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ServicePolicyRow(Base):
+    """Per-service price and retention defaults, set by the device's owner or an admin."""
+
+    __tablename__ = "service_policies"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    price_per_impression: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    document_retention: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    document_retention_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    history_retention_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class QuotaRow(Base):
+    """At most ``impression_limit`` impressions for ``user`` ("*": each user) on one service,
+    over the last ``period_days`` days (NULL: ever)."""
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("device_id", "service_name", "user"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    service_name: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str] = mapped_column(String(255))
+    impression_limit: Mapped[int] = mapped_column(Integer)
+    period_days: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class CreditRow(Base):
+    """A credit (or, negative, a debit) to a user's balance: the ledger paid printing reads."""
+
+    __tablename__ = "credits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    amount: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float)
+    by: Mapped[str] = mapped_column(String(255))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -156,6 +281,7 @@ async def create_schema(engine: AsyncEngine) -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(_add_missing_columns)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions.begin() as session:
         row = await session.get(Meta, "schema_version")
@@ -163,4 +289,33 @@ async def create_schema(engine: AsyncEngine) -> None:
             session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
         elif int(row.value) > SCHEMA_VERSION:
             raise RuntimeError(f"database schema {row.value} is newer than this software ({SCHEMA_VERSION})")
+        elif int(row.value) < SCHEMA_VERSION:
+            row.value = str(SCHEMA_VERSION)
         await session.execute(select(Meta.key).limit(1))
+
+
+#: Indexes on columns of tables that existed before schema 2 (create_all skips existing tables).
+_EXTRA_INDEXES: tuple[tuple[str, str, str], ...] = (("ix_devices_owner", "devices", "owner"),)
+
+
+def _add_missing_columns(conn) -> None:  # type: ignore[no-untyped-def]
+    """Upgrade a database made by an older schema in place: add the columns it lacks.
+
+    Columns added after a table first shipped are all nullable, so ``ALTER TABLE ... ADD
+    COLUMN`` works on SQLite and PostgreSQL alike and old rows read as NULL.
+    """
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(conn)
+    existing_tables = set(inspector.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        if table.name not in existing_tables:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+    for name, table_name, column_name in _EXTRA_INDEXES:
+        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table_name} ({column_name})"))

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from cloud_service import scanfax  # noqa: F401 (defines the job_destinations table before create_schema)
 from cloud_service.clf import ClfLog
 from cloud_service.core.document import InvalidDocumentTransition, document_transition
 from cloud_service.core.job import Abort, Accept, DeviceReport, InvalidTransition, Reject, Release
@@ -22,7 +23,7 @@ from cloud_service.db import JobRow
 from cloud_service.objects import ObjectStore
 from cloud_service.store import JobNotFound, JobStore
 from schemas import topics
-from schemas.enums import DocumentState, JobState, Reason, ServiceState
+from schemas.enums import DocumentState, JobState, Reason, ServiceKind, ServiceState
 from schemas.messages import (
     AcknowledgeJob,
     Attributes,
@@ -36,13 +37,15 @@ from schemas.messages import (
     Message,
     ProtocolError,
     Reply,
+    RequestUpload,
     StatusRequest,
     StopJob,
     Sync,
+    UploadAccess,
     decode_presence,
     decode_up,
 )
-from schemas.tickets import PrintJobTicket
+from schemas.tickets import ticket_model
 
 log = logging.getLogger("cloudimaging.devices")
 
@@ -112,6 +115,8 @@ class DeviceProtocol:
                 return await self._document_status(device_id, message)
             case JobStatus():
                 return await self._job_status(device_id, message)
+            case RequestUpload():
+                return await self._request_upload(device_id, message)
             case Bye():
                 await self._presence(device_id, False)
                 return []
@@ -218,11 +223,13 @@ class DeviceProtocol:
             return [(device_id, self._current(msg, row, "not-fetchable", "the job is not fetchable"))]
         docs = await self.store.documents(row.id)
         ticket = dict(row.ticket)
-        if docs:
+        if docs and row.kind != ServiceKind.SCAN.value:  # a scan job's documents are its output
             ticket["document-format"] = docs[0].format
         reply = Reply(re=msg.id, ok=True, code="ok", job_id=row.id, state=state, version=row.version,
                       reasons=row.state_reasons, service=row.service_name,
-                      ticket=PrintJobTicket.model_validate(ticket), document_count=len(docs))
+                      kind=None if row.kind == ServiceKind.PRINT.value else ServiceKind(row.kind),
+                      ticket=ticket_model(row.kind).model_validate(ticket),
+                      document_count=0 if row.kind == ServiceKind.SCAN.value else len(docs))
         return [(device_id, reply)]
 
     async def _document_urls(self, row: JobRow, number: int | None = None) -> list[DocumentAccess]:
@@ -286,6 +293,13 @@ class DeviceProtocol:
             new_state = document_transition(DocumentState(doc.state), msg.state)
         except InvalidDocumentTransition as exc:
             return [(device_id, self._current(msg, row, "invalid-transition", str(exc)))]
+        if row.kind == ServiceKind.SCAN.value and new_state is DocumentState.COMPLETED and (
+                doc.sha256 is None or (msg.sha256 or doc.sha256, msg.size if msg.size is not None else doc.size)
+                != (doc.sha256, doc.size)):
+            # Scan output is complete only once the bytes the device made are the bytes stored.
+            return [(device_id, self._current(msg, row, "bad-request",
+                                              f"output document {doc.number}: not uploaded, or size/sha256 "
+                                              "differ from what the service stored"))]
         new_version = await self.store.bump_version(row.id, msg.version, msg.id)
         if new_version is None:
             row = await self.store.get_job(row.id)
@@ -311,7 +325,33 @@ class DeviceProtocol:
         result = await self._transition(row.id, report, msg.id)
         if isinstance(result, Reply):
             return [(device_id, result.model_copy(update={"re": msg.id}))]
+        if msg.destination_statuses is not None and row.kind == ServiceKind.FAXOUT.value:
+            from cloud_service.scanfax import save_destination_statuses
+
+            await save_destination_statuses(self.store, row.id, result.version,
+                                            [d.wire() for d in msg.destination_statuses])
+            self.store.feed.notify(row.id)
         return [(device_id, self._current(msg, result, "ok", ok=True))]
+
+    async def _request_upload(self, device_id: str, msg: RequestUpload) -> Outgoing:
+        """Scan output: a presigned PUT URL for one output document (made on first request)."""
+        from cloud_service.scanfax import MAX_SCAN_DOCUMENTS, output_slot
+
+        row = await self._own_job(device_id, msg, msg.job_id)
+        if isinstance(row, Reply):
+            return [(device_id, row)]
+        if row.kind != ServiceKind.SCAN.value:
+            return [(device_id, self._current(msg, row, "bad-request", "only scan jobs upload output"))]
+        if not row.claimed or JobState(row.state).terminal:
+            return [(device_id, self._current(msg, row, "not-fetchable", "the job is not yours to scan now"))]
+        if msg.document_number > MAX_SCAN_DOCUMENTS:
+            return [(device_id, self._current(msg, row, "bad-request", "too many output documents"))]
+        doc = await output_slot(self.store, row, msg.document_number, msg.document_format, msg.document_name)
+        if doc.state == DocumentState.COMPLETED.value:
+            return [(device_id, self._current(msg, row, "duplicate", "the document is complete", ok=True))]
+        url, expires = self.objects.presign(doc.object_key, "PUT", self.url_ttl)
+        upload = UploadAccess(document_number=doc.number, url=url, expires_at=expires, document_format=doc.format)
+        return [(device_id, self._current(msg, row, "ok", ok=True).model_copy(update={"uploads": [upload]}))]
 
     async def _transition(self, job_id: int, event: object, message_id: str | None = None,
                           extra: dict | None = None) -> JobRow | Reply:

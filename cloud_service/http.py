@@ -25,12 +25,18 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloud_service import retention
+from cloud_service.audit import AuditLog
 from cloud_service.auth import authenticate
 from cloud_service.clf import ClfLog
+from cloud_service.config import ServiceConfig
 from cloud_service.devices import DeviceProtocol
+from cloud_service.http_manage import add_routes
 from cloud_service.jobs import JobError, JobService, User
 from cloud_service.objects import BadSignature, LocalObjectStore
-from cloud_service.store import JobStore
+from cloud_service.registration import Registry
+from cloud_service.sharing import Access
+from cloud_service.store import JobNotFound, JobStore
 from schemas.api import API_PREFIX, JobCreate, JobInfo, ServiceInfo, TicketCheck
 from schemas.enums import JobState, ServiceKind
 
@@ -88,14 +94,22 @@ def error_response(status: int, code: str, message: str, attribute: str | None =
 def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, objects: LocalObjectStore,
                clf: ClfLog, url_ttl: float, allow_insecure_document_uri: bool = False,
                ca_file: str | None = None, ipp_base: Callable[[], str] | None = None,
-               request_status: Callable[[str], Awaitable[bool]] | None = None) -> FastAPI:
+               request_status: Callable[[str], Awaitable[bool]] | None = None,
+               audit: AuditLog | None = None, registry: Registry | None = None,
+               config: ServiceConfig | None = None) -> FastAPI:
     app = FastAPI(title="cloudimaging", version="0.1.0", default_response_class=OrjsonResponse,
                   description="Cloud Print Service after the PWG Cloud Imaging Model. "
                               "Authenticate with `Authorization: Bearer <token>`.")
     app.add_middleware(ClfMiddleware, clf=clf)
+    audit = audit or AuditLog(clf.path.parent / "security.log")
+    config = config or ServiceConfig()
 
     @app.exception_handler(JobError)
-    async def _job_error(_request: Request, exc: JobError) -> OrjsonResponse:
+    async def _job_error(request: Request, exc: JobError) -> OrjsonResponse:
+        if exc.status == 403:
+            audit.event("access-denied", outcome="denied", actor=request.scope.get("state", {}).get("user"),
+                        client=request.client.host if request.client else None, method=request.method,
+                        path=request.url.path, code=exc.code)
         return error_response(exc.status, exc.code, exc.message, exc.attribute, exc.supported)
 
     @app.exception_handler(RequestValidationError)
@@ -112,11 +126,16 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
     async def current_user(request: Request) -> User:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        client = request.client.host if request.client else None
         if scheme.lower() != "bearer" or not token:
+            audit.event("auth-failed", outcome="denied", client=client, method=request.method,
+                        path=request.url.path, reason="no bearer token")
             raise JobError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
         user = await authenticate(store, token.strip())
         if user is None:
-            log.warning("failed authentication from %s", request.client.host if request.client else "-")
+            # The token is not logged, not even in part: only that one failed, from where.
+            audit.event("auth-failed", outcome="denied", client=client, method=request.method,
+                        path=request.url.path, reason="invalid, expired or revoked token")
             raise JobError(401, "unauthorized", "invalid or revoked token")
         request.scope.setdefault("state", {})["user"] = user.name
         return user
@@ -142,10 +161,13 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
 
     # ------------------------------------------------------------------ services
 
-    async def service_info(kind: str, name: str | None = None) -> list[ServiceInfo]:
+    async def service_info(kind: str | None, name: str | None = None, user: User | None = None) -> list[ServiceInfo]:
         out = []
+        access = await Access.load(store, user) if user is not None else None
         for svc, dev, queued in await store.services(kind):
             if name is not None and svc.name != name:
+                continue
+            if access is not None and not access.sees(dev, svc.name):
                 continue
             status = devices.effective(svc.state, svc.state_reasons, svc.state_message, dev.online)
             out.append(ServiceInfo(kind=ServiceKind(svc.kind), name=svc.name, device_id=dev.id,
@@ -157,36 +179,49 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
         return out
 
     @app.get(f"{API_PREFIX}/services", tags=["services"])
-    async def list_services(kind: ServiceKind | None = None, _user: User = Depends(current_user)) -> dict:
-        return {"services": [s.model_dump(mode="json") for s in await service_info(kind.value if kind else None)]}
+    async def list_services(kind: ServiceKind | None = None, user: User = Depends(current_user)) -> dict:
+        """The services shared with the caller (all of them for an admin)."""
+        found = await service_info(kind.value if kind else None, user=user)
+        return {"services": [s.model_dump(mode="json") for s in found]}
 
     @app.get(f"{API_PREFIX}/services/{{kind}}/{{name}}", tags=["services"])
-    async def get_service(kind: ServiceKind, name: str, _user: User = Depends(current_user)) -> ServiceInfo:
-        found = await service_info(kind.value, name)
+    async def get_service(kind: ServiceKind, name: str, user: User = Depends(current_user)) -> ServiceInfo:
+        found = await service_info(kind.value, name, user=user)
         if not found:
             raise JobError(404, "not-found", f"no {kind.value} service named {name!r}")
         return found[0]
 
     @app.post(f"{API_PREFIX}/services/{{kind}}/{{name}}/validate", tags=["services"])
     async def validate(kind: ServiceKind, name: str, body: TicketCheck,
-                       _user: User = Depends(current_user)) -> dict:
-        service = await jobs.resolve_service(kind, name)
+                       user: User = Depends(current_user)) -> dict:
+        service = await jobs.resolve_service(kind, name, user)
         jobs.check_ticket(service, body.ticket, body.document_format)
         return {"ok": True}
 
     @app.post(f"{API_PREFIX}/services/{{kind}}/{{name}}/status-request", tags=["services"])
-    async def status_request(kind: ServiceKind, name: str, _user: User = Depends(current_user)) -> ServiceInfo:
+    async def status_request(kind: ServiceKind, name: str, user: User = Depends(current_user)) -> ServiceInfo:
         """Ask the device for its status now (model requirement 11). 504 if it does not answer:
         the device is then marked unreachable (its services show stopped, offline-report)."""
-        service = await jobs.resolve_service(kind, name)
+        service = await jobs.resolve_service(kind, name, user)
         if request_status is None or not await request_status(service.device_id):
             raise JobError(504, "device-unreachable", f"the device of {name!r} did not answer a status request")
         return (await service_info(kind.value, name))[0]
 
     # ------------------------------------------------------------------ jobs
 
+    async def describe(row: Any, full: bool = True, with_history: bool = True) -> JobInfo:
+        """The job as the caller may see it: in full, or redacted (another user's job on a
+        shared service: id, service, state and times only)."""
+        job = await store.job_info(row, with_history=with_history and full)
+        if not full:
+            return job.model_copy(update={"owner": "", "ticket": {}, "documents": [], "history": [],
+                                          "state_message": None, "uuid": "", "redacted": True,
+                                          "destination_statuses": None})
+        return job.model_copy(update={"retention": retention.describe(row, config),
+                                      "price_per_impression": row.price})
+
     async def info(row: Any, upload_url: str | None = None) -> dict:
-        job = await store.job_info(row)
+        job = await describe(row)
         if upload_url:
             job = job.model_copy(update={"upload_url": upload_url})
         return job.model_dump(mode="json")
@@ -207,11 +242,17 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise JobError(422, "bad-request", f"{where}: {first['msg']}", attribute=where or None) from None
+        if spec.kind is ServiceKind.SCAN:  # no input document: fetchable at once (cloud_service.scanfax)
+            from cloud_service.scanfax import create_scan_job
+
+            row = await create_scan_job(jobs, user, spec.service, spec.ticket, _retention(spec))
+            return OrjsonResponse(await info(row), status_code=201)
         fmt = spec.document_format or spec.ticket.get("document-format") or "application/octet-stream"
         if spec.document_uri is not None:
             chunks = _fetch_uri(str(spec.document_uri), allow_insecure_document_uri, ca_file)
             row = await jobs.create(user, spec.kind, spec.service, spec.ticket, fmt,
-                                    spec.document_name or _name_from_uri(str(spec.document_uri)), None)
+                                    spec.document_name or _name_from_uri(str(spec.document_uri)), None,
+                                    retention=_retention(spec))
             try:
                 await jobs.store_document(row.id, chunks)
             except JobError:
@@ -224,7 +265,8 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
             return OrjsonResponse(await info(row), status_code=201)
         if not spec.upload:
             raise JobError(422, "bad-request", "give a document: multipart, document_uri, or upload=true")
-        row = await jobs.create(user, spec.kind, spec.service, spec.ticket, fmt, spec.document_name, None)
+        row = await jobs.create(user, spec.kind, spec.service, spec.ticket, fmt, spec.document_name, None,
+                                retention=_retention(spec))
         doc = (await store.documents(row.id))[0]
         upload_url, _ = objects.presign(doc.object_key, "PUT", max(url_ttl, 3600.0))
         return OrjsonResponse(await info(row, upload_url), status_code=201)
@@ -245,7 +287,7 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
                     yield data
 
             row = await jobs.create(user, spec.kind, spec.service, spec.ticket, fmt,
-                                    spec.document_name or upload.filename, chunks())
+                                    spec.document_name or upload.filename, chunks(), retention=_retention(spec))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -261,14 +303,41 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
     @app.get(f"{API_PREFIX}/jobs", tags=["jobs"])
     async def list_jobs(all: bool = False, kind: ServiceKind | None = None, service: str | None = None,
                         limit: int = 500, user: User = Depends(current_user)) -> dict:
-        rows = await store.list_jobs(owner=None if user.is_admin else user.name, include_ended=all,
-                                     kind=kind.value if kind else None, service=service,
-                                     limit=max(1, min(limit, 5000)))
-        return {"jobs": [(await store.job_info(r, with_history=False)).model_dump(mode="json") for r in rows]}
+        """The caller's jobs (an admin's: everyone's). With ``service``, the queue of that
+        service as the caller may see it: their own jobs in full, everyone else's redacted."""
+        owner: str | None = None if user.is_admin else user.name
+        if service is not None and not user.is_admin:
+            found = await store.service((kind or ServiceKind.PRINT).value, service)
+            if found is not None:
+                device = await store.device(found.device_id)
+                if device is not None and (await Access.load(store, user)).sees(device, found.name):
+                    owner = None
+        rows = await store.list_jobs(owner=owner, include_ended=all, kind=kind.value if kind else None,
+                                     service=service, limit=max(1, min(limit, 5000)))
+        out = []
+        for row in rows:
+            job = await describe(row, full=user.is_admin or row.owner == user.name, with_history=False)
+            out.append(job.model_dump(mode="json"))
+        return {"jobs": out}
 
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}", tags=["jobs"])
     async def get_job(job_id: int, user: User = Depends(current_user)) -> JobInfo:
-        return await store.job_info(await jobs.get(user, job_id))
+        row, full = await jobs.view(user, job_id)
+        return await describe(row, full)
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}/documents/{{number}}", tags=["jobs"],
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    async def get_document(job_id: int, number: int, user: User = Depends(current_user)) -> Response:
+        """A job's document, for the job's owner or an admin only (others: 403 or 404)."""
+        row, full = await jobs.view(user, job_id)
+        if not full or (row.owner != user.name and not user.is_admin):
+            raise JobError(403, "forbidden", f"job {job_id} is not yours")
+        doc = next((d for d in await store.documents(job_id) if d.number == number), None)
+        size = await objects.size(doc.object_key) if doc is not None else None
+        if doc is None or size is None:
+            raise JobError(404, "not-found", f"job {job_id} has no document {number} (any more)")
+        return StreamingResponse(objects.read_stream(doc.object_key), media_type=doc.format,
+                                 headers={"Content-Length": str(size), "Cache-Control": "no-store"})
 
     @app.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", tags=["jobs"])
     async def cancel_job(job_id: int, user: User = Depends(current_user)) -> dict:
@@ -311,7 +380,15 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
             objects.signer.check(key, "GET", dict(request.query_params))
         except BadSignature as exc:
             log.warning("refused presigned GET of %s: %s", key, exc)
+            audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
+                        method="GET", key=key, reason=str(exc))
             return error_response(403, "bad-signature", str(exc))
+        ended = await _job_ended(key)
+        if ended:
+            # A GET URL only serves while its job is under way: replaying it later gets nothing.
+            audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
+                        method="GET", key=key, reason="the job has ended")
+            return error_response(410, "gone", "the job has ended; its documents are no longer served")
         size = await objects.size(key)
         if size is None:
             return error_response(404, "not-found", "no such object")
@@ -325,15 +402,40 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
             objects.signer.check(key, "PUT", dict(request.query_params))
         except BadSignature as exc:
             log.warning("refused presigned PUT of %s: %s", key, exc)
+            audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
+                        method="PUT", key=key, reason=str(exc))
             return error_response(403, "bad-signature", str(exc))
         request.scope.setdefault("state", {})["user"] = "presigned"
+        from cloud_service import scanfax
+
+        if scanfax.parse_output_key(key) is not None:  # scan output uploaded by the device
+            try:
+                stored = await scanfax.store_output(store, objects, key, request.stream(), jobs.max_document_bytes)
+            except scanfax.OutputRefused as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
         parts = key.split("/")
         if len(parts) != 3 or parts[0] != "jobs" or not parts[1].isdigit():
             return error_response(404, "not-found", "no such upload")
         stored = await jobs.store_document(int(parts[1]), request.stream())
         return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
 
+    async def _job_ended(key: str) -> bool:
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != "jobs" or not parts[1].isdigit():
+            return False
+        try:
+            row = await store.get_job(int(parts[1]))
+        except JobNotFound:
+            return True
+        return JobState(row.state).terminal
+
+    add_routes(app, store=store, jobs=jobs, current_user=current_user, audit=audit, registry=registry)
     return app
+
+
+def _retention(spec: JobCreate) -> dict[str, Any] | None:
+    return spec.retention.model_dump(exclude_none=True) if spec.retention is not None else None
 
 
 def _name_from_uri(uri: str) -> str | None:

@@ -7,17 +7,20 @@ finds the job in the ``sync`` answer to its next hello.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cloud_service.core.job import Cancel, Close, InvalidTransition
+from sqlalchemy import update
+
+from cloud_service.core.job import Abort, Cancel, Close, InvalidTransition
 from cloud_service.core.ticket import TicketError, TicketProblem, parse_print_ticket, validate_print_ticket
 from cloud_service.db import JobRow, ServiceRow
 from cloud_service.objects import ObjectStore, StoredObject
 from cloud_service.store import JobNotFound, JobStore
-from schemas.enums import JobState, ServiceKind
+from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
 from schemas.tickets import PrintCapabilities
 
@@ -41,12 +44,20 @@ class JobError(Exception):
 
 @dataclass(frozen=True)
 class User:
+    """Who a request acts for: a person or a service account, with role and groups."""
+
     name: str
     role: str
+    groups: tuple[str, ...] = ()
+    kind: str = "person"
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def may_register_devices(self) -> bool:
+        return self.role in ("admin", "owner")
 
 
 class JobService:
@@ -55,24 +66,49 @@ class JobService:
         self.objects = objects
         self.notify = notify
         self.max_document_bytes = max_document_bytes
+        #: Price, quota and retention decisions at submit (cloud_service.accounting.Admission);
+        #: None: free, unlimited, service defaults.
+        self.admission: Any = None
 
     # ------------------------------------------------------------------ services and tickets
 
-    async def resolve_service(self, kind: ServiceKind, name: str | None) -> ServiceRow:
+    async def resolve_service(self, kind: ServiceKind, name: str | None, user: User | None = None) -> ServiceRow:
+        """The service to use; with ``user``, only among the services shared with them (others
+        read as missing). Without a name: the first online one, else the first one."""
+        from cloud_service.sharing import Access, check_service
+
         if name:
             row = await self.store.service(kind.value, name)
             if row is None:
                 raise JobError(404, "not-found", f"no {kind.value} service named {name!r}")
+            if user is not None:
+                await check_service(self.store, user, row)
             return row
         rows = await self.store.services(kind.value)
+        if user is not None:
+            access = await Access.load(self.store, user)
+            rows = [(svc, dev, n) for svc, dev, n in rows if access.sees(dev, svc.name)]
         if not rows:
             raise JobError(404, "not-found", f"no {kind.value} service is registered yet")
         online = [svc for svc, dev, _ in rows if dev.online]
         return (online or [svc for svc, _, _ in rows])[0]
 
+    async def usable_service(self, user: User, kind: ServiceKind, name: str | None) -> ServiceRow:
+        """resolve_service for a new job: also refuses services whose device is revoked."""
+        service = await self.resolve_service(kind, name, user)
+        device = await self.store.device(service.device_id)
+        if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
+            raise JobError(409, "service-unavailable",
+                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
+        return service
+
     def check_ticket(self, service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict:
         """Validate against the service's capabilities; return the IPP-named ticket to store."""
         try:
+            if service.kind != ServiceKind.PRINT.value:  # scan and faxout: cloud_service.scanfax
+                from cloud_service.scanfax import check_ticket
+
+                return check_ticket(service, raw, document_format)
             ticket = parse_print_ticket(raw)
             caps = PrintCapabilities.model_validate(service.capabilities)
             validate_print_ticket(ticket, caps, document_format)
@@ -86,15 +122,20 @@ class JobService:
 
     async def create(self, user: User, kind: ServiceKind, service_name: str | None, ticket: dict[str, Any],
                      document_format: str, document_name: str | None,
-                     chunks: AsyncIterator[bytes] | None) -> JobRow:
+                     chunks: AsyncIterator[bytes] | None, retention: dict[str, Any] | None = None) -> JobRow:
         """Create a job; with ``chunks`` the document is stored and the job is fetchable at
         once, without it the job waits (pending-held, job-incoming) for an upload and close."""
-        service = await self.resolve_service(kind, service_name)
+        service = await self.usable_service(user, kind, service_name)
         stored_ticket = self.check_ticket(service, ticket, document_format)
         stored_ticket.pop("document-format", None)
+        admitted = await self.admission.on_create(user, service, stored_ticket, retention) if self.admission else {}
         doc = {"name": document_name, "format": document_format}
         row = await self.store.create_job(kind=kind, service=service, owner=user.name, ticket=stored_ticket,
                                           documents=[doc], with_documents=False)
+        if admitted:
+            async with self.store.sessions.begin() as s:
+                await s.execute(update(JobRow).where(JobRow.id == row.id).values(**admitted))
+            row = await self.store.get_job(row.id)
         if chunks is not None:
             await self.store_document(row.id, chunks)
             row = await self.close(user, row.id)
@@ -105,6 +146,8 @@ class JobService:
         if row.state != JobState.PENDING_HELD.value or "job-incoming" not in row.state_reasons:
             raise JobError(409, "job-not-incoming", "the job does not accept documents any more")
         doc = (await self.store.documents(job_id))[0]
+        if doc.sha256 is not None:  # upload URLs are one-time: a replayed PUT cannot swap the document
+            raise JobError(409, "document-stored", "the document was uploaded already")
         from cloud_service.objects import ObjectTooLarge
 
         try:
@@ -120,6 +163,14 @@ class JobService:
         docs = await self.store.documents(job_id)
         if any(d.sha256 is None for d in docs):
             raise JobError(409, "document-missing", "upload the document before closing the job")
+        service = await self.store.service(row.kind, row.service_name)
+        if self.admission is not None and service is not None and row.state == JobState.PENDING_HELD.value:
+            try:
+                await self.admission.on_close(user, row, service)
+            except JobError as refusal:
+                with contextlib.suppress(InvalidTransition):
+                    await self.store.transition(job_id, Abort(Reason.ABORTED_BY_SYSTEM, refusal.message))
+                raise
         try:
             result = await self.store.transition(job_id, Close())
         except InvalidTransition as exc:
@@ -139,8 +190,33 @@ class JobService:
             raise JobError(404, "not-found", f"no job {job_id}")
         return row
 
+    async def view(self, user: User, job_id: int) -> tuple[JobRow, bool]:
+        """(job, full): full for its owner, an admin or the owner of its device; a job of someone
+        else on a service the user may use is returned with full=False (show it redacted);
+        any other job is "not found"."""
+        from cloud_service.sharing import Access, owns
+
+        try:
+            row = await self.store.get_job(job_id)
+        except JobNotFound:
+            raise JobError(404, "not-found", f"no job {job_id}") from None
+        if user.is_admin or row.owner == user.name:
+            return row, True
+        device = await self.store.device(row.device_id)
+        if device is not None and owns(user, device):
+            return row, False
+        if device is not None and (await Access.load(self.store, user)).sees(device, row.service_name):
+            return row, False
+        raise JobError(404, "not-found", f"no job {job_id}")
+
     async def cancel(self, user: User, job_id: int) -> JobRow:
-        row = await self.get(user, job_id)
+        from cloud_service.sharing import owns
+
+        row, full = await self.view(user, job_id)
+        if not full:
+            device = await self.store.device(row.device_id)
+            if not owns(user, device):
+                raise JobError(403, "forbidden", f"job {job_id} is not yours to cancel")
         if JobState(row.state).terminal:
             raise JobError(409, "job-ended", f"job {job_id} has already ended ({row.state})")
         try:

@@ -79,6 +79,15 @@ class ChangeFeed:
                     del self._waiters[job_id]
 
 
+async def _destinations(store: JobStore, row: JobRow) -> list[dict] | None:
+    """A fax job's destination-statuses (cloud_service.scanfax); None for other kinds."""
+    if row.kind != ServiceKind.FAXOUT.value:
+        return None
+    from cloud_service.scanfax import destination_statuses
+
+    return await destination_statuses(store, row)
+
+
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -254,7 +263,7 @@ class JobStore:
                                                sha256=d.sha256, state=DocumentState(d.state),
                                                impressions_completed=d.impressions_completed)
                                   for d in docs],
-                       history=history)
+                       history=history, destination_statuses=await _destinations(self, row))
 
     # ------------------------------------------------------------------ devices and services
 

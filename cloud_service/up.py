@@ -41,6 +41,44 @@ SIM_PRINTER_CAPABILITIES: dict[str, Any] = {
 }
 
 
+SCANNER_NAME = "sim-scanner"
+FAX_NAME = "sim-fax"
+#: Numbers the simulated modem answers busy / not at all, to try the retry policy.
+SIM_FAX_BUSY = "tel:+15555550100"
+SIM_FAX_NO_ANSWER = "tel:+15555550199"
+
+#: The simulated device's scan service (PWG 5100.17 names).
+SIM_SCANNER_CAPABILITIES: dict[str, Any] = {
+    "input-source-supported": ["platen", "adf"],
+    "input-source-default": "platen",
+    "input-sides-supported": ["one-sided", "two-sided-long-edge", "two-sided-short-edge"],
+    "input-resolution-supported": [75, 150, 300],
+    "input-resolution-default": 150,
+    "input-color-mode-supported": ["color", "monochrome", "bi-level"],
+    "input-color-mode-default": "color",
+    "input-media-supported": ["iso_a4_210x297mm", "na_letter_8.5x11in", "iso_a5_148x210mm"],
+    "input-media-default": "iso_a4_210x297mm",
+    "input-scan-regions-supported": True,
+    "document-format-supported": ["application/pdf", "image/jpeg", "image/png"],
+    "document-format-default": "application/pdf",
+}
+
+#: The simulated device's FaxOut service (PWG 5100.15 names).
+SIM_FAX_CAPABILITIES: dict[str, Any] = {
+    "destination-uri-schemes-supported": ["tel"],
+    "multiple-destination-uris-supported": True,
+    "destination-uris-max": 8,
+    "printer-resolution-supported": [[204, 98], [204, 196], [204, 392]],
+    "printer-resolution-default": [204, 98],
+    "number-of-retries-supported": [0, 5],
+    "number-of-retries-default": 2,
+    "retry-interval-supported": [0, 600],
+    "retry-interval-default": 5,
+    "document-format-supported": ["application/pdf", "image/jpeg", "image/png", "text/plain"],
+    "document-format-default": "application/pdf",
+}
+
+
 def _port_free(host: str, port: int) -> bool:
     if port == 0:
         return True
@@ -97,9 +135,16 @@ class EmbeddedStack:
         self.service = CloudService(ServiceConfig(
             data_dir=self.data_dir, broker_url=self.broker.url, broker_password=service_password,
             ca_file=self.pki.ca_cert, tls_cert=self.pki.server_cert, tls_key=self.pki.server_key,
-            http_host=self.host, http_port=self.http_port))
+            http_host=self.host, http_port=self.http_port,
+            pki_dir=self.pki.ca_cert.parent, broker_password_file=credentials_path))
         await self.service.start()
         await self._client_config()
+        if self.with_printer:
+            await self._register_printer()
+            device = await self.service.store.device(PRINTER_ID)
+            if device is not None and device.revoked_at is not None:
+                # An admin revoked it: giving it its password back would undo that.
+                self.with_printer = False
         if self.with_printer:
             await self._start_printer(credentials)
 
@@ -119,6 +164,22 @@ class EmbeddedStack:
         with os.fdopen(fd, "w") as fh:
             json.dump({"url": self.service.url, "token": token, "ca": str(self.pki.ca_cert)}, fh, indent=2)
 
+    async def _register_printer(self) -> None:
+        """First run: the simulated printer belongs to the admin who ran ``up`` and is shared
+        with everyone, so every user the admin creates can print on it. Later runs leave the
+        registration and shares as the admin changed them."""
+        import time
+
+        from cloud_service.sharing import ALL_SERVICES, add_share
+
+        store = self.service.store
+        device = await store.device(PRINTER_ID)
+        if device is not None and device.owner is not None:
+            return
+        admin = getpass.getuser()
+        await store.set_device(PRINTER_ID, owner=admin, registered_at=time.time())
+        await add_share(store, PRINTER_ID, ALL_SERVICES, "everyone", "*", admin)
+
     def printer_config(self, password: str) -> dict[str, Any]:
         device_dir = self.data_dir / "devices" / PRINTER_ID
         return {
@@ -134,6 +195,21 @@ class EmbeddedStack:
                 "info": "Simulated printer (writes each job to a folder)",
                 "location": str(device_dir / "output"),
                 "make_and_model": "cloudimaging simulated printer",
+            }, {
+                # The same device scans and faxes: one Manager serves all three services.
+                "kind": "scan", "name": SCANNER_NAME, "driver": "simulated-scanner",
+                "driver_options": {"adf_sheets": 3},
+                "capabilities": SIM_SCANNER_CAPABILITIES,
+                "info": "Simulated scanner (makes test pages: platen 1, feeder 3 sheets)",
+                "make_and_model": "cloudimaging simulated multifunction device",
+            }, {
+                "kind": "faxout", "name": FAX_NAME, "driver": "simulated-modem",
+                "driver_options": {"output_dir": str(device_dir / "fax"), "busy": [SIM_FAX_BUSY],
+                                   "no_answer": [SIM_FAX_NO_ANSWER]},
+                "capabilities": SIM_FAX_CAPABILITIES,
+                "info": f"Simulated fax modem (received faxes land in {device_dir / 'fax'})",
+                "location": str(device_dir / "fax"),
+                "make_and_model": "cloudimaging simulated multifunction device",
             }],
         }
 
@@ -166,6 +242,10 @@ class EmbeddedStack:
         ]
         if self.with_printer:
             lines.append(f"  Printer       {PRINTER_ID}: printed jobs land in {self.output_dir}")
+            lines.append(f"  Scanner       {SCANNER_NAME} (same device): cloudimaging scan -o scan.pdf")
+            lines.append(f"  Fax           {FAX_NAME} (same device): received faxes land in "
+                         f"{self.data_dir / 'devices' / PRINTER_ID / 'fax'}; {SIM_FAX_BUSY} is busy, "
+                         f"{SIM_FAX_NO_ANSWER} never answers")
         lines += [
             f"  Client config {self.data_dir / 'client.json'} (admin token for {getpass.getuser()})",
             "",
@@ -173,6 +253,8 @@ class EmbeddedStack:
             "  .venv/bin/cloudimaging printers",
             "  .venv/bin/cloudimaging print FILE -n 2 -o sides=two-sided-long-edge --wait",
             "  .venv/bin/cloudimaging jobs --all",
+            "  .venv/bin/cloudimaging scan -o scan.pdf",
+            "  .venv/bin/cloudimaging fax README.md --to tel:+15551234567 --wait",
             "",
             "Ctrl-C stops everything.",
         ]

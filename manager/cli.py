@@ -28,9 +28,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--config",
         "-c",
-        required=True,
         metavar="FILE",
-        help="device configuration (JSON, or TOML if the name ends in .toml)",
+        help="device configuration (JSON, or TOML if the name ends in .toml); required to run",
     )
     parser.add_argument(
         "--log-level",
@@ -39,12 +38,18 @@ def add_parser(subparsers: Any) -> None:
         help="logging level (default INFO: one line per message in and out)",
     )
     parser.set_defaults(func=run)
+    from manager import enroll
+
+    enroll.add_parser(parser.add_subparsers(dest="manager_command", metavar="{enroll}"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT or SIGTERM; 0 on a clean stop, 2 for a bad config, 1 on failure."""
     from manager.app import Manager  # imported here so `cloudimaging --help` stays fast
 
+    if not getattr(args, "config", None):
+        print("cloudimaging manager: --config FILE is required", file=sys.stderr)
+        return 2
     level = getattr(args, "log_level", "INFO")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

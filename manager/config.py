@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from schemas import topics
-from schemas.tickets import PrintCapabilities
+from schemas.tickets import FaxOutCapabilities, PrintCapabilities, ScanCapabilities
 
 SOFTWARE = "cloudimaging-manager/0.1.0"
 
@@ -36,7 +36,8 @@ class PrintServiceConfig(BaseModel):
 
     kind: Literal["print"] = "print"
     name: ServiceName
-    driver: Literal["file", "simulated"]
+    #: ``ipp`` forwards to a local IPP printer (options: uri, ..., manager/drivers/ipp.py).
+    driver: Literal["file", "simulated", "ipp"]
     #: Options of the driver (see docs/manager.md); each driver validates its own.
     driver_options: dict[str, Any] = {}
     capabilities: PrintCapabilities = PrintCapabilities()
@@ -45,9 +46,48 @@ class PrintServiceConfig(BaseModel):
     make_and_model: str | None = None
 
 
-#: Scan and fax services join this as a union discriminated by ``kind`` (print when absent)
-#: when they exist; a single-member discriminated union would make ``kind`` mandatory.
-ServiceConfig = PrintServiceConfig
+class ScanServiceConfig(BaseModel):
+    """One scan service (PWG 5100.17) and its scanner driver (manager/drivers/scanner.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["scan"]
+    name: ServiceName
+    driver: Literal["simulated-scanner"] = "simulated-scanner"
+    driver_options: dict[str, Any] = {}
+    capabilities: ScanCapabilities = ScanCapabilities()
+    info: str | None = None
+    location: str | None = None
+    make_and_model: str | None = None
+
+
+class FaxServiceConfig(BaseModel):
+    """One FaxOut service (PWG 5100.15) and its modem driver (manager/drivers/fax.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["faxout"]
+    name: ServiceName
+    driver: Literal["simulated-modem"] = "simulated-modem"
+    driver_options: dict[str, Any] = {}
+    capabilities: FaxOutCapabilities = FaxOutCapabilities()
+    info: str | None = None
+    location: str | None = None
+    make_and_model: str | None = None
+
+
+def _service_kind(value: Any) -> str:
+    """``kind`` of a service entry; print when absent (configs written before scan and fax)."""
+    return str(value.get("kind", "print") if isinstance(value, dict) else getattr(value, "kind", "print"))
+
+
+#: A service of the device, discriminated by ``kind`` (print when absent).
+ServiceConfig = Annotated[
+    Annotated[PrintServiceConfig, Tag("print")]
+    | Annotated[ScanServiceConfig, Tag("scan")]
+    | Annotated[FaxServiceConfig, Tag("faxout")],
+    Discriminator(_service_kind),
+]
 
 
 class ManagerConfig(BaseModel):
@@ -64,6 +104,10 @@ class ManagerConfig(BaseModel):
     password_file: Path | None = None
     #: PEM CA bundle trusted for the broker and the presigned document URLs; system CAs if absent.
     ca_file: Path | None = None
+    #: The device's client certificate and key (PEM) from ``cloudimaging manager enroll``: the
+    #: broker then knows the device by its certificate (mTLS) and no password is needed.
+    cert_file: Path | None = None
+    key_file: Path | None = None
     state_dir: Path = Path(".cloudimaging/manager")
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     #: Seconds to wait for a reply before sending the same request again.
@@ -96,6 +140,8 @@ class ManagerConfig(BaseModel):
     def _fill(self) -> ManagerConfig:
         if self.username is None:
             self.username = self.device_id
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
         names = [s.name for s in self.services]
         if len(set(names)) != len(names):
             raise ValueError("service names must be unique within a device")
@@ -124,20 +170,23 @@ class ManagerConfig(BaseModel):
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context for the broker and the document URLs: verify against ca_file."""
         cafile = str(self.ca_file) if self.ca_file else None
-        return ssl.create_default_context(cafile=cafile)
+        context = ssl.create_default_context(cafile=cafile)
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
-    def service(self, name: str) -> PrintServiceConfig | None:
+    def service(self, name: str) -> PrintServiceConfig | ScanServiceConfig | FaxServiceConfig | None:
         return next((s for s in self.services if s.name == name), None)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    for key in ("ca_file", "state_dir", "password_file"):
+    for key in ("ca_file", "state_dir", "password_file", "cert_file", "key_file"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
             raw[key] = str(base / raw[key])
     for service in raw.get("services") or []:
         options = service.get("driver_options") if isinstance(service, dict) else None
         if isinstance(options, dict):
-            for key in ("output_dir",):
+            for key in ("output_dir", "ca_file"):
                 if isinstance(options.get(key), str) and not Path(options[key]).is_absolute():
                     options[key] = str(base / options[key])
     return raw

@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from schemas.enums import JobState
 from schemas.messages import DocumentAccess, HeldJob
-from schemas.tickets import PrintJobTicket
+from schemas.tickets import DestinationStatus, FaxOutJobTicket, PrintJobTicket, ScanJobTicket
 
 
 class Phase(StrEnum):
@@ -39,7 +39,9 @@ class JobRecord:
     reasons: tuple[str, ...] = ()
     phase: Phase = Phase.FETCHING
     service: str | None = None
-    ticket: PrintJobTicket | None = None
+    #: The service kind (print, scan, faxout): which flow runs the job.
+    kind: str = "print"
+    ticket: PrintJobTicket | ScanJobTicket | FaxOutJobTicket | None = None
     document_count: int = 1
     documents: dict[int, DocumentAccess] = field(default_factory=dict)
     impressions_completed: int = 0
@@ -54,6 +56,8 @@ class JobRecord:
     printing_document: int | None = None
     #: The final job-status message (phase ENDING), resent after a restart.
     message: str | None = None
+    #: FaxOut: each destination's outcome so far (journaled: never dialled again once sent).
+    destination_statuses: list[DestinationStatus] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     # Runtime only (never journaled): the task running the job, the lock that keeps its
     # reports one at a time, the flag that stops its download thread, and the event that

@@ -21,7 +21,7 @@ from pathlib import Path
 from manager.jobbook import JobBook, JobRecord, Phase
 from schemas.enums import JobState
 from schemas.messages import DocumentAccess
-from schemas.tickets import PrintJobTicket
+from schemas.tickets import DestinationStatus, ticket_model
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL);
@@ -35,7 +35,8 @@ def _dump(record: JobRecord) -> str:
     return json.dumps({
         "version": record.version, "state": record.state.value, "reasons": list(record.reasons),
         "phase": record.phase.value, "service": record.service,
-        "ticket": record.ticket.wire() if record.ticket else None,
+        "kind": record.kind, "ticket": record.ticket.wire() if record.ticket else None,
+        "destination_statuses": [d.wire() for d in record.destination_statuses],
         "document_count": record.document_count,
         "documents": {str(n): d.model_dump(mode="json") for n, d in record.documents.items()},
         "impressions_completed": record.impressions_completed, "claimed": record.claimed,
@@ -50,7 +51,10 @@ def _load(job_id: int, text: str) -> JobRecord:
     return JobRecord(
         job_id=job_id, version=data["version"], state=JobState(data["state"]), reasons=tuple(data["reasons"]),
         phase=Phase(data["phase"]), service=data["service"],
-        ticket=PrintJobTicket.model_validate(data["ticket"]) if data["ticket"] is not None else None,
+        kind=data.get("kind", "print"),
+        ticket=ticket_model(data.get("kind", "print")).model_validate(data["ticket"])
+        if data["ticket"] is not None else None,
+        destination_statuses=[DestinationStatus.model_validate(d) for d in data.get("destination_statuses", [])],
         document_count=data["document_count"],
         documents={int(n): DocumentAccess.model_validate(d) for n, d in data["documents"].items()},
         impressions_completed=data["impressions_completed"], claimed=data["claimed"],

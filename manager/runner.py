@@ -28,10 +28,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cloud_service.core.ticket import TicketError, validate_print_ticket
-from manager.config import ManagerConfig, PrintServiceConfig
+from manager.config import FaxServiceConfig, ManagerConfig, PrintServiceConfig, ScanServiceConfig
 from manager.download import DownloadError, download
 from manager.drivers.base import (
     DeviceStatus,
@@ -44,6 +44,7 @@ from manager.drivers.base import (
 )
 from manager.jobbook import JobBook, JobRecord, JobView, Phase
 from manager.requests import Requester, RequestTimeout
+from manager.scanfax import ScanFaxFlows
 from manager.wirelog import describe, log_in, log_out
 from schemas import topics
 from schemas.enums import DocumentState, JobState, Reason, ServiceState
@@ -54,6 +55,7 @@ from schemas.messages import (
     Bye,
     DocumentAccess,
     DocumentStatus,
+    FaxOutServiceAttributes,
     FetchDocument,
     FetchJob,
     Hello,
@@ -66,12 +68,13 @@ from schemas.messages import (
     PrintServiceAttributes,
     ProtocolError,
     Reply,
+    ScanServiceAttributes,
     StatusRequest,
     Sync,
     decode_down,
     encode,
 )
-from schemas.tickets import PrintJobTicket
+from schemas.tickets import PrintJobTicket, ticket_model
 
 log = logging.getLogger("cloudimaging.manager")
 
@@ -107,7 +110,7 @@ class _Canceled(Exception):
 class ServiceRuntime:
     """One configured service with its driver, its printer slot and what it last published."""
 
-    config: PrintServiceConfig
+    config: PrintServiceConfig | ScanServiceConfig | FaxServiceConfig
     driver: PrintDriver
     slot: asyncio.Lock = field(default_factory=asyncio.Lock)
     current_job: int | None = None
@@ -120,25 +123,33 @@ class ServiceRuntime:
         device: DeviceStatus = self.driver.status
         if device.stopped:
             return ServiceState.STOPPED, device.reasons, device.message
+        # A running device's warnings (toner-low from the ipp driver) are published too.
         if self.current_job is not None:
-            return ServiceState.PROCESSING, (), None
-        return ServiceState.IDLE, (), None
+            return ServiceState.PROCESSING, device.reasons, device.message
+        return ServiceState.IDLE, device.reasons, device.message
+
+    @property
+    def capabilities(self) -> Any:
+        """The driver's discovered capabilities (the ipp driver asks the printer), else the config's."""
+        return getattr(self.driver, "discovered", None) or self.config.capabilities
 
     def attributes(self) -> PrintServiceAttributes:
         state, reasons, message = self.status()
-        return PrintServiceAttributes(
+        model = {"scan": ScanServiceAttributes, "faxout": FaxOutServiceAttributes}.get(self.config.kind,
+                                                                                     PrintServiceAttributes)
+        return model(
             name=self.name,
             info=self.config.info,
             location=self.config.location,
-            make_and_model=self.config.make_and_model,
+            make_and_model=self.config.make_and_model or getattr(self.driver, "make_and_model", None),
             state=state,
             state_reasons=list(reasons),
             state_message=message,
-            capabilities=self.config.capabilities,
+            capabilities=self.capabilities,  # type: ignore[arg-type]
         )
 
 
-class Runner:
+class Runner(ScanFaxFlows):
     """Device-side protocol logic; I/O goes through ``publish`` (MQTT) and the drivers."""
 
     def __init__(
@@ -499,7 +510,10 @@ class Runner:
                 outcome: Outcome = (JobState.CANCELED, (Reason.JOB_CANCELED_BY_USER,), None)
             else:
                 try:
-                    outcome = await self._print(record, service)
+                    if service.config.kind == "print":
+                        outcome = await self._print(record, service)
+                    else:
+                        outcome = await self._imaging(record, service)  # scan, faxout: manager.scanfax
                 finally:
                     service.current_job = None
                     service.slot.release()
@@ -537,7 +551,8 @@ class Runner:
             self._forget(record, None, remember=False)
             return False
         record.adopt_version(reply.version)
-        record.ticket = reply.ticket or PrintJobTicket()
+        record.kind = reply.kind.value if reply.kind else "print"
+        record.ticket = reply.ticket or ticket_model(record.kind)()
         record.document_count = max(1, reply.document_count or 1)
         record.service = reply.service or (next(iter(self.services)) if len(self.services) == 1 else None)
         self.book.save(record)
@@ -588,9 +603,11 @@ class Runner:
         service = self.services.get(record.service or "")
         if service is None:
             return Reason.UNSUPPORTED_ATTRIBUTES, f"this device has no service named {record.service!r}"
+        if service.config.kind != "print" or record.kind != "print":
+            return self._check_imaging(record, service)
         ticket = record.ticket or PrintJobTicket()
         try:
-            validate_print_ticket(ticket, service.config.capabilities, ticket.document_format)
+            validate_print_ticket(ticket, service.capabilities, ticket.document_format)
         except TicketError as exc:
             problem = exc.first
             reason = (
@@ -815,6 +832,7 @@ class Runner:
                         reasons=list(reasons),
                         message=message,
                         impressions_completed=record.impressions_completed,
+                        destination_statuses=self.final_destinations(record, state),
                     ),
                     final=True,
                     persistent=True,

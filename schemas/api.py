@@ -6,7 +6,7 @@ IPP names (``print-color-mode``) because they are IPP attributes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
@@ -39,6 +39,14 @@ class ServiceInfo(ApiModel):
     ipp_uri: str | None = None
 
 
+class RetentionChoice(ApiModel):
+    """A job's own retention choice (requirement 15); unset fields follow the service's policy."""
+
+    documents: Literal["discard-after-processing", "after-duration", "keep"] | None = None
+    document_seconds: Annotated[float, Field(gt=0)] | None = None
+    history_seconds: Annotated[float, Field(gt=0)] | None = None
+
+
 class JobCreate(ApiModel):
     """Create a job. With multipart, this is the ``job`` part and the file is ``document``.
 
@@ -53,6 +61,7 @@ class JobCreate(ApiModel):
     document_format: MimeType | None = None
     document_uri: HttpUrl | None = None
     upload: bool = False
+    retention: RetentionChoice | None = None
 
 
 class TicketCheck(ApiModel):
@@ -99,6 +108,14 @@ class JobInfo(ApiModel):
     documents: list[DocumentInfo]
     history: list[JobEvent] = []
     upload_url: str | None = None
+    #: True for another user's job: only its id, state, service and times are shown.
+    redacted: bool = False
+    #: The job's retention policy and when its documents and the job itself will be deleted.
+    retention: dict[str, Any] | None = None
+    #: Credits per impression when the job was submitted (None: free).
+    price_per_impression: int | None = None
+    #: FaxOut jobs: each destination's outcome (PWG 5100.15 ``destination-statuses``).
+    destination_statuses: list[dict[str, Any]] | None = None
 
 
 class ErrorDetail(ApiModel):

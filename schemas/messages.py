@@ -16,11 +16,20 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from schemas.enums import DocumentState, JobState, ServiceKind, ServiceState
 from schemas.text import Keyword, MimeType, Name, Text
-from schemas.tickets import PrintCapabilities, PrintJobTicket
+from schemas.tickets import (
+    DestinationStatus,
+    FaxOutCapabilities,
+    FaxOutJobTicket,
+    PrintCapabilities,
+    PrintJobTicket,
+    ScanCapabilities,
+    ScanJobTicket,
+    ticket_model,
+)
 
 PROTOCOL_VERSION = 1
 #: Largest message either side accepts; bigger ones are refused unread (bytes go by URL).
@@ -87,7 +96,32 @@ class PrintServiceAttributes(BaseModel):
     capabilities: PrintCapabilities = PrintCapabilities()
 
 
-ServiceAttributes = Annotated[PrintServiceAttributes, Field(discriminator="kind")]
+class ScanServiceAttributes(PrintServiceAttributes):
+    """A scan service (PWG 5100.17 capabilities)."""
+
+    kind: Literal[ServiceKind.SCAN] = ServiceKind.SCAN  # type: ignore[assignment]
+    capabilities: ScanCapabilities = ScanCapabilities()  # type: ignore[assignment]
+
+
+class FaxOutServiceAttributes(PrintServiceAttributes):
+    """A FaxOut service (PWG 5100.15 capabilities)."""
+
+    kind: Literal[ServiceKind.FAXOUT] = ServiceKind.FAXOUT  # type: ignore[assignment]
+    capabilities: FaxOutCapabilities = FaxOutCapabilities()  # type: ignore[assignment]
+
+
+def _service_kind(value: Any) -> str:
+    """The discriminator of a service entry; ``print`` when absent (older Managers)."""
+    kind = value.get("kind", "print") if isinstance(value, dict) else getattr(value, "kind", "print")
+    return str(kind.value if isinstance(kind, ServiceKind) else kind)
+
+
+ServiceAttributes = Annotated[
+    Annotated[PrintServiceAttributes, Tag("print")]
+    | Annotated[ScanServiceAttributes, Tag("scan")]
+    | Annotated[FaxOutServiceAttributes, Tag("faxout")],
+    Discriminator(_service_kind),
+]
 
 
 class Attributes(Message):
@@ -140,6 +174,25 @@ class DocumentStatus(Message):
     reasons: Reasons = []
     message: Text | None = None
     impressions_completed: Annotated[int, Field(ge=0)] = 0
+    #: Scan output: the uploaded document's size and SHA-256 as the device computed them; the
+    #: service checks them against what it stored before accepting ``completed``.
+    size: Annotated[int, Field(ge=0)] | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class RequestUpload(Message):
+    """Scan output: ask for a presigned PUT URL for output document ``document_number``.
+
+    Idempotent (asking again gives a fresh URL for the same document); no version change.
+    Counterpart: none in INFRA (which has no scan); PWG 5100.17's push model, with the
+    cloud's object store as the destination.
+    """
+
+    type: Literal["request-upload"] = "request-upload"
+    job_id: JobId
+    document_number: Annotated[int, Field(ge=1, le=1000)]
+    document_format: MimeType
+    document_name: Name | None = None
 
 
 class JobStatus(Message):
@@ -152,6 +205,8 @@ class JobStatus(Message):
     reasons: Reasons = []
     message: Text | None = None
     impressions_completed: Annotated[int, Field(ge=0)] = 0
+    #: FaxOut: the outcome per destination (PWG 5100.15 ``destination-statuses``).
+    destination_statuses: Annotated[list[DestinationStatus], Field(max_length=32)] | None = None
 
 
 class Bye(Message):
@@ -176,7 +231,8 @@ class Presence(BaseModel):
 
 
 UpMessage = Annotated[
-    Hello | Attributes | FetchJob | AcknowledgeJob | FetchDocument | DocumentStatus | JobStatus | Bye,
+    Hello | Attributes | FetchJob | AcknowledgeJob | FetchDocument | DocumentStatus | JobStatus | Bye
+    | RequestUpload,
     Field(discriminator="type"),
 ]
 
@@ -250,6 +306,17 @@ class DocumentAccess(BaseModel):
     document_name: Name | None = None
 
 
+class UploadAccess(BaseModel):
+    """Where to upload (scan output) one document: a presigned URL scoped to it and PUT."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    document_number: Annotated[int, Field(ge=1)]
+    url: Annotated[str, Field(max_length=2048)]
+    expires_at: float
+    document_format: MimeType
+
+
 class Reply(Message):
     """The answer to a request (fetch-job, acknowledge-job, fetch-document, status reports).
 
@@ -268,9 +335,20 @@ class Reply(Message):
     reasons: Reasons = []
     version: Version | None = None
     service: Annotated[str, Field(max_length=64)] | None = None
-    ticket: PrintJobTicket | None = None
+    #: The job's service kind (fetch-job); absent means print, so ``ticket`` is a print ticket.
+    kind: ServiceKind | None = None
+    ticket: PrintJobTicket | ScanJobTicket | FaxOutJobTicket | None = None
     documents: list[DocumentAccess] = []
+    uploads: list[UploadAccess] = []
     document_count: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ticket_by_kind(cls, data: Any) -> Any:
+        """Parse ``ticket`` with the model of ``kind`` (tickets of all kinds may look alike)."""
+        if isinstance(data, dict) and isinstance(data.get("ticket"), dict):
+            data = {**data, "ticket": ticket_model(str(data.get("kind") or "print")).model_validate(data["ticket"])}
+        return data
 
 
 DownMessage = Annotated[
@@ -294,7 +372,7 @@ class ProtocolError(Exception):
 _UP = TypeAdapter(UpMessage)
 _DOWN = TypeAdapter(DownMessage)
 _KNOWN_UP = {"hello", "attributes", "fetch-job", "acknowledge-job", "fetch-document",
-             "document-status", "job-status", "bye"}
+             "document-status", "job-status", "bye", "request-upload"}
 _KNOWN_DOWN = {"sync", "job-fetchable", "job-canceled", "status-request", "identify", "reply"}
 
 
@@ -332,7 +410,7 @@ def _decode(data: bytes, adapter: TypeAdapter[Any], known: set[str]) -> Any:
 
 
 def decode_up(data: bytes) -> Hello | Attributes | FetchJob | AcknowledgeJob | FetchDocument | \
-        DocumentStatus | JobStatus | Bye:
+        DocumentStatus | JobStatus | Bye | RequestUpload:
     """Parse a device -> cloud message; raises ProtocolError with the reply code."""
     return _decode(data, _UP, _KNOWN_UP)
 

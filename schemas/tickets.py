@@ -112,3 +112,164 @@ class PrintCapabilities(IppModel):
             if default not in supported:
                 raise ValueError(f"{name}-default {default!r} is not in {name}-supported")
         return self
+
+
+# ---------------------------------------------------------------------------- Cloud Scan (PWG 5100.17)
+
+#: Media sizes a scanner knows, as (width, height) in hundredths of millimetres (PWG 5101.1).
+SCAN_MEDIA_SIZES: dict[str, tuple[int, int]] = {
+    "iso_a4_210x297mm": (21000, 29700),
+    "iso_a5_148x210mm": (14800, 21000),
+    "na_letter_8.5x11in": (21590, 27940),
+    "na_legal_8.5x14in": (21590, 35560),
+}
+
+
+class ScanRegion(IppModel):
+    """One member of ``input-scan-regions`` (PWG 5100.17): offsets and sizes in 1/100 mm."""
+
+    x_origin: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    y_origin: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    x_dimension: Annotated[int, Field(ge=1, le=1_000_000)]
+    y_dimension: Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class ScanJobTicket(IppModel):
+    """Job Template attributes of a scan job (PWG 5100.17 names, flattened from
+    ``input-attributes``). Every attribute is optional; absent means the ``*-default``.
+
+    ``input-sides`` two-sided-* is the duplex ADF; ``input-resolution`` is one value in dpi
+    used for both axes (scanners here are square-pixel).
+    """
+
+    job_name: Name | None = None
+    input_source: Keyword | None = None
+    input_sides: Keyword | None = None
+    input_resolution: Annotated[int, Field(ge=1, le=9600)] | None = None
+    input_color_mode: Keyword | None = None
+    input_media: Keyword | None = None
+    input_scan_regions: Annotated[list[ScanRegion], Field(min_length=1, max_length=1)] | None = None
+    document_format: MimeType | None = None
+
+
+class ScanCapabilities(IppModel):
+    """What a scan service supports and defaults to (PWG 5100.17 Scanner Description)."""
+
+    input_source_supported: list[Keyword] = ["platen"]
+    input_source_default: Keyword = "platen"
+    input_sides_supported: list[Keyword] = ["one-sided"]
+    input_sides_default: Keyword = "one-sided"
+    input_resolution_supported: list[Annotated[int, Field(ge=1, le=9600)]] = [150, 300]
+    input_resolution_default: int = 300
+    input_color_mode_supported: list[Keyword] = ["color", "monochrome", "bi-level"]
+    input_color_mode_default: Keyword = "color"
+    input_media_supported: list[Keyword] = ["iso_a4_210x297mm"]
+    input_media_default: Keyword = "iso_a4_210x297mm"
+    input_scan_regions_supported: bool = True
+    document_format_supported: list[MimeType] = ["application/pdf", "image/jpeg", "image/png"]
+    document_format_default: MimeType = "application/pdf"
+
+    @model_validator(mode="after")
+    def _defaults_supported(self) -> ScanCapabilities:
+        checks = [
+            ("input-source", self.input_source_default, self.input_source_supported),
+            ("input-sides", self.input_sides_default, self.input_sides_supported),
+            ("input-resolution", self.input_resolution_default, self.input_resolution_supported),
+            ("input-color-mode", self.input_color_mode_default, self.input_color_mode_supported),
+            ("input-media", self.input_media_default, self.input_media_supported),
+            ("document-format", self.document_format_default, self.document_format_supported),
+        ]
+        for name, default, supported in checks:
+            if default not in supported:
+                raise ValueError(f"{name}-default {default!r} is not in {name}-supported")
+        unknown = [m for m in self.input_media_supported if m not in SCAN_MEDIA_SIZES]
+        if unknown:
+            known = ", ".join(SCAN_MEDIA_SIZES)
+            raise ValueError(f"input-media-supported: unknown size {unknown[0]!r} (known: {known})")
+        return self
+
+
+# ---------------------------------------------------------------------------- Cloud Fax out (PWG 5100.15)
+
+#: A ``tel:`` URI (RFC 3966): global numbers ``tel:+<digits>``, or local digits; visual
+#: separators (``-``, ``.``, ``(``, ``)``) allowed between digits.
+TEL_URI_PATTERN = r"^tel:(\+[0-9][0-9().-]{2,30}|[0-9*#][0-9*#().-]{1,30})$"
+
+
+class FaxDestination(IppModel):
+    """One member of ``destination-uris`` (PWG 5100.15)."""
+
+    destination_uri: Annotated[str, Field(max_length=64, pattern=TEL_URI_PATTERN)]
+    pre_dial_string: Annotated[str, Field(max_length=16, pattern=r"^[0-9*#,]*$")] | None = None
+    post_dial_string: Annotated[str, Field(max_length=16, pattern=r"^[0-9*#,]*$")] | None = None
+
+
+#: ``printer-resolution`` of a fax: [x, y] in dpi. 204x98 "standard", 204x196 "fine",
+#: 204x392 "superfine" (ITU-T T.4).
+FaxResolution = tuple[Annotated[int, Field(ge=50, le=1200)], Annotated[int, Field(ge=50, le=1200)]]
+
+
+class FaxOutJobTicket(IppModel):
+    """Job Template attributes of a FaxOut job (PWG 5100.15 names)."""
+
+    job_name: Name | None = None
+    destination_uris: Annotated[list[FaxDestination], Field(min_length=1, max_length=32)] | None = None
+    printer_resolution: FaxResolution | None = None
+    number_of_retries: Annotated[int, Field(ge=0, le=10)] | None = None
+    retry_interval: Annotated[int, Field(ge=0, le=3600)] | None = None
+    document_format: MimeType | None = None
+
+
+class FaxOutCapabilities(IppModel):
+    """What a FaxOut service supports (PWG 5100.15 Printer Description attributes)."""
+
+    destination_uri_schemes_supported: list[Keyword] = ["tel"]
+    multiple_destination_uris_supported: bool = True
+    #: Most destinations in one job (our extension; 1 when multiple ones are not supported).
+    destination_uris_max: Annotated[int, Field(ge=1, le=32)] = 8
+    printer_resolution_supported: list[FaxResolution] = [(204, 98), (204, 196)]
+    printer_resolution_default: FaxResolution = (204, 98)
+    number_of_retries_supported: tuple[int, int] = (0, 5)
+    number_of_retries_default: int = 2
+    retry_interval_supported: tuple[int, int] = (0, 600)
+    retry_interval_default: int = 30
+    document_format_supported: list[MimeType] = ["application/pdf", "image/jpeg", "image/png", "text/plain"]
+    document_format_default: MimeType = "application/pdf"
+    printer_fax_modem_number: Annotated[str, Field(max_length=64, pattern=TEL_URI_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _defaults_supported(self) -> FaxOutCapabilities:
+        if tuple(self.printer_resolution_default) not in [tuple(r) for r in self.printer_resolution_supported]:
+            raise ValueError("printer-resolution-default is not in printer-resolution-supported")
+        if self.document_format_default not in self.document_format_supported:
+            raise ValueError("document-format-default is not in document-format-supported")
+        for name, (low, high), default in (
+                ("number-of-retries", self.number_of_retries_supported, self.number_of_retries_default),
+                ("retry-interval", self.retry_interval_supported, self.retry_interval_default)):
+            if not 0 <= low <= default <= high:
+                raise ValueError(f"{name}-default {default} is not in {name}-supported {low}-{high}")
+        return self
+
+
+class DestinationStatus(IppModel):
+    """One member of ``destination-statuses`` (PWG 5100.15 job status).
+
+    ``transmission-status`` uses the job-state keywords (pending, processing, completed,
+    aborted, canceled) plus ``pending-retry``; ``transmission-status-reasons`` (our
+    extension) says why, e.g. ``busy`` or ``no-answer``; ``attempts`` counts dial attempts.
+    """
+
+    destination_uri: Annotated[str, Field(max_length=64)]
+    images_completed: Annotated[int, Field(ge=0)] = 0
+    transmission_status: Keyword = "pending"
+    transmission_status_reasons: Annotated[list[Keyword], Field(max_length=8)] = []
+    attempts: Annotated[int, Field(ge=0, le=100)] = 0
+
+
+def ticket_model(kind: str) -> type[PrintJobTicket] | type[ScanJobTicket] | type[FaxOutJobTicket]:
+    """The ticket model of a service kind (``print``, ``scan``, ``faxout``)."""
+    return {"scan": ScanJobTicket, "faxout": FaxOutJobTicket}.get(kind, PrintJobTicket)
+
+
+def capabilities_model(kind: str) -> type[PrintCapabilities] | type[ScanCapabilities] | type[FaxOutCapabilities]:
+    return {"scan": ScanCapabilities, "faxout": FaxOutCapabilities}.get(kind, PrintCapabilities)

@@ -38,8 +38,14 @@ class Stack:
         return self.broker.pki.ca_cert
 
     def manager_config(self, device_id: str, driver: str = "file", options: dict | None = None,
-                       capabilities: dict | None = None, password: str | None = None) -> dict[str, Any]:
+                       capabilities: dict | None = None, password: str | None = None,
+                       services: list[dict] | None = None) -> dict[str, Any]:
+        """One device's Manager config; ``services`` (of any kinds) replaces the print service."""
         out = self.tmp / "devices" / device_id / "output"
+        if services is not None:
+            return {"device_id": device_id, "broker_url": self.broker.url, "password": password,
+                    "ca_file": str(self.ca), "state_dir": str(self.tmp / "devices" / device_id / "state"),
+                    "keepalive": 5, "request_timeout": 3.0, "services": services}
         return {
             "device_id": device_id, "broker_url": self.broker.url, "password": password,
             "ca_file": str(self.ca), "state_dir": str(self.tmp / "devices" / device_id / "state"),
@@ -51,19 +57,21 @@ class Stack:
         }
 
     async def add_manager(self, device_id: str, driver: str = "file", options: dict | None = None,
-                          capabilities: dict | None = None, wait_online: bool = True) -> Any:
+                          capabilities: dict | None = None, wait_online: bool = True,
+                          services: list[dict] | None = None) -> Any:
         from manager.app import Manager
         from manager.config import ManagerConfig
 
         password = generate_password()
         await self.add_user(device_id, password)
         config = ManagerConfig.model_validate(self.manager_config(device_id, driver, options, capabilities,
-                                                                  password))
+                                                                  password, services))
         manager = Manager(config)
         await asyncio.to_thread(manager.start)
         self.managers[device_id] = manager
         if wait_online:
-            await self.wait_service(device_id)
+            first = (services or [{"kind": "print", "name": device_id}])[0]
+            await self.wait_service(first["name"], kind=first.get("kind", "print"))
         return manager
 
     async def add_user(self, name: str, password: str) -> None:
@@ -76,10 +84,11 @@ class Stack:
     def output_dir(self, device_id: str) -> Path:
         return self.tmp / "devices" / device_id / "output"
 
-    async def wait_service(self, name: str, timeout: float = 20.0, online: bool = True) -> dict:
+    async def wait_service(self, name: str, timeout: float = 20.0, online: bool = True,
+                           kind: str = "print") -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            response = await self.http.get(f"/api/v1/services/print/{name}")
+            response = await self.http.get(f"/api/v1/services/{kind}/{name}")
             if response.status_code == 200 and response.json()["online"] == online:
                 return response.json()
             await asyncio.sleep(0.1)

@@ -15,13 +15,19 @@ from manager.drivers.base import (
     PrintJob,
     Progress,
 )
+from manager.drivers.fax import SimulatedModem
 from manager.drivers.file import FileDriver
+from manager.drivers.ipp import IppDriver
+from manager.drivers.scanner import SimulatedScanner
 from manager.drivers.simulated import SimulatedDriver
 
 #: Driver classes by the name used in the config's ``driver`` field.
 DRIVERS: dict[str, type[PrintDriver]] = {
     FileDriver.kind: FileDriver,
     SimulatedDriver.kind: SimulatedDriver,
+    IppDriver.kind: IppDriver,
+    SimulatedScanner.kind: SimulatedScanner,  # scan services
+    SimulatedModem.kind: SimulatedModem,  # faxout services
 }
 
 
@@ -41,6 +47,7 @@ __all__ = [
     "DriverConfigError",
     "DriverError",
     "FileDriver",
+    "IppDriver",
     "JobRefused",
     "PrintCanceled",
     "PrintDriver",

@@ -1,0 +1,239 @@
+"""Paid and limited printing (requirement 4 of issue 4): prices, quotas, balances, reports.
+
+- A service may have a **price per impression** (in credits, an integer: no rounding) set by
+  its device's owner. The price is copied onto each job when it is submitted, so a later
+  change never re-prices old jobs.
+- A service may have **quotas**: at most N impressions per user (one user, or ``*`` for each
+  user) over the last D days (or ever).
+- A user's **balance** is the sum of credits an admin granted minus the cost of their jobs.
+- **Counting**: an ended job counts the impressions its device reported
+  (``impressions_completed``); a job still under way counts the larger of what was reported
+  and its estimate (copies x pages of the document), so parallel submissions cannot overdraw.
+- **At submit** (create, then again at close once the document is in) a job that would
+  exceed a quota or the balance is refused with 403 ``quota-exceeded`` or
+  ``insufficient-balance`` and a message giving the numbers. A job refused at close ends
+  ``aborted`` with that message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cloud_service.db import CreditRow, JobRow, QuotaRow, ServicePolicyRow, ServiceRow
+from cloud_service.jobs import JobError, User
+from cloud_service.store import JobStore
+from schemas.enums import JobState
+
+TERMINAL = tuple(s.value for s in JobState if s.terminal)
+
+
+@dataclass(frozen=True)
+class Quota:
+    user: str
+    impression_limit: int
+    period_days: float | None
+
+    def json(self) -> dict[str, Any]:
+        return {"user": self.user, "impression_limit": self.impression_limit, "period_days": self.period_days}
+
+
+def job_impressions(row: JobRow) -> int:
+    """What a job counts for: reported impressions, or its estimate while it is under way."""
+    if row.state in TERMINAL:
+        return row.impressions_completed or 0
+    return max(row.impressions_completed or 0, row.impressions_estimated or 0)
+
+
+def job_cost(row: JobRow) -> int:
+    return job_impressions(row) * (row.price or 0)
+
+
+async def policy(store: JobStore, device_id: str, service: str) -> ServicePolicyRow | None:
+    async with store.sessions() as s:
+        return await s.get(ServicePolicyRow, (device_id, service))
+
+
+async def set_policy(store: JobStore, device_id: str, service: str, by: str, **values: Any) -> ServicePolicyRow:
+    """Create or update a service's policy; only the given fields change (None clears one)."""
+    async with store.sessions.begin() as s:
+        row = await s.get(ServicePolicyRow, (device_id, service))
+        if row is None:
+            row = ServicePolicyRow(device_id=device_id, service_name=service, updated_at=time.time(), updated_by=by)
+            s.add(row)
+        for key, value in values.items():
+            setattr(row, key, value)
+        row.updated_at = time.time()
+        row.updated_by = by
+    return row
+
+
+async def quotas(store: JobStore, device_id: str, service: str) -> list[Quota]:
+    async with store.sessions() as s:
+        rows = await s.scalars(select(QuotaRow).where(QuotaRow.device_id == device_id,
+                                                      QuotaRow.service_name == service).order_by(QuotaRow.user))
+        return [Quota(r.user, r.impression_limit, r.period_days) for r in rows]
+
+
+async def set_quota(store: JobStore, device_id: str, service: str, user: str, limit: int | None,
+                    period_days: float | None, by: str) -> None:
+    """Set (or with ``limit=None`` remove) the quota of ``user`` ("*": each user)."""
+    async with store.sessions.begin() as s:
+        row = await s.scalar(select(QuotaRow).where(QuotaRow.device_id == device_id,
+                                                    QuotaRow.service_name == service, QuotaRow.user == user))
+        if limit is None:
+            if row is not None:
+                await s.delete(row)
+            return
+        if row is None:
+            s.add(QuotaRow(device_id=device_id, service_name=service, user=user, impression_limit=limit,
+                           period_days=period_days, updated_at=time.time(), updated_by=by))
+        else:
+            row.impression_limit, row.period_days = limit, period_days
+            row.updated_at, row.updated_by = time.time(), by
+
+
+async def add_credit(store: JobStore, user: str, amount: int, by: str, note: str | None = None) -> int:
+    async with store.sessions.begin() as s:
+        s.add(CreditRow(user=user, amount=amount, at=time.time(), by=by, note=note))
+    return await balance(store, user)
+
+
+async def balance(store: JobStore, user: str) -> int:
+    """Credits granted minus the cost of every priced job of ``user``."""
+    async with store.sessions() as s:
+        credited = await s.scalar(select(func.coalesce(func.sum(CreditRow.amount), 0)).where(CreditRow.user == user))
+        priced = list(await s.scalars(select(JobRow).where(JobRow.owner == user, JobRow.price.is_not(None),
+                                                           JobRow.price > 0)))
+    return int(credited or 0) - sum(job_cost(r) for r in priced)
+
+
+async def used(store: JobStore, user: str, device_id: str, service: str, since: float | None,
+               exclude_job: int | None = None) -> int:
+    query = select(JobRow).where(JobRow.owner == user, JobRow.device_id == device_id, JobRow.service_name == service)
+    if since is not None:
+        query = query.where(JobRow.created_at >= since)
+    if exclude_job is not None:
+        query = query.where(JobRow.id != exclude_job)
+    async with store.sessions() as s:
+        return sum(job_impressions(r) for r in await s.scalars(query))
+
+
+async def check(store: JobStore, user: User, service: ServiceRow, impressions: int, price: int | None,
+                exclude_job: int | None = None) -> None:
+    """Refuse (403) a job of ``impressions`` that would exceed a quota or the user's balance."""
+    async with store.sessions() as s:
+        rows = list(await s.scalars(select(QuotaRow).where(
+            QuotaRow.device_id == service.device_id, QuotaRow.service_name == service.name,
+            QuotaRow.user.in_([user.name, "*"]))))
+    # A user's own quota replaces the "each user" one.
+    chosen = next((r for r in rows if r.user == user.name), None) or next(iter(rows), None)
+    if chosen is not None:
+        since = time.time() - chosen.period_days * 86400 if chosen.period_days else None
+        so_far = await used(store, user.name, service.device_id, service.name, since, exclude_job)
+        if so_far + impressions > chosen.impression_limit:
+            period = f" in {chosen.period_days:g} days" if chosen.period_days else ""
+            raise JobError(403, "quota-exceeded",
+                           f"quota exceeded: this job needs {impressions} impression(s); you have used {so_far} of "
+                           f"your {chosen.impression_limit}{period} on {service.name!r}")
+    if price:
+        cost = impressions * price
+        left = await balance(store, user.name)
+        if exclude_job is not None:
+            async with store.sessions() as s:
+                job = await s.get(JobRow, exclude_job)
+            left += job_cost(job) if job is not None else 0
+        if cost > left:
+            raise JobError(403, "insufficient-balance",
+                           f"insufficient balance: this job costs {cost} credit(s) ({impressions} impression(s) at "
+                           f"{price}); your balance is {left}")
+
+
+async def estimate_pages(objects: Any, object_key: str, document_format: str) -> int:
+    """Pages of a stored document, counted the way the Manager's drivers count them."""
+    path_of = getattr(objects, "_path", None)
+    if path_of is None:
+        return 1
+    from manager.drivers.pages import count_pages
+
+    try:
+        return await asyncio.to_thread(count_pages, path_of(object_key), document_format)
+    except (OSError, KeyError):
+        return 1
+
+
+async def report(store: JobStore, *, user: str | None = None, owner_of: str | None = None,
+                 service: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+    """Impressions and cost per user and service. ``owner_of`` limits it to devices that
+    user owns (a device owner's view of their printers)."""
+    query = select(JobRow)
+    if user is not None:
+        query = query.where(JobRow.owner == user)
+    if service is not None:
+        query = query.where(JobRow.service_name == service)
+    if since is not None:
+        query = query.where(JobRow.created_at >= since)
+    async with store.sessions() as s:
+        if owner_of is not None:
+            from cloud_service.db import DeviceRow
+
+            owned = select(DeviceRow.id).where(DeviceRow.owner == owner_of)
+            query = query.where(JobRow.device_id.in_(owned))
+        rows = list(await s.scalars(query))
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        entry = table.setdefault((row.owner, row.service_name), {
+            "user": row.owner, "service": row.service_name, "device_id": row.device_id, "jobs": 0,
+            "completed_jobs": 0, "impressions": 0, "cost": 0})
+        entry["jobs"] += 1
+        entry["completed_jobs"] += row.state == JobState.COMPLETED.value
+        entry["impressions"] += row.impressions_completed or 0
+        entry["cost"] += (row.impressions_completed or 0) * (row.price or 0)
+    return [table[key] for key in sorted(table)]
+
+
+class Admission:
+    """What JobService asks when a job is created and closed: price, quota, retention."""
+
+    def __init__(self, store: JobStore, objects: Any, config: Any) -> None:
+        self.store = store
+        self.objects = objects
+        self.config = config
+
+    async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
+                        retention: dict[str, Any] | None) -> dict[str, Any]:
+        """Column values for the new job; refuses at once if even one page would not fit."""
+        from cloud_service import retention as retention_rules
+
+        rules = await policy(self.store, service.device_id, service.name)
+        price = rules.price_per_impression if rules is not None else None
+        copies = int(ticket.get("copies") or 1)
+        await check(self.store, user, service, copies, price)
+        values = {"price": price, "impressions_estimated": copies}
+        values.update(retention_rules.resolve(self.config, rules, retention).columns())
+        return values
+
+    async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
+        """With the document in, estimate copies x pages and check again (excluding this job)."""
+        from cloud_service.db import DocumentRow
+
+        copies = int((row.ticket or {}).get("copies") or 1)
+        async with self.store.sessions() as s:
+            docs = list(await s.scalars(select(DocumentRow).where(DocumentRow.job_id == row.id)))
+            has_rules = await s.scalar(select(func.count()).select_from(QuotaRow).where(
+                QuotaRow.device_id == service.device_id, QuotaRow.service_name == service.name))
+        if not has_rules and not row.price:
+            return  # nothing to count against: skip reading the document
+        pages = 0
+        for doc in docs:
+            pages += await estimate_pages(self.objects, doc.object_key, doc.format)
+        estimate = copies * max(pages, 1)
+        async with self.store.sessions.begin() as s:
+            job = await s.get(JobRow, row.id)
+            if job is not None:
+                job.impressions_estimated = estimate
+        await check(self.store, user, service, estimate, row.price, exclude_job=row.id)

@@ -1,0 +1,149 @@
+"""Retention (requirement 15): how long document bytes and job history are kept.
+
+Each job carries its policy, fixed when it is submitted from, in order: the job's own choice,
+its service's policy (set by the device's owner), the service configuration's defaults.
+
+- documents: ``discard-after-processing`` (deleted at the first sweep after the job ended),
+  ``after-duration`` (``document_seconds`` after it ended) or ``keep``;
+- history: the job itself (row, documents list, history) is deleted ``history_seconds`` after
+  it ended, or kept when that is None.
+
+The sweeper enforces both on a timer and reads a ``Clock``, so tests move time instead of
+sleeping. A presigned URL never outlives its object: URLs are only minted while a job is
+under way, object GETs are refused once the job has ended, a deleted object answers 404, and
+a job id (and so an object key) can only be reused by the database after the job's row is
+gone, which the sweeper never does before every URL ever minted for it has expired
+(``MIN_HISTORY_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from cloud_service.clock import Clock
+from cloud_service.config import ServiceConfig
+from cloud_service.db import DocumentRow, JobEventRow, JobRow, ServicePolicyRow
+from cloud_service.objects import ObjectStore
+from cloud_service.store import JobStore
+from schemas.enums import JobState
+
+log = logging.getLogger("cloudimaging.retention")
+
+DOCUMENT_POLICIES = ("discard-after-processing", "after-duration", "keep")
+#: Upload URLs live up to an hour (cloud_service.http); no job row goes sooner.
+MIN_HISTORY_SECONDS = 3600.0
+TERMINAL = tuple(s.value for s in JobState if s.terminal)
+
+
+@dataclass(frozen=True)
+class Retention:
+    documents: str
+    document_seconds: float | None
+    history_seconds: float | None
+
+    def columns(self) -> dict[str, Any]:
+        return {"retention_documents": self.documents, "retention_seconds": self.document_seconds,
+                "history_seconds": self.history_seconds}
+
+
+def resolve(config: ServiceConfig, policy: ServicePolicyRow | None, choice: dict[str, Any] | None) -> Retention:
+    """The job's retention from its choice, else the service's policy, else the defaults."""
+    choice = choice or {}
+    documents = (choice.get("documents") or (policy.document_retention if policy else None)
+                 or config.document_retention)
+    seconds = (choice.get("document_seconds") or (policy.document_retention_seconds if policy else None)
+               or config.document_retention_seconds)
+    if "history_seconds" in choice and choice["history_seconds"] is not None:
+        history = choice["history_seconds"]
+    elif policy is not None and policy.history_retention_seconds is not None:
+        history = policy.history_retention_seconds
+    else:
+        history = config.history_retention_seconds
+    return Retention(documents, seconds if documents == "after-duration" else None, history)
+
+
+def describe(row: JobRow, config: ServiceConfig) -> dict[str, Any]:
+    """The policy as the job's details show it, with when each deletion is due."""
+    documents = row.retention_documents or config.document_retention
+    seconds = row.retention_seconds if row.retention_documents else config.document_retention_seconds
+    history = row.history_seconds if row.retention_documents else config.history_retention_seconds
+    ended = row.completed_at
+    docs_due = None
+    if ended is not None:
+        if documents == "discard-after-processing":
+            docs_due = ended
+        elif documents == "after-duration" and seconds is not None:
+            docs_due = ended + seconds
+    job_due = ended + max(history, MIN_HISTORY_SECONDS) if ended is not None and history is not None else None
+    return {"documents": documents, "document_seconds": seconds if documents == "after-duration" else None,
+            "history_seconds": history, "documents_discarded_at": row.documents_discarded_at,
+            "documents_delete_after": docs_due, "job_delete_after": job_due}
+
+
+class Sweeper:
+    """Deletes document bytes and old jobs as their policies say; ``sweep()`` is one pass."""
+
+    def __init__(self, store: JobStore, objects: ObjectStore, config: ServiceConfig, clock: Clock) -> None:
+        self.store = store
+        self.objects = objects
+        self.config = config
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> dict[str, int]:
+        now = self.clock.now()
+        async with self.store.sessions() as s:
+            ended = list(await s.scalars(select(JobRow).where(JobRow.state.in_(TERMINAL),
+                                                              JobRow.completed_at.is_not(None))))
+        discarded = deleted = 0
+        for row in ended:
+            info = describe(row, self.config)
+            if info["job_delete_after"] is not None and info["job_delete_after"] <= now:
+                await self._delete_job(row)
+                deleted += 1
+            elif (row.documents_discarded_at is None and info["documents_delete_after"] is not None
+                  and info["documents_delete_after"] <= now):
+                await self._discard_documents(row, now)
+                discarded += 1
+        if discarded or deleted:
+            log.info("retention: discarded the documents of %d job(s), deleted %d job(s)", discarded, deleted)
+        return {"documents_discarded": discarded, "jobs_deleted": deleted}
+
+    async def _discard_documents(self, row: JobRow, now: float) -> None:
+        for doc in await self.store.documents(row.id):
+            with contextlib.suppress(KeyError, OSError):
+                await self.objects.delete(doc.object_key)
+        async with self.store.sessions.begin() as s:
+            await s.execute(update(JobRow).where(JobRow.id == row.id).values(documents_discarded_at=now))
+
+    async def _delete_job(self, row: JobRow) -> None:
+        for doc in await self.store.documents(row.id):
+            with contextlib.suppress(KeyError, OSError):
+                await self.objects.delete(doc.object_key)
+        async with self.store.sessions.begin() as s:
+            await s.execute(delete(JobEventRow).where(JobEventRow.job_id == row.id))
+            await s.execute(delete(DocumentRow).where(DocumentRow.job_id == row.id))
+            await s.execute(delete(JobRow).where(JobRow.id == row.id))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="retention-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("retention sweep failed; trying again later")

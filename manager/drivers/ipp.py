@@ -1,0 +1,523 @@
+"""The ``ipp`` driver: a local IPP (Everywhere) printer behind the Manager.
+
+The cloud never talks to the printer; the Manager does, over the LAN, with the same RFC 8010
+codec as the cloud's IPP front (cloud_service.ipp):
+
+- **discovery**: Get-Printer-Attributes at start and every ``discover_interval`` seconds;
+  the answer becomes the service's capabilities (published to the cloud, which then checks
+  tickets against what the printer really does) unless ``discover`` is false;
+- **status**: printer-state and printer-state-reasons are polled every ``poll_interval``
+  seconds and become the device status (media-empty, media-jam, toner-low...), which the
+  Manager reports as the service state and, while a job prints, as processing-stopped;
+- **printing**: Create-Job + Send-Document when the printer has them (a cancel can then reach
+  the printer while the document is still uploading), else Print-Job; the document is
+  streamed from the spool file; then Get-Job-Attributes until the printer's job ends,
+  reporting job-impressions-completed as progress;
+- **cancel**: Cancel-Job on the printer's job; a job canceled or aborted at the printer ends
+  canceled (job-canceled-at-device) or aborted with the printer's reasons;
+- **identify**: Identify-Printer when the printer supports it.
+
+Options: ``uri`` (ipp:// or ipps://), ``username``/``password`` (HTTP Basic, if the printer
+asks), ``ca_file`` or ``verify_tls: false`` for ipps:// printers with their own certificates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from pydantic import Field, field_validator
+
+from cloud_service.ipp import attributes as ia
+from cloud_service.ipp.codec import Group, IppParseError, Message, Op, Status, Tag, decode, request, simple
+from manager.drivers.base import (
+    DeviceStatus,
+    DocumentTask,
+    DriverError,
+    DriverOptions,
+    PrintCanceled,
+    PrintDriver,
+    Progress,
+)
+from manager.drivers.pages import count_pages
+from schemas.enums import JobState, Reason
+from schemas.tickets import PrintCapabilities
+
+log = logging.getLogger("cloudimaging.manager.ipp")
+
+CHUNK = 256 * 1024
+#: What the status poll asks for (small: it runs every few seconds).
+STATUS_ATTRIBUTES = ["printer-state", "printer-state-reasons", "printer-state-message", "printer-is-accepting-jobs"]
+JOB_ATTRIBUTES = ["job-id", "job-state", "job-state-reasons", "job-state-message", "job-impressions-completed"]
+#: printer-state-reasons that do not stop the printer whatever their suffix.
+_INFORMATIONAL = frozenset({"none", "identify-printer-requested", "moving-to-paused", "other"})
+#: Reason stems that are warnings even without a "-warning" suffix (supplies running low).
+_WARNING_ENDINGS = ("-low", "-near-end", "-almost-empty", "-almost-full", "-nearly-full", "-near-limit")
+#: Reasons that stop the printer whatever suffix it gives them (printers disagree on
+#: severities; ippeveprinter, for one, reports media-jam-warning while it is jammed).
+_BLOCKING = frozenset({"media-jam", "media-empty", "media-needed", "door-open", "cover-open", "interlock-open",
+                       "input-tray-missing", "output-tray-missing", "output-area-full", "marker-supply-empty",
+                       "toner-empty", "marker-waste-full", "paused", "shutdown", "spool-area-full"})
+_STATE_STOPPED = 5
+_JOB_TERMINAL = {7: JobState.CANCELED, 8: JobState.ABORTED, 9: JobState.COMPLETED}
+
+
+class IppOptions(DriverOptions):
+    #: The printer, e.g. ``ipp://printer.local:631/ipp/print`` (``ipps://`` for TLS).
+    uri: str
+    username: str | None = None
+    password: str | None = None
+    #: PEM CA for an ipps:// printer; system CAs when absent.
+    ca_file: Path | None = None
+    #: False accepts any certificate (printers often have self-signed ones). Trusted LANs only.
+    verify_tls: bool = True
+    #: Take the capabilities from the printer (Get-Printer-Attributes) instead of the config.
+    discover: bool = True
+    poll_interval: Annotated[float, Field(gt=0, le=60)] = 2.0
+    discover_interval: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    #: Seconds for one request (a document upload may take longer: it has no overall limit).
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    #: Longest wait for the printer to finish one job before it is given up (aborted).
+    job_timeout: Annotated[float, Field(gt=0)] = 3600.0
+    #: ``auto``: Create-Job + Send-Document if the printer has them, else Print-Job.
+    operation: Literal["auto", "print-job", "create-job"] = "auto"
+    requesting_user_name: str = "cloudimaging"
+
+    @field_validator("uri")
+    @classmethod
+    def _ipp_uri(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ipp", "ipps", "http", "https") or not parts.hostname:
+            raise ValueError("uri must look like ipp://host:631/ipp/print")
+        return value
+
+
+class _QuietPolls(logging.Filter):
+    """Drop httpx's INFO line for each request to the printer: the status poll would log
+    one every few seconds for ever. Failures still show (they are logged here)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO and any(str(a) == self.url for a in (record.args or ())
+                                                          if not isinstance(record.args, dict)))
+
+
+class _Unreachable(Exception):
+    """The printer did not answer (connection refused, timeout, HTTP error)."""
+
+
+class IppDriver(PrintDriver):
+    kind = "ipp"
+    Options = IppOptions
+    options: IppOptions
+
+    def __init__(self, name: str, options: dict[str, object], state_dir: Path) -> None:
+        super().__init__(name, options, state_dir)
+        parts = urlsplit(self.options.uri)
+        secure = parts.scheme in ("ipps", "https")
+        netloc = parts.netloc if parts.port else f"{parts.netloc}:631"
+        self.url = urlunsplit(("https" if secure else "http", netloc, parts.path or "/", "", ""))
+        self.printer_uri = urlunsplit(("ipps" if secure else "ipp", netloc, parts.path or "/", "", ""))
+        #: Capabilities discovered from the printer (None until discovery succeeds, or disabled).
+        self.discovered: PrintCapabilities | None = None
+        self.make_and_model: str | None = None
+        self.operations: set[int] = set()
+        self.identify_actions: list[str] = []
+        self._client: httpx.AsyncClient | None = None
+        self._request_id = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._cancel: dict[int, asyncio.Event] = {}
+        self._remote: dict[int, int] = {}
+        self._last_discovery = float("-inf")
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def open(self) -> None:
+        verify: Any = True
+        if self.url.startswith("https"):
+            if not self.options.verify_tls:
+                verify = False
+            elif self.options.ca_file:
+                verify = ssl.create_default_context(cafile=str(self.options.ca_file))
+        auth = (httpx.BasicAuth(self.options.username or self.options.requesting_user_name, self.options.password)
+                if self.options.password else None)
+        self._client = httpx.AsyncClient(verify=verify, auth=auth, timeout=self.options.timeout,
+                                         headers={"Content-Type": "application/ipp"})
+        self._quiet = _QuietPolls(self.url)
+        logging.getLogger("httpx").addFilter(self._quiet)
+        try:
+            await asyncio.wait_for(self._refresh(full=True), timeout=min(10.0, self.options.timeout))
+        except (TimeoutError, _Unreachable, IppParseError) as exc:
+            log.warning("printer %s not reachable at start (%s); will keep trying", self.printer_uri, exc)
+            self.set_status(DeviceStatus(stopped=True, reasons=("connecting-to-device",),
+                                         message=f"cannot reach the printer at {self.printer_uri}"))
+        self._poller = asyncio.get_running_loop().create_task(self._poll(), name=f"ipp-poll-{self.name}")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._poller
+        if self._client is not None:
+            await self._client.aclose()
+            logging.getLogger("httpx").removeFilter(self._quiet)
+
+    # ------------------------------------------------------------------ talking IPP
+
+    def _new(self, op: int) -> Message:
+        self._request_id = self._request_id % 0x7FFFFFFF + 1
+        msg = request(op, self._request_id, (2, 0))
+        group = msg.operation()
+        group.add("printer-uri", Tag.URI, self.printer_uri)
+        group.add("requesting-user-name", Tag.NAME, self.options.requesting_user_name)
+        return msg
+
+    async def _send(self, msg: Message, document: AsyncIterator[bytes] | None = None) -> Message:
+        assert self._client is not None, "open() first"
+        header = msg.encode()
+        content: Any = header
+        if document is not None:
+            async def stream() -> AsyncIterator[bytes]:
+                yield header
+                async for chunk in document:
+                    yield chunk
+
+            content = stream()
+        try:
+            reply = await self._client.post(self.url, content=content)
+        except httpx.HTTPError as exc:
+            raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
+        if reply.status_code != 200:
+            raise _Unreachable(f"HTTP {reply.status_code}")
+        message, _ = decode(reply.content)
+        return message
+
+    async def _refresh(self, full: bool) -> None:
+        """Get-Printer-Attributes: the status always, the capabilities on ``full``."""
+        msg = self._new(Op.GET_PRINTER_ATTRIBUTES)
+        if not full:
+            msg.operation().add("requested-attributes", Tag.KEYWORD, STATUS_ATTRIBUTES)
+        reply = await self._send(msg)
+        if reply.code >= 0x100:
+            raise _Unreachable(f"Get-Printer-Attributes: status 0x{reply.code:04x}")
+        group = reply.group(Tag.PRINTER) or Group(Tag.PRINTER)
+        if full:
+            self._learn(group)
+            self._last_discovery = asyncio.get_running_loop().time()
+        changed_caps = False
+        if full and self.options.discover:
+            caps = ia.capabilities_from_printer(group)
+            changed_caps = caps != self.discovered
+            self.discovered = caps
+        status = printer_status(group)
+        if changed_caps and status == self.status:
+            self._announce()
+        self.set_status(status)
+
+    def _learn(self, group: Group) -> None:
+        ops = group.get("operations-supported")
+        self.operations = {int(v) for v in ops.values if isinstance(v, int)} if ops else set()
+        model = simple(group.get("printer-make-and-model"))
+        self.make_and_model = model if isinstance(model, str) else None
+        actions = group.get("identify-actions-supported")
+        self.identify_actions = [v for v in actions.values if isinstance(v, str)] if actions else []
+
+    def _announce(self) -> None:
+        """Tell the Manager something it publishes changed (the capabilities), status or not."""
+        for listener in list(self._listeners):
+            listener(self.status)
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.options.poll_interval)
+            full = (self.discovered is None and self.options.discover) or (
+                loop.time() - self._last_discovery >= self.options.discover_interval)
+            try:
+                await self._refresh(full=full)
+            except (_Unreachable, IppParseError) as exc:
+                log.debug("printer %s: %s", self.printer_uri, exc)
+                self.set_status(DeviceStatus(stopped=True, reasons=("connecting-to-device",),
+                                             message=f"cannot reach the printer at {self.printer_uri}"))
+            except Exception:
+                log.exception("printer %s: status poll failed", self.printer_uri)
+
+    # ------------------------------------------------------------------ printing
+
+    async def print_document(self, task: DocumentTask, path: Path, progress: Progress) -> int:
+        job_id = task.job.job_id
+        canceled = self._cancel.setdefault(job_id, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.job_timeout
+        use_create = (self.options.operation == "create-job" or
+                      (self.options.operation == "auto" and {Op.CREATE_JOB, Op.SEND_DOCUMENT} <= self.operations))
+        remote = await self._submit(task, path, canceled, use_create, deadline)
+        self._remote[job_id] = remote
+        log.info("job %d: printer job %d at %s", job_id, remote, self.printer_uri)
+        last = 0
+        while True:
+            if canceled.is_set():
+                await self._cancel_remote(remote)
+                raise PrintCanceled(f"job {job_id} canceled")
+            if loop.time() > deadline:
+                await self._cancel_remote(remote)
+                raise DriverError(f"the printer did not finish within {self.options.job_timeout:.0f} s")
+            try:
+                attrs = await self._job_attributes(remote)
+            except (_Unreachable, IppParseError) as exc:
+                log.info("job %d: printer not answering (%s)", job_id, exc)
+                attrs = None
+            if attrs is not None:
+                impressions = simple(attrs.get("job-impressions-completed"))
+                if isinstance(impressions, int) and impressions > last:
+                    last = impressions
+                    progress(last)
+                state = simple(attrs.get("job-state"))
+                if state in _JOB_TERMINAL:
+                    return await self._ended(task, path, attrs, _JOB_TERMINAL[state], last, progress)
+            await _wait(canceled, self.options.poll_interval)
+
+    async def _submit(self, task: DocumentTask, path: Path, canceled: asyncio.Event, use_create: bool,
+                      deadline: float) -> int:
+        """Send the job to the printer; its job id. Retries while the printer is busy or away."""
+        ticket = task.job.ticket.wire()
+        while True:
+            if canceled.is_set():
+                raise PrintCanceled(f"job {task.job.job_id} canceled")
+            try:
+                if use_create:
+                    return await self._create_and_send(task, path, ticket, canceled)
+                reply = await self._race(self._send(self._job_request(Op.PRINT_JOB, task, ticket),
+                                                    _file_chunks(path)), canceled)
+                return self._job_id(reply, "Print-Job")
+            except _Busy as exc:
+                reason = str(exc)
+            except _Unreachable as exc:
+                reason = str(exc)
+                self.set_status(DeviceStatus(stopped=True, reasons=("connecting-to-device",),
+                                             message=f"cannot reach the printer at {self.printer_uri}"))
+            if asyncio.get_running_loop().time() > deadline:
+                raise DriverError(f"the printer did not take the job: {reason}")
+            log.info("job %d: printer not ready (%s); retrying", task.job.job_id, reason)
+            await _wait(canceled, max(self.options.poll_interval, 1.0))
+
+    async def _create_and_send(self, task: DocumentTask, path: Path, ticket: dict[str, Any],
+                               canceled: asyncio.Event) -> int:
+        reply = await self._send(self._job_request(Op.CREATE_JOB, task, ticket, with_document=False))
+        remote = self._job_id(reply, "Create-Job")
+        msg = self._new(Op.SEND_DOCUMENT)
+        op = msg.operation()
+        op.add("job-id", Tag.INTEGER, remote)
+        op.add("last-document", Tag.BOOLEAN, True)
+        self._document_attributes(op, task)
+        try:
+            reply = await self._race(self._send(msg, _file_chunks(path)), canceled)
+        except PrintCanceled:
+            await self._cancel_remote(remote)
+            raise
+        except _Unreachable:
+            with contextlib.suppress(_Unreachable, IppParseError):
+                await self._cancel_remote(remote)
+            raise
+        _check(reply, "Send-Document")
+        return remote
+
+    def _job_request(self, op: int, task: DocumentTask, ticket: dict[str, Any], with_document: bool = True) -> Message:
+        msg = self._new(op)
+        group = msg.operation()
+        group.add("job-name", Tag.NAME, str(ticket.get("job-name") or task.document_name or
+                                            f"cloudimaging job {task.job.job_id}")[:255])
+        group.add("ipp-attribute-fidelity", Tag.BOOLEAN, False)
+        if with_document:
+            self._document_attributes(group, task)
+        job = msg.new_group(Tag.JOB)
+        for attribute in ia.ticket_to_job_attributes(ticket):
+            job.attributes[attribute.name] = attribute
+        if not job.attributes:
+            msg.groups.remove(job)
+        return msg
+
+    def _document_attributes(self, group: Group, task: DocumentTask) -> None:
+        if task.document_name:
+            group.add("document-name", Tag.NAME, task.document_name[:255])
+        fmt = task.document_format
+        if self.discovered is not None and fmt not in self.discovered.document_format_supported \
+                and "application/octet-stream" in self.discovered.document_format_supported:
+            fmt = "application/octet-stream"
+        group.add("document-format", Tag.MIME_TYPE, fmt)
+
+    @staticmethod
+    def _job_id(reply: Message, what: str) -> int:
+        _check(reply, what)
+        job = reply.group(Tag.JOB)
+        value = simple(job.get("job-id")) if job else None
+        if not isinstance(value, int):
+            raise DriverError(f"{what}: the printer returned no job-id")
+        return value
+
+    @staticmethod
+    async def _race(coro: Any, canceled: asyncio.Event) -> Any:
+        """Run a request unless the job is canceled first (then abandon it: PrintCanceled)."""
+        request_task = asyncio.ensure_future(coro)
+        cancel_task = asyncio.ensure_future(canceled.wait())
+        try:
+            await asyncio.wait({request_task, cancel_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel_task.cancel()
+        if not request_task.done():
+            request_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await request_task
+            raise PrintCanceled("canceled during the upload")
+        return request_task.result()
+
+    async def _job_attributes(self, remote: int) -> Group | None:
+        msg = self._new(Op.GET_JOB_ATTRIBUTES)
+        msg.operation().add("job-id", Tag.INTEGER, remote)
+        msg.operation().add("requested-attributes", Tag.KEYWORD, JOB_ATTRIBUTES)
+        reply = await self._send(msg)
+        if reply.code == Status.CLIENT_ERROR_NOT_FOUND:
+            raise DriverError(f"the printer lost its job {remote}")
+        _check(reply, "Get-Job-Attributes")
+        return reply.group(Tag.JOB)
+
+    async def _ended(self, task: DocumentTask, path: Path, attrs: Group, state: JobState, impressions: int,
+                     progress: Progress) -> int:
+        reasons = [r for r in attrs.get("job-state-reasons").values if isinstance(r, str)] \
+            if attrs.get("job-state-reasons") else []
+        message = simple(attrs.get("job-state-message"))
+        message = message if isinstance(message, str) and message else None
+        if state is JobState.COMPLETED:
+            if impressions == 0:  # the printer does not count: estimate as the file driver does
+                impressions = await asyncio.to_thread(count_pages, path, task.document_format) * task.job.copies
+                progress(impressions)
+            return impressions
+        if state is JobState.CANCELED:
+            raise PrintCanceled(message or "canceled at the printer")
+        keep = tuple(r for r in reasons if r not in ("none", "job-completed-with-errors", "aborted-by-system"))
+        raise DriverError(message or "the printer aborted the job", (Reason.ABORTED_BY_SYSTEM, *keep))
+
+    async def _cancel_remote(self, remote: int) -> None:
+        msg = self._new(Op.CANCEL_JOB)
+        msg.operation().add("job-id", Tag.INTEGER, remote)
+        try:
+            reply = await self._send(msg)
+        except (_Unreachable, IppParseError) as exc:
+            log.warning("printer job %d: Cancel-Job not delivered (%s)", remote, exc)
+            return
+        if reply.code >= 0x100 and reply.code != Status.CLIENT_ERROR_NOT_POSSIBLE:
+            log.warning("printer job %d: Cancel-Job refused (0x%04x)", remote, reply.code)
+
+    def cancel(self, job_id: int) -> None:
+        self._cancel.setdefault(job_id, asyncio.Event()).set()
+
+    async def end_job(self, job_id: int, state: JobState) -> None:
+        self._cancel.pop(job_id, None)
+        self._remote.pop(job_id, None)
+
+    async def identify(self, actions: Sequence[str], message: str | None) -> None:
+        if Op.IDENTIFY_PRINTER not in self.operations:
+            log.info("printer %s has no Identify-Printer", self.printer_uri)
+            return
+        msg = self._new(Op.IDENTIFY_PRINTER)
+        wanted = [a for a in actions if not self.identify_actions or a in self.identify_actions]
+        if wanted:
+            msg.operation().add("identify-actions", Tag.KEYWORD, wanted)
+        if message:
+            msg.operation().add("message", Tag.TEXT, message[:127])
+        try:
+            _check(await self._send(msg), "Identify-Printer")
+        except (_Unreachable, IppParseError, DriverError) as exc:
+            log.warning("printer %s: identify failed: %s", self.printer_uri, exc)
+
+
+class _Busy(_Unreachable):
+    """The printer answered server-error-busy / not-accepting-jobs: try again later."""
+
+
+def _check(reply: Message, what: str) -> None:
+    if reply.code < 0x100:
+        return
+    if reply.code in (Status.SERVER_ERROR_BUSY, Status.SERVER_ERROR_NOT_ACCEPTING_JOBS,
+                      Status.SERVER_ERROR_SERVICE_UNAVAILABLE, Status.SERVER_ERROR_TEMPORARY_ERROR):
+        raise _Busy(f"{what}: {_status_name(reply.code)}")
+    text = simple(reply.operation().get("status-message"))
+    detail = f" ({text})" if isinstance(text, str) and text else ""
+    reason = Reason.ABORTED_BY_SYSTEM
+    if reply.code == Status.CLIENT_ERROR_DOCUMENT_FORMAT_NOT_SUPPORTED:
+        reason = Reason.UNSUPPORTED_DOCUMENT_FORMAT
+    elif reply.code == Status.CLIENT_ERROR_ATTRIBUTES_OR_VALUES_NOT_SUPPORTED:
+        reason = Reason.UNSUPPORTED_ATTRIBUTES
+    elif reply.code in (Status.CLIENT_ERROR_DOCUMENT_FORMAT_ERROR, Status.CLIENT_ERROR_COMPRESSION_ERROR):
+        reason = Reason.DOCUMENT_FORMAT_ERROR
+    reasons = (Reason.ABORTED_BY_SYSTEM,) if reason == Reason.ABORTED_BY_SYSTEM else (Reason.ABORTED_BY_SYSTEM, reason)
+    raise DriverError(f"{what} refused by the printer: {_status_name(reply.code)}{detail}", reasons)
+
+
+def _status_name(code: int) -> str:
+    try:
+        return Status(code).keyword
+    except ValueError:
+        return f"0x{code:04x}"
+
+
+def printer_status(group: Group) -> DeviceStatus:
+    """printer-state and printer-state-reasons as the Manager's DeviceStatus.
+
+    RFC 8011 5.4.12: a reason without a severity suffix is an error; the printer is taken as
+    stopped on printer-state stopped, on any error, and on reasons that block printing
+    whatever their suffix (media-jam...). Suffixes are stripped (the cloud shows
+    ``media-empty``, not ``media-empty-error``) except in ``offline-report``, the keyword the
+    cloud itself uses; supply ``*-low`` stems are warnings.
+    """
+    state = simple(group.get("printer-state"))
+    raw = group.get("printer-state-reasons")
+    reasons: list[str] = []
+    blocking = state == _STATE_STOPPED
+    for value in raw.values if raw else []:
+        if not isinstance(value, str) or value == "none":
+            continue
+        stem, severity = value, "error"
+        for suffix in ("-error", "-warning", "-report"):
+            if value.endswith(suffix):
+                severity = suffix[1:]
+                stem = value if value == Reason.OFFLINE else value.removesuffix(suffix)
+                break
+        else:
+            if stem.endswith(_WARNING_ENDINGS):
+                severity = "warning"
+        if (severity == "error" and stem not in _INFORMATIONAL) or stem in _BLOCKING:
+            blocking = True
+        if stem not in reasons:
+            reasons.append(stem)
+    message = simple(group.get("printer-state-message"))
+    message = message[:1000] if isinstance(message, str) and message else None
+    if not reasons and blocking:
+        reasons = ["other"]
+    return DeviceStatus(stopped=blocking, reasons=tuple(reasons), message=message if blocking or reasons else None)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            yield chunk
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    if event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
