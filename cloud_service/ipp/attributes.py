@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cloud_service.ipp.codec import Attribute, Group, Range, Resolution, Tag, simple
@@ -150,9 +151,7 @@ def _short(text: str, limit: int = 127) -> str:
     return data.decode("utf-8", errors="ignore")
 
 
-def _now() -> Any:
-    from datetime import UTC, datetime
-
+def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 

@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from starlette._utils import get_route_path
 from starlette.types import Receive, Scope, Send
 
 from cloud_service.auth import authenticate
@@ -184,7 +183,7 @@ class IppFront:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        match = _PATH.match(get_route_path(scope))
+        match = _PATH.match(_route_path(scope))
         if match is None:
             await _plain(send, 404, b"no such IPP printer\n")
             return
@@ -672,6 +671,12 @@ def _job_groups(attributes: dict[str, Attribute]) -> dict[str, frozenset[str] | 
     template = frozenset(k for k in attributes if k in _JOB_TEMPLATE_IN_JOB)
     description = frozenset(attributes) - template
     return {"all": None, "job-template": template, "job-description": description, "job-status": description}
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point (``/print/NAME``): Starlette keeps the full path."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root + "/") else path
 
 
 def _version(message: Message) -> tuple[int, int]:
