@@ -175,7 +175,8 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
                                    state_message=status.message, info=svc.info, location=svc.location,
                                    make_and_model=svc.make_and_model, online=dev.online,
                                    last_seen=dev.last_seen, queued_jobs=queued, capabilities=svc.capabilities,
-                                   ipp_uri=f"{ipp_base()}/ipp/{svc.kind}/{svc.name}" if ipp_base else None))
+                                   ipp_uri=f"{ipp_base()}/ipp/print/{svc.name}"  # the IPP front serves print only
+                                   if ipp_base and svc.kind == ServiceKind.PRINT.value else None))
         return out
 
     @app.get(f"{API_PREFIX}/services", tags=["services"])

@@ -132,3 +132,13 @@ async def test_scanner_fault_aborts_with_a_reason(tmp_path: Path) -> None:
         final = await stack.wait_job((await scan(stack, {"input-source": "adf"}))["id"])
         assert final["state"] == "aborted" and "media-jam" in final["state_reasons"]
         assert "scan failed" in final["state_message"]
+
+
+async def test_only_print_services_have_an_ipp_uri(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.add_manager("mfd-ipp", services=[scanner()])
+        await stack.add_manager("printer-ipp")
+        scanners = (await stack.http.get("/api/v1/services", params={"kind": "scan"})).json()["services"]
+        printers = (await stack.http.get("/api/v1/services", params={"kind": "print"})).json()["services"]
+        assert [s["ipp_uri"] for s in scanners] == [None]
+        assert printers[0]["ipp_uri"].endswith("/ipp/print/printer-ipp")
