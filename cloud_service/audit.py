@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from cloud_service.clf import RotatingLines
 
 log = logging.getLogger("cloudimaging.security")
 
@@ -48,16 +48,11 @@ class _Bridge(logging.Handler):
             self.handleError(record)
 
 
-class AuditLog:
+class AuditLog(RotatingLines):
     """Appends JSON lines to ``path`` (rotated by size); thread-safe."""
 
     def __init__(self, path: Path, max_bytes: int = 20 * 1024 * 1024, backups: int = 5) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
-                                                             encoding="utf-8")
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
-        self._lock = threading.Lock()
+        super().__init__(path, max_bytes, backups)
         self._bridges: list[tuple[logging.Logger, logging.Handler]] = []
 
     def event(self, event: str, *, outcome: str = "ok", actor: str | None = None, client: str | None = None,
@@ -70,9 +65,7 @@ class AuditLog:
             line["client"] = _clean(client)
         line.update({k: _clean(v) for k, v in details.items()})
         text = json.dumps(line, separators=(",", ":"))
-        record = logging.LogRecord("audit", logging.INFO, __file__, 0, text, None, None)
-        with self._lock:
-            self._handler.emit(record)
+        self.write(text)
         log.log(logging.WARNING if outcome != "ok" else logging.INFO, "%s", text)
 
     def attach_broker(self) -> None:
@@ -87,4 +80,4 @@ class AuditLog:
         for logger, bridge in self._bridges:
             logger.removeHandler(bridge)
         self._bridges.clear()
-        self._handler.close()
+        super().close()

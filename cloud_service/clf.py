@@ -33,8 +33,9 @@ def _field(value: str | None) -> str:
     return "".join(ch if 32 < ord(ch) < 127 and ch != '"' else "_" for ch in value)[:200]
 
 
-class ClfLog:
-    """Appends CLF lines to ``path`` (rotated by size); thread-safe."""
+class RotatingLines:
+    """Appends whole lines to ``path``, rotated by size; thread-safe. The writer under both
+    the CLF log and the security audit log."""
 
     def __init__(self, path: Path, max_bytes: int = 20 * 1024 * 1024, backups: int = 5) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,12 +45,21 @@ class ClfLog:
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._lock = threading.Lock()
 
-    def line(self, host: str | None, user: str | None, request: str, status: int, size: int | None) -> None:
-        text = (f"{_field(host)} - {_field(user)} {clf_time()} \"{request}\" {status} "
-                f"{size if size is not None else '-'}")
-        record = logging.LogRecord("clf", logging.INFO, __file__, 0, text, None, None)
+    def write(self, text: str) -> None:
+        record = logging.LogRecord("lines", logging.INFO, __file__, 0, text, None, None)
         with self._lock:
             self._handler.emit(record)
+
+    def close(self) -> None:
+        self._handler.close()
+
+
+class ClfLog(RotatingLines):
+    """Appends CLF lines to ``path`` (rotated by size); thread-safe."""
+
+    def line(self, host: str | None, user: str | None, request: str, status: int, size: int | None) -> None:
+        self.write(f"{_field(host)} - {_field(user)} {clf_time()} \"{request}\" {status} "
+                   f"{size if size is not None else '-'}")
 
     def http(self, host: str | None, user: str | None, method: str, path: str, version: str,
              status: int, size: int | None) -> None:
@@ -60,6 +70,3 @@ class ClfLog:
              size: int) -> None:
         request = f"MQTT-{direction} {_field(topic)} {_field(kind)}"
         self.line("-", device_id, request, CODE_STATUS.get(code, 400), size)
-
-    def close(self) -> None:
-        self._handler.close()
