@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cloud_service.core.ticket import TicketError, parse_print_ticket
+from schemas.model.ticket import TicketError, parse_print_ticket
 
 #: IPP's largest integer: the upper bound of an open page range such as ``5-``.
 MAX_PAGE = 2**31 - 1

@@ -158,7 +158,7 @@ async def estimate_pages(objects: Any, object_key: str, document_format: str) ->
     path_of = getattr(objects, "_path", None)
     if path_of is None:
         return 1
-    from manager.drivers.pages import count_pages
+    from schemas.model.pages import count_pages
 
     try:
         return await asyncio.to_thread(count_pages, path_of(object_key), document_format)
@@ -214,7 +214,7 @@ class Admission:
         copies = int(ticket.get("copies") or 1)
         await check(self.store, user, service, copies, price)
         values = {"price": price, "impressions_estimated": copies}
-        values.update(retention_rules.resolve(self.config, rules, retention).columns())
+        values.update(retention_rules.columns(retention_rules.resolve(self.config, rules, retention)))
         return values
 
     async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:

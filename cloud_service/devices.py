@@ -16,9 +16,6 @@ from collections.abc import Awaitable, Callable
 
 from cloud_service import scanfax  # noqa: F401 (defines the job_destinations table before create_schema)
 from cloud_service.clf import ClfLog
-from cloud_service.core.document import InvalidDocumentTransition, document_transition
-from cloud_service.core.job import Abort, Accept, DeviceReport, InvalidTransition, Reject, Release
-from cloud_service.core.service import ServiceStatus, effective_status
 from cloud_service.db import JobRow
 from cloud_service.objects import ObjectStore
 from cloud_service.store import JobNotFound, JobStore
@@ -45,6 +42,9 @@ from schemas.messages import (
     decode_presence,
     decode_up,
 )
+from schemas.model.document import InvalidDocumentTransition, document_transition
+from schemas.model.job import Abort, Accept, DeviceReport, InvalidTransition, Reject, Release
+from schemas.model.service import ServiceStatus, effective_status
 from schemas.tickets import ticket_model
 
 log = logging.getLogger("cloudimaging.devices")

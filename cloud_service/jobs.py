@@ -15,13 +15,13 @@ from typing import Any
 
 from sqlalchemy import update
 
-from cloud_service.core.job import Abort, Cancel, Close, InvalidTransition
-from cloud_service.core.ticket import TicketError, TicketProblem, parse_print_ticket, validate_print_ticket
 from cloud_service.db import JobRow, ServiceRow
 from cloud_service.objects import ObjectStore, StoredObject
 from cloud_service.store import JobNotFound, JobStore
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
+from schemas.model.job import Abort, Cancel, Close, InvalidTransition
+from schemas.model.ticket import TicketError, TicketProblem, parse_print_ticket, validate_print_ticket
 from schemas.tickets import PrintCapabilities
 
 log = logging.getLogger("cloudimaging.jobs")

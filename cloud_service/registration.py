@@ -42,13 +42,13 @@ from broker.pki import Pki, crl_needs_renewal, issue_device_cert, write_crl
 from cloud_service.audit import AuditLog
 from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
-from cloud_service.core.job import Abort, InvalidTransition
 from cloud_service.db import DeviceCertificateRow, DeviceRow, EnrollmentCodeRow, JobRow, ServiceRow
 from cloud_service.jobs import JobError, User
 from cloud_service.sharing import owned_device, remove_all_shares
 from cloud_service.store import JobStore
 from schemas import topics
 from schemas.enums import JobState, Reason
+from schemas.model.job import Abort, InvalidTransition
 
 log = logging.getLogger("cloudimaging.registration")
 

@@ -1,7 +1,8 @@
-"""Retention (requirement 15): how long document bytes and job history are kept.
+"""Retention: the sweeper that deletes document bytes and job history when their time comes.
 
-Each job carries its policy, fixed when it is submitted from, in order: the job's own choice,
-its service's policy (set by the device's owner), the service configuration's defaults.
+The rules themselves are pure (schemas.model.retention). Each job carries its policy, fixed
+when it is submitted from, in order: the job's own choice, its service's policy (set by the
+device's owner), the service configuration's defaults.
 
 - documents: ``discard-after-processing`` (deleted at the first sweep after the job ended),
   ``after-duration`` (``document_seconds`` after it ended) or ``keep``;
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -32,58 +32,42 @@ from cloud_service.db import DocumentRow, JobEventRow, JobRow, ServicePolicyRow
 from cloud_service.objects import ObjectStore
 from cloud_service.store import JobStore
 from schemas.enums import JobState
+from schemas.model import retention as rules
+from schemas.model.retention import Retention
 
 log = logging.getLogger("cloudimaging.retention")
 
-DOCUMENT_POLICIES = ("discard-after-processing", "after-duration", "keep")
-#: Upload URLs live up to an hour (cloud_service.http); no job row goes sooner.
-MIN_HISTORY_SECONDS = 3600.0
 TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
 
-@dataclass(frozen=True)
-class Retention:
-    documents: str
-    document_seconds: float | None
-    history_seconds: float | None
+def defaults(config: ServiceConfig) -> Retention:
+    """The service configuration's retention, the level below every service policy."""
+    return Retention(config.document_retention, config.document_retention_seconds, config.history_retention_seconds)
 
-    def columns(self) -> dict[str, Any]:
-        return {"retention_documents": self.documents, "retention_seconds": self.document_seconds,
-                "history_seconds": self.history_seconds}
+
+def policy_rules(policy: ServicePolicyRow | None) -> Retention | None:
+    """A service's stored policy as model values."""
+    if policy is None:
+        return None
+    return Retention(policy.document_retention, policy.document_retention_seconds, policy.history_retention_seconds)
 
 
 def resolve(config: ServiceConfig, policy: ServicePolicyRow | None, choice: dict[str, Any] | None) -> Retention:
-    """The job's retention from its choice, else the service's policy, else the defaults."""
-    choice = choice or {}
-    documents = (choice.get("documents") or (policy.document_retention if policy else None)
-                 or config.document_retention)
-    seconds = (choice.get("document_seconds") or (policy.document_retention_seconds if policy else None)
-               or config.document_retention_seconds)
-    if "history_seconds" in choice and choice["history_seconds"] is not None:
-        history = choice["history_seconds"]
-    elif policy is not None and policy.history_retention_seconds is not None:
-        history = policy.history_retention_seconds
-    else:
-        history = config.history_retention_seconds
-    return Retention(documents, seconds if documents == "after-duration" else None, history)
+    """The job's retention (schemas.model.retention.resolve on this service's rows)."""
+    return rules.resolve(defaults(config), policy_rules(policy), choice)
+
+
+def columns(retention: Retention) -> dict[str, Any]:
+    """The job row's retention columns."""
+    return {"retention_documents": retention.documents, "retention_seconds": retention.document_seconds,
+            "history_seconds": retention.history_seconds}
 
 
 def describe(row: JobRow, config: ServiceConfig) -> dict[str, Any]:
     """The policy as the job's details show it, with when each deletion is due."""
-    documents = row.retention_documents or config.document_retention
-    seconds = row.retention_seconds if row.retention_documents else config.document_retention_seconds
-    history = row.history_seconds if row.retention_documents else config.history_retention_seconds
-    ended = row.completed_at
-    docs_due = None
-    if ended is not None:
-        if documents == "discard-after-processing":
-            docs_due = ended
-        elif documents == "after-duration" and seconds is not None:
-            docs_due = ended + seconds
-    job_due = ended + max(history, MIN_HISTORY_SECONDS) if ended is not None and history is not None else None
-    return {"documents": documents, "document_seconds": seconds if documents == "after-duration" else None,
-            "history_seconds": history, "documents_discarded_at": row.documents_discarded_at,
-            "documents_delete_after": docs_due, "job_delete_after": job_due}
+    stored = (Retention(row.retention_documents, row.retention_seconds, row.history_seconds)
+              if row.retention_documents else None)
+    return rules.describe(stored, defaults(config), row.completed_at, row.documents_discarded_at)
 
 
 class Sweeper:

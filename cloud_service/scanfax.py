@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import JSON, Float, ForeignKey, Integer, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from cloud_service.core.fax import parse_fax_ticket, validate_fax_ticket
-from cloud_service.core.scan import parse_scan_ticket, validate_scan_ticket
-from cloud_service.core.ticket import TicketError
 from cloud_service.db import Base, DocumentRow, JobRow, ServiceRow
 from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.messages import JobFetchable
+from schemas.model.fax import parse_fax_ticket, validate_fax_ticket
+from schemas.model.scan import parse_scan_ticket, validate_scan_ticket
+from schemas.model.ticket import TicketError
 from schemas.tickets import FaxOutCapabilities, ScanCapabilities
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ async def _retention_columns(jobs: JobService, service: ServiceRow, choice: dict
     from cloud_service.accounting import policy
 
     rules = await policy(jobs.store, service.device_id, service.name)
-    resolved = retention.resolve(config, rules, choice).columns()
+    resolved = retention.columns(retention.resolve(config, rules, choice))
     if resolved.get("retention_documents") == "discard-after-processing":
         resolved["retention_documents"] = "after-duration"
         resolved["retention_seconds"] = config.document_retention_seconds

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from cloud_service.core.job import Event, Job
 from cloud_service.db import DeviceRow, DocumentRow, JobEventRow, JobRow, ServiceRow
 from schemas.api import DocumentInfo, JobEvent, JobInfo
 from schemas.enums import DocumentState, JobState, ServiceKind
+from schemas.model.job import Event, Job
 
 #: How many recent device message ids a job remembers for duplicate detection.
 APPLIED_IDS_KEPT = 16
@@ -142,7 +142,7 @@ class JobStore:
                          attempts: int = 20) -> Transition:
         """Apply ``event`` (or the event a callback picks) with optimistic concurrency.
 
-        Raises JobNotFound, cloud_service.core.job.InvalidTransition, ConcurrentUpdate.
+        Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
         for _ in range(attempts):
             row = await self.get_job(job_id)
@@ -199,7 +199,7 @@ class JobStore:
 
     @staticmethod
     async def _finish_documents(s: AsyncSession, job_id: int, state: JobState) -> None:
-        from cloud_service.core.document import document_state_for_job_end
+        from schemas.model.document import document_state_for_job_end
 
         docs = await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id))
         for doc in docs:

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from cloud_service.core.job import Abort, Event, InvalidTransition, Job, Release, Suspend
 from cloud_service.db import DeviceRow, JobRow
 from cloud_service.store import ConcurrentUpdate, JobNotFound, JobStore
 from schemas.enums import JobState, Reason
 from schemas.messages import JobFetchable, Message
+from schemas.model.job import Abort, Event, InvalidTransition, Job, Release, Suspend
 
 log = logging.getLogger("cloudimaging.supervisor")
 

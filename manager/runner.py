@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cloud_service.core.ticket import TicketError, validate_print_ticket
 from manager.config import FaxServiceConfig, ManagerConfig, PrintServiceConfig, ScanServiceConfig
 from manager.download import DownloadError, download
 from manager.drivers.base import (
@@ -74,6 +73,7 @@ from schemas.messages import (
     decode_down,
     encode,
 )
+from schemas.model.ticket import TicketError, validate_print_ticket
 from schemas.tickets import PrintJobTicket, ticket_model
 
 log = logging.getLogger("cloudimaging.manager")

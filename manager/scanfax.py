@@ -9,7 +9,7 @@ URL, never through the broker) -> streamed PUT -> ``document-status completed`` 
 size and SHA-256, which the service checks against what it stored -> job completed.
 
 Fax: download the document -> per destination: dial, on busy/no-answer wait
-``retry-interval`` and dial again up to ``number-of-retries`` times (cloud_service.core.fax)
+``retry-interval`` and dial again up to ``number-of-retries`` times (schemas.model.fax)
 -> ``destination-statuses`` in every job-status -> the job's outcome from all destinations.
 """
 
@@ -29,9 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from cloud_service.core.fax import job_outcome, should_retry, validate_fax_ticket
-from cloud_service.core.scan import validate_scan_ticket
-from cloud_service.core.ticket import TicketError
 from manager.download import DownloadError
 from manager.drivers.base import DriverError, JobRefused, PrintCanceled
 from manager.drivers.fax import DialResult, FaxDriver, FaxJob
@@ -40,6 +37,9 @@ from manager.jobbook import JobRecord, Phase
 from manager.requests import RequestTimeout
 from schemas.enums import DocumentState, JobState, Reason
 from schemas.messages import DocumentStatus, JobStatus, RequestUpload
+from schemas.model.fax import job_outcome, should_retry, validate_fax_ticket
+from schemas.model.scan import validate_scan_ticket
+from schemas.model.ticket import TicketError
 from schemas.tickets import DestinationStatus, FaxOutJobTicket, ScanJobTicket
 
 if TYPE_CHECKING:

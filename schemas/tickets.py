@@ -4,7 +4,7 @@ Python attributes use underscores; on the wire (JSON and msgpack) the IPP names 
 are used (``print-color-mode``, ``sides-supported``). Unknown attributes are refused
 (extra="forbid") so a typo is an error naming the attribute, not a silently ignored option.
 Validation of a ticket *against* capabilities lives in the sans-IO core
-(cloud_service.core.ticket); here only the shape and the single-value rules are checked.
+(schemas.model.ticket); here only the shape and the single-value rules are checked.
 """
 
 from __future__ import annotations

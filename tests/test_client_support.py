@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 import httpx
 
 from client.api import CloudImagingClient
-from cloud_service.core.ticket import TicketError, parse_print_ticket, validate_print_ticket
+from schemas.model.ticket import TicketError, parse_print_ticket, validate_print_ticket
 from schemas.tickets import PrintCapabilities
 
 BASE = "https://svc.test"

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_service.core.job import (
+from schemas.enums import JobState, Reason
+from schemas.model.job import (
     Abort,
     Accept,
     Cancel,
@@ -20,7 +21,6 @@ from cloud_service.core.job import (
     Release,
     Suspend,
 )
-from schemas.enums import JobState, Reason
 
 S = JobState
 

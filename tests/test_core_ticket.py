@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_service.core.document import InvalidDocumentTransition, document_transition
-from cloud_service.core.service import ServiceStatus, effective_status
-from cloud_service.core.ticket import TicketError, parse_print_ticket, validate_print_ticket
 from schemas.enums import DocumentState, ServiceState
+from schemas.model.document import InvalidDocumentTransition, document_transition
+from schemas.model.service import ServiceStatus, effective_status
+from schemas.model.ticket import TicketError, parse_print_ticket, validate_print_ticket
 from schemas.tickets import PrintCapabilities
 
 CAPS = PrintCapabilities.model_validate({

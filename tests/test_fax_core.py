@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_service.core.fax import RETRYABLE, job_outcome, parse_fax_ticket, should_retry, validate_fax_ticket
-from cloud_service.core.ticket import TicketError
 from schemas.enums import JobState
 from schemas.messages import JobStatus, decode_up, encode
+from schemas.model.fax import RETRYABLE, job_outcome, parse_fax_ticket, should_retry, validate_fax_ticket
+from schemas.model.ticket import TicketError
 from schemas.tickets import DestinationStatus, FaxOutCapabilities
 
 CAPS = FaxOutCapabilities(destination_uris_max=3)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud_service.ipp import attributes as ia
-from cloud_service.ipp.codec import (
+from schemas.ipp import attributes as ia
+from schemas.ipp.codec import (
     Attribute,
     Group,
     IppIncomplete,

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from broker.credentials import generate_password
-from cloud_service.ipp.codec import Group, Op, Status, Tag, decode, request, simple
 from manager.drivers.ipp import printer_status
+from schemas.ipp.codec import Group, Op, Status, Tag, decode, request, simple
 from tests.stack import Stack, running_stack
 from tests.test_ipp_front import (
     free_port,

@@ -28,8 +28,8 @@ import pytest
 
 from client.render import services_table
 from cloud_service.ipp import conformance
-from cloud_service.ipp.codec import Message, Op, Status, Tag, decode, request, simple
 from schemas.api import ServiceInfo
+from schemas.ipp.codec import Message, Op, Status, Tag, decode, request, simple
 from tests.stack import Stack, running_stack
 
 minimal_pdf = conformance.minimal_pdf

@@ -11,9 +11,9 @@ import pytest
 
 from manager.drivers import DeviceStatus, DocumentTask, DriverError, JobRefused, PrintCanceled, PrintJob
 from manager.drivers.file import FileDriver
-from manager.drivers.pages import CHUNK, count_pages, extension
 from manager.drivers.simulated import SimulatedDriver
 from schemas.enums import JobState
+from schemas.model.pages import CHUNK, count_pages, extension
 from schemas.tickets import PrintJobTicket
 
 

@@ -1,7 +1,7 @@
 """The Manager's protocol logic without a broker: the Runner talks to a scripted fake service.
 
 The fake plays the Cloud Service's side through the publish function the Runner is given,
-keeping each job in the pure core's Job state machine (cloud_service.core.job), so version
+keeping each job in the pure core's Job state machine (schemas.model.job), so version
 checks and transitions are the real ones. Documents come from a real HTTPS server.
 """
 
@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from broker.pki import Pki, ensure_pki
-from cloud_service.core.job import Abort, Accept, Cancel, DeviceReport, InvalidTransition, Job, Reject
 from manager.config import ManagerConfig
 from manager.drivers import make_driver
 from manager.requests import Requester, RequestTimeout
@@ -46,6 +45,7 @@ from schemas.messages import (
     decode_up,
     encode,
 )
+from schemas.model.job import Abort, Accept, Cancel, DeviceReport, InvalidTransition, Job, Reject
 from schemas.tickets import PrintJobTicket
 from tests.test_manager_download import DocServer
 from tests.test_manager_drivers import make_pdf

@@ -7,8 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_service.core.scan import parse_scan_ticket, validate_scan_ticket
-from cloud_service.core.ticket import TicketError
 from schemas.messages import (
     Attributes,
     DocumentStatus,
@@ -21,6 +19,8 @@ from schemas.messages import (
     decode_up,
     encode,
 )
+from schemas.model.scan import parse_scan_ticket, validate_scan_ticket
+from schemas.model.ticket import TicketError
 from schemas.tickets import SCAN_MEDIA_SIZES, PrintJobTicket, ScanCapabilities, ScanJobTicket
 
 CAPS = ScanCapabilities(input_source_supported=["platen", "adf"],

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from cloud_service.clock import ManualClock
-from cloud_service.retention import MIN_HISTORY_SECONDS
+from schemas.model.retention import MIN_HISTORY_SECONDS
 from tests.secstack import SecureStack, secure_stack
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n%%EOF\n"

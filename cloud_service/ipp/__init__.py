@@ -1,5 +1,5 @@
-"""IPP at the cloud's edge: an RFC 8010 codec, the attribute mapping and the IPP front.
+"""IPP at the cloud's edge: the IPP Everywhere front the service mounts at ``/ipp``.
 
-``codec`` and ``attributes`` are plain Python (the Manager's ``ipp`` driver uses them too);
-``front`` is the ASGI app the service mounts at ``/ipp``. See docs/ipp.md.
+The codec and the attribute mapping it speaks are shared with the Manager and live in
+schemas.ipp. See docs/ipp.md.
 """

@@ -34,10 +34,13 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from cloud_service.auth import authenticate
-from cloud_service.core.service import ServiceStatus, effective_status
 from cloud_service.db import JobRow, ServiceRow
-from cloud_service.ipp import attributes as ia
-from cloud_service.ipp.codec import (
+from cloud_service.jobs import JobError, JobService, User
+from cloud_service.store import JobStore
+from schemas.api import JobInfo
+from schemas.enums import JobState, ServiceKind, ServiceState
+from schemas.ipp import attributes as ia
+from schemas.ipp.codec import (
     Attribute,
     Group,
     IppIncomplete,
@@ -50,11 +53,8 @@ from cloud_service.ipp.codec import (
     response,
     simple,
 )
-from cloud_service.jobs import JobError, JobService, User
-from cloud_service.store import JobStore
-from schemas.api import JobInfo
-from schemas.enums import JobState, ServiceKind, ServiceState
 from schemas.messages import Identify
+from schemas.model.service import ServiceStatus, effective_status
 from schemas.tickets import PrintCapabilities
 
 log = logging.getLogger("cloudimaging.ipp")

@@ -3,7 +3,7 @@
 A fax driver sends one document to one destination per call and says how it went:
 ``completed`` (with the pages sent), ``busy``, ``no-answer`` or ``failed``. The retry
 policy (which outcomes are dialled again, how often, how long apart) is the Manager's
-(cloud_service.core.fax), so every modem driver gets the same one.
+(schemas.model.fax), so every modem driver gets the same one.
 
 The simulated modem renders the document to fax pages (bilevel, 1728 pixels wide, at the
 job's ``printer-resolution``, e.g. 204x98 or 204x196 dpi) and writes one multi-page TIFF
@@ -27,10 +27,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from cloud_service.core.fax import FaxSettings
 from manager.drivers.base import DocumentTask, DriverError, DriverOptions, JobRefused, PrintCanceled, PrintDriver
-from manager.drivers.pages import count_pages
 from schemas.enums import Reason
+from schemas.model.fax import FaxSettings
+from schemas.model.pages import count_pages
 from schemas.tickets import FaxOutJobTicket
 
 log = logging.getLogger("cloudimaging.manager.fax")

@@ -6,7 +6,7 @@ Useful for tests, for archiving, and as a hot folder for another system. Output 
 - ``{output_dir}/job-{id}.ticket.json``: the job ticket with IPP attribute names.
 
 Both are written to a temporary name and renamed, so a reader of the directory never sees a
-half-written file as printed. Impressions are copies x pages (drivers.pages).
+half-written file as printed. Impressions are copies x pages (schemas.model.pages).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from manager.drivers.base import (
     PrintJob,
     Progress,
 )
-from manager.drivers.pages import count_pages, extension
 from schemas.enums import JobState
+from schemas.model.pages import count_pages, extension
 
 
 class FileOptions(DriverOptions):

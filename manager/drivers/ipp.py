@@ -35,8 +35,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import Field, field_validator
 
-from cloud_service.ipp import attributes as ia
-from cloud_service.ipp.codec import Group, IppParseError, Message, Op, Status, Tag, decode, request, simple
 from manager.drivers.base import (
     DeviceStatus,
     DocumentTask,
@@ -46,8 +44,10 @@ from manager.drivers.base import (
     PrintDriver,
     Progress,
 )
-from manager.drivers.pages import count_pages
 from schemas.enums import JobState, Reason
+from schemas.ipp import attributes as ia
+from schemas.ipp.codec import Group, IppParseError, Message, Op, Status, Tag, decode, request, simple
+from schemas.model.pages import count_pages
 from schemas.tickets import PrintCapabilities
 
 log = logging.getLogger("cloudimaging.manager.ipp")

@@ -25,9 +25,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from cloud_service.core.scan import ScanSettings
 from manager.drivers.base import DocumentTask, DriverError, DriverOptions, JobRefused, PrintCanceled, PrintDriver
 from schemas.enums import Reason
+from schemas.model.scan import ScanSettings
 from schemas.tickets import ScanJobTicket
 
 log = logging.getLogger("cloudimaging.manager.scanner")

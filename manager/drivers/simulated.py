@@ -36,8 +36,8 @@ from manager.drivers.base import (
     PrintJob,
     Progress,
 )
-from manager.drivers.pages import count_pages
 from schemas.enums import JobState, Reason
+from schemas.model.pages import count_pages
 from schemas.text import Keyword
 
 log = logging.getLogger("cloudimaging.manager.simulated")

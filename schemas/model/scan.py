@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cloud_service.core.ticket import TicketError, TicketProblem, _show
+from schemas.model.ticket import TicketError, TicketProblem, show_value
 from schemas.tickets import SCAN_MEDIA_SIZES, ScanCapabilities, ScanJobTicket
 
 #: Hundredths of a millimetre per inch.
@@ -23,10 +23,11 @@ def parse_scan_ticket(raw: dict[str, Any]) -> ScanJobTicket:
     try:
         return ScanJobTicket.model_validate(raw)
     except ValidationError as exc:
-        raise TicketError(_problems(exc, "scan")) from None
+        raise TicketError(schema_problems(exc, "scan")) from None
 
 
-def _problems(exc: ValidationError, what: str) -> list[TicketProblem]:
+def schema_problems(exc: ValidationError, what: str) -> list[TicketProblem]:
+    """Pydantic's errors as ticket problems naming the IPP attribute (scan and FaxOut share it)."""
     problems = []
     for err in exc.errors():
         attribute = str(err["loc"][0]) if err["loc"] else "ticket"
@@ -74,8 +75,8 @@ def validate_scan_ticket(ticket: ScanJobTicket, caps: ScanCapabilities) -> ScanS
             return default
         if value not in supported:
             problems.append(TicketProblem(attribute, value, supported,
-                                          f"{attribute}={_show(value)} is not supported "
-                                          f"(supported: {_show(supported)})"))
+                                          f"{attribute}={show_value(value)} is not supported "
+                                          f"(supported: {show_value(supported)})"))
         return value
 
     source = pick("input-source", ticket.input_source, caps.input_source_supported, caps.input_source_default)

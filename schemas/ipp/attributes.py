@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cloud_service.ipp.codec import Attribute, Group, Range, Resolution, Tag, simple
+from schemas.ipp.codec import Attribute, Group, Range, Resolution, Tag, simple
 from schemas.tickets import PrintCapabilities
 
 #: Nominal values for attributes PWG 5100.12 requires but our capabilities do not carry;
@@ -209,7 +209,7 @@ def ticket_from_job_attributes(group: Group | None) -> TicketParse:
     """Map a request's job-attributes group to our IPP-named ticket (syntax only).
 
     Whether the values are *supported* is decided by the caller against the service's
-    capabilities (cloud_service.core.ticket), exactly as for the HTTP API.
+    capabilities (schemas.model.ticket), exactly as for the HTTP API.
     """
     out = TicketParse()
     if group is None:

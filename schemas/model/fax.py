@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cloud_service.core.scan import _problems
-from cloud_service.core.ticket import TicketError, TicketProblem, _show
 from schemas.enums import JobState
+from schemas.model.scan import schema_problems
+from schemas.model.ticket import TicketError, TicketProblem, show_value
 from schemas.tickets import DestinationStatus, FaxOutCapabilities, FaxOutJobTicket
 
 #: Dial outcomes worth trying again.
@@ -29,7 +29,7 @@ def parse_fax_ticket(raw: dict[str, Any]) -> FaxOutJobTicket:
     try:
         return FaxOutJobTicket.model_validate(raw)
     except ValidationError as exc:
-        problems = _problems(exc, "faxout")
+        problems = schema_problems(exc, "faxout")
         for problem in problems:
             if problem.attribute == "destination-uris" and "pattern" in problem.message:
                 problem_text = f"destination-uris: {problem.value!r} is not a tel: URI (e.g. tel:+15551234567)"
@@ -56,7 +56,8 @@ def validate_fax_ticket(ticket: FaxOutJobTicket, caps: FaxOutCapabilities,
 
     def refuse(attribute: str, value: Any, supported: Any, why: str | None = None) -> None:
         problems.append(TicketProblem(attribute, value, supported, why or
-                                      f"{attribute}={_show(value)} is not supported (supported: {_show(supported)})"))
+                                      f"{attribute}={show_value(value)} is not supported "
+                                      f"(supported: {show_value(supported)})"))
 
     destinations = [d.destination_uri for d in ticket.destination_uris or []]
     if not destinations:

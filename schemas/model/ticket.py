@@ -58,8 +58,8 @@ def validate_print_ticket(ticket: PrintJobTicket, caps: PrintCapabilities,
 
     def refuse(attribute: str, value: Any, supported: Any) -> None:
         problems.append(TicketProblem(attribute, value, supported,
-                                      f"{attribute}={_show(value)} is not supported "
-                                      f"(supported: {_show(supported)})"))
+                                      f"{attribute}={show_value(value)} is not supported "
+                                      f"(supported: {show_value(supported)})"))
 
     def check_in(attribute: str, value: Any, supported: list[Any]) -> None:
         if value is not None and value not in supported:
@@ -86,7 +86,8 @@ def validate_print_ticket(ticket: PrintJobTicket, caps: PrintCapabilities,
         raise TicketError(problems)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as an error message shows it (lists comma-separated)."""
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)
