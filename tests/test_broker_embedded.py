@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from broker import acl
 from broker.credentials import CredentialStore, check_password, generate_password, hash_password
 from schemas import topics
-from tests.brokers import (
+from tests.support.brokers import (
     DEV_A,
     QUIET,
     BrokerContract,

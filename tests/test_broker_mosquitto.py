@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.credentials import CredentialStore
-from tests.brokers import (
+from tests.support.brokers import (
     DEV_A,
     DEV_B,
     MOSQUITTO_DIR,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from client.cli import main
-from tests.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack
 
 
 def cli(stack: Stack, *argv: str) -> list[str]:

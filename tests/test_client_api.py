@@ -15,7 +15,7 @@ from client.api import CHUNK_SIZE, CloudImagingClient
 from client.errors import ApiError, ClientError, ConnectionFailed, describe_error
 from schemas.api import JobInfo, ServiceInfo
 from schemas.enums import JobState
-from tests.test_client_support import BASE, STORE, TOKEN, FakeService, job_dict
+from tests.support.fakeapi import BASE, STORE, TOKEN, FakeService, job_dict
 
 
 @pytest.fixture

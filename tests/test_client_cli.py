@@ -15,7 +15,7 @@ import client.cli as cli
 from client.api import CloudImagingClient
 from client.config import ClientConfig
 from schemas.enums import JobState
-from tests.test_client_support import BASE, TOKEN, FakeService, job_dict
+from tests.support.fakeapi import BASE, TOKEN, FakeService, job_dict
 
 Run = Callable[..., tuple[int, str, str]]
 

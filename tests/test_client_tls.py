@@ -21,7 +21,7 @@ from broker.pki import ensure_pki
 from client.api import CloudImagingClient
 from client.cli import main
 from client.errors import ConnectionFailed
-from tests.test_client_support import TOKEN, job_dict, service_dict
+from tests.support.fakeapi import TOKEN, job_dict, service_dict
 
 
 def make_pki(directory: Path) -> tuple[Path, Path, Path]:

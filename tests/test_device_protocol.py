@@ -28,8 +28,8 @@ from schemas.messages import (
     Sync,
 )
 from schemas.tickets import PrintCapabilities
-from tests.rawdevice import RawDevice
-from tests.stack import Stack, running_stack
+from tests.support.rawdevice import RawDevice
+from tests.support.stack import Stack, running_stack
 
 CAPS = PrintCapabilities(document_format_supported=["application/pdf"], copies_supported=(1, 10))
 

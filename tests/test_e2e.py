@@ -3,19 +3,14 @@ downloads by presigned URL and prints -> completed. With the embedded broker and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.stack import running_stack
+from tests.support.documents import pdf_bytes
+from tests.support.stack import running_stack
 
 BROKERS = ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
-
-
-def pdf_bytes(pages: int = 3, size: int = 200_000) -> bytes:
-    body = b"".join(b"%d 0 obj << /Type /Page >> endobj\n" % (i + 1) for i in range(pages))
-    return b"%PDF-1.4\n" + body + os.urandom(size) + b"\n%%EOF\n"
 
 
 def states(job: dict) -> list[str]:

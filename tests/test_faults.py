@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import FaultStack
+from tests.support.faults import FaultStack
 
 JOBS = 200
 DEVICES = ["dev-0", "dev-1", "dev-2", "dev-3"]

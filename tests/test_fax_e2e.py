@@ -4,60 +4,15 @@ resolution per destination; busy and no-answer numbers follow the retry policy."
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.stack import Stack, running_stack
+from tests.support.devices import BUSY, SILENT, dests, modem, png_page, submit
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.timeout(120)
-
-FAX_CAPS = {
-    "printer-resolution-supported": [[204, 98], [204, 196]],
-    "printer-resolution-default": [204, 98],
-    "number-of-retries-supported": [0, 3],
-    "number-of-retries-default": 1,
-    "retry-interval-supported": [0, 60],
-    "retry-interval-default": 0,
-    "destination-uris-max": 3,
-}
-BUSY = "tel:+15555550100"
-SILENT = "tel:+15555550199"
-
-
-def modem(tmp: Path, name: str = "fax1", **options: object) -> dict:
-    return {"kind": "faxout", "name": name, "driver": "simulated-modem",
-            "driver_options": {"output_dir": str(tmp / "faxes"), "seconds_per_page": 0.05,
-                               "busy": [BUSY], "no_answer": [SILENT], **options},
-            "capabilities": FAX_CAPS}
-
-
-def png_page() -> bytes:
-    image = Image.new("RGB", (850, 1100), "white")
-    for x in range(100, 700, 50):
-        image.paste((0, 0, 0), (x, 100, x + 20, 1000))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
-
-
-
-
-async def submit(stack: Stack, ticket: dict, data: bytes | None = None, fmt: str = "image/png") -> dict:
-    import orjson
-
-    response = await stack.http.post("/api/v1/jobs", files={
-        "job": (None, orjson.dumps({"kind": "faxout", "service": "fax1", "ticket": ticket,
-                                    "document_format": fmt}), "application/json"),
-        "document": ("page" + (".png" if fmt == "image/png" else ".txt"), data or png_page(), fmt)})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def dests(*uris: str) -> list[dict]:
-    return [{"destination-uri": uri} for uri in uris]
 
 
 async def test_fax_to_two_numbers_writes_bilevel_tiffs(tmp_path: Path) -> None:

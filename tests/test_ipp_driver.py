@@ -25,13 +25,12 @@ from typing import Any
 import pytest
 
 from broker.credentials import generate_password
+from cloud_service.ipp.conformance import minimal_pdf
 from manager.drivers.ipp import printer_status
 from schemas.ipp.codec import Group, Op, Status, Tag, decode, request, simple
-from tests.stack import Stack, running_stack
-from tests.test_ipp_front import (
+from tests.support.ipptools import (
     free_port,
     ipp,
-    minimal_pdf,
     missing,
     need_tool,
     new,
@@ -40,6 +39,7 @@ from tests.test_ipp_front import (
     wait_for,
     wait_port,
 )
+from tests.support.stack import Stack, running_stack
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">

@@ -15,19 +15,7 @@ from manager.drivers.simulated import SimulatedDriver
 from schemas.enums import JobState
 from schemas.model.pages import CHUNK, count_pages, extension
 from schemas.tickets import PrintJobTicket
-
-
-def make_pdf(pages: int) -> bytes:
-    """A minimal PDF with ``pages`` page objects (enough for counting, not for rendering)."""
-    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
-    objects = [
-        b"1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n",
-        f"2 0 obj << /Type /Pages /Kids [{kids}] /Count {pages} >> endobj\n".encode(),
-    ]
-    objects += [
-        f"{3 + i} 0 obj << /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >> endobj\n".encode() for i in range(pages)
-    ]
-    return b"%PDF-1.4\n" + b"".join(objects) + b"trailer << /Root 1 0 R >>\n%%EOF\n"
+from tests.support.documents import make_pdf
 
 
 def job(job_id: int = 7, copies: int | None = None, documents: int = 1) -> PrintJob:

@@ -11,8 +11,8 @@ from manager.jobbook import JobRecord, Phase
 from manager.journal import JournalJobBook
 from schemas.enums import JobState
 from schemas.tickets import PrintJobTicket
-from tests.stack import running_stack
-from tests.test_e2e import pdf_bytes
+from tests.support.documents import pdf_bytes
+from tests.support.stack import running_stack
 
 
 def test_round_trip_and_finished_ids(tmp_path: Path) -> None:

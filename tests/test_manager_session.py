@@ -22,14 +22,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.pki import Pki, ensure_pki
+from broker.pki import Pki
 from manager import Manager, ManagerConfig
 from schemas import topics
 from schemas.enums import JobState
 from schemas.messages import Bye, Hello, JobFetchable, Message, Presence, decode_presence, encode
-from tests.test_manager_download import DocServer
-from tests.test_manager_drivers import make_pdf
-from tests.test_manager_runner import FakeService
+from tests.support.docserver import DocServer
+from tests.support.documents import make_pdf
+from tests.support.fakeservice import FakeService
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 pytestmark = [
@@ -52,11 +52,6 @@ def wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return ensure_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -93,13 +88,6 @@ def broker(tmp_path: Path, pki: Pki) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-@pytest.fixture
-def docs(pki: Pki) -> Iterator[DocServer]:
-    server = DocServer(pki).start()
-    yield server
-    server.stop()
 
 
 class CloudSide:

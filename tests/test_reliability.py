@@ -22,9 +22,9 @@ from schemas.messages import (
     Sync,
     encode,
 )
-from tests.rawdevice import RawDevice
-from tests.stack import Stack, running_stack
-from tests.test_e2e import pdf_bytes
+from tests.support.documents import pdf_bytes
+from tests.support.rawdevice import RawDevice
+from tests.support.stack import Stack, running_stack
 
 
 async def raw_device(stack: Stack, device_id: str) -> RawDevice:

@@ -11,38 +11,10 @@ import pypdf
 import pytest
 from PIL import Image
 
-from tests.stack import Stack, running_stack
+from tests.support.devices import download, scan, scanner
+from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.timeout(120)
-
-SCAN_CAPS = {
-    "input-source-supported": ["platen", "adf"],
-    "input-source-default": "platen",
-    "input-sides-supported": ["one-sided", "two-sided-long-edge"],
-    "input-resolution-supported": [75, 100, 150],
-    "input-resolution-default": 100,
-    "input-color-mode-supported": ["color", "monochrome", "bi-level"],
-    "input-media-supported": ["iso_a4_210x297mm", "na_letter_8.5x11in"],
-    "input-media-default": "iso_a4_210x297mm",
-}
-
-
-def scanner(name: str = "scan1", **options: object) -> dict:
-    return {"kind": "scan", "name": name, "driver": "simulated-scanner",
-            "driver_options": {"pages_per_second": 50, "adf_sheets": 2, **options},
-            "capabilities": SCAN_CAPS, "make_and_model": "test scanner"}
-
-
-async def scan(stack: Stack, ticket: dict, service: str | None = "scan1") -> dict:
-    response = await stack.http.post("/api/v1/jobs", json={"kind": "scan", "service": service, "ticket": ticket})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def download(stack: Stack, job_id: int, number: int) -> bytes:
-    response = await stack.http.get(f"/api/v1/jobs/{job_id}/documents/{number}")
-    assert response.status_code == 200, response.text
-    return response.content
 
 
 async def test_scan_pdf_from_the_adf_duplex(tmp_path: Path) -> None:

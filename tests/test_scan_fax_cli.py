@@ -14,7 +14,7 @@ from PIL import Image
 
 from client.cli import main
 from cloud_service.up import FAX_NAME, PRINTER_ID, SCANNER_NAME, SIM_FAX_BUSY, EmbeddedStack
-from tests.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -21,8 +21,8 @@ from schemas.messages import (
     ScanServiceAttributes,
 )
 from schemas.tickets import ScanJobTicket
-from tests.rawdevice import RawDevice
-from tests.stack import Stack, running_stack
+from tests.support.rawdevice import RawDevice
+from tests.support.stack import Stack, running_stack
 
 
 async def device(stack: Stack, device_id: str, scanner: str) -> RawDevice:

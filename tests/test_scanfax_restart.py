@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.stack import running_stack
-from tests.test_fax_e2e import dests, modem, submit
-from tests.test_scan_e2e import scan, scanner
+from tests.support.devices import dests, modem, scan, scanner, submit
+from tests.support.stack import running_stack
 
 
 async def test_restart_mid_scan_ends_with_a_reason(tmp_path: Path) -> None:

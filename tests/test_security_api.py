@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.secstack import SecureStack, secure_stack
+from tests.support.secstack import SecureStack, secure_stack
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n%%EOF\n"
 

@@ -13,8 +13,8 @@ import pytest
 
 from cloud_service.audit import AuditLog
 from cloud_service.clf import ClfLog
-from tests.brokers import MqttTestClient, connect_code
-from tests.secstack import CertBroker, secure_stack
+from tests.support.brokers import MqttTestClient, connect_code
+from tests.support.secstack import CertBroker, secure_stack
 
 
 async def test_security_events_are_logged_and_secrets_never_are(tmp_path: Path,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.secstack import cli, secure_stack
+from tests.support.secstack import cli, secure_stack
 
 
 async def run(capsys: pytest.CaptureFixture[str], stack: object, token: str, *argv: str) -> tuple[int, str]:

@@ -26,8 +26,8 @@ from broker.pki import ensure_pki, write_crl
 from cloud_service.clock import ManualClock
 from manager.enroll import make_key_and_csr
 from schemas import topics
-from tests.brokers import QUIET, MqttTestClient, embedded_broker_thread
-from tests.secstack import CertBroker, make_device_cert, mtls_mosquitto, secure_stack
+from tests.support.brokers import QUIET, MqttTestClient, embedded_broker_thread
+from tests.support.secstack import CertBroker, make_device_cert, mtls_mosquitto, secure_stack
 
 BROKERS = ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n%%EOF\n"

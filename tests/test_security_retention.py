@@ -10,7 +10,7 @@ import orjson
 
 from cloud_service.clock import ManualClock
 from schemas.model.retention import MIN_HISTORY_SECONDS
-from tests.secstack import SecureStack, secure_stack
+from tests.support.secstack import SecureStack, secure_stack
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n%%EOF\n"
 

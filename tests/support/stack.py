@@ -117,7 +117,7 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(tmp: Path, broker: str = "embedded") -> AsyncIterator[Stack]:
-    from tests.brokers import embedded_broker, mosquitto_broker
+    from tests.support.brokers import embedded_broker, mosquitto_broker
 
     service_password = generate_password()
     if broker == "embedded":

@@ -21,8 +21,8 @@ from broker.pki import Pki, ensure_pki, write_crl
 from cloud_service.app import CloudService
 from cloud_service.config import ServiceConfig
 from cloud_service.up import SIM_PRINTER_CAPABILITIES
-from tests.brokers import MOSQUITTO_DIR, MosquittoHandle, embedded_broker, find_mosquitto, free_port
-from tests.stack import Stack
+from tests.support.brokers import MOSQUITTO_DIR, MosquittoHandle, embedded_broker, find_mosquitto, free_port
+from tests.support.stack import Stack
 
 ADMIN = "admin"
 

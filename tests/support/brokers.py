@@ -48,7 +48,7 @@ from broker.embedded import EmbeddedBroker
 from broker.pki import Pki, ensure_pki
 from schemas import topics
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO_DIR = REPO / "deploy" / "mosquitto"
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 SERVICE_USERNAME = topics.SERVICE_USERNAME

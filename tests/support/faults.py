@@ -22,7 +22,7 @@ import httpx
 from broker.credentials import CredentialStore, generate_password
 from broker.pki import Pki, ensure_pki
 from cloud_service.up import SIM_PRINTER_CAPABILITIES
-from tests.brokers import MosquittoHandle, find_mosquitto, free_port, tls_port_ready, wait_until
+from tests.support.brokers import MosquittoHandle, find_mosquitto, free_port, tls_port_ready, wait_until
 
 CLI = str(Path(sys.executable).parent / "cloudimaging")
 

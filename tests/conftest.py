@@ -1,0 +1,28 @@
+"""Fixtures shared by the test modules; helpers they call live in tests/support/.
+
+Every fixture that starts something binds to 127.0.0.1 on an ephemeral port and stops what it
+started when the test ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from broker.pki import Pki, ensure_pki
+from tests.support.docserver import DocServer
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A private CA with a server certificate for 127.0.0.1 (broker.pki, as the product makes it)."""
+    return ensure_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def docs(pki: Pki) -> Iterator[DocServer]:
+    """A tiny HTTPS object store serving documents to a Manager under test."""
+    server = DocServer(pki).start()
+    yield server
+    server.stop()
