@@ -1,10 +1,15 @@
 """The device side of the protocol: every message a Manager sends, driven through the core.
 
 Transport-free: ``DeviceProtocol.handle(device_id, leaf, payload)`` returns the messages to
-send back (the MQTT adapter publishes them). Each handler checks, in this order, that the job
-exists, that it is assigned to the calling device, that the message is not a duplicate (its id
-was already applied: acknowledged, ignored) and that its version is current (else ``stale``
-with the current state), then applies the event to the core.
+send back (the MQTT adapter publishes them). A report on a job is checked here for what is
+about the device (the job exists and is assigned to it); whether it is applied (duplicate,
+stale, claimed, ...) is judged by the model's ``judge`` (schemas.model.reports) inside the
+store's optimistic transaction, on the same row the write is conditioned on, so a change that
+lands in between (a cancel) makes the report ``stale`` rather than being overwritten.
+
+Any message proves the device is alive; its ``last_seen`` is written at most every
+``LAST_SEEN_EVERY`` seconds per device (and at once when it comes back online), so reports
+cost no extra transaction each.
 """
 
 from __future__ import annotations
@@ -42,14 +47,17 @@ from schemas.messages import (
     decode_presence,
     decode_up,
 )
-from schemas.model.document import InvalidDocumentTransition, document_transition
-from schemas.model.job import Abort, Accept, DeviceReport, InvalidTransition, Reject, Release
+from schemas.model.job import Abort, InvalidTransition, Release
+from schemas.model.reports import Report, judge
 from schemas.model.service import ServiceStatus, effective_status
 from schemas.tickets import ticket_model
 
 log = logging.getLogger("cloudimaging.devices")
 
 Outgoing = list[tuple[str, Message]]
+
+#: Seconds between two writes of a device's ``last_seen`` while it stays online.
+LAST_SEEN_EVERY = 10.0
 
 
 class DeviceProtocol:
@@ -60,6 +68,8 @@ class DeviceProtocol:
         self.url_ttl = url_ttl
         #: Called with (device_id, online) so the HTTP side can react; optional.
         self.on_presence: Callable[[str, bool], Awaitable[None]] | None = None
+        #: device id -> monotonic time this replica last recorded it online.
+        self._seen: dict[str, float] = {}
 
     # ------------------------------------------------------------------ entry point
 
@@ -99,7 +109,7 @@ class DeviceProtocol:
 
     async def _dispatch(self, device_id: str, message: Message) -> Outgoing:
         # Any message proves the device is alive (covers a lost "online" presence).
-        await self.store.set_device(device_id, online=True, last_seen=time.time())
+        await self._alive(device_id)
         match message:
             case Hello():
                 return await self._hello(device_id, message)
@@ -124,7 +134,16 @@ class DeviceProtocol:
 
     # ------------------------------------------------------------------ liveness and attributes
 
+    async def _alive(self, device_id: str) -> None:
+        now = time.monotonic()
+        seen = self._seen.get(device_id)
+        if seen is not None and now - seen < LAST_SEEN_EVERY:
+            return
+        await self.store.set_device(device_id, online=True, last_seen=time.time())
+        self._seen[device_id] = now
+
     async def _presence(self, device_id: str, online: bool) -> None:
+        self._seen.pop(device_id, None)
         await self.store.set_device(device_id, online=online, last_seen=time.time())
         if self.on_presence:
             await self.on_presence(device_id, online)
@@ -243,25 +262,30 @@ class DeviceProtocol:
                                       document_format=doc.format, document_name=doc.name))
         return out
 
-    async def _acknowledge(self, device_id: str, msg: AcknowledgeJob) -> Outgoing:
+    async def _apply_report(self, device_id: str, msg: Report,
+                            extra: dict | None = None) -> tuple[JobRow, str, str | None, bool] | Reply:
+        """Judge and apply a report in one optimistic transaction: (row, code, text, ok) or a refusal."""
         row = await self._own_job(device_id, msg, msg.job_id)
         if isinstance(row, Reply):
-            return [(device_id, row)]
-        if msg.id in row.applied_ids:
-            reply = self._current(msg, row, "duplicate", "already applied", ok=True)
-            if msg.accept and row.claimed and not JobState(row.state).terminal:
-                reply = reply.model_copy(update={"documents": await self._document_urls(row)})
-            return [(device_id, reply)]
-        if msg.version != row.version:
-            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
-        event = Accept() if msg.accept else Reject(msg.reason or Reason.UNSUPPORTED_ATTRIBUTES,
-                                                   msg.message or "the device rejected the job")
-        result = await self._transition(row.id, event, msg.id, extra={"claim_ts": msg.ts} if msg.accept else None)
+            return row
+        try:
+            done = await self.store.transition(row.id, lambda job, current: judge(job, current.applied_ids, msg),
+                                               msg.id, extra=(lambda _row: extra) if extra else None)
+        except InvalidTransition as exc:
+            row = await self.store.get_job(row.id)
+            return self._current(msg, row, "invalid-transition", str(exc)[:1000])
+        if done.verdict is not None:
+            return done.row, done.verdict.code, done.verdict.message, done.verdict.ok
+        return done.row, "ok", None, True
+
+    async def _acknowledge(self, device_id: str, msg: AcknowledgeJob) -> Outgoing:
+        result = await self._apply_report(device_id, msg, {"claim_ts": msg.ts} if msg.accept else None)
         if isinstance(result, Reply):
-            return [(device_id, result.model_copy(update={"re": msg.id}))]
-        reply = self._current(msg, result, "ok", ok=True)
-        if msg.accept:
-            reply = reply.model_copy(update={"documents": await self._document_urls(result)})
+            return [(device_id, result)]
+        row, code, text, ok = result
+        reply = self._current(msg, row, code, text, ok)
+        if msg.accept and code in ("ok", "duplicate") and row.claimed and not JobState(row.state).terminal:
+            reply = reply.model_copy(update={"documents": await self._document_urls(row)})
         return [(device_id, reply)]
 
     async def _fetch_document(self, device_id: str, msg: FetchDocument) -> Outgoing:
@@ -276,62 +300,23 @@ class DeviceProtocol:
         return [(device_id, self._current(msg, row, "ok", ok=True).model_copy(update={"documents": docs}))]
 
     async def _document_status(self, device_id: str, msg: DocumentStatus) -> Outgoing:
-        row = await self._own_job(device_id, msg, msg.job_id)
-        if isinstance(row, Reply):
-            return [(device_id, row)]
-        if msg.id in row.applied_ids:
-            return [(device_id, self._current(msg, row, "duplicate", "already applied", ok=True))]
-        if not row.claimed:
-            return [(device_id, self._current(msg, row, "invalid-transition", "the job is not claimed"))]
-        if msg.version != row.version:
-            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
-        docs = {d.number: d for d in await self.store.documents(row.id)}
-        doc = docs.get(msg.document_number)
-        if doc is None:
-            return [(device_id, self._current(msg, row, "not-found", "no such document"))]
-        try:
-            new_state = document_transition(DocumentState(doc.state), msg.state)
-        except InvalidDocumentTransition as exc:
-            return [(device_id, self._current(msg, row, "invalid-transition", str(exc)))]
-        if row.kind == ServiceKind.SCAN.value and new_state is DocumentState.COMPLETED and (
-                doc.sha256 is None or (msg.sha256 or doc.sha256, msg.size if msg.size is not None else doc.size)
-                != (doc.sha256, doc.size)):
-            # Scan output is complete only once the bytes the device made are the bytes stored.
-            return [(device_id, self._current(msg, row, "bad-request",
-                                              f"output document {doc.number}: not uploaded, or size/sha256 "
-                                              "differ from what the service stored"))]
-        new_version = await self.store.bump_version(row.id, msg.version, msg.id)
-        if new_version is None:
-            row = await self.store.get_job(row.id)
-            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
-        await self.store.set_document(row.id, msg.document_number, state=new_state.value,
-                                      impressions_completed=max(doc.impressions_completed,
-                                                                msg.impressions_completed))
-        row = await self.store.get_job(row.id)
-        return [(device_id, self._current(msg, row, "ok", ok=True))]
+        result = await self._apply_report(device_id, msg)
+        if isinstance(result, Reply):
+            return [(device_id, result)]
+        return [(device_id, self._current(msg, *result))]
 
     async def _job_status(self, device_id: str, msg: JobStatus) -> Outgoing:
-        row = await self._own_job(device_id, msg, msg.job_id)
-        if isinstance(row, Reply):
-            return [(device_id, row)]
-        if msg.id in row.applied_ids:
-            return [(device_id, self._current(msg, row, "duplicate", "already applied", ok=True))]
-        if msg.version != row.version:
-            # A terminal report that matches the current terminal state is harmless: ack it.
-            if JobState(row.state).terminal and msg.state == JobState(row.state):
-                return [(device_id, self._current(msg, row, "duplicate", "already ended", ok=True))]
-            return [(device_id, self._current(msg, row, "stale", "the job changed; see state"))]
-        report = DeviceReport(msg.state, tuple(msg.reasons), msg.message, msg.impressions_completed)
-        result = await self._transition(row.id, report, msg.id)
+        result = await self._apply_report(device_id, msg)
         if isinstance(result, Reply):
-            return [(device_id, result.model_copy(update={"re": msg.id}))]
-        if msg.destination_statuses is not None and row.kind == ServiceKind.FAXOUT.value:
+            return [(device_id, result)]
+        row, code, text, ok = result
+        if code == "ok" and msg.destination_statuses is not None and row.kind == ServiceKind.FAXOUT.value:
             from cloud_service.scanfax import save_destination_statuses
 
-            await save_destination_statuses(self.store, row.id, result.version,
+            await save_destination_statuses(self.store, row.id, row.version,
                                             [d.wire() for d in msg.destination_statuses])
             self.store.feed.notify(row.id)
-        return [(device_id, self._current(msg, result, "ok", ok=True))]
+        return [(device_id, self._current(msg, row, code, text, ok))]
 
     async def _request_upload(self, device_id: str, msg: RequestUpload) -> Outgoing:
         """Scan output: a presigned PUT URL for one output document (made on first request)."""

@@ -16,12 +16,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from cloud_service.db import DeviceRow, DocumentRow, JobEventRow, JobRow, ServiceRow
 from schemas.api import DocumentInfo, JobEvent, JobInfo
 from schemas.enums import DocumentState, JobState, ServiceKind
+from schemas.model.document import Document
 from schemas.model.job import Event, Job
+from schemas.model.reports import Verdict
 
 #: How many recent device message ids a job remembers for duplicate detection.
 APPLIED_IDS_KEPT = 16
@@ -42,16 +44,22 @@ class Transition:
     before: Job
     after: Job
     row: JobRow
+    #: Set when the chosen outcome was a verdict (the report is answered, nothing written).
+    verdict: Verdict | None = None
 
     @property
     def changed(self) -> bool:
         return self.after.version != self.before.version
 
 
-def core_job(row: JobRow) -> Job:
+def core_job(row: JobRow, documents: list[DocumentRow] | tuple[()] = ()) -> Job:
+    """The model's Job for a stored row and its document rows."""
+    output = row.kind == ServiceKind.SCAN.value  # a scan job's documents are the device's output
+    docs = tuple(Document(d.number, DocumentState(d.state), d.impressions_completed, output, d.size, d.sha256)
+                 for d in documents)
     return Job(state=JobState(row.state), reasons=tuple(row.state_reasons), message=row.state_message,
                version=row.version, claimed=row.claimed, cancel_requested=row.cancel_requested,
-               impressions_completed=row.impressions_completed, started=row.started)
+               impressions_completed=row.impressions_completed, started=row.started, documents=docs)
 
 
 class ChangeFeed:
@@ -137,20 +145,34 @@ class JobStore:
             await s.execute(update(DocumentRow).where(DocumentRow.job_id == job_id,
                                                       DocumentRow.number == number).values(**values))
 
-    async def transition(self, job_id: int, event: Event | Callable[[Job, JobRow], Event | None],
+    async def transition(self, job_id: int,
+                         event: Event | Callable[[Job, JobRow], Event | Verdict | None],
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
                          attempts: int = 20) -> Transition:
-        """Apply ``event`` (or the event a callback picks) with optimistic concurrency.
+        """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
+
+        The callback (for device reports: schemas.model.reports.judge) sees the very row the
+        write is conditioned on: if another writer changes the job between the judgement and
+        the write, the write fails and the job is read and judged again. A ``Verdict`` or None
+        writes nothing. The job's documents are part of the model: their changes are written
+        in the same transaction as the job's.
 
         Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
         for _ in range(attempts):
-            row = await self.get_job(job_id)
-            before = core_job(row)
+            async with self.sessions() as s:
+                row = await s.get(JobRow, job_id)
+                if row is None:
+                    raise JobNotFound(job_id)
+                docs = list(await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id)
+                                            .order_by(DocumentRow.number)))
+            before = core_job(row, docs)
             chosen = event(before, row) if callable(event) else event
             if chosen is None:
                 return Transition(before, before, row)
-            after = before.apply(chosen)  # type: ignore[arg-type]
+            if isinstance(chosen, Verdict):
+                return Transition(before, before, row, verdict=chosen)
+            after = before.apply(chosen)
             values: dict = {}
             if message_id:
                 values["applied_ids"] = [*row.applied_ids, message_id][-APPLIED_IDS_KEPT:]
@@ -172,38 +194,20 @@ class JobStore:
                                          .values(**values))
                 if result.rowcount != 1:
                     continue
-                if after.version != before.version:
+                if len(after.history) > len(before.history):  # the job's state moved (not only a document)
                     s.add(JobEventRow(job_id=job_id, version=after.version, at=now, state=after.state.value,
                                       state_reasons=list(after.reasons), message=after.message))
-                if after.terminal:
-                    await self._finish_documents(s, job_id, after.state)
+                for old, new in zip(before.documents, after.documents, strict=True):
+                    if new != old:
+                        await s.execute(update(DocumentRow).where(DocumentRow.job_id == job_id,
+                                                                  DocumentRow.number == new.number)
+                                        .values(state=new.state.value,
+                                                impressions_completed=new.impressions_completed))
+            for key, value in values.items():
+                setattr(row, key, value)
             self.feed.notify(job_id)
-            return Transition(before, after, await self.get_job(job_id))
+            return Transition(before, after, row)
         raise ConcurrentUpdate(f"job {job_id} changed {attempts} times while updating it")
-
-    async def bump_version(self, job_id: int, expected: int, message_id: str | None) -> int | None:
-        """Record a document-level change as a new job version; None if ``expected`` is stale."""
-        async with self.sessions.begin() as s:
-            row = await s.get(JobRow, job_id)
-            if row is None or row.version != expected:
-                return None
-            values: dict = {"version": expected + 1, "updated_at": time.time()}
-            if message_id:
-                values["applied_ids"] = [*row.applied_ids, message_id][-APPLIED_IDS_KEPT:]
-            result = await s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.version == expected)
-                                     .values(**values))
-            if result.rowcount != 1:
-                return None
-        self.feed.notify(job_id)
-        return expected + 1
-
-    @staticmethod
-    async def _finish_documents(s: AsyncSession, job_id: int, state: JobState) -> None:
-        from schemas.model.document import document_state_for_job_end
-
-        docs = await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id))
-        for doc in docs:
-            doc.state = document_state_for_job_end(DocumentState(doc.state), state.value).value
 
     async def list_jobs(self, *, owner: str | None, include_ended: bool, kind: str | None = None,
                         service: str | None = None, limit: int = 500) -> list[JobRow]:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.enums import JobState, Reason
+from schemas.enums import DocumentState, JobState, Reason
+from schemas.model.document import Document
 from schemas.model.job import (
     Abort,
     Accept,
     Cancel,
     Close,
     DeviceReport,
+    DocumentReport,
     InvalidTransition,
     Job,
     Reject,
@@ -135,9 +138,43 @@ def test_terminal_states_are_final(final: JobState) -> None:
             job.apply(event)
 
 
+def test_document_report_moves_one_document_and_the_version() -> None:
+    job = replace(claimed(), documents=(Document(1), Document(2)))
+    moved = job.apply(DocumentReport(1, DocumentState.PROCESSING, 2))
+    assert moved.version == job.version + 1 and moved.state is job.state and moved.reasons == job.reasons
+    assert moved.document(1) == Document(1, DocumentState.PROCESSING, 2) and moved.document(2) == Document(2)
+    # impressions never go down; a completed document stays completed
+    done = moved.apply(DocumentReport(1, DocumentState.COMPLETED, 1))
+    assert done.document(1).impressions_completed == 2
+    with pytest.raises(InvalidTransition, match="document cannot go"):
+        done.apply(DocumentReport(1, DocumentState.PROCESSING))
+    with pytest.raises(InvalidTransition, match="no document 3"):
+        done.apply(DocumentReport(3, DocumentState.PROCESSING))
+    with pytest.raises(InvalidTransition, match="not claimed"):
+        replace(Job.created(True), documents=(Document(1),)).apply(DocumentReport(1, DocumentState.PROCESSING))
+
+
+def test_documents_end_with_their_job() -> None:
+    job = replace(claimed(), documents=(Document(1, DocumentState.COMPLETED), Document(2, DocumentState.PROCESSING),
+                                        Document(3)))
+    canceled = job.apply(Cancel()).apply(DeviceReport(S.CANCELED))
+    assert [d.state for d in canceled.documents] == [DocumentState.COMPLETED, DocumentState.CANCELED,
+                                                     DocumentState.CANCELED]
+    aborted = job.apply(Abort())
+    assert [d.state for d in aborted.documents] == [DocumentState.COMPLETED, DocumentState.ABORTED,
+                                                    DocumentState.ABORTED]
+    completed = job.apply(DeviceReport(S.COMPLETED))
+    assert all(d.state is DocumentState.COMPLETED for d in completed.documents)
+
+
 # ----------------------------------------------------------------------------- properties
 
+DOCUMENT_MOVES = {(a, b) for a in (DocumentState.PENDING, DocumentState.PROCESSING, DocumentState.PROCESSING_STOPPED)
+                  for b in DocumentState if not (b is DocumentState.PENDING and a is not DocumentState.PENDING)}
+
 events = st.one_of(
+    st.builds(DocumentReport, number=st.integers(1, 3), state=st.sampled_from(list(DocumentState)),
+              impressions_completed=st.integers(0, 20)),
     st.just(Close()), st.just(Accept()), st.builds(Reject), st.builds(Cancel), st.builds(Abort),
     st.builds(Release), st.builds(Suspend),
     st.builds(DeviceReport, state=st.sampled_from(list(JobState)),
@@ -161,7 +198,7 @@ LEGAL = {
 @settings(max_examples=400, deadline=None)
 @given(start_with_documents=st.booleans(), sequence=st.lists(events, max_size=25))
 def test_no_sequence_breaks_the_rules(start_with_documents: bool, sequence: list) -> None:
-    job = Job.created(start_with_documents)
+    job = replace(Job.created(start_with_documents), documents=(Document(1), Document(2)))
     for event in sequence:
         was_terminal = job.terminal
         try:
@@ -179,6 +216,15 @@ def test_no_sequence_breaks_the_rules(start_with_documents: bool, sequence: list
             assert not nxt.fetchable, "a started job became fetchable again (would print twice)"
         if nxt.version != job.version:
             assert nxt.reasons, "every state carries at least one reason"
+        for old, new in zip(job.documents, nxt.documents, strict=True):
+            assert old.state == new.state or (old.state, new.state) in DOCUMENT_MOVES or nxt.terminal, \
+                f"document {old.number}: {old.state} -> {new.state} by {event}"
+            assert new.impressions_completed >= old.impressions_completed
+        if isinstance(event, DocumentReport):
+            assert (nxt.state, nxt.reasons) == (job.state, job.reasons), "a document report moved the job"
+            assert job.claimed, "a document moved on a job no device holds"
+        if nxt.terminal:
+            assert all(d.state.terminal for d in nxt.documents), "a job ended with a document still open"
         job = nxt
 
 

@@ -1,6 +1,13 @@
-"""The Document object's states (PWG 5100.5, INFRA's processing-stopped) as pure rules."""
+"""The Document object (PWG 5100.5, INFRA's processing-stopped) as pure rules.
+
+A job's documents are part of the job's model (``Job.documents``): a device's document report
+is one more event on the job (``schemas.model.job.DocumentReport``), applied and versioned with
+the job in one transaction, and when a job ends its unfinished documents end with it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from schemas.enums import DocumentState
 
@@ -17,6 +24,22 @@ _MOVES: dict[DocumentState, frozenset[DocumentState]] = {
 
 class InvalidDocumentTransition(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a job as the model sees it.
+
+    ``output`` marks a document the device makes (scan output): it may complete only once the
+    bytes the device reports are the bytes the service stored (``size``/``sha256``).
+    """
+
+    number: int
+    state: DocumentState = D.PENDING
+    impressions_completed: int = 0
+    output: bool = False
+    size: int | None = None
+    sha256: str | None = None
 
 
 def document_transition(current: DocumentState, new: DocumentState) -> DocumentState:

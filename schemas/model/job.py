@@ -14,13 +14,25 @@ Transitions (RFC 8011 5.3.7, PWG 5108.01 7.2.2):
                                  else processing-to-stop-point until the device confirms
     processing --suspend (its device went offline)--> processing-stopped
     any non-terminal --abort (system: timeout, device rejects, ...)--> aborted
+
+A job's documents are part of it (``Job.documents``): the holding device's document report is
+the ``DocumentReport`` event, which moves one document (schemas.model.document) and bumps the
+job's version without changing the job's state; when the job ends, its unfinished documents
+end with it. Whether a device's report is applied at all (duplicate, stale, ...) is judged by
+schemas.model.reports.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from schemas.enums import JobState, Reason
+from schemas.enums import DocumentState, JobState, Reason
+from schemas.model.document import (
+    Document,
+    InvalidDocumentTransition,
+    document_state_for_job_end,
+    document_transition,
+)
 
 S = JobState
 
@@ -66,6 +78,15 @@ class DeviceReport:
 
 
 @dataclass(frozen=True)
+class DocumentReport:
+    """Update-Document-Status from the device that holds the job: one document moves."""
+
+    number: int
+    state: DocumentState
+    impressions_completed: int = 0
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Cancel-Job from a client or an operator."""
 
@@ -96,7 +117,7 @@ class Suspend:
     message: str | None = None
 
 
-Event = Close | Accept | Reject | DeviceReport | Cancel | Abort | Release | Suspend
+Event = Close | Accept | Reject | DeviceReport | DocumentReport | Cancel | Abort | Release | Suspend
 
 #: States a device may report, from each state the job can be in while the device holds it.
 _DEVICE_MOVES: dict[JobState, frozenset[JobState]] = {
@@ -109,7 +130,7 @@ _DEVICE_MOVES: dict[JobState, frozenset[JobState]] = {
 
 @dataclass(frozen=True)
 class Job:
-    """The model's view of one job: state, reasons, version and claim flags."""
+    """The model's view of one job: state, reasons, version, claim flags and its documents."""
 
     state: JobState = S.PENDING_HELD
     reasons: tuple[str, ...] = (Reason.JOB_INCOMING,)
@@ -120,6 +141,7 @@ class Job:
     impressions_completed: int = 0
     #: True once a device reported processing: such a job is never handed out again in full.
     started: bool = False
+    documents: tuple[Document, ...] = ()
     history: tuple[tuple[JobState, tuple[str, ...]], ...] = field(default=(), compare=False)
 
     @classmethod
@@ -136,8 +158,14 @@ class Job:
     def fetchable(self) -> bool:
         return self.state is S.PENDING and not self.claimed and Reason.JOB_FETCHABLE in self.reasons
 
+    def document(self, number: int) -> Document | None:
+        return next((d for d in self.documents if d.number == number), None)
+
     def _to(self, state: JobState, reasons: tuple[str, ...], message: str | None = None,
             **changes: object) -> Job:
+        if state.terminal:
+            changes["documents"] = tuple(replace(d, state=document_state_for_job_end(d.state, state.value))
+                                         for d in self.documents)
         return replace(self, state=state, reasons=reasons, message=message, version=self.version + 1,
                        history=(*self.history, (state, reasons)), **changes)
 
@@ -163,6 +191,8 @@ class Job:
                 return self._to(S.PENDING, (Reason.JOB_FETCHABLE,), message, claimed=False)
             case DeviceReport():
                 return self._report(event)
+            case DocumentReport():
+                return self._document_report(event)
             case Cancel(reason=reason, message=message):
                 if not self.claimed:
                     return self._to(S.CANCELED, (reason,), message)
@@ -201,6 +231,23 @@ class Job:
         started = self.started or event.state is not S.PENDING
         return self._to(event.state, reasons, event.message,
                         impressions_completed=event.impressions_completed, started=started)
+
+
+    def _document_report(self, event: DocumentReport) -> Job:
+        """A document moves; the job's version moves with it (its state does not)."""
+        if not self.claimed:
+            raise InvalidTransition(self, event, "the job is not claimed")
+        doc = self.document(event.number)
+        if doc is None:
+            raise InvalidTransition(self, event, f"no document {event.number}")
+        try:
+            state = document_transition(doc.state, event.state)
+        except InvalidDocumentTransition as exc:
+            raise InvalidTransition(self, event, str(exc)) from None
+        moved = replace(doc, state=state, impressions_completed=max(doc.impressions_completed,
+                                                                    event.impressions_completed))
+        documents = tuple(moved if d.number == event.number else d for d in self.documents)
+        return replace(self, version=self.version + 1, documents=documents)
 
 
 def _unique(reasons: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,0 +1,159 @@
+"""Device reports judged and applied in one optimistic transaction, on the real DeviceProtocol
+and JobStore (SQLite in tmp_path, no broker): the device's messages go through
+``DeviceProtocol.handle`` exactly as the MQTT adapter hands them over."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cloud_service.clf import ClfLog
+from cloud_service.db import create_schema, make_engine
+from cloud_service.devices import DeviceProtocol
+from cloud_service.objects import LocalObjectStore, UrlSigner
+from cloud_service.store import JobStore
+from schemas.enums import DocumentState, JobState, Reason, ServiceKind
+from schemas.messages import (
+    AcknowledgeJob,
+    Attributes,
+    DocumentStatus,
+    JobStatus,
+    Message,
+    PrintServiceAttributes,
+    Reply,
+    decode_down,
+    encode,
+)
+from schemas.model.job import Cancel
+
+DEVICE = "dev-1"
+
+
+@dataclass
+class Service:
+    store: JobStore
+    devices: DeviceProtocol
+
+    async def send(self, message: Message) -> Reply:
+        """One device message in, its reply out (decoded, as the Manager would read it)."""
+        out = await self.devices.handle(DEVICE, "up", encode(message))
+        replies = [decode_down(encode(m)) for _, m in out]
+        assert len(replies) == 1 and isinstance(replies[0], Reply), replies
+        return replies[0]
+
+    async def claimed_job(self, documents: int = 1) -> int:
+        service = await self.store.service(ServiceKind.PRINT.value, "office")
+        assert service is not None
+        row = await self.store.create_job(kind=ServiceKind.PRINT, service=service, owner="alice", ticket={},
+                                          documents=[{"format": "application/pdf", "size": 10, "sha256": "0" * 64}
+                                                     for _ in range(documents)], with_documents=True)
+        ack = await self.send(AcknowledgeJob(job_id=row.id, version=row.version, accept=True))
+        assert ack.code == "ok" and ack.state is JobState.PENDING and len(ack.documents) == documents
+        return row.id
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[Service]:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
+    await create_schema(engine)
+    store = JobStore(engine)
+    objects = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+    clf = ClfLog(tmp_path / "access.log")
+    svc = Service(store, DeviceProtocol(store, objects, clf, url_ttl=60))
+    reply = await svc.send(Attributes(services=[PrintServiceAttributes(name="office")]))
+    assert reply.ok
+    yield svc
+    clf.close()
+    await engine.dispose()
+
+
+async def test_a_cancel_landing_between_judgement_and_write_makes_the_report_stale(service: Service) -> None:
+    """The race: the device's report is judged current, then a user's cancel commits, then the
+    report's write would land on top of it. The write is conditioned on the judged version, so it
+    fails, the job is read and judged again, and the device is told ``stale`` with the state to
+    adopt (processing-to-stop-point), instead of its report overwriting the cancel."""
+    job_id = await service.claimed_job()
+    store = service.store
+    version = (await store.get_job(job_id)).version
+    real = store.sessions.begin
+    raced = []
+
+    def begin_with_a_cancel_first():  # the report's write transaction opens: a cancel gets there first
+        if not raced and sys._getframe(1).f_code.co_name == "transition":
+            raced.append(True)
+            return _CancelThenBegin(store, job_id, real)
+        return real()
+
+    store.sessions.begin = begin_with_a_cancel_first  # type: ignore[method-assign]
+    report = JobStatus(job_id=job_id, version=version, state=JobState.PROCESSING, impressions_completed=1)
+    reply = await service.send(report)
+    store.sessions.begin = real  # type: ignore[method-assign]
+
+    assert raced, "the write transaction was never opened"
+    assert reply.code == "stale" and not reply.ok
+    assert reply.version == version + 1 and Reason.PROCESSING_TO_STOP_POINT in reply.reasons
+    row = await store.get_job(job_id)
+    assert row.cancel_requested and row.state == JobState.PENDING.value and row.impressions_completed == 0
+    assert report.id not in row.applied_ids
+    # Re-sent on the adopted version, the device's next report applies.
+    again = await service.send(JobStatus(job_id=job_id, version=reply.version, state=JobState.CANCELED))
+    assert again.code == "ok" and again.state is JobState.CANCELED
+
+
+class _CancelThenBegin:
+    """An ``async with sessions.begin()`` that first commits a cancel in a transaction of its own."""
+
+    def __init__(self, store: JobStore, job_id: int, begin: object) -> None:
+        self.store, self.job_id, self.begin = store, job_id, begin
+        self.inner: object = None
+
+    async def __aenter__(self) -> object:
+        self.store.sessions.begin = self.begin  # type: ignore[method-assign]
+        await self.store.transition(self.job_id, Cancel())
+        self.inner = self.begin()  # type: ignore[operator]
+        return await self.inner.__aenter__()  # type: ignore[attr-defined]
+
+    async def __aexit__(self, *exc: object) -> object:
+        return await self.inner.__aexit__(*exc)  # type: ignore[attr-defined]
+
+
+async def test_document_reports_are_job_events(service: Service) -> None:
+    job_id = await service.claimed_job(documents=2)
+    store = service.store
+    v = (await store.get_job(job_id)).version
+    history = await _history(store, job_id)
+    report = DocumentStatus(job_id=job_id, document_number=1, version=v, state=DocumentState.PROCESSING,
+                            impressions_completed=1)
+    first = await service.send(report)
+    assert first.code == "ok" and first.version == v + 1
+    again = await service.send(report)  # the reply was lost; the device sends the same message again
+    assert again.code == "duplicate" and again.ok and again.version == v + 1
+    old = await service.send(report.model_copy(update={"id": DocumentStatus(job_id=1, document_number=1, version=0,
+                                                                            state=DocumentState.PENDING).id}))
+    assert old.code == "stale" and old.version == v + 1
+    second = await service.send(DocumentStatus(job_id=job_id, document_number=2, version=v + 1,
+                                               state=DocumentState.COMPLETED))
+    assert second.code == "ok" and second.version == v + 2
+    back = await service.send(DocumentStatus(job_id=job_id, document_number=2, version=v + 2,
+                                             state=DocumentState.PROCESSING))
+    assert back.code == "invalid-transition" and back.version == v + 2
+    missing = await service.send(DocumentStatus(job_id=job_id, document_number=3, version=v + 2,
+                                                state=DocumentState.PROCESSING))
+    assert missing.code == "not-found"
+    docs = await store.documents(job_id)
+    assert [(d.state, d.impressions_completed) for d in docs] == [("processing", 1), ("completed", 0)]
+    assert await _history(store, job_id) == history, "a document report wrote job history"
+    # The job ends: its unfinished document ends with it, in the same transaction.
+    done = await service.send(JobStatus(job_id=job_id, version=v + 2, state=JobState.ABORTED,
+                                        reasons=["aborted-by-system"]))
+    assert done.code == "ok" and done.state is JobState.ABORTED
+    assert [d.state for d in await store.documents(job_id)] == ["aborted", "completed"]
+
+
+async def _history(store: JobStore, job_id: int) -> list[tuple[str, tuple[str, ...]]]:
+    info = await store.job_info(await store.get_job(job_id), with_history=True)
+    return [(e.state, tuple(e.state_reasons)) for e in info.history]
