@@ -24,8 +24,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from cloud_service.auth import User
 from cloud_service.db import CreditRow, JobRow, QuotaRow, ServicePolicyRow, ServiceRow
-from cloud_service.jobs import JobError, User
+from cloud_service.errors import Refusal
 from cloud_service.store import JobStore
 from schemas.enums import JobState
 
@@ -137,7 +138,7 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
         so_far = await used(store, user.name, service.device_id, service.name, since, exclude_job)
         if so_far + impressions > chosen.impression_limit:
             period = f" in {chosen.period_days:g} days" if chosen.period_days else ""
-            raise JobError(403, "quota-exceeded",
+            raise Refusal(403, "quota-exceeded",
                            f"quota exceeded: this job needs {impressions} impression(s); you have used {so_far} of "
                            f"your {chosen.impression_limit}{period} on {service.name!r}")
     if price:
@@ -148,7 +149,7 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
                 job = await s.get(JobRow, exclude_job)
             left += job_cost(job) if job is not None else 0
         if cost > left:
-            raise JobError(403, "insufficient-balance",
+            raise Refusal(403, "insufficient-balance",
                            f"insufficient balance: this job costs {cost} credit(s) ({impressions} impression(s) at "
                            f"{price}); your balance is {left}")
 
@@ -197,7 +198,7 @@ async def report(store: JobStore, *, user: str | None = None, owner_of: str | No
 
 
 class Admission:
-    """What JobService asks when a job is created and closed: price, quota, retention."""
+    """What JobOperations asks when a job is created and closed: price, quota, retention."""
 
     def __init__(self, store: JobStore, objects: Any, config: Any) -> None:
         self.store = store

@@ -24,7 +24,7 @@ from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
 from cloud_service.http import create_app
 from cloud_service.ipp.front import IppFront
-from cloud_service.jobs import JobService
+from cloud_service.jobs import JobOperations
 from cloud_service.mqtt import MqttAdapter
 from cloud_service.objects import LocalObjectStore, UrlSigner, load_or_create_secret
 from cloud_service.registration import Registry
@@ -85,7 +85,7 @@ class CloudService:
         self.devices = DeviceProtocol(self.store, self.objects, self.clf, cfg.url_ttl)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive)
-        self.jobs = JobService(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
+        self.jobs = JobOperations(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
         # Issue 4 (docs/security.md): audit log, prices/quotas/retention at submit, registration, sweeper.
         self.clock = Clock()
         self.audit = AuditLog(cfg.logs_dir / "security.log")

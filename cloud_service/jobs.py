@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
 
+from cloud_service.auth import User
 from cloud_service.db import JobRow, ServiceRow
+from cloud_service.errors import Refusal
 from cloud_service.objects import ObjectStore, StoredObject
 from cloud_service.store import JobNotFound, JobStore
 from schemas.enums import JobState, Reason, ServiceKind
@@ -29,38 +30,7 @@ log = logging.getLogger("cloudimaging.jobs")
 Notify = Callable[[str, Message], None]
 
 
-class JobError(Exception):
-    """A refusal with an HTTP status and a JSON error code."""
-
-    def __init__(self, status: int, code: str, message: str, attribute: str | None = None,
-                 supported: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.attribute = attribute
-        self.supported = supported
-
-
-@dataclass(frozen=True)
-class User:
-    """Who a request acts for: a person or a service account, with role and groups."""
-
-    name: str
-    role: str
-    groups: tuple[str, ...] = ()
-    kind: str = "person"
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-    @property
-    def may_register_devices(self) -> bool:
-        return self.role in ("admin", "owner")
-
-
-class JobService:
+class JobOperations:
     def __init__(self, store: JobStore, objects: ObjectStore, notify: Notify, max_document_bytes: int) -> None:
         self.store = store
         self.objects = objects
@@ -80,7 +50,7 @@ class JobService:
         if name:
             row = await self.store.service(kind.value, name)
             if row is None:
-                raise JobError(404, "not-found", f"no {kind.value} service named {name!r}")
+                raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
             if user is not None:
                 await check_service(self.store, user, row)
             return row
@@ -89,7 +59,7 @@ class JobService:
             access = await Access.load(self.store, user)
             rows = [(svc, dev, n) for svc, dev, n in rows if access.sees(dev, svc.name)]
         if not rows:
-            raise JobError(404, "not-found", f"no {kind.value} service is registered yet")
+            raise Refusal(404, "not-found", f"no {kind.value} service is registered yet")
         online = [svc for svc, dev, _ in rows if dev.online]
         return (online or [svc for svc, _, _ in rows])[0]
 
@@ -98,7 +68,7 @@ class JobService:
         service = await self.resolve_service(kind, name, user)
         device = await self.store.device(service.device_id)
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
-            raise JobError(409, "service-unavailable",
+            raise Refusal(409, "service-unavailable",
                            f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
         return service
 
@@ -114,7 +84,7 @@ class JobService:
             validate_print_ticket(ticket, caps, document_format)
         except TicketError as exc:
             first: TicketProblem = exc.first
-            raise JobError(400, "unsupported-attribute" if first.supported is not None else "bad-ticket",
+            raise Refusal(400, "unsupported-attribute" if first.supported is not None else "bad-ticket",
                            str(exc), attribute=first.attribute, supported=first.supported) from None
         return ticket.wire()
 
@@ -144,16 +114,16 @@ class JobService:
     async def store_document(self, job_id: int, chunks: AsyncIterator[bytes]) -> StoredObject:
         row = await self.store.get_job(job_id)
         if row.state != JobState.PENDING_HELD.value or "job-incoming" not in row.state_reasons:
-            raise JobError(409, "job-not-incoming", "the job does not accept documents any more")
+            raise Refusal(409, "job-not-incoming", "the job does not accept documents any more")
         doc = (await self.store.documents(job_id))[0]
         if doc.sha256 is not None:  # upload URLs are one-time: a replayed PUT cannot swap the document
-            raise JobError(409, "document-stored", "the document was uploaded already")
+            raise Refusal(409, "document-stored", "the document was uploaded already")
         from cloud_service.objects import ObjectTooLarge
 
         try:
             stored = await self.objects.put_stream(doc.object_key, chunks, self.max_document_bytes)
         except ObjectTooLarge as exc:
-            raise JobError(413, "too-large", str(exc)) from None
+            raise Refusal(413, "too-large", str(exc)) from None
         await self.store.set_document(job_id, doc.number, size=stored.size, sha256=stored.sha256)
         return stored
 
@@ -162,19 +132,19 @@ class JobService:
         row = await self.get(user, job_id)
         docs = await self.store.documents(job_id)
         if any(d.sha256 is None for d in docs):
-            raise JobError(409, "document-missing", "upload the document before closing the job")
+            raise Refusal(409, "document-missing", "upload the document before closing the job")
         service = await self.store.service(row.kind, row.service_name)
         if self.admission is not None and service is not None and row.state == JobState.PENDING_HELD.value:
             try:
                 await self.admission.on_close(user, row, service)
-            except JobError as refusal:
+            except Refusal as refusal:
                 with contextlib.suppress(InvalidTransition):
                     await self.store.transition(job_id, Abort(Reason.ABORTED_BY_SYSTEM, refusal.message))
                 raise
         try:
             result = await self.store.transition(job_id, Close())
         except InvalidTransition as exc:
-            raise JobError(409, "job-not-incoming", str(exc)) from None
+            raise Refusal(409, "job-not-incoming", str(exc)) from None
         row = result.row
         self.notify(row.device_id, JobFetchable(job_id=row.id))
         return row
@@ -185,9 +155,9 @@ class JobService:
         try:
             row = await self.store.get_job(job_id)
         except JobNotFound:
-            raise JobError(404, "not-found", f"no job {job_id}") from None
+            raise Refusal(404, "not-found", f"no job {job_id}") from None
         if not user.is_admin and row.owner != user.name:
-            raise JobError(404, "not-found", f"no job {job_id}")
+            raise Refusal(404, "not-found", f"no job {job_id}")
         return row
 
     async def view(self, user: User, job_id: int) -> tuple[JobRow, bool]:
@@ -199,7 +169,7 @@ class JobService:
         try:
             row = await self.store.get_job(job_id)
         except JobNotFound:
-            raise JobError(404, "not-found", f"no job {job_id}") from None
+            raise Refusal(404, "not-found", f"no job {job_id}") from None
         if user.is_admin or row.owner == user.name:
             return row, True
         device = await self.store.device(row.device_id)
@@ -207,7 +177,7 @@ class JobService:
             return row, False
         if device is not None and (await Access.load(self.store, user)).sees(device, row.service_name):
             return row, False
-        raise JobError(404, "not-found", f"no job {job_id}")
+        raise Refusal(404, "not-found", f"no job {job_id}")
 
     async def cancel(self, user: User, job_id: int) -> JobRow:
         from cloud_service.sharing import owns
@@ -216,13 +186,13 @@ class JobService:
         if not full:
             device = await self.store.device(row.device_id)
             if not owns(user, device):
-                raise JobError(403, "forbidden", f"job {job_id} is not yours to cancel")
+                raise Refusal(403, "forbidden", f"job {job_id} is not yours to cancel")
         if JobState(row.state).terminal:
-            raise JobError(409, "job-ended", f"job {job_id} has already ended ({row.state})")
+            raise Refusal(409, "job-ended", f"job {job_id} has already ended ({row.state})")
         try:
             result = await self.store.transition(job_id, Cancel(message=f"canceled by {user.name}"))
         except InvalidTransition as exc:
-            raise JobError(409, "job-ended", str(exc)) from None
+            raise Refusal(409, "job-ended", str(exc)) from None
         # Tell the device either way: it may hold the ticket of a job it has not claimed yet.
         self.notify(result.row.device_id, JobCanceled(job_id=job_id, version=result.row.version))
         return result.row

@@ -40,10 +40,11 @@ from sqlalchemy import select, update
 
 from broker.pki import Pki, crl_needs_renewal, issue_device_cert, write_crl
 from cloud_service.audit import AuditLog
+from cloud_service.auth import User
 from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import DeviceCertificateRow, DeviceRow, EnrollmentCodeRow, JobRow, ServiceRow
-from cloud_service.jobs import JobError, User
+from cloud_service.errors import Refusal
 from cloud_service.sharing import owned_device, remove_all_shares
 from cloud_service.store import JobStore
 from schemas import topics
@@ -55,7 +56,7 @@ log = logging.getLogger("cloudimaging.registration")
 CODE_BYTES = 20  # 160 bits, shown as 8 groups of 4 base32 characters
 
 
-class EnrollRefused(JobError):
+class EnrollRefused(Refusal):
     """The code is unknown, expired or used: 401, and a security event."""
 
     def __init__(self, message: str) -> None:
@@ -119,12 +120,12 @@ class Registry:
     async def register(self, user: User, device_id: str, owner: str | None = None) -> tuple[DeviceRow, str, float]:
         """Register ``device_id`` for ``owner`` (default: the caller) and issue its first code."""
         if not user.may_register_devices:
-            raise JobError(403, "forbidden", "registering devices needs the owner or admin role")
+            raise Refusal(403, "forbidden", "registering devices needs the owner or admin role")
         if not topics.valid_device_id(device_id):
-            raise JobError(422, "bad-request", "device ids are lowercase letters, digits and '-' (at most 64)",
+            raise Refusal(422, "bad-request", "device ids are lowercase letters, digits and '-' (at most 64)",
                            attribute="device_id")
         if owner is not None and owner != user.name and not user.is_admin:
-            raise JobError(403, "forbidden", "only an admin registers devices for someone else")
+            raise Refusal(403, "forbidden", "only an admin registers devices for someone else")
         owner = owner or user.name
         now = self.clock.now()
         async with self.store.sessions.begin() as s:
@@ -137,9 +138,9 @@ class Registry:
             elif row.owner is None:
                 # Known from a password login before registration existed: an admin's to claim.
                 if not user.is_admin:
-                    raise JobError(409, "exists", f"device {device_id!r} exists; ask an admin to register it")
+                    raise Refusal(409, "exists", f"device {device_id!r} exists; ask an admin to register it")
             elif row.owner != owner:
-                raise JobError(409, "exists", f"device {device_id!r} is registered to someone else")
+                raise Refusal(409, "exists", f"device {device_id!r} is registered to someone else")
             row.owner = owner
             row.registered_at = now
             row.deregistered_at = None
@@ -152,7 +153,7 @@ class Registry:
         if check:
             await owned_device(self.store, user, device_id)
         if not self.can_enroll:
-            raise JobError(503, "enrollment-unavailable", "this service has no CA key to sign device certificates")
+            raise Refusal(503, "enrollment-unavailable", "this service has no CA key to sign device certificates")
         code = new_code()
         now = self.clock.now()
         expires = now + self.config.enrollment_ttl
@@ -201,7 +202,7 @@ class Registry:
         except ValueError as exc:
             self.audit.event("enrollment-refused", outcome="denied", client=client, device=device_id,
                              reason=f"bad CSR: {exc}")
-            raise JobError(400, "bad-csr", f"the CSR cannot be used: {exc}") from None
+            raise Refusal(400, "bad-csr", f"the CSR cannot be used: {exc}") from None
         serial = format(cert.serial_number, "x")
         async with self.store.sessions.begin() as s:
             superseded = await s.execute(update(DeviceCertificateRow).where(

@@ -30,7 +30,8 @@ from schemas.model.ticket import TicketError
 from schemas.tickets import FaxOutCapabilities, ScanCapabilities
 
 if TYPE_CHECKING:
-    from cloud_service.jobs import JobService, User
+    from cloud_service.auth import User
+    from cloud_service.jobs import JobOperations
     from cloud_service.objects import ObjectStore, StoredObject
     from cloud_service.store import JobStore
 
@@ -87,7 +88,7 @@ def ticket_error_fields(exc: TicketError) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- scan jobs
 
 
-async def create_scan_job(jobs: JobService, user: User, service_name: str | None, ticket: dict[str, Any],
+async def create_scan_job(jobs: JobOperations, user: User, service_name: str | None, ticket: dict[str, Any],
                           retention_choice: dict[str, Any] | None = None) -> JobRow:
     """Create a scan job: no input document, so it is fetchable (and its doorbell rung) at once."""
     from sqlalchemy import update
@@ -105,7 +106,7 @@ async def create_scan_job(jobs: JobService, user: User, service_name: str | None
     return row
 
 
-async def _retention_columns(jobs: JobService, service: ServiceRow, choice: dict[str, Any] | None) -> dict:
+async def _retention_columns(jobs: JobOperations, service: ServiceRow, choice: dict[str, Any] | None) -> dict:
     """The job's retention (as for print). Scan output exists to be downloaded after the job
     ends, so ``discard-after-processing`` keeps it for the duration instead."""
     config = getattr(jobs.admission, "config", None)
