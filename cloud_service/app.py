@@ -22,6 +22,7 @@ from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
+from cloud_service.documents import Documents
 from cloud_service.http import create_app
 from cloud_service.ipp.front import IppFront
 from cloud_service.jobs import JobOperations
@@ -82,15 +83,15 @@ class CloudService:
         signer = UrlSigner(load_or_create_secret(cfg.data_dir / "objects.key"), self.url)
         self.objects = LocalObjectStore(cfg.objects_dir, signer)
         self.clf = ClfLog(cfg.logs_dir / "access.log")
-        self.devices = DeviceProtocol(self.store, self.objects, self.clf, cfg.url_ttl)
+        self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl)
+        self.devices = DeviceProtocol(self.store, self.documents, self.clf)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive)
-        self.jobs = JobOperations(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
-        # Issue 4 (docs/security.md): audit log, prices/quotas/retention at submit, registration, sweeper.
+        self.jobs = JobOperations(self.store, self.documents, self.mqtt.publish, Admission(self.store, cfg))
+        # Security (docs/security.md): audit log, registration, retention sweeper.
         self.clock = Clock()
         self.audit = AuditLog(cfg.logs_dir / "security.log")
         self.audit.attach_broker()
-        self.jobs.admission = Admission(self.store, self.objects, cfg)
         self.registry = Registry(self.store, cfg, self.audit, self.clock, self.url)
         self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,

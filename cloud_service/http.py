@@ -31,6 +31,7 @@ from cloud_service.auth import User, authenticate
 from cloud_service.clf import ClfLog
 from cloud_service.config import ServiceConfig
 from cloud_service.devices import DeviceProtocol
+from cloud_service.documents import DocumentKey
 from cloud_service.errors import Refusal
 from cloud_service.http_manage import add_routes
 from cloud_service.jobs import JobOperations
@@ -244,10 +245,8 @@ def create_app(*, store: JobStore, jobs: JobOperations, devices: DeviceProtocol,
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise Refusal(422, "bad-request", f"{where}: {first['msg']}", attribute=where or None) from None
-        if spec.kind is ServiceKind.SCAN:  # no input document: fetchable at once (cloud_service.scanfax)
-            from cloud_service.scanfax import create_scan_job
-
-            row = await create_scan_job(jobs, user, spec.service, spec.ticket, _retention(spec))
+        if spec.kind is ServiceKind.SCAN:  # no input document: fetchable at once
+            row = await jobs.create_scan(user, spec.service, spec.ticket, _retention(spec))
             return OrjsonResponse(await info(row), status_code=201)
         fmt = spec.document_format or spec.ticket.get("document-format") or "application/octet-stream"
         if spec.document_uri is not None:
@@ -269,9 +268,8 @@ def create_app(*, store: JobStore, jobs: JobOperations, devices: DeviceProtocol,
             raise Refusal(422, "bad-request", "give a document: multipart, document_uri, or upload=true")
         row = await jobs.create(user, spec.kind, spec.service, spec.ticket, fmt, spec.document_name, None,
                                 retention=_retention(spec))
-        doc = (await store.documents(row.id))[0]
-        upload_url, _ = objects.presign(doc.object_key, "PUT", max(url_ttl, 3600.0))
-        return OrjsonResponse(await info(row, upload_url), status_code=201)
+        (upload,) = await jobs.documents.urls(row.id, "PUT")
+        return OrjsonResponse(await info(row, upload.url), status_code=201)
 
     async def _create_multipart(request: Request, user: User) -> OrjsonResponse:
         form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
@@ -408,26 +406,20 @@ def create_app(*, store: JobStore, jobs: JobOperations, devices: DeviceProtocol,
                         method="PUT", key=key, reason=str(exc))
             return error_response(403, "bad-signature", str(exc))
         request.scope.setdefault("state", {})["user"] = "presigned"
-        from cloud_service import scanfax
-
-        if scanfax.parse_output_key(key) is not None:  # scan output uploaded by the device
-            try:
-                stored = await scanfax.store_output(store, objects, key, request.stream(), jobs.max_document_bytes)
-            except scanfax.OutputRefused as exc:
-                return error_response(exc.status, exc.code, exc.message)
-            return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "jobs" or not parts[1].isdigit():
+        try:
+            document = DocumentKey.parse(key)
+        except ValueError:
             return error_response(404, "not-found", "no such upload")
-        stored = await jobs.store_document(int(parts[1]), request.stream())
+        stored = await jobs.documents.accept(document, request.stream())  # input document or scan output
         return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
 
     async def _job_ended(key: str) -> bool:
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "jobs" or not parts[1].isdigit():
+        try:
+            document = DocumentKey.parse(key)
+        except ValueError:
             return False
         try:
-            row = await store.get_job(int(parts[1]))
+            row = await store.get_job(document.job_id)
         except JobNotFound:
             return True
         return JobState(row.state).terminal

@@ -343,7 +343,7 @@ class IppFront:
             uuid=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, uri)}", state_enum=status.state.ipp,
             state_reasons=list(status.reasons), state_message=status.message, info=service.info,
             location=service.location, make_and_model=service.make_and_model, queued_jobs=queued,
-            max_kbytes=math.ceil(self.jobs.max_document_bytes / 1024))
+            max_kbytes=math.ceil(self.jobs.documents.max_bytes / 1024))
         return caps, info
 
     async def _get_printer_attributes(self, req: _Request, service: ServiceRow) -> Message:
