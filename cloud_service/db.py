@@ -52,7 +52,7 @@ class DeviceRow(Base):
     last_seen: Mapped[float | None] = mapped_column(Float)
     #: The connection id of the latest "online" presence (see schemas.messages.Presence).
     session: Mapped[str | None] = mapped_column(String(64))
-    #: The id of the last status request the device answered (requirement 11).
+    #: The id of the last status request the device answered (a status request on demand).
     status_re: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     #: Registration (schema 2; NULL for devices that were only ever given a broker password).

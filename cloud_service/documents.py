@@ -30,7 +30,7 @@ MAX_SCAN_DOCUMENTS = 2000
 #: A client uploading a big document over a slow link gets at least this long (seconds).
 MIN_UPLOAD_TTL = 3600.0
 
-_KEY = re.compile(r"^jobs/(0|[1-9][0-9]{0,17})/(doc|scan)-(0|[1-9][0-9]{0,8})$")
+_KEY = re.compile(r"jobs/(0|[1-9][0-9]{0,17})/(doc|scan)-(0|[1-9][0-9]{0,8})")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DocumentKey:
     @classmethod
     def parse(cls, key: str) -> DocumentKey:
         """The key's parts; ValueError for anything this module did not mint."""
-        match = _KEY.match(key)
+        match = _KEY.fullmatch(key)
         if match is None:
             raise ValueError(f"not a document key: {key[:100]!r}")
         return cls(int(match[1]), int(match[3]), match[2] == "scan")

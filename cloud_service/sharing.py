@@ -1,4 +1,4 @@
-"""Who may see and use which service (requirement 3 of issue 4, DESIGN principle 6).
+"""Who may see and use which service: sharing by device owners, least privilege by default.
 
 A service is visible to, and usable by:
 
