@@ -140,8 +140,8 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
         if so_far + impressions > chosen.impression_limit:
             period = f" in {chosen.period_days:g} days" if chosen.period_days else ""
             raise Refusal(403, "quota-exceeded",
-                           f"quota exceeded: this job needs {impressions} impression(s); you have used {so_far} of "
-                           f"your {chosen.impression_limit}{period} on {service.name!r}")
+                          f"quota exceeded: this job needs {impressions} impression(s); you have used {so_far} of "
+                          f"your {chosen.impression_limit}{period} on {service.name!r}")
     if price:
         cost = impressions * price
         left = await balance(store, user.name)
@@ -151,8 +151,8 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
             left += job_cost(job) if job is not None else 0
         if cost > left:
             raise Refusal(403, "insufficient-balance",
-                           f"insufficient balance: this job costs {cost} credit(s) ({impressions} impression(s) at "
-                           f"{price}); your balance is {left}")
+                          f"insufficient balance: this job costs {cost} credit(s) ({impressions} impression(s) at "
+                          f"{price}); your balance is {left}")
 
 
 async def report(store: JobStore, *, user: str | None = None, owner_of: str | None = None,

@@ -105,7 +105,7 @@ class JobOperations:
         device = await self.store.device(service.device_id)
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
             raise Refusal(409, "service-unavailable",
-                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
+                          f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
         return service
 
     def check_ticket(self, service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict:

@@ -133,7 +133,7 @@ class Registry:
             raise Refusal(403, "forbidden", "registering devices needs the owner or admin role")
         if not topics.valid_device_id(device_id):
             raise Refusal(422, "bad-request", "device ids are lowercase letters, digits and '-' (at most 64)",
-                           attribute="device_id")
+                          attribute="device_id")
         if owner is not None and owner != user.name and not user.is_admin:
             raise Refusal(403, "forbidden", "only an admin registers devices for someone else")
         owner = owner or user.name
