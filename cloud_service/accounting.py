@@ -1,4 +1,4 @@
-"""Paid and limited printing (requirement 4 of issue 4): prices, quotas, balances, reports.
+"""Paid and limited printing: prices, quotas, balances, reports; retention at submit.
 
 - A service may have a **price per impression** (in credits, an integer: no rounding) set by
   its device's owner. The price is copied onto each job when it is submitted, so a later
@@ -17,15 +17,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 
-from cloud_service.db import CreditRow, JobRow, QuotaRow, ServicePolicyRow, ServiceRow
-from cloud_service.jobs import JobError, User
+from cloud_service import retention as retention_rules
+from cloud_service.auth import User
+from cloud_service.config import ServiceConfig
+from cloud_service.db import CreditRow, DeviceRow, DocumentRow, JobRow, QuotaRow, ServicePolicyRow, ServiceRow
+from cloud_service.errors import Refusal
 from cloud_service.store import JobStore
 from schemas.enums import JobState
 
@@ -137,9 +139,9 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
         so_far = await used(store, user.name, service.device_id, service.name, since, exclude_job)
         if so_far + impressions > chosen.impression_limit:
             period = f" in {chosen.period_days:g} days" if chosen.period_days else ""
-            raise JobError(403, "quota-exceeded",
-                           f"quota exceeded: this job needs {impressions} impression(s); you have used {so_far} of "
-                           f"your {chosen.impression_limit}{period} on {service.name!r}")
+            raise Refusal(403, "quota-exceeded",
+                          f"quota exceeded: this job needs {impressions} impression(s); you have used {so_far} of "
+                          f"your {chosen.impression_limit}{period} on {service.name!r}")
     if price:
         cost = impressions * price
         left = await balance(store, user.name)
@@ -148,22 +150,9 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
                 job = await s.get(JobRow, exclude_job)
             left += job_cost(job) if job is not None else 0
         if cost > left:
-            raise JobError(403, "insufficient-balance",
-                           f"insufficient balance: this job costs {cost} credit(s) ({impressions} impression(s) at "
-                           f"{price}); your balance is {left}")
-
-
-async def estimate_pages(objects: Any, object_key: str, document_format: str) -> int:
-    """Pages of a stored document, counted the way the Manager's drivers count them."""
-    path_of = getattr(objects, "_path", None)
-    if path_of is None:
-        return 1
-    from schemas.model.pages import count_pages
-
-    try:
-        return await asyncio.to_thread(count_pages, path_of(object_key), document_format)
-    except (OSError, KeyError):
-        return 1
+            raise Refusal(403, "insufficient-balance",
+                          f"insufficient balance: this job costs {cost} credit(s) ({impressions} impression(s) at "
+                          f"{price}); your balance is {left}")
 
 
 async def report(store: JobStore, *, user: str | None = None, owner_of: str | None = None,
@@ -179,8 +168,6 @@ async def report(store: JobStore, *, user: str | None = None, owner_of: str | No
         query = query.where(JobRow.created_at >= since)
     async with store.sessions() as s:
         if owner_of is not None:
-            from cloud_service.db import DeviceRow
-
             owned = select(DeviceRow.id).where(DeviceRow.owner == owner_of)
             query = query.where(JobRow.device_id.in_(owned))
         rows = list(await s.scalars(query))
@@ -197,18 +184,15 @@ async def report(store: JobStore, *, user: str | None = None, owner_of: str | No
 
 
 class Admission:
-    """What JobService asks when a job is created and closed: price, quota, retention."""
+    """What the job operations ask when a job is created and closed: price, quota, retention."""
 
-    def __init__(self, store: JobStore, objects: Any, config: Any) -> None:
+    def __init__(self, store: JobStore, config: ServiceConfig) -> None:
         self.store = store
-        self.objects = objects
         self.config = config
 
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
                         retention: dict[str, Any] | None) -> dict[str, Any]:
         """Column values for the new job; refuses at once if even one page would not fit."""
-        from cloud_service import retention as retention_rules
-
         rules = await policy(self.store, service.device_id, service.name)
         price = rules.price_per_impression if rules is not None else None
         copies = int(ticket.get("copies") or 1)
@@ -217,23 +201,30 @@ class Admission:
         values.update(retention_rules.columns(retention_rules.resolve(self.config, rules, retention)))
         return values
 
-    async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
-        """With the document in, estimate copies x pages and check again (excluding this job)."""
-        from cloud_service.db import DocumentRow
+    async def on_create_scan(self, service: ServiceRow, retention: dict[str, Any] | None) -> dict[str, Any]:
+        """A scan job's retention (as for print). Scan output exists to be downloaded after the
+        job ends, so ``discard-after-processing`` keeps it for the duration instead."""
+        rules = await policy(self.store, service.device_id, service.name)
+        resolved = retention_rules.columns(retention_rules.resolve(self.config, rules, retention))
+        if resolved.get("retention_documents") == "discard-after-processing":
+            resolved["retention_documents"] = "after-duration"
+            resolved["retention_seconds"] = self.config.document_retention_seconds
+        return resolved
 
+    async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
+        """With the document in, estimate copies x pages and check again (excluding this job).
+
+        Pages were counted while the document was stored (cloud_service.documents); a document
+        stored before pages were counted counts as one page.
+        """
         copies = int((row.ticket or {}).get("copies") or 1)
         async with self.store.sessions() as s:
             docs = list(await s.scalars(select(DocumentRow).where(DocumentRow.job_id == row.id)))
             has_rules = await s.scalar(select(func.count()).select_from(QuotaRow).where(
                 QuotaRow.device_id == service.device_id, QuotaRow.service_name == service.name))
         if not has_rules and not row.price:
-            return  # nothing to count against: skip reading the document
-        pages = 0
-        for doc in docs:
-            pages += await estimate_pages(self.objects, doc.object_key, doc.format)
+            return  # nothing to count against
+        pages = sum(doc.pages or 1 for doc in docs)
         estimate = copies * max(pages, 1)
-        async with self.store.sessions.begin() as s:
-            job = await s.get(JobRow, row.id)
-            if job is not None:
-                job.impressions_estimated = estimate
+        await self.store.set_impressions_estimated(row.id, estimate)
         await check(self.store, user, service, estimate, row.price, exclude_job=row.id)

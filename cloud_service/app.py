@@ -7,6 +7,7 @@ database and the object store, so a restart (or a second replica) picks up where
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from broker.pki import ensure_pki
 from cloud_service.accounting import Admission
 from cloud_service.audit import AuditLog
 from cloud_service.auth import create_token
@@ -22,10 +24,11 @@ from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
+from cloud_service.documents import Documents
 from cloud_service.http import create_app
 from cloud_service.ipp.front import IppFront
-from cloud_service.jobs import JobService
-from cloud_service.mqtt import MqttAdapter
+from cloud_service.jobs import JobOperations
+from cloud_service.mqtt import MqttAdapter, take_over_session
 from cloud_service.objects import LocalObjectStore, UrlSigner, load_or_create_secret
 from cloud_service.registration import Registry
 from cloud_service.retention import Sweeper
@@ -65,8 +68,6 @@ class CloudService:
         cfg = self.config
         if cfg.tls_cert and cfg.tls_key and cfg.ca_file:
             return cfg.tls_cert, cfg.tls_key, cfg.ca_file
-        from broker.pki import ensure_pki
-
         pki = ensure_pki(cfg.data_dir / "pki")
         return cfg.tls_cert or pki.server_cert, cfg.tls_key or pki.server_key, cfg.ca_file or pki.ca_cert
 
@@ -82,16 +83,18 @@ class CloudService:
         signer = UrlSigner(load_or_create_secret(cfg.data_dir / "objects.key"), self.url)
         self.objects = LocalObjectStore(cfg.objects_dir, signer)
         self.clf = ClfLog(cfg.logs_dir / "access.log")
-        self.devices = DeviceProtocol(self.store, self.objects, self.clf, cfg.url_ttl)
+        self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl)
+        self.devices = DeviceProtocol(self.store, self.documents, self.clf)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive)
-        self.jobs = JobService(self.store, self.objects, self.mqtt.publish, cfg.max_document_bytes)
-        # Issue 4 (docs/security.md): audit log, prices/quotas/retention at submit, registration, sweeper.
+        self.jobs = JobOperations(self.store, self.documents, self.mqtt.publish, Admission(self.store, cfg))
+        # Security (docs/security.md): audit log, registration, retention sweeper.
         self.clock = Clock()
         self.audit = AuditLog(cfg.logs_dir / "security.log")
         self.audit.attach_broker()
-        self.jobs.admission = Admission(self.store, self.objects, cfg)
-        self.registry = Registry(self.store, cfg, self.audit, self.clock, self.url)
+        self.registry = Registry(self.store, cfg, self.audit, self.clock, self.url,
+                                 functools.partial(take_over_session, cfg.device_broker_url or cfg.broker_url,
+                                                   cfg.ca_file))
         self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
                                                                   cfg.step_timeout, cfg.redeliver_after),

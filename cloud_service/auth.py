@@ -12,12 +12,31 @@ import hashlib
 import re
 import secrets
 import time
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
 from cloud_service.db import TokenRow, UserRow
-from cloud_service.jobs import User
 from cloud_service.store import JobStore
+
+
+@dataclass(frozen=True)
+class User:
+    """Who a request acts for: a person or a service account, with role and groups."""
+
+    name: str
+    role: str
+    groups: tuple[str, ...] = ()
+    kind: str = "person"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def may_register_devices(self) -> bool:
+        return self.role in ("admin", "owner")
+
 
 ROLES = ("admin", "owner", "user")
 USER_KINDS = ("person", "service-account")

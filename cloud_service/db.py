@@ -6,6 +6,8 @@ Nothing here is SQLite-specific: JSON columns, integer keys, no raw SQL. Concurr
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -18,12 +20,16 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    inspect,
+    select,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: 2: users, sharing, registration, enrollment, certificates, policies, quotas, credits (issue 4).
-SCHEMA_VERSION = 2
+#: 2: users, sharing, registration, enrollment, certificates, policies, quotas, credits.
+#: 3: documents.pages (counted while the bytes stream in).
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -46,7 +52,7 @@ class DeviceRow(Base):
     last_seen: Mapped[float | None] = mapped_column(Float)
     #: The connection id of the latest "online" presence (see schemas.messages.Presence).
     session: Mapped[str | None] = mapped_column(String(64))
-    #: The id of the last status request the device answered (requirement 11).
+    #: The id of the last status request the device answered (a status request on demand).
     status_re: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     #: Registration (schema 2; NULL for devices that were only ever given a broker password).
@@ -130,6 +136,9 @@ class DocumentRow(Base):
     object_key: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(24))
     impressions_completed: Mapped[int] = mapped_column(Integer, default=0)
+    #: Schema 3: pages counted while the bytes were stored (schemas.model.pages.PageCounter), so
+    #: quotas and prices never read a document twice; NULL for documents stored before.
+    pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class JobEventRow(Base):
@@ -143,6 +152,17 @@ class JobEventRow(Base):
     state: Mapped[str] = mapped_column(String(24))
     state_reasons: Mapped[list[str]] = mapped_column(JSON)
     message: Mapped[str | None] = mapped_column(Text)
+
+
+class JobDestinationsRow(Base):
+    """The latest ``destination-statuses`` of a fax job (one row per job, a JSON list)."""
+
+    __tablename__ = "job_destinations"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    statuses: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
+    #: The job version the statuses were reported with (newest report wins).
+    version: Mapped[int] = mapped_column(Integer)
 
 
 class TokenRow(Base):
@@ -277,8 +297,6 @@ def make_engine(url: str) -> AsyncEngine:
 
 async def create_schema(engine: AsyncEngine) -> None:
     """Create missing tables; refuse a database written by a newer schema."""
-    from sqlalchemy import select
-
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         await conn.run_sync(_add_missing_columns)
@@ -304,8 +322,6 @@ def _add_missing_columns(conn) -> None:  # type: ignore[no-untyped-def]
     Columns added after a table first shipped are all nullable, so ``ALTER TABLE ... ADD
     COLUMN`` works on SQLite and PostgreSQL alike and old rows read as NULL.
     """
-    from sqlalchemy import inspect, text
-
     inspector = inspect(conn)
     existing_tables = set(inspector.get_table_names())
     for table in Base.metadata.sorted_tables:

@@ -19,10 +19,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from cloud_service import scanfax  # noqa: F401 (defines the job_destinations table before create_schema)
 from cloud_service.clf import ClfLog
 from cloud_service.db import JobRow
-from cloud_service.objects import ObjectStore
+from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents
 from cloud_service.store import JobNotFound, JobStore
 from schemas import topics
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind, ServiceState
@@ -50,6 +49,7 @@ from schemas.messages import (
 from schemas.model.job import Abort, InvalidTransition, Release
 from schemas.model.reports import Report, judge
 from schemas.model.service import ServiceStatus, effective_status
+from schemas.text import _KEYWORD
 from schemas.tickets import ticket_model
 
 log = logging.getLogger("cloudimaging.devices")
@@ -61,11 +61,10 @@ LAST_SEEN_EVERY = 10.0
 
 
 class DeviceProtocol:
-    def __init__(self, store: JobStore, objects: ObjectStore, clf: ClfLog, url_ttl: float) -> None:
+    def __init__(self, store: JobStore, documents: Documents, clf: ClfLog) -> None:
         self.store = store
-        self.objects = objects
+        self.documents = documents
         self.clf = clf
-        self.url_ttl = url_ttl
         #: Called with (device_id, online) so the HTTP side can react; optional.
         self.on_presence: Callable[[str, bool], Awaitable[None]] | None = None
         #: device id -> monotonic time this replica last recorded it online.
@@ -252,15 +251,10 @@ class DeviceProtocol:
         return [(device_id, reply)]
 
     async def _document_urls(self, row: JobRow, number: int | None = None) -> list[DocumentAccess]:
-        out = []
-        for doc in await self.store.documents(row.id):
-            if number is not None and doc.number != number:
-                continue
-            url, expires = self.objects.presign(doc.object_key, "GET", self.url_ttl)
-            out.append(DocumentAccess(document_number=doc.number, url=url, expires_at=expires,
-                                      size=doc.size or 0, sha256=doc.sha256 or "0" * 64,
-                                      document_format=doc.format, document_name=doc.name))
-        return out
+        return [DocumentAccess(document_number=u.document.number, url=u.url, expires_at=u.expires_at,
+                               size=u.document.size or 0, sha256=u.document.sha256 or "0" * 64,
+                               document_format=u.document.format, document_name=u.document.name)
+                for u in await self.documents.urls(row.id, "GET", number)]
 
     async def _apply_report(self, device_id: str, msg: Report,
                             extra: dict | None = None) -> tuple[JobRow, str, str | None, bool] | Reply:
@@ -311,17 +305,13 @@ class DeviceProtocol:
             return [(device_id, result)]
         row, code, text, ok = result
         if code == "ok" and msg.destination_statuses is not None and row.kind == ServiceKind.FAXOUT.value:
-            from cloud_service.scanfax import save_destination_statuses
-
-            await save_destination_statuses(self.store, row.id, row.version,
-                                            [d.wire() for d in msg.destination_statuses])
+            await self.store.save_destination_statuses(row.id, row.version,
+                                                       [d.wire() for d in msg.destination_statuses])
             self.store.feed.notify(row.id)
         return [(device_id, self._current(msg, row, code, text, ok))]
 
     async def _request_upload(self, device_id: str, msg: RequestUpload) -> Outgoing:
         """Scan output: a presigned PUT URL for one output document (made on first request)."""
-        from cloud_service.scanfax import MAX_SCAN_DOCUMENTS, output_slot
-
         row = await self._own_job(device_id, msg, msg.job_id)
         if isinstance(row, Reply):
             return [(device_id, row)]
@@ -331,11 +321,12 @@ class DeviceProtocol:
             return [(device_id, self._current(msg, row, "not-fetchable", "the job is not yours to scan now"))]
         if msg.document_number > MAX_SCAN_DOCUMENTS:
             return [(device_id, self._current(msg, row, "bad-request", "too many output documents"))]
-        doc = await output_slot(self.store, row, msg.document_number, msg.document_format, msg.document_name)
+        doc = await self.documents.add_output(row, msg.document_number, msg.document_format, msg.document_name)
         if doc.state == DocumentState.COMPLETED.value:
             return [(device_id, self._current(msg, row, "duplicate", "the document is complete", ok=True))]
-        url, expires = self.objects.presign(doc.object_key, "PUT", self.url_ttl)
-        upload = UploadAccess(document_number=doc.number, url=url, expires_at=expires, document_format=doc.format)
+        (put,) = await self.documents.urls(row.id, "PUT", doc.number)
+        upload = UploadAccess(document_number=doc.number, url=put.url, expires_at=put.expires_at,
+                              document_format=doc.format)
         return [(device_id, self._current(msg, row, "ok", ok=True).model_copy(update={"uploads": [upload]}))]
 
     async def _transition(self, job_id: int, event: object, message_id: str | None = None,
@@ -357,8 +348,6 @@ class DeviceProtocol:
 
 
 def _is_keyword(value: str) -> bool:
-    from schemas.text import _KEYWORD
-
     return bool(_KEYWORD.match(value))
 
 

@@ -1,6 +1,6 @@
 """The HTTP bridge (FastAPI over TLS): what clients use, plus presigned object transfers.
 
-Thin by design: each route authenticates, calls JobService, and turns JobError into a JSON
+Thin by design: each route authenticates, calls JobOperations, and turns Refusal into a JSON
 error ``{"error": {"code", "message", "attribute"?, "supported"?}}`` with the right status.
 """
 
@@ -27,12 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_service import retention
 from cloud_service.audit import AuditLog
-from cloud_service.auth import authenticate
+from cloud_service.auth import User, authenticate
 from cloud_service.clf import ClfLog
 from cloud_service.config import ServiceConfig
 from cloud_service.devices import DeviceProtocol
+from cloud_service.documents import DocumentKey
+from cloud_service.errors import Refusal
 from cloud_service.http_manage import add_routes
-from cloud_service.jobs import JobError, JobService, User
+from cloud_service.jobs import JobOperations
 from cloud_service.objects import BadSignature, LocalObjectStore
 from cloud_service.registration import Registry
 from cloud_service.sharing import Access
@@ -91,7 +93,7 @@ def error_response(status: int, code: str, message: str, attribute: str | None =
     return OrjsonResponse({"error": body}, status_code=status, headers=headers)
 
 
-def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, objects: LocalObjectStore,
+def create_app(*, store: JobStore, jobs: JobOperations, devices: DeviceProtocol, objects: LocalObjectStore,
                clf: ClfLog, url_ttl: float, allow_insecure_document_uri: bool = False,
                ca_file: str | None = None, ipp_base: Callable[[], str] | None = None,
                request_status: Callable[[str], Awaitable[bool]] | None = None,
@@ -104,8 +106,8 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
     audit = audit or AuditLog(clf.path.parent / "security.log")
     config = config or ServiceConfig()
 
-    @app.exception_handler(JobError)
-    async def _job_error(request: Request, exc: JobError) -> OrjsonResponse:
+    @app.exception_handler(Refusal)
+    async def _job_error(request: Request, exc: Refusal) -> OrjsonResponse:
         if exc.status == 403:
             audit.event("access-denied", outcome="denied", actor=request.scope.get("state", {}).get("user"),
                         client=request.client.host if request.client else None, method=request.method,
@@ -130,13 +132,13 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
         if scheme.lower() != "bearer" or not token:
             audit.event("auth-failed", outcome="denied", client=client, method=request.method,
                         path=request.url.path, reason="no bearer token")
-            raise JobError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
+            raise Refusal(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
         user = await authenticate(store, token.strip())
         if user is None:
             # The token is not logged, not even in part: only that one failed, from where.
             audit.event("auth-failed", outcome="denied", client=client, method=request.method,
                         path=request.url.path, reason="invalid, expired or revoked token")
-            raise JobError(401, "unauthorized", "invalid or revoked token")
+            raise Refusal(401, "unauthorized", "invalid or revoked token")
         request.scope.setdefault("state", {})["user"] = user.name
         return user
 
@@ -189,7 +191,7 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
     async def get_service(kind: ServiceKind, name: str, user: User = Depends(current_user)) -> ServiceInfo:
         found = await service_info(kind.value, name, user=user)
         if not found:
-            raise JobError(404, "not-found", f"no {kind.value} service named {name!r}")
+            raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
         return found[0]
 
     @app.post(f"{API_PREFIX}/services/{{kind}}/{{name}}/validate", tags=["services"])
@@ -205,7 +207,7 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
         the device is then marked unreachable (its services show stopped, offline-report)."""
         service = await jobs.resolve_service(kind, name, user)
         if request_status is None or not await request_status(service.device_id):
-            raise JobError(504, "device-unreachable", f"the device of {name!r} did not answer a status request")
+            raise Refusal(504, "device-unreachable", f"the device of {name!r} did not answer a status request")
         return (await service_info(kind.value, name))[0]
 
     # ------------------------------------------------------------------ jobs
@@ -242,11 +244,9 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise JobError(422, "bad-request", f"{where}: {first['msg']}", attribute=where or None) from None
-        if spec.kind is ServiceKind.SCAN:  # no input document: fetchable at once (cloud_service.scanfax)
-            from cloud_service.scanfax import create_scan_job
-
-            row = await create_scan_job(jobs, user, spec.service, spec.ticket, _retention(spec))
+            raise Refusal(422, "bad-request", f"{where}: {first['msg']}", attribute=where or None) from None
+        if spec.kind is ServiceKind.SCAN:  # no input document: fetchable at once
+            row = await jobs.create_scan(user, spec.service, spec.ticket, _retention(spec))
             return OrjsonResponse(await info(row), status_code=201)
         fmt = spec.document_format or spec.ticket.get("document-format") or "application/octet-stream"
         if spec.document_uri is not None:
@@ -256,21 +256,20 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
                                     retention=_retention(spec))
             try:
                 await jobs.store_document(row.id, chunks)
-            except JobError:
+            except Refusal:
                 await jobs.cancel(User("system", "admin"), row.id)
                 raise
             except (httpx.HTTPError, OSError, ValueError) as exc:
                 await jobs.cancel(User("system", "admin"), row.id)
-                raise JobError(400, "document-uri-failed", f"could not fetch document-uri: {exc}") from None
+                raise Refusal(400, "document-uri-failed", f"could not fetch document-uri: {exc}") from None
             row = await jobs.close(user, row.id)
             return OrjsonResponse(await info(row), status_code=201)
         if not spec.upload:
-            raise JobError(422, "bad-request", "give a document: multipart, document_uri, or upload=true")
+            raise Refusal(422, "bad-request", "give a document: multipart, document_uri, or upload=true")
         row = await jobs.create(user, spec.kind, spec.service, spec.ticket, fmt, spec.document_name, None,
                                 retention=_retention(spec))
-        doc = (await store.documents(row.id))[0]
-        upload_url, _ = objects.presign(doc.object_key, "PUT", max(url_ttl, 3600.0))
-        return OrjsonResponse(await info(row, upload_url), status_code=201)
+        (upload,) = await jobs.documents.urls(row.id, "PUT")
+        return OrjsonResponse(await info(row, upload.url), status_code=201)
 
     async def _create_multipart(request: Request, user: User) -> OrjsonResponse:
         form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
@@ -279,7 +278,7 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
             spec = JobCreate.model_validate_json(raw_job if isinstance(raw_job, str) else "{}")
             upload = form.get("document")
             if upload is None or isinstance(upload, str):
-                raise JobError(422, "bad-request", "multipart needs a 'document' file part")
+                raise Refusal(422, "bad-request", "multipart needs a 'document' file part")
             fmt = (spec.document_format or spec.ticket.get("document-format") or upload.content_type
                    or "application/octet-stream")
 
@@ -292,7 +291,7 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise JobError(422, "bad-request", f"job.{where}: {first['msg']}") from None
+            raise Refusal(422, "bad-request", f"job.{where}: {first['msg']}") from None
         finally:
             await form.close()
         return OrjsonResponse(await info(row), status_code=201)
@@ -332,11 +331,11 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
         """A job's document, for the job's owner or an admin only (others: 403 or 404)."""
         row, full = await jobs.view(user, job_id)
         if not full or (row.owner != user.name and not user.is_admin):
-            raise JobError(403, "forbidden", f"job {job_id} is not yours")
+            raise Refusal(403, "forbidden", f"job {job_id} is not yours")
         doc = next((d for d in await store.documents(job_id) if d.number == number), None)
         size = await objects.size(doc.object_key) if doc is not None else None
         if doc is None or size is None:
-            raise JobError(404, "not-found", f"job {job_id} has no document {number} (any more)")
+            raise Refusal(404, "not-found", f"job {job_id} has no document {number} (any more)")
         return StreamingResponse(objects.read_stream(doc.object_key), media_type=doc.format,
                                  headers={"Content-Length": str(size), "Cache-Control": "no-store"})
 
@@ -407,26 +406,20 @@ def create_app(*, store: JobStore, jobs: JobService, devices: DeviceProtocol, ob
                         method="PUT", key=key, reason=str(exc))
             return error_response(403, "bad-signature", str(exc))
         request.scope.setdefault("state", {})["user"] = "presigned"
-        from cloud_service import scanfax
-
-        if scanfax.parse_output_key(key) is not None:  # scan output uploaded by the device
-            try:
-                stored = await scanfax.store_output(store, objects, key, request.stream(), jobs.max_document_bytes)
-            except scanfax.OutputRefused as exc:
-                return error_response(exc.status, exc.code, exc.message)
-            return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "jobs" or not parts[1].isdigit():
+        try:
+            document = DocumentKey.parse(key)
+        except ValueError:
             return error_response(404, "not-found", "no such upload")
-        stored = await jobs.store_document(int(parts[1]), request.stream())
+        stored = await jobs.documents.accept(document, request.stream())  # input document or scan output
         return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
 
     async def _job_ended(key: str) -> bool:
-        parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "jobs" or not parts[1].isdigit():
+        try:
+            document = DocumentKey.parse(key)
+        except ValueError:
             return False
         try:
-            row = await store.get_job(int(parts[1]))
+            row = await store.get_job(document.job_id)
         except JobNotFound:
             return True
         return JobState(row.state).terminal

@@ -19,6 +19,7 @@ from cloud_service import accounting, sharing, users
 from cloud_service.audit import AuditLog
 from cloud_service.auth import (
     TokenNotFound,
+    User,
     check_user_name,
     create_token,
     find_token,
@@ -27,7 +28,8 @@ from cloud_service.auth import (
     token_id,
 )
 from cloud_service.db import DeviceRow, ServiceRow, TokenRow
-from cloud_service.jobs import JobError, JobService, User
+from cloud_service.errors import Refusal
+from cloud_service.jobs import JobOperations
 from cloud_service.registration import Registry
 from cloud_service.store import JobStore
 from schemas.api import API_PREFIX
@@ -112,13 +114,13 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user: CurrentUser,
+def add_routes(app: FastAPI, *, store: JobStore, jobs: JobOperations, current_user: CurrentUser,
                audit: AuditLog, registry: Registry | None) -> None:
     """Add the management routes to ``app``."""
 
     def require_admin(user: User, request: Request) -> None:
         if not user.is_admin:
-            raise JobError(403, "forbidden", "this needs the admin role")
+            raise Refusal(403, "forbidden", "this needs the admin role")
 
     async def service_of(user: User, kind: ServiceKind, name: str) -> tuple[ServiceRow, DeviceRow]:
         """The service if the caller owns its device (or is admin); 403 if they only use it."""
@@ -128,7 +130,7 @@ def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user:
 
     def need_registry() -> Registry:
         if registry is None:
-            raise JobError(503, "unavailable", "device registration is not configured")
+            raise Refusal(503, "unavailable", "device registration is not configured")
         return registry
 
     # ------------------------------------------------------------------ me, users, tokens
@@ -200,7 +202,7 @@ def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user:
             try:
                 check_user_name(owner)
             except ValueError as exc:
-                raise JobError(422, "bad-request", str(exc), attribute="user") from None
+                raise Refusal(422, "bad-request", str(exc), attribute="user") from None
             target = await users.get_user(store, owner)
             role = target.role
         else:
@@ -216,9 +218,9 @@ def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user:
         try:
             row = await find_token(store, tid)
         except TokenNotFound:
-            raise JobError(404, "not-found", f"no token {tid!r}") from None
+            raise Refusal(404, "not-found", f"no token {tid!r}") from None
         if row.user != user.name and not user.is_admin:
-            raise JobError(404, "not-found", f"no token {tid!r}")
+            raise Refusal(404, "not-found", f"no token {tid!r}")
         row = await revoke_token(store, tid)
         audit.event("token-revoked", actor=user.name, client=_client(request), user=row.user, token_id=tid)
         return _token_json(row)
@@ -237,7 +239,7 @@ def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user:
             try:
                 check_user_name(body.owner)
             except ValueError as exc:
-                raise JobError(422, "bad-request", str(exc), attribute="owner") from None
+                raise Refusal(422, "bad-request", str(exc), attribute="owner") from None
         device, code, expires = await reg.register(user, body.device_id, body.owner)
         return {"device": await reg.describe(device), "enrollment_code": code, "code_expires_at": expires}
 
@@ -279,7 +281,7 @@ def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user:
     async def _add_share(user: User, device_id: str, body: ShareCreate, request: Request) -> dict:
         given = [k for k, v in (("user", body.user), ("group", body.group), ("everyone", body.everyone)) if v]
         if len(given) != 1:
-            raise JobError(422, "bad-request", "share with exactly one of user, group or everyone")
+            raise Refusal(422, "bad-request", "share with exactly one of user, group or everyone")
         kind = given[0]
         principal = body.user or body.group or sharing.EVERYONE
         share = await sharing.add_share(store, device_id, body.service, kind, principal, user.name)
@@ -345,7 +347,7 @@ def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user:
             try:
                 check_user_name(who)
             except ValueError as exc:
-                raise JobError(422, "bad-request", str(exc), attribute="user") from None
+                raise Refusal(422, "bad-request", str(exc), attribute="user") from None
         await accounting.set_quota(store, device.id, service.name, who, body.impression_limit, body.period_days,
                                    user.name)
         audit.event("quota-set", actor=user.name, client=_client(request), device=device.id, service=service.name,
@@ -377,7 +379,7 @@ def add_routes(app: FastAPI, *, store: JobStore, jobs: JobService, current_user:
                 rows += [r for r in mine if (r["user"], r["service"]) not in seen]
         else:
             if user_name not in (None, user.name):
-                raise JobError(403, "forbidden", "users see their own accounting only")
+                raise Refusal(403, "forbidden", "users see their own accounting only")
             rows = await accounting.report(store, user=user.name, service=service, since=since)
         return {"accounting": rows}
 

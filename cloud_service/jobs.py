@@ -1,8 +1,13 @@
-"""The client side of the Cloud Print Service: create, close, cancel, validate, read jobs.
+"""The client side of the Cloud Print, Scan and FaxOut services: create, close, cancel,
+validate and read jobs.
 
-Transport-free like devices.py: the HTTP bridge calls these, and they call a ``Notify``
+Transport-free like devices.py: the HTTP and IPP fronts call these, and they call a ``Notify``
 callable to ring a device's doorbell. The doorbell is only a hint: a device that misses it
 finds the job in the ``sync`` answer to its next hello.
+
+Scan and fax jobs are ordinary jobs (same table, state machine, versions, cancel and access
+control). A scan job has no input document, so it is fetchable as soon as it is created; its
+output documents are made by the device (cloud_service.documents).
 """
 
 from __future__ import annotations
@@ -10,77 +15,78 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import update
-
+from cloud_service.auth import User
 from cloud_service.db import JobRow, ServiceRow
-from cloud_service.objects import ObjectStore, StoredObject
+from cloud_service.documents import DocumentKey, Documents
+from cloud_service.errors import Refusal
+from cloud_service.objects import StoredObject
+from cloud_service.sharing import Access, check_service, owns
 from cloud_service.store import JobNotFound, JobStore
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
+from schemas.model.fax import parse_fax_ticket, validate_fax_ticket
 from schemas.model.job import Abort, Cancel, Close, InvalidTransition
+from schemas.model.scan import parse_scan_ticket, validate_scan_ticket
 from schemas.model.ticket import TicketError, TicketProblem, parse_print_ticket, validate_print_ticket
-from schemas.tickets import PrintCapabilities
+from schemas.tickets import FaxOutCapabilities, PrintCapabilities, ScanCapabilities
 
 log = logging.getLogger("cloudimaging.jobs")
 
 Notify = Callable[[str, Message], None]
 
 
-class JobError(Exception):
-    """A refusal with an HTTP status and a JSON error code."""
+class Admission(Protocol):
+    """Price, quota and retention decisions at submit (cloud_service.accounting.Admission)."""
 
-    def __init__(self, status: int, code: str, message: str, attribute: str | None = None,
-                 supported: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.attribute = attribute
-        self.supported = supported
+    async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
+                        retention: dict[str, Any] | None) -> dict[str, Any]:
+        """The job row's admission and retention columns; Refusal if the job may not start."""
+        ...
 
+    async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
+        """Check again with the documents in; Refusal if the job may not run."""
+        ...
 
-@dataclass(frozen=True)
-class User:
-    """Who a request acts for: a person or a service account, with role and groups."""
-
-    name: str
-    role: str
-    groups: tuple[str, ...] = ()
-    kind: str = "person"
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-    @property
-    def may_register_devices(self) -> bool:
-        return self.role in ("admin", "owner")
+    async def on_create_scan(self, service: ServiceRow, retention: dict[str, Any] | None) -> dict[str, Any]:
+        """The retention columns of a scan job."""
+        ...
 
 
-class JobService:
-    def __init__(self, store: JobStore, objects: ObjectStore, notify: Notify, max_document_bytes: int) -> None:
+def _validated(service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict[str, Any]:
+    """The IPP-named ticket of ``raw`` if the service supports it (TicketError if not)."""
+    if service.kind == ServiceKind.SCAN.value:
+        scan = parse_scan_ticket(raw)
+        validate_scan_ticket(scan, ScanCapabilities.model_validate(service.capabilities))
+        return scan.wire()
+    if service.kind == ServiceKind.FAXOUT.value:
+        fax = parse_fax_ticket(raw)
+        validate_fax_ticket(fax, FaxOutCapabilities.model_validate(service.capabilities), document_format)
+        return fax.wire()
+    ticket = parse_print_ticket(raw)
+    validate_print_ticket(ticket, PrintCapabilities.model_validate(service.capabilities), document_format)
+    return ticket.wire()
+
+
+class JobOperations:
+    """Job operations on behalf of users (PWG Create-Job, Close-Job, Cancel-Job, Get-Job...)."""
+
+    def __init__(self, store: JobStore, documents: Documents, notify: Notify, admission: Admission) -> None:
         self.store = store
-        self.objects = objects
+        self.documents = documents
         self.notify = notify
-        self.max_document_bytes = max_document_bytes
-        #: Price, quota and retention decisions at submit (cloud_service.accounting.Admission);
-        #: None: free, unlimited, service defaults.
-        self.admission: Any = None
+        self.admission = admission
 
     # ------------------------------------------------------------------ services and tickets
 
     async def resolve_service(self, kind: ServiceKind, name: str | None, user: User | None = None) -> ServiceRow:
         """The service to use; with ``user``, only among the services shared with them (others
         read as missing). Without a name: the first online one, else the first one."""
-        from cloud_service.sharing import Access, check_service
-
         if name:
             row = await self.store.service(kind.value, name)
             if row is None:
-                raise JobError(404, "not-found", f"no {kind.value} service named {name!r}")
+                raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
             if user is not None:
                 await check_service(self.store, user, row)
             return row
@@ -89,7 +95,7 @@ class JobService:
             access = await Access.load(self.store, user)
             rows = [(svc, dev, n) for svc, dev, n in rows if access.sees(dev, svc.name)]
         if not rows:
-            raise JobError(404, "not-found", f"no {kind.value} service is registered yet")
+            raise Refusal(404, "not-found", f"no {kind.value} service is registered yet")
         online = [svc for svc, dev, _ in rows if dev.online]
         return (online or [svc for svc, _, _ in rows])[0]
 
@@ -98,25 +104,18 @@ class JobService:
         service = await self.resolve_service(kind, name, user)
         device = await self.store.device(service.device_id)
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
-            raise JobError(409, "service-unavailable",
-                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
+            raise Refusal(409, "service-unavailable",
+                          f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
         return service
 
     def check_ticket(self, service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict:
         """Validate against the service's capabilities; return the IPP-named ticket to store."""
         try:
-            if service.kind != ServiceKind.PRINT.value:  # scan and faxout: cloud_service.scanfax
-                from cloud_service.scanfax import check_ticket
-
-                return check_ticket(service, raw, document_format)
-            ticket = parse_print_ticket(raw)
-            caps = PrintCapabilities.model_validate(service.capabilities)
-            validate_print_ticket(ticket, caps, document_format)
+            return _validated(service, raw, document_format)
         except TicketError as exc:
             first: TicketProblem = exc.first
-            raise JobError(400, "unsupported-attribute" if first.supported is not None else "bad-ticket",
-                           str(exc), attribute=first.attribute, supported=first.supported) from None
-        return ticket.wire()
+            raise Refusal(400, "unsupported-attribute" if first.supported is not None else "bad-ticket",
+                          str(exc), attribute=first.attribute, supported=first.supported) from None
 
     # ------------------------------------------------------------------ creating jobs
 
@@ -128,53 +127,49 @@ class JobService:
         service = await self.usable_service(user, kind, service_name)
         stored_ticket = self.check_ticket(service, ticket, document_format)
         stored_ticket.pop("document-format", None)
-        admitted = await self.admission.on_create(user, service, stored_ticket, retention) if self.admission else {}
+        admitted = await self.admission.on_create(user, service, stored_ticket, retention)
         doc = {"name": document_name, "format": document_format}
         row = await self.store.create_job(kind=kind, service=service, owner=user.name, ticket=stored_ticket,
-                                          documents=[doc], with_documents=False)
-        if admitted:
-            async with self.store.sessions.begin() as s:
-                await s.execute(update(JobRow).where(JobRow.id == row.id).values(**admitted))
-            row = await self.store.get_job(row.id)
+                                          documents=[doc], with_documents=False, key_for=DocumentKey.input_key,
+                                          columns=admitted)
         if chunks is not None:
             await self.store_document(row.id, chunks)
             row = await self.close(user, row.id)
         return row
 
-    async def store_document(self, job_id: int, chunks: AsyncIterator[bytes]) -> StoredObject:
-        row = await self.store.get_job(job_id)
-        if row.state != JobState.PENDING_HELD.value or "job-incoming" not in row.state_reasons:
-            raise JobError(409, "job-not-incoming", "the job does not accept documents any more")
-        doc = (await self.store.documents(job_id))[0]
-        if doc.sha256 is not None:  # upload URLs are one-time: a replayed PUT cannot swap the document
-            raise JobError(409, "document-stored", "the document was uploaded already")
-        from cloud_service.objects import ObjectTooLarge
+    async def create_scan(self, user: User, service_name: str | None, ticket: dict[str, Any],
+                          retention: dict[str, Any] | None = None) -> JobRow:
+        """Create a scan job: no input document, so it is fetchable (and its doorbell rung) at once."""
+        service = await self.usable_service(user, ServiceKind.SCAN, service_name)
+        stored = self.check_ticket(service, ticket, None)
+        columns = await self.admission.on_create_scan(service, retention)
+        row = await self.store.create_job(kind=ServiceKind.SCAN, service=service, owner=user.name, ticket=stored,
+                                          documents=[], with_documents=True, columns=columns)
+        self.notify(row.device_id, JobFetchable(job_id=row.id))
+        return row
 
-        try:
-            stored = await self.objects.put_stream(doc.object_key, chunks, self.max_document_bytes)
-        except ObjectTooLarge as exc:
-            raise JobError(413, "too-large", str(exc)) from None
-        await self.store.set_document(job_id, doc.number, size=stored.size, sha256=stored.sha256)
-        return stored
+    async def store_document(self, job_id: int, chunks: AsyncIterator[bytes]) -> StoredObject:
+        """Take the bytes of the job's (one) input document (cloud_service.documents)."""
+        return await self.documents.accept(DocumentKey(job_id, 1), chunks)
 
     async def close(self, user: User, job_id: int) -> JobRow:
         """Close-Job: all documents are in; ring the device's doorbell."""
         row = await self.get(user, job_id)
         docs = await self.store.documents(job_id)
         if any(d.sha256 is None for d in docs):
-            raise JobError(409, "document-missing", "upload the document before closing the job")
+            raise Refusal(409, "document-missing", "upload the document before closing the job")
         service = await self.store.service(row.kind, row.service_name)
-        if self.admission is not None and service is not None and row.state == JobState.PENDING_HELD.value:
+        if service is not None and row.state == JobState.PENDING_HELD.value:
             try:
                 await self.admission.on_close(user, row, service)
-            except JobError as refusal:
+            except Refusal as refusal:
                 with contextlib.suppress(InvalidTransition):
                     await self.store.transition(job_id, Abort(Reason.ABORTED_BY_SYSTEM, refusal.message))
                 raise
         try:
             result = await self.store.transition(job_id, Close())
         except InvalidTransition as exc:
-            raise JobError(409, "job-not-incoming", str(exc)) from None
+            raise Refusal(409, "job-not-incoming", str(exc)) from None
         row = result.row
         self.notify(row.device_id, JobFetchable(job_id=row.id))
         return row
@@ -185,21 +180,19 @@ class JobService:
         try:
             row = await self.store.get_job(job_id)
         except JobNotFound:
-            raise JobError(404, "not-found", f"no job {job_id}") from None
+            raise Refusal(404, "not-found", f"no job {job_id}") from None
         if not user.is_admin and row.owner != user.name:
-            raise JobError(404, "not-found", f"no job {job_id}")
+            raise Refusal(404, "not-found", f"no job {job_id}")
         return row
 
     async def view(self, user: User, job_id: int) -> tuple[JobRow, bool]:
         """(job, full): full for its owner, an admin or the owner of its device; a job of someone
         else on a service the user may use is returned with full=False (show it redacted);
         any other job is "not found"."""
-        from cloud_service.sharing import Access, owns
-
         try:
             row = await self.store.get_job(job_id)
         except JobNotFound:
-            raise JobError(404, "not-found", f"no job {job_id}") from None
+            raise Refusal(404, "not-found", f"no job {job_id}") from None
         if user.is_admin or row.owner == user.name:
             return row, True
         device = await self.store.device(row.device_id)
@@ -207,22 +200,20 @@ class JobService:
             return row, False
         if device is not None and (await Access.load(self.store, user)).sees(device, row.service_name):
             return row, False
-        raise JobError(404, "not-found", f"no job {job_id}")
+        raise Refusal(404, "not-found", f"no job {job_id}")
 
     async def cancel(self, user: User, job_id: int) -> JobRow:
-        from cloud_service.sharing import owns
-
         row, full = await self.view(user, job_id)
         if not full:
             device = await self.store.device(row.device_id)
             if not owns(user, device):
-                raise JobError(403, "forbidden", f"job {job_id} is not yours to cancel")
+                raise Refusal(403, "forbidden", f"job {job_id} is not yours to cancel")
         if JobState(row.state).terminal:
-            raise JobError(409, "job-ended", f"job {job_id} has already ended ({row.state})")
+            raise Refusal(409, "job-ended", f"job {job_id} has already ended ({row.state})")
         try:
             result = await self.store.transition(job_id, Cancel(message=f"canceled by {user.name}"))
         except InvalidTransition as exc:
-            raise JobError(409, "job-ended", str(exc)) from None
+            raise Refusal(409, "job-ended", str(exc)) from None
         # Tell the device either way: it may hold the ticket of a job it has not claimed yet.
         self.notify(result.row.device_id, JobCanceled(job_id=job_id, version=result.row.version))
         return result.row

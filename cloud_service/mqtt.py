@@ -1,4 +1,5 @@
-"""The MQTT adapter of the Cloud Service (paho-mqtt 2.x): broker session, in and out.
+"""The Cloud Service's only MQTT client module (paho-mqtt 2.x): the broker session, in and
+out, and the one-shot session take-over that disconnects a revoked device from Mosquitto.
 
 paho runs its network loop in its own thread; received messages are handed to asyncio
 workers at once (never blocking paho's callbacks, which would delay PUBACKs and keepalives).
@@ -11,11 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import tempfile
+import threading
 import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_service.clf import ClfLog
@@ -140,3 +146,37 @@ def _put(queue: asyncio.Queue[tuple[str, str, bytes]], item: tuple[str, str, byt
         queue.put_nowait(item)
     except asyncio.QueueFull:
         log.error("inbound queue full; dropped a message from %s (it will resync)", item[0])
+
+
+def take_over_session(broker_url: str, ca_file: Path | None, device_id: str, cert: x509.Certificate,
+                      key: ec.EllipticCurvePrivateKey) -> None:
+    """Connect once to the mTLS listener as ``device_id`` (blocking) and leave at once.
+
+    Mosquitto keeps a revoked device's live connection when it rereads its CRL, but closes
+    an older connection when another one comes with the same client id: this is that other
+    one (cloud_service.registration makes the throw-away certificate).
+    """
+    url = urlsplit(broker_url)
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    with tempfile.TemporaryDirectory() as tmp:  # ssl loads keys from files only; 0700 dir, deleted at once
+        cert_path, key_path = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        key_path.chmod(0o600)
+        context.load_cert_chain(cert_path, key_path)
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=True,
+                         protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+    client.tls_set_context(context)
+    client.on_connect = lambda *_: done.set()
+    client.on_disconnect = lambda *_: done.set()
+    try:
+        client.connect(url.hostname or "127.0.0.1", url.port or 8883, keepalive=10)
+        client.loop_start()
+        done.wait(10)
+    except OSError as exc:
+        log.warning("could not take over the connection of %s: %s", device_id, exc)
+    finally:
+        client.disconnect()
+        client.loop_stop()

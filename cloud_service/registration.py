@@ -1,4 +1,4 @@
-"""Device registration, enrollment and revocation (requirement 2 of issue 4).
+"""Device registration, enrollment and revocation (PWG Cloud Imaging Model: device registration).
 
 1. An owner (or admin) registers a device id and gets a one-time enrollment code, valid for
    ``enrollment_ttl`` (15 minutes by default), stored only as its SHA-256.
@@ -17,7 +17,8 @@ file and closes affected connections within a fraction of a second, in or out of
 Mosquitto rereads both on SIGHUP (``broker_reload_command``) but keeps live connections, so
 the service also takes the device's connection over: it connects to the mTLS listener once
 with a throw-away certificate for that device id (key in memory, valid two minutes, revoked
-right after); Mosquitto closes the older connection with the same client id.
+right after); Mosquitto closes the older connection with the same client id. The connection
+itself is made by cloud_service.mqtt (``take_over_session``), given to the ``Registry``.
 """
 
 from __future__ import annotations
@@ -28,22 +29,26 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-import ssl
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import select, update
 
+from broker.credentials import shared_store
 from broker.pki import Pki, crl_needs_renewal, issue_device_cert, write_crl
 from cloud_service.audit import AuditLog
+from cloud_service.auth import User
 from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import DeviceCertificateRow, DeviceRow, EnrollmentCodeRow, JobRow, ServiceRow
-from cloud_service.jobs import JobError, User
+from cloud_service.errors import Refusal
 from cloud_service.sharing import owned_device, remove_all_shares
 from cloud_service.store import JobStore
 from schemas import topics
@@ -52,10 +57,14 @@ from schemas.model.job import Abort, InvalidTransition
 
 log = logging.getLogger("cloudimaging.registration")
 
+#: ``take_over_session(device_id, certificate, private_key)``: connect as the device once, so
+#: Mosquitto drops its older connection (cloud_service.mqtt.take_over_session).
+TakeOver = Callable[[str, x509.Certificate, ec.EllipticCurvePrivateKey], None]
+
 CODE_BYTES = 20  # 160 bits, shown as 8 groups of 4 base32 characters
 
 
-class EnrollRefused(JobError):
+class EnrollRefused(Refusal):
     """The code is unknown, expired or used: 401, and a security event."""
 
     def __init__(self, message: str) -> None:
@@ -91,8 +100,10 @@ class Registry:
     """Registration, enrollment and revocation over the store, the CA and the broker."""
 
     def __init__(self, store: JobStore, config: ServiceConfig, audit: AuditLog, clock: Clock,
-                 service_url: str) -> None:
+                 service_url: str, take_over_session: TakeOver) -> None:
         self.store = store
+        #: Connects to the broker once as the device (blocking; run in a thread).
+        self.take_over_session = take_over_session
         self.config = config
         self.audit = audit
         self.clock = clock
@@ -119,30 +130,26 @@ class Registry:
     async def register(self, user: User, device_id: str, owner: str | None = None) -> tuple[DeviceRow, str, float]:
         """Register ``device_id`` for ``owner`` (default: the caller) and issue its first code."""
         if not user.may_register_devices:
-            raise JobError(403, "forbidden", "registering devices needs the owner or admin role")
+            raise Refusal(403, "forbidden", "registering devices needs the owner or admin role")
         if not topics.valid_device_id(device_id):
-            raise JobError(422, "bad-request", "device ids are lowercase letters, digits and '-' (at most 64)",
-                           attribute="device_id")
+            raise Refusal(422, "bad-request", "device ids are lowercase letters, digits and '-' (at most 64)",
+                          attribute="device_id")
         if owner is not None and owner != user.name and not user.is_admin:
-            raise JobError(403, "forbidden", "only an admin registers devices for someone else")
+            raise Refusal(403, "forbidden", "only an admin registers devices for someone else")
         owner = owner or user.name
-        now = self.clock.now()
-        async with self.store.sessions.begin() as s:
-            row = await s.get(DeviceRow, device_id)
-            if row is None:
-                row = DeviceRow(id=device_id, online=False, created_at=now)
-                s.add(row)
-            elif row.deregistered_at is not None:
-                pass  # a deregistered id may be registered afresh (its old shares are gone)
-            elif row.owner is None:
+
+        def may_register(row: DeviceRow | None) -> None:
+            if row is None or row.deregistered_at is not None:
+                return  # new, or deregistered (its old shares are gone): registered afresh
+            if row.owner is None:
                 # Known from a password login before registration existed: an admin's to claim.
                 if not user.is_admin:
-                    raise JobError(409, "exists", f"device {device_id!r} exists; ask an admin to register it")
+                    raise Refusal(409, "exists", f"device {device_id!r} exists; ask an admin to register it")
             elif row.owner != owner:
-                raise JobError(409, "exists", f"device {device_id!r} is registered to someone else")
-            row.owner = owner
-            row.registered_at = now
-            row.deregistered_at = None
+                raise Refusal(409, "exists", f"device {device_id!r} is registered to someone else")
+
+        await self.store.set_device(device_id, check=may_register, owner=owner, registered_at=self.clock.now(),
+                                    deregistered_at=None)
         self.audit.event("device-registered", actor=user.name, device=device_id, owner=owner)
         code, expires = await self.issue_code(user, device_id, check=False)
         return await self._device(device_id), code, expires
@@ -152,7 +159,7 @@ class Registry:
         if check:
             await owned_device(self.store, user, device_id)
         if not self.can_enroll:
-            raise JobError(503, "enrollment-unavailable", "this service has no CA key to sign device certificates")
+            raise Refusal(503, "enrollment-unavailable", "this service has no CA key to sign device certificates")
         code = new_code()
         now = self.clock.now()
         expires = now + self.config.enrollment_ttl
@@ -201,7 +208,7 @@ class Registry:
         except ValueError as exc:
             self.audit.event("enrollment-refused", outcome="denied", client=client, device=device_id,
                              reason=f"bad CSR: {exc}")
-            raise JobError(400, "bad-csr", f"the CSR cannot be used: {exc}") from None
+            raise Refusal(400, "bad-csr", f"the CSR cannot be used: {exc}") from None
         serial = format(cert.serial_number, "x")
         async with self.store.sessions.begin() as s:
             superseded = await s.execute(update(DeviceCertificateRow).where(
@@ -209,8 +216,7 @@ class Registry:
                 .values(revoked_at=now, revoke_reason="superseded"))
             s.add(DeviceCertificateRow(serial=serial, device_id=device_id, issued_at=now,
                                        not_after=cert.not_valid_after_utc.timestamp()))
-            await s.execute(update(DeviceRow).where(DeviceRow.id == device_id)
-                            .values(auth="certificate", revoked_at=None))
+        await self.store.set_device(device_id, auth="certificate", revoked_at=None)
         # From now on the certificate is the device's only credential: a broker password it
         # may have had (from before enrollment) is removed, and older certificates revoked.
         removed_password = await asyncio.to_thread(self._remove_password, device_id)
@@ -220,8 +226,6 @@ class Registry:
             await self._reload_broker()
         self.audit.event("device-enrolled", client=client, device=device_id, serial=serial,
                          superseded=int(superseded.rowcount or 0))
-        from cryptography.hazmat.primitives import serialization
-
         return {"device_id": device_id,
                 "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
                 "ca_certificate": self._trust_bundle(),
@@ -247,13 +251,13 @@ class Registry:
             revoked = await s.execute(update(DeviceCertificateRow).where(
                 DeviceCertificateRow.device_id == device_id, DeviceCertificateRow.revoked_at.is_(None))
                 .values(revoked_at=now, revoke_reason=reason[:64]))
-            values: dict[str, Any] = {"revoked_at": now}
-            if deregister:
-                values["deregistered_at"] = now
-            await s.execute(update(DeviceRow).where(DeviceRow.id == device_id).values(**values))
             await s.execute(update(EnrollmentCodeRow).where(EnrollmentCodeRow.device_id == device_id,
                                                             EnrollmentCodeRow.used_at.is_(None))
                             .values(used_at=now))
+        values: dict[str, Any] = {"revoked_at": now}
+        if deregister:
+            values["deregistered_at"] = now
+        await self.store.set_device(device_id, **values)
         if deregister:
             await remove_all_shares(self.store, device_id)
         removed_password = await asyncio.to_thread(self._remove_password, device_id)
@@ -275,8 +279,6 @@ class Registry:
     def _remove_password(self, device_id: str) -> bool:
         if self.config.broker_password_file is None:
             return False
-        from broker.credentials import shared_store
-
         return shared_store(self.config.broker_password_file).remove(device_id)
 
     async def publish_crl(self, reload: bool = True, extra: tuple[tuple[int, dt.datetime], ...] = ()) -> None:
@@ -312,53 +314,16 @@ class Registry:
         """Close a Mosquitto connection of ``device_id`` by connecting as it (see module doc)."""
         if not self.can_enroll:
             return
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
                .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
         cert = await asyncio.to_thread(issue_device_cert, self.pki, csr, device_id, dt.timedelta(minutes=2))
         try:
-            await asyncio.to_thread(self._connect_once, device_id, cert, key)
+            await asyncio.to_thread(self.take_over_session, device_id, cert, key)
         finally:
             # The throw-away certificate is revoked at once as well.
             await self.publish_crl(reload=True, extra=((cert.serial_number, dt.datetime.now(dt.UTC)),))
-
-    def _connect_once(self, device_id: str, cert: Any, key: Any) -> None:
-        import tempfile
-
-        import paho.mqtt.client as mqtt
-        from cryptography.hazmat.primitives import serialization
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        url = urlsplit(self.device_broker_url)
-        context = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
-        with tempfile.TemporaryDirectory() as tmp:  # ssl loads keys from files only; 0700 dir, deleted at once
-            cert_path, key_path = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
-            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
-            key_path.chmod(0o600)
-            context.load_cert_chain(cert_path, key_path)
-        done = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=True,
-                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
-        client.tls_set_context(context)
-        client.on_connect = lambda *_: done.set()
-        client.on_disconnect = lambda *_: done.set()
-        try:
-            client.connect(url.hostname or "127.0.0.1", url.port or 8883, keepalive=10)
-            client.loop_start()
-            done.wait(10)
-        except OSError as exc:
-            log.warning("could not take over the connection of %s: %s", device_id, exc)
-        finally:
-            client.disconnect()
-            client.loop_stop()
 
     async def _end_jobs(self, device_id: str, message: str) -> list[int]:
         terminal = [s.value for s in JobState if s.terminal]

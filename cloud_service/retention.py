@@ -24,11 +24,11 @@ import contextlib
 import logging
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 
 from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
-from cloud_service.db import DocumentRow, JobEventRow, JobRow, ServicePolicyRow
+from cloud_service.db import JobRow, ServicePolicyRow
 from cloud_service.objects import ObjectStore
 from cloud_service.store import JobStore
 from schemas.enums import JobState
@@ -103,17 +103,13 @@ class Sweeper:
         for doc in await self.store.documents(row.id):
             with contextlib.suppress(KeyError, OSError):
                 await self.objects.delete(doc.object_key)
-        async with self.store.sessions.begin() as s:
-            await s.execute(update(JobRow).where(JobRow.id == row.id).values(documents_discarded_at=now))
+        await self.store.mark_documents_discarded(row.id, now)
 
     async def _delete_job(self, row: JobRow) -> None:
         for doc in await self.store.documents(row.id):
             with contextlib.suppress(KeyError, OSError):
                 await self.objects.delete(doc.object_key)
-        async with self.store.sessions.begin() as s:
-            await s.execute(delete(JobEventRow).where(JobEventRow.job_id == row.id))
-            await s.execute(delete(DocumentRow).where(DocumentRow.job_id == row.id))
-            await s.execute(delete(JobRow).where(JobRow.id == row.id))
+        await self.store.delete_job(row.id)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="retention-sweeper")

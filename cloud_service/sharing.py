@@ -1,4 +1,4 @@
-"""Who may see and use which service (requirement 3 of issue 4, DESIGN principle 6).
+"""Who may see and use which service: sharing by device owners, least privilege by default.
 
 A service is visible to, and usable by:
 
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
+from cloud_service.auth import User
 from cloud_service.db import DeviceRow, ServiceRow, ShareRow
-from cloud_service.jobs import JobError, User
+from cloud_service.errors import Refusal
 from cloud_service.store import JobStore
 
 PRINCIPAL_KINDS = ("user", "group", "everyone")
@@ -101,7 +102,7 @@ async def check_service(store: JobStore, user: User, service: ServiceRow) -> Dev
     device = await store.device(service.device_id)
     access = await Access.load(store, user)
     if device is None or not access.sees(device, service.name):
-        raise JobError(404, "not-found", f"no {service.kind} service named {service.name!r}")
+        raise Refusal(404, "not-found", f"no {service.kind} service named {service.name!r}")
     return device
 
 
@@ -109,15 +110,15 @@ async def owned_device(store: JobStore, user: User, device_id: str) -> DeviceRow
     """The device if ``user`` owns it (or is admin); 404 if they cannot see it, 403 if they only use it."""
     device = await store.device(device_id)
     if device is None or (device.deregistered_at is not None and not user.is_admin):
-        raise JobError(404, "not-found", f"no device {device_id!r}")
+        raise Refusal(404, "not-found", f"no device {device_id!r}")
     if owns(user, device):
         return device
     access = await Access.load(store, user)
     async with store.sessions() as s:
         names = list(await s.scalars(select(ServiceRow.name).where(ServiceRow.device_id == device_id)))
     if any(access.sees(device, name) for name in names or [ALL_SERVICES]):
-        raise JobError(403, "forbidden", f"only the owner of {device_id!r} or an admin may do this")
-    raise JobError(404, "not-found", f"no device {device_id!r}")
+        raise Refusal(403, "forbidden", f"only the owner of {device_id!r} or an admin may do this")
+    raise Refusal(404, "not-found", f"no device {device_id!r}")
 
 
 # ---------------------------------------------------------------------------------- shares
@@ -131,11 +132,11 @@ async def list_shares(store: JobStore, device_id: str) -> list[Share]:
 
 async def add_share(store: JobStore, device_id: str, service: str, kind: str, principal: str, by: str) -> Share:
     if kind not in PRINCIPAL_KINDS:
-        raise JobError(422, "bad-request", f"share with one of {', '.join(PRINCIPAL_KINDS)}", attribute="kind")
+        raise Refusal(422, "bad-request", f"share with one of {', '.join(PRINCIPAL_KINDS)}", attribute="kind")
     if kind == "everyone":
         principal = EVERYONE
     elif not principal or principal == EVERYONE or len(principal) > 255:
-        raise JobError(422, "bad-request", f"name the {kind} to share with", attribute="principal")
+        raise Refusal(422, "bad-request", f"name the {kind} to share with", attribute="principal")
     async with store.sessions.begin() as s:
         existing = await s.scalar(select(ShareRow).where(
             ShareRow.device_id == device_id, ShareRow.service_name == service, ShareRow.principal_kind == kind,
@@ -153,7 +154,7 @@ async def remove_share(store: JobStore, device_id: str, share_id: int) -> None:
     async with store.sessions.begin() as s:
         result = await s.execute(delete(ShareRow).where(ShareRow.device_id == device_id, ShareRow.id == share_id))
     if not result.rowcount:
-        raise JobError(404, "not-found", f"no share {share_id} on device {device_id!r}")
+        raise Refusal(404, "not-found", f"no share {share_id} on device {device_id!r}")
 
 
 async def remove_all_shares(store: JobStore, device_id: str) -> None:

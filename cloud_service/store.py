@@ -1,5 +1,8 @@
 """Job store: rows <-> the sans-IO core, with optimistic concurrency on ``jobs.version``.
 
+The only writer of the jobs, documents, devices and services tables (and of a fax job's
+destination statuses): other modules read rows freely but change them through here.
+
 Every change to a job goes through ``JobStore.transition``: load the row, rebuild the core
 ``Job``, apply the event, write back ``WHERE version = old``; if another writer (another
 replica, another handler) got there first, reload and try again. So the database stays the
@@ -14,11 +17,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from cloud_service.db import DeviceRow, DocumentRow, JobEventRow, JobRow, ServiceRow
+from cloud_service.db import DeviceRow, DocumentRow, JobDestinationsRow, JobEventRow, JobRow, ServiceRow
 from schemas.api import DocumentInfo, JobEvent, JobInfo
 from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.model.document import Document
@@ -31,6 +35,10 @@ APPLIED_IDS_KEPT = 16
 
 class JobNotFound(Exception):
     pass
+
+
+#: Formats the object key of document ``number`` of job ``job_id`` (cloud_service.documents).
+KeyFor = Callable[[int, int], str]
 
 
 class ConcurrentUpdate(Exception):
@@ -87,15 +95,6 @@ class ChangeFeed:
                     del self._waiters[job_id]
 
 
-async def _destinations(store: JobStore, row: JobRow) -> list[dict] | None:
-    """A fax job's destination-statuses (cloud_service.scanfax); None for other kinds."""
-    if row.kind != ServiceKind.FAXOUT.value:
-        return None
-    from cloud_service.scanfax import destination_statuses
-
-    return await destination_statuses(store, row)
-
-
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -105,8 +104,15 @@ class JobStore:
     # ------------------------------------------------------------------ jobs
 
     async def create_job(self, *, kind: ServiceKind, service: ServiceRow, owner: str, ticket: dict,
-                         documents: list[dict], with_documents: bool) -> JobRow:
-        """Insert a job and its documents; the job is fetchable at once if documents are in."""
+                         documents: list[dict], with_documents: bool, key_for: KeyFor | None = None,
+                         columns: dict | None = None) -> JobRow:
+        """Insert a job and its documents; the job is fetchable at once if documents are in.
+
+        ``columns``: the admission and retention columns decided at submit, written with the
+        row. ``key_for`` names each document's object once the job has its id.
+        """
+        if documents and key_for is None:
+            raise ValueError("documents need key_for to name their objects")
         core = Job.created(with_documents)
         now = time.time()
         async with self.sessions.begin() as s:
@@ -115,13 +121,14 @@ class JobStore:
                          state=core.state.value, state_reasons=list(core.reasons), state_message=None,
                          version=core.version, claimed=False, cancel_requested=False, started=False,
                          impressions_completed=0, ticket=ticket, applied_ids=[], created_at=now,
-                         updated_at=now, completed_at=None)
+                         updated_at=now, completed_at=None, **(columns or {}))
             s.add(row)
             await s.flush()
             for number, doc in enumerate(documents, start=1):
+                assert key_for is not None
                 s.add(DocumentRow(job_id=row.id, number=number, name=doc.get("name"), format=doc["format"],
                                   size=doc.get("size"), sha256=doc.get("sha256"),
-                                  object_key=doc.get("object_key") or f"jobs/{row.id}/doc-{number}",
+                                  object_key=key_for(row.id, number),
                                   state=DocumentState.PENDING.value, impressions_completed=0))
             s.add(JobEventRow(job_id=row.id, version=core.version, at=now, state=core.state.value,
                               state_reasons=list(core.reasons), message=None))
@@ -139,6 +146,18 @@ class JobStore:
             result = await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id)
                                      .order_by(DocumentRow.number))
             return list(result)
+
+    async def add_document(self, job_id: int, number: int, *, name: str | None, document_format: str,
+                           object_key: str) -> DocumentRow:
+        """Document ``number`` of a job, added if it is not there yet (idempotent)."""
+        async with self.sessions.begin() as s:
+            row = await s.get(DocumentRow, (job_id, number))
+            if row is None:
+                row = DocumentRow(job_id=job_id, number=number, name=name, format=document_format, size=None,
+                                  sha256=None, object_key=object_key, state=DocumentState.PENDING.value,
+                                  impressions_completed=0)
+                s.add(row)
+        return row
 
     async def set_document(self, job_id: int, number: int, **values: object) -> None:
         async with self.sessions.begin() as s:
@@ -209,6 +228,48 @@ class JobStore:
             return Transition(before, after, row)
         raise ConcurrentUpdate(f"job {job_id} changed {attempts} times while updating it")
 
+    async def set_impressions_estimated(self, job_id: int, estimate: int) -> None:
+        """What a job counts against quotas until its device reports (cloud_service.accounting)."""
+        async with self.sessions.begin() as s:
+            await s.execute(update(JobRow).where(JobRow.id == job_id).values(impressions_estimated=estimate))
+
+    async def mark_documents_discarded(self, job_id: int, at: float) -> None:
+        async with self.sessions.begin() as s:
+            await s.execute(update(JobRow).where(JobRow.id == job_id).values(documents_discarded_at=at))
+
+    async def delete_job(self, job_id: int) -> None:
+        """Forget a job: its row, documents, history and destination statuses (not its bytes)."""
+        async with self.sessions.begin() as s:
+            await s.execute(delete(JobEventRow).where(JobEventRow.job_id == job_id))
+            await s.execute(delete(DocumentRow).where(DocumentRow.job_id == job_id))
+            await s.execute(delete(JobDestinationsRow).where(JobDestinationsRow.job_id == job_id))
+            await s.execute(delete(JobRow).where(JobRow.id == job_id))
+
+    # ------------------------------------------------------------------ fax destinations
+
+    async def save_destination_statuses(self, job_id: int, version: int, statuses: list[dict[str, Any]]) -> None:
+        """A fax job's ``destination-statuses`` (PWG 5100.15) as reported; the newest report wins."""
+        async with self.sessions.begin() as s:
+            row = await s.get(JobDestinationsRow, job_id)
+            if row is None:
+                s.add(JobDestinationsRow(job_id=job_id, statuses=statuses, updated_at=time.time(), version=version))
+            elif version >= row.version:
+                row.statuses, row.updated_at, row.version = statuses, time.time(), version
+
+    async def destination_statuses(self, job: JobRow) -> list[dict[str, Any]] | None:
+        """What clients see: the device's latest report, else every destination still pending;
+        None for jobs other than faxes."""
+        if job.kind != ServiceKind.FAXOUT.value:
+            return None
+        async with self.sessions() as s:
+            row = await s.get(JobDestinationsRow, job.id)
+        if row is not None:
+            return list(row.statuses)
+        status = "canceled" if job.state == JobState.CANCELED.value else (
+            "aborted" if job.state == JobState.ABORTED.value else "pending")
+        return [{"destination-uri": d.get("destination-uri"), "images-completed": 0, "transmission-status": status}
+                for d in (job.ticket or {}).get("destination-uris", [])]
+
     async def list_jobs(self, *, owner: str | None, include_ended: bool, kind: str | None = None,
                         service: str | None = None, limit: int = 500) -> list[JobRow]:
         query = select(JobRow).order_by(JobRow.id.desc()).limit(limit)
@@ -267,7 +328,7 @@ class JobStore:
                                                sha256=d.sha256, state=DocumentState(d.state),
                                                impressions_completed=d.impressions_completed)
                                   for d in docs],
-                       history=history, destination_statuses=await _destinations(self, row))
+                       history=history, destination_statuses=await self.destination_statuses(row))
 
     # ------------------------------------------------------------------ devices and services
 
@@ -275,9 +336,13 @@ class JobStore:
         async with self.sessions() as s:
             return await s.get(DeviceRow, device_id)
 
-    async def set_device(self, device_id: str, **values: object) -> None:
+    async def set_device(self, device_id: str, check: Callable[[DeviceRow | None], None] | None = None,
+                         **values: object) -> None:
+        """Create or update a device row; ``check(row)`` may refuse (raise) inside the transaction."""
         async with self.sessions.begin() as s:
             row = await s.get(DeviceRow, device_id)
+            if check is not None:
+                check(row)
             if row is None:
                 s.add(DeviceRow(id=device_id, created_at=time.time(), **values))
             else:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from cloud_service.auth import ROLES, USER_KINDS, check_user_name, revoke_user_tokens
 from cloud_service.db import UserRow
-from cloud_service.jobs import JobError
+from cloud_service.errors import Refusal
 from cloud_service.store import JobStore
 
 GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -46,7 +46,7 @@ def _groups(groups: list[str] | None) -> list[str]:
     out = []
     for group in groups or []:
         if not GROUP_RE.match(group):
-            raise JobError(422, "bad-request", f"invalid group name {group!r}", attribute="groups")
+            raise Refusal(422, "bad-request", f"invalid group name {group!r}", attribute="groups")
         out.append(group)
     return sorted(set(out))
 
@@ -55,13 +55,13 @@ def _check(name: str, kind: str, role: str) -> None:
     try:
         check_user_name(name)
     except ValueError as exc:
-        raise JobError(422, "bad-request", str(exc), attribute="name") from None
+        raise Refusal(422, "bad-request", str(exc), attribute="name") from None
     if kind not in USER_KINDS:
-        raise JobError(422, "bad-request", f"kind must be one of {', '.join(USER_KINDS)}", attribute="kind")
+        raise Refusal(422, "bad-request", f"kind must be one of {', '.join(USER_KINDS)}", attribute="kind")
     if role not in ROLES:
-        raise JobError(422, "bad-request", f"role must be one of {', '.join(ROLES)}", attribute="role")
+        raise Refusal(422, "bad-request", f"role must be one of {', '.join(ROLES)}", attribute="role")
     if kind == "service-account" and role == "admin":
-        raise JobError(422, "bad-request", "a service account cannot be an admin", attribute="role")
+        raise Refusal(422, "bad-request", "a service account cannot be an admin", attribute="role")
 
 
 async def create_user(store: JobStore, name: str, *, kind: str = "person", role: str = "user",
@@ -69,7 +69,7 @@ async def create_user(store: JobStore, name: str, *, kind: str = "person", role:
     _check(name, kind, role)
     async with store.sessions.begin() as s:
         if await s.get(UserRow, name) is not None:
-            raise JobError(409, "exists", f"user {name!r} exists already")
+            raise Refusal(409, "exists", f"user {name!r} exists already")
         row = UserRow(name=name, kind=kind, role=role, groups=_groups(groups), created_at=time.time(),
                       created_by=by, disabled=False)
         s.add(row)
@@ -80,7 +80,7 @@ async def get_user(store: JobStore, name: str) -> UserInfo:
     async with store.sessions() as s:
         row = await s.get(UserRow, name)
     if row is None:
-        raise JobError(404, "not-found", f"no user {name!r}")
+        raise Refusal(404, "not-found", f"no user {name!r}")
     return UserInfo.of(row)
 
 
@@ -95,7 +95,7 @@ async def update_user(store: JobStore, name: str, *, role: str | None = None, gr
     async with store.sessions.begin() as s:
         row = await s.get(UserRow, name)
         if row is None:
-            raise JobError(404, "not-found", f"no user {name!r}")
+            raise Refusal(404, "not-found", f"no user {name!r}")
         if role is not None:
             _check(name, row.kind, role)
             row.role = role

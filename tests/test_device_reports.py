@@ -4,8 +4,8 @@ and JobStore (SQLite in tmp_path, no broker): the device's messages go through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 from cloud_service.clf import ClfLog
 from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
+from cloud_service.documents import DocumentKey, Documents
 from cloud_service.objects import LocalObjectStore, UrlSigner
 from cloud_service.store import JobStore
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind
@@ -50,7 +51,8 @@ class Service:
         assert service is not None
         row = await self.store.create_job(kind=ServiceKind.PRINT, service=service, owner="alice", ticket={},
                                           documents=[{"format": "application/pdf", "size": 10, "sha256": "0" * 64}
-                                                     for _ in range(documents)], with_documents=True)
+                                                     for _ in range(documents)], with_documents=True,
+                                          key_for=DocumentKey.input_key)
         ack = await self.send(AcknowledgeJob(job_id=row.id, version=row.version, accept=True))
         assert ack.code == "ok" and ack.state is JobState.PENDING and len(ack.documents) == documents
         return row.id
@@ -63,7 +65,7 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
     store = JobStore(engine)
     objects = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
     clf = ClfLog(tmp_path / "access.log")
-    svc = Service(store, DeviceProtocol(store, objects, clf, url_ttl=60))
+    svc = Service(store, DeviceProtocol(store, Documents(store, objects, max_bytes=1 << 20, url_ttl=60), clf))
     reply = await svc.send(Attributes(services=[PrintServiceAttributes(name="office")]))
     assert reply.ok
     yield svc

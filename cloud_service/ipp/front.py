@@ -2,7 +2,7 @@
 
 An ASGI app mounted at ``/ipp`` on the service's HTTPS server, so ``ipps://HOST:PORT/ipp/
 print/NAME`` reaches it (IPP over HTTPS POST, Content-Type application/ipp; RFC 8010). It is
-a translation layer only: jobs are created, fed, closed and canceled through JobService and
+a translation layer only: jobs are created, fed, closed and canceled through JobOperations and
 read through JobStore, so a job submitted over IPP is the same job in ``cloudimaging jobs``,
 the HTTP API and the device protocol, with the same id (IPP job-id = our job id).
 
@@ -33,9 +33,10 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from cloud_service.auth import authenticate
+from cloud_service.auth import User, authenticate
 from cloud_service.db import JobRow, ServiceRow
-from cloud_service.jobs import JobError, JobService, User
+from cloud_service.errors import Refusal
+from cloud_service.jobs import JobOperations
 from cloud_service.store import JobStore
 from schemas.api import JobInfo
 from schemas.enums import JobState, ServiceKind, ServiceState
@@ -171,7 +172,7 @@ class IppFront:
     (known only once the server socket is bound).
     """
 
-    def __init__(self, *, store: JobStore, jobs: JobService, https_base: Callable[[], str],
+    def __init__(self, *, store: JobStore, jobs: JobOperations, https_base: Callable[[], str],
                  ipp_base: Callable[[], str]) -> None:
         self.store = store
         self.jobs = jobs
@@ -342,7 +343,7 @@ class IppFront:
             uuid=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, uri)}", state_enum=status.state.ipp,
             state_reasons=list(status.reasons), state_message=status.message, info=service.info,
             location=service.location, make_and_model=service.make_and_model, queued_jobs=queued,
-            max_kbytes=math.ceil(self.jobs.max_document_bytes / 1024))
+            max_kbytes=math.ceil(self.jobs.documents.max_bytes / 1024))
         return caps, info
 
     async def _get_printer_attributes(self, req: _Request, service: ServiceRow) -> Message:
@@ -389,7 +390,7 @@ class IppFront:
             try:
                 self.jobs.check_ticket(service, ticket, document_format)
                 return ticket, ignored
-            except JobError as exc:
+            except Refusal as exc:
                 where = exc.attribute or ""
                 if where == "document-format":
                     fmt = req.op.get("document-format") or ia.attr("document-format", Tag.MIME_TYPE,
@@ -458,7 +459,7 @@ class IppFront:
             fmt = given.lower()
             try:
                 self.jobs.check_ticket(service, {}, fmt)
-            except JobError as exc:
+            except Refusal as exc:
                 raise IppError(Status.CLIENT_ERROR_DOCUMENT_FORMAT_NOT_SUPPORTED, exc.message,
                                [req.op.attributes["document-format"]]) from None
             values: dict[str, Any] = {"format": fmt}
@@ -477,9 +478,9 @@ class IppFront:
             if stored.size == 0:
                 raise IppError(Status.CLIENT_ERROR_BAD_REQUEST, "the document is empty")
         except BaseException as exc:
-            with contextlib.suppress(JobError):
+            with contextlib.suppress(Refusal):
                 await self.jobs.cancel(SYSTEM_USER, job_id)
-            if isinstance(exc, JobError):
+            if isinstance(exc, Refusal):
                 raise _ipp_error(exc) from None
             if isinstance(exc, _ClientGone):
                 raise IppError(Status.CLIENT_ERROR_BAD_REQUEST, str(exc)) from None
@@ -604,17 +605,17 @@ class IppFront:
 
     @staticmethod
     async def _call(coro: Any) -> Any:
-        """Await a JobService call, turning its refusals into IPP statuses."""
+        """Await a JobOperations call, turning its refusals into IPP statuses."""
         try:
             return await coro
-        except JobError as exc:
+        except Refusal as exc:
             raise _ipp_error(exc) from None
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def _ipp_error(exc: JobError) -> IppError:
+def _ipp_error(exc: Refusal) -> IppError:
     if exc.status == 404:
         status = Status.CLIENT_ERROR_NOT_FOUND
     elif exc.status == 413:

@@ -1,0 +1,162 @@
+"""The Document object (cloud_service/documents.py): keys, the one writer of document bytes,
+pages counted while the bytes stream in and used by accounting without reading them again.
+
+Real components in-process: SQLite, the local object store, the job operations and admission.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud_service import accounting
+from cloud_service.accounting import Admission
+from cloud_service.auth import User
+from cloud_service.config import ServiceConfig
+from cloud_service.db import create_schema, make_engine
+from cloud_service.documents import DocumentKey, Documents
+from cloud_service.errors import Refusal
+from cloud_service.jobs import JobOperations
+from cloud_service.objects import LocalObjectStore, UrlSigner
+from cloud_service.store import JobStore
+from cloud_service.up import SIM_PRINTER_CAPABILITIES
+from schemas.enums import ServiceKind
+from schemas.model.pages import PageCounter
+from tests.support.documents import make_pdf
+
+# ---------------------------------------------------------------------------- keys
+
+
+@given(st.integers(0, 10**17), st.integers(0, 10**8), st.booleans())
+def test_document_key_round_trip(job_id: int, number: int, output: bool) -> None:
+    key = DocumentKey(job_id, number, output)
+    assert DocumentKey.parse(str(key)) == key
+
+
+def test_document_key_formats() -> None:
+    assert str(DocumentKey(7, 1)) == "jobs/7/doc-1" == DocumentKey.input_key(7, 1)
+    assert str(DocumentKey(7, 2, output=True)) == "jobs/7/scan-2"
+
+
+@pytest.mark.parametrize("key", [
+    "", "jobs/7", "jobs/7/doc-", "jobs/7/doc-x", "jobs/x/doc-1", "jobs/07/doc-1", "jobs/7/doc-01",
+    "jobs/7/page-1", "jobs/7/doc-1/extra", "/jobs/7/doc-1", "jobs//doc-1", "jobs/-7/doc-1", "jobs/²/doc-1",
+    "jobs/7/doc-1\n", "other/7/doc-1", "jobs/7/../8/doc-1",
+])
+def test_document_key_refuses_what_it_did_not_mint(key: str) -> None:
+    with pytest.raises(ValueError):
+        DocumentKey.parse(key)
+
+
+# ---------------------------------------------------------------------------- pages while streaming
+
+
+def chunked(data: bytes, size: int) -> Iterator[bytes]:
+    return (data[i:i + size] for i in range(0, len(data), size))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 11, 64, 10**6])
+def test_page_counter_sees_markers_split_across_chunks(size: int) -> None:
+    pdf = make_pdf(5)
+    counter = PageCounter("application/pdf")
+    for chunk in chunked(pdf, size):
+        counter.feed(chunk)
+    assert counter.pages == 5  # /Type /Pages (the tree) is not a page
+
+
+def test_page_counter_marker_cut_at_every_byte() -> None:
+    data = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n2 0 obj << /Type /Page>>"
+    for cut in range(1, len(data)):
+        counter = PageCounter("application/pdf")
+        counter.feed(data[:cut])
+        counter.feed(data[cut:])
+        assert counter.pages == 2, cut
+
+
+def test_page_counter_text_and_other_formats() -> None:
+    text = b"line\n" * 61 + b"no newline at the end"
+    counter = PageCounter("text/plain")
+    for chunk in chunked(text, 4):
+        counter.feed(chunk)
+    assert counter.pages == 2  # 62 lines at 60 a page
+    image = PageCounter("image/jpeg")
+    image.feed(b"/Type /Page" * 10)
+    assert image.pages == 1 and not image.counts
+
+
+# ---------------------------------------------------------------------------- the one writer
+
+
+class Rig:
+    def __init__(self, store: JobStore, objects: LocalObjectStore, documents: Documents, jobs: JobOperations) -> None:
+        self.store, self.objects, self.documents, self.jobs = store, objects, documents, jobs
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
+    await create_schema(engine)
+    store = JobStore(engine)
+    objects = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+    documents = Documents(store, objects, max_bytes=1_000_000, url_ttl=60)
+    jobs = JobOperations(store, documents, lambda _device, _message: None, Admission(store, ServiceConfig()))
+    await store.set_device("dev", online=True, last_seen=time.time())
+    assert await store.upsert_service("dev", ServiceKind.PRINT.value, "office", {
+        "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
+        "make_and_model": None, "capabilities": SIM_PRINTER_CAPABILITIES})
+    try:
+        yield Rig(store, objects, documents, jobs)
+    finally:
+        await engine.dispose()
+
+
+async def stream(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for chunk in chunked(data, size):
+        yield chunk
+
+
+ADMIN = User("root", "admin")
+
+
+async def test_pages_are_stored_at_upload_and_priced_without_a_second_read(rig: Rig) -> None:
+    await accounting.set_policy(rig.store, "dev", "office", "root", price_per_impression=1)
+    await accounting.add_credit(rig.store, "root", 100, "root")
+    row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "d.pdf", None)
+    stored = await rig.documents.accept(DocumentKey(row.id, 1), stream(make_pdf(3), 5))
+    (doc,) = await rig.store.documents(row.id)
+    assert (doc.pages, doc.size, doc.sha256) == (3, stored.size, stored.sha256)
+    # The bytes are gone before close: the estimate must come from the row, not a re-read.
+    await rig.objects.delete(doc.object_key)
+    await rig.jobs.close(ADMIN, row.id)
+    assert (await rig.store.get_job(row.id)).impressions_estimated == 6  # 2 copies x 3 pages
+
+
+async def test_accept_refuses_replays_and_keys_of_the_wrong_kind(rig: Rig) -> None:
+    row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {}, "application/pdf", None, None)
+    with pytest.raises(Refusal) as refused:
+        await rig.documents.accept(DocumentKey(row.id, 1, output=True), stream(b"x", 1))
+    assert refused.value.code == "job-not-scanning"
+    with pytest.raises(Refusal) as refused:
+        await rig.documents.accept(DocumentKey(row.id, 2), stream(b"x", 1))
+    assert refused.value.status == 404
+    await rig.documents.accept(DocumentKey(row.id, 1), stream(make_pdf(1), 100))
+    with pytest.raises(Refusal) as refused:
+        await rig.documents.accept(DocumentKey(row.id, 1), stream(make_pdf(2), 100))
+    assert refused.value.code == "document-stored"
+    with pytest.raises(Refusal) as refused:
+        await rig.documents.accept(DocumentKey(row.id + 1, 1), stream(b"x", 1))
+    assert refused.value.status == 404
+
+
+async def test_upload_urls_give_clients_time_and_devices_the_configured_ttl(rig: Rig) -> None:
+    row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {}, "application/pdf", None, None)
+    before = time.time()
+    (put,) = await rig.documents.urls(row.id, "PUT")
+    assert put.expires_at >= before + 3600 - 1 and f"/objects/{DocumentKey(row.id, 1)}?" in put.url
+    (get,) = await rig.documents.urls(row.id, "GET")
+    assert get.expires_at <= time.time() + 60 + 1
