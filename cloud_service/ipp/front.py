@@ -7,9 +7,10 @@ read through JobStore, so a job submitted over IPP is the same job in ``cloudima
 the HTTP API and the device protocol, with the same id (IPP job-id = our job id).
 
 Authentication: HTTP Basic with the user name and an API token as the password, or Bearer
-with the token. Get-Printer-Attributes is answered without credentials, as IPP printers and
-CUPS do, because clients (CUPS ``lpadmin -m everywhere``, phones) query the capabilities
-before they know they must authenticate; every other operation needs a user.
+with the token, read by cloud_service.credentials as for the HTTP API. Get-Printer-Attributes
+is answered without credentials, as IPP printers and CUPS do, because clients (CUPS
+``lpadmin -m everywhere``, phones) query the capabilities before they know they must
+authenticate; every other operation needs a user.
 
 Document bytes are streamed from the request body into the object store (constant memory):
 the attribute section is parsed from the first chunks and whatever follows is the document.
