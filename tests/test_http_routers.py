@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from cloud_service.auth import create_token
 from cloud_service.clf import ClfLog
 from cloud_service.config import ServiceConfig
 from cloud_service.db import create_schema, make_engine
-from cloud_service.http import Deps, manage, operators, services
+from cloud_service.http import Deps, manage, objects, operators, services
 from cloud_service.http.responses import add_error_handlers
 from cloud_service.jobs import JobService
 from cloud_service.objects import LocalObjectStore, UrlSigner
@@ -147,3 +148,22 @@ async def test_operators_router_alone(parts: Parts) -> None:
         assert 'cloudimaging_jobs{state="pending"} 0' in metrics.text
         # A route of another router is not there.
         assert (await http.get("/api/v1/services")).status_code == 404
+
+
+async def test_objects_router_alone(parts: Parts) -> None:
+    def signed(key: str, method: str) -> str:
+        url = urlsplit(parts.deps.objects.presign(key, method, 60)[0])
+        return f"{url.path}?{url.query}"
+
+    async with _client(parts.deps, objects.router) as http:
+        # The signature is the credential: a URL signed for GET does not PUT.
+        tampered = await http.put(signed("jobs/7/doc-1", "GET"), content=b"%PDF-")
+        assert tampered.status_code == 403 and tampered.json()["error"]["code"] == "bad-signature"
+        # A document of a job that is gone (or never was) is not served.
+        gone = await http.get(signed("jobs/7/doc-1", "GET"))
+        assert gone.status_code == 410 and gone.json()["error"]["code"] == "gone"
+        assert (await http.put(signed("misc/x", "PUT"), content=b"x")).status_code == 404
+
+    refused = [(e["method"], e["reason"]) for e in _audit(parts) if e["event"] == "presigned-refused"]
+    assert [method for method, _ in refused] == ["PUT", "GET"]
+    assert refused[1][1] == "the job has ended"
