@@ -25,7 +25,7 @@ from cloud_service.config import ServiceConfig
 from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import Documents
-from cloud_service.http import create_app
+from cloud_service.http import Deps, create_app
 from cloud_service.ipp.front import IppFront
 from cloud_service.jobs import JobOperations
 from cloud_service.mqtt import MqttAdapter, take_over_session
@@ -99,13 +99,11 @@ class CloudService:
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
                                                                   cfg.step_timeout, cfg.redeliver_after),
                                      self.mqtt.publish)
-        self.app = create_app(store=self.store, jobs=self.jobs, devices=self.devices, objects=self.objects,
-                              clf=self.clf, url_ttl=cfg.url_ttl,
-                              allow_insecure_document_uri=cfg.allow_insecure_document_uri,
-                              ca_file=str(ca), ipp_base=self.ipp_base,
-                              request_status=lambda device_id: self.devices.request_status(
-                                  device_id, self.mqtt.publish, cfg.status_timeout),
-                              audit=self.audit, registry=self.registry, config=cfg)
+        self.app = create_app(Deps(store=self.store, jobs=self.jobs, objects=self.objects, clf=self.clf,
+                                   audit=self.audit, config=cfg, registry=self.registry, ca_file=str(ca),
+                                   ipp_base=self.ipp_base,
+                                   request_status=lambda device_id: self.devices.request_status(
+                                       device_id, self.mqtt.publish, cfg.status_timeout)))
         self.app.mount("/ipp", IppFront(store=self.store, jobs=self.jobs, https_base=lambda: self.url,
                                         ipp_base=self.ipp_base))
         uv_config = uvicorn.Config(self.app, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",

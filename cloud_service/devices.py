@@ -24,7 +24,7 @@ from cloud_service.db import JobRow
 from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents
 from cloud_service.store import JobNotFound, JobStore
 from schemas import topics
-from schemas.enums import DocumentState, JobState, Reason, ServiceKind, ServiceState
+from schemas.enums import DocumentState, JobState, Reason, ServiceKind
 from schemas.messages import (
     AcknowledgeJob,
     Attributes,
@@ -48,8 +48,7 @@ from schemas.messages import (
 )
 from schemas.model.job import Abort, InvalidTransition, Release
 from schemas.model.reports import Report, judge
-from schemas.model.service import ServiceStatus, effective_status
-from schemas.text import _KEYWORD
+from schemas.text import is_keyword
 from schemas.tickets import ticket_model
 
 log = logging.getLogger("cloudimaging.devices")
@@ -230,7 +229,7 @@ class DeviceProtocol:
     @staticmethod
     def _current(msg: Message, row: JobRow, code: str, text: str | None = None, ok: bool = False) -> Reply:
         return Reply(re=msg.id, ok=ok, code=code, message=text, job_id=row.id, state=JobState(row.state),
-                     reasons=[r for r in row.state_reasons if _is_keyword(r)], version=row.version)
+                     reasons=[r for r in row.state_reasons if is_keyword(r)], version=row.version)
 
     async def _fetch_job(self, device_id: str, msg: FetchJob) -> Outgoing:
         row = await self._own_job(device_id, msg, msg.job_id)
@@ -339,16 +338,6 @@ class DeviceProtocol:
             return Reply(ok=False, code="invalid-transition", message=str(exc)[:1000], job_id=job_id,
                          state=JobState(row.state), version=row.version)
         return result.row
-
-    # ------------------------------------------------------------------ service view
-
-    @staticmethod
-    def effective(state: str, reasons: list[str], message: str | None, online: bool) -> ServiceStatus:
-        return effective_status(ServiceStatus(ServiceState(state), tuple(reasons), message), online)
-
-
-def _is_keyword(value: str) -> bool:
-    return bool(_KEYWORD.match(value))
 
 
 def _describe(message: Message) -> str:

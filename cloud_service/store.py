@@ -28,6 +28,7 @@ from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.model.document import Document
 from schemas.model.job import Event, Job
 from schemas.model.reports import Verdict
+from schemas.model.service import job_overlay
 
 #: How many recent device message ids a job remembers for duplicate detection.
 APPLIED_IDS_KEPT = 16
@@ -315,10 +316,7 @@ class JobStore:
             # is what a client reads, like the offline overlay on service states).
             device = await self.device(row.device_id)
             if device is not None and not device.online:
-                reasons = [r for r in reasons if r != "none"] + ["printer-stopped"]
-                message = message or "waiting: the printer is offline" + (
-                    time.strftime(" (last seen %Y-%m-%d %H:%M:%S UTC)", time.gmtime(device.last_seen))
-                    if device.last_seen else "")
+                reasons, message = job_overlay(row.state, reasons, message, device.online, device.last_seen)
         return JobInfo(id=row.id, uuid=row.uuid, kind=ServiceKind(row.kind), service=row.service_name,
                        device_id=row.device_id, owner=row.owner, state=JobState(row.state),
                        state_reasons=reasons, state_message=message, version=row.version,

@@ -27,6 +27,11 @@ def check_text(value: str) -> str:
     return unicodedata.normalize("NFC", value)
 
 
+def is_keyword(value: str) -> bool:
+    """True for an IPP keyword (lowercase, digits, '.', '_', '-')."""
+    return bool(_KEYWORD.match(value))
+
+
 def check_keyword(value: str) -> str:
     if not _KEYWORD.match(value):
         raise ValueError("not an IPP keyword (lowercase letters, digits, '-', '_', '.')")

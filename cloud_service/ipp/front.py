@@ -7,9 +7,10 @@ read through JobStore, so a job submitted over IPP is the same job in ``cloudima
 the HTTP API and the device protocol, with the same id (IPP job-id = our job id).
 
 Authentication: HTTP Basic with the user name and an API token as the password, or Bearer
-with the token. Get-Printer-Attributes is answered without credentials, as IPP printers and
-CUPS do, because clients (CUPS ``lpadmin -m everywhere``, phones) query the capabilities
-before they know they must authenticate; every other operation needs a user.
+with the token, read by cloud_service.credentials as for the HTTP API. Get-Printer-Attributes
+is answered without credentials, as IPP printers and CUPS do, because clients (CUPS
+``lpadmin -m everywhere``, phones) query the capabilities before they know they must
+authenticate; every other operation needs a user.
 
 Document bytes are streamed from the request body into the object store (constant memory):
 the attribute section is parsed from the first chunks and whatever follows is the document.
@@ -17,8 +18,6 @@ the attribute section is parsed from the first chunks and whatever follows is th
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import logging
 import math
@@ -33,13 +32,14 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from cloud_service.auth import User, authenticate
+from cloud_service.auth import User
+from cloud_service.credentials import parse_authorization, user_for
 from cloud_service.db import JobRow, ServiceRow
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
 from cloud_service.store import JobStore
 from schemas.api import JobInfo
-from schemas.enums import JobState, ServiceKind, ServiceState
+from schemas.enums import JobState, ServiceKind
 from schemas.ipp import attributes as ia
 from schemas.ipp.codec import (
     Attribute,
@@ -55,7 +55,7 @@ from schemas.ipp.codec import (
     simple,
 )
 from schemas.messages import Identify
-from schemas.model.service import ServiceStatus, effective_status
+from schemas.model.service import service_overlay
 from schemas.tickets import PrintCapabilities
 
 log = logging.getLogger("cloudimaging.ipp")
@@ -288,21 +288,7 @@ class IppFront:
             raise IppError(Status.CLIENT_ERROR_BAD_REQUEST, "printer-uri (or job-uri) is required")
 
     async def _user(self, req: _Request) -> User:
-        scheme, _, credentials = req.authorization.partition(" ")
-        scheme = scheme.lower()
-        user: User | None = None
-        if scheme == "bearer" and credentials.strip():
-            user = await authenticate(self.store, credentials.strip())
-        elif scheme == "basic":
-            try:
-                decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                decoded = ""
-            name, sep, token = decoded.partition(":")
-            if sep:
-                found = await authenticate(self.store, token)
-                # The token decides who you are; the user name must agree with it.
-                user = found if found is not None and found.name == name else None
+        user = await user_for(self.store, parse_authorization(req.authorization))
         if user is None:
             if req.authorization:
                 client = req.scope.get("client") or ("-", 0)
@@ -334,8 +320,7 @@ class IppFront:
             if svc.id == service.id:
                 online, queued = dev.online, count
                 break
-        status = effective_status(ServiceStatus(ServiceState(service.state), tuple(service.state_reasons),
-                                                service.state_message), online)
+        status = service_overlay(service.state, service.state_reasons, service.state_message, online)
         uri = self.printer_uri(service.name)
         caps = PrintCapabilities.model_validate(service.capabilities)
         info = ia.PrinterInfo(

@@ -1,0 +1,78 @@
+"""Presigned object transfers: the URL's signature is the credential (no bearer token).
+
+PUT stores a job's document (from a client) or a scan's output (from the device); GET serves a
+document to the device only while its job is under way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from cloud_service.documents import DocumentKey
+from cloud_service.http.deps import Deps, get_deps
+from cloud_service.http.responses import OrjsonResponse, error_response
+from cloud_service.objects import BadSignature
+from cloud_service.store import JobNotFound, JobStore
+from schemas.enums import JobState
+
+log = logging.getLogger("cloudimaging.http")
+
+router = APIRouter(default_response_class=OrjsonResponse)
+
+
+@router.get("/objects/{key:path}", tags=["objects"], include_in_schema=False)
+async def get_object(key: str, request: Request, deps: Deps = Depends(get_deps)) -> Response:
+    objects, audit = deps.objects, deps.audit
+    try:
+        objects.signer.check(key, "GET", dict(request.query_params))
+    except BadSignature as exc:
+        log.warning("refused presigned GET of %s: %s", key, exc)
+        audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
+                    method="GET", key=key, reason=str(exc))
+        return error_response(403, "bad-signature", str(exc))
+    ended = await _job_ended(deps.store, key)
+    if ended:
+        # A GET URL only serves while its job is under way: replaying it later gets nothing.
+        audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
+                    method="GET", key=key, reason="the job has ended")
+        return error_response(410, "gone", "the job has ended; its documents are no longer served")
+    size = await objects.size(key)
+    if size is None:
+        return error_response(404, "not-found", "no such object")
+    request.scope.setdefault("state", {})["user"] = "presigned"
+    return StreamingResponse(objects.read_stream(key), media_type="application/octet-stream",
+                             headers={"Content-Length": str(size)})
+
+
+@router.put("/objects/{key:path}", tags=["objects"], include_in_schema=False)
+async def put_object(key: str, request: Request, deps: Deps = Depends(get_deps)) -> Response:
+    jobs, objects, audit = deps.jobs, deps.objects, deps.audit
+    try:
+        objects.signer.check(key, "PUT", dict(request.query_params))
+    except BadSignature as exc:
+        log.warning("refused presigned PUT of %s: %s", key, exc)
+        audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
+                    method="PUT", key=key, reason=str(exc))
+        return error_response(403, "bad-signature", str(exc))
+    request.scope.setdefault("state", {})["user"] = "presigned"
+    try:
+        document = DocumentKey.parse(key)
+    except ValueError:
+        return error_response(404, "not-found", "no such upload")
+    stored = await jobs.documents.accept(document, request.stream())  # input document or scan output
+    return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
+
+
+async def _job_ended(store: JobStore, key: str) -> bool:
+    try:
+        document = DocumentKey.parse(key)
+    except ValueError:
+        return False
+    try:
+        row = await store.get_job(document.job_id)
+    except JobNotFound:
+        return True
+    return JobState(row.state).terminal

@@ -1,0 +1,60 @@
+"""The JSON response class and the error envelope every HTTP route answers with.
+
+An error is ``{"error": {"code", "message", "attribute"?, "supported"?}}`` with its status;
+``add_error_handlers`` makes Refusal, request validation and Starlette's own errors (404, 405)
+answer that way, and audits every 403.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloud_service.errors import Refusal
+
+
+class OrjsonResponse(JSONResponse):
+    """JSON rendered by orjson (fast, strict UTF-8)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, code: str, message: str, attribute: str | None = None,
+                   supported: Any = None) -> OrjsonResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if attribute is not None:
+        body["attribute"] = attribute
+    if supported is not None:
+        body["supported"] = supported
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return OrjsonResponse({"error": body}, status_code=status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer errors with the envelope; the audit log is ``app.state.deps.audit``."""
+
+    @app.exception_handler(Refusal)
+    async def _job_error(request: Request, exc: Refusal) -> OrjsonResponse:
+        if exc.status == 403:
+            audit = request.app.state.deps.audit
+            audit.event("access-denied", outcome="denied", actor=request.scope.get("state", {}).get("user"),
+                        client=request.client.host if request.client else None, method=request.method,
+                        path=request.url.path, code=exc.code)
+        return error_response(exc.status, exc.code, exc.message, exc.attribute, exc.supported)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> OrjsonResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p not in ("body",))
+        return error_response(422, "bad-request", f"{where}: {first['msg']}", attribute=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+        code = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized"}.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail))
