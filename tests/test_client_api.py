@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
 import httpx
 import pytest
 
+from client._base import CHUNK_SIZE
 from client.aio import AsyncCloudImagingClient
-from client.api import CHUNK_SIZE, CloudImagingClient
+from client.api import CloudImagingClient
 from client.errors import ApiError, ClientError, ConnectionFailed, describe_error
 from schemas.api import JobInfo, ServiceInfo
 from schemas.enums import JobState
@@ -348,10 +350,31 @@ def test_async_client_submit_wait_cancel(fake: FakeService) -> None:
 
 
 def test_reconnect_delay_honours_retry_and_backs_off() -> None:
-    from client.api import reconnect_delay
+    from client._base import reconnect_delay
     from client.sse import SseDecoder
 
     decoder = SseDecoder()
     assert [reconnect_delay(decoder, 1.0, n) for n in (0, 1, 2)] == [0.2, 1.0, 2.0]
     decoder.feed("retry: 2500")
     assert reconnect_delay(decoder, 1.0, 2) == 2.5
+
+
+def _public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and callable(member) and name not in ("close", "aclose")
+    }
+
+
+def test_the_sync_and_async_clients_offer_the_same_methods() -> None:
+    sync, asyn = _public_methods(CloudImagingClient), _public_methods(AsyncCloudImagingClient)
+    assert sorted(sync) == sorted(asyn)
+    assert {"scan", "download", "submit", "events", "wait"} <= set(sync)
+    for name, signature in sync.items():
+        assert list(signature.parameters) == list(asyn[name].parameters), name
+        for param, sync_param in signature.parameters.items():
+            async_param = asyn[name].parameters[param]
+            assert (sync_param.kind, sync_param.default) == (async_param.kind, async_param.default), (name, param)
+        if name != "from_config":
+            assert inspect.iscoroutinefunction(getattr(AsyncCloudImagingClient, name)) or name == "events", name
