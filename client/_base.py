@@ -438,6 +438,10 @@ Flow = Generator[Step, Any, T]
 # ------------------------------------------------------------------------------------ flows
 
 
+def request_flow(method: str, path: str, params: dict[str, str] | None, body: Any) -> Flow[Any]:
+    return (yield Request(method, path, params=params, json=body))
+
+
 def health_flow() -> Flow[dict[str, Any]]:
     return dict((yield Request("GET", "/healthz")))
 

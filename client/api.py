@@ -100,6 +100,11 @@ class CloudImagingClient:
 
     # ------------------------------------------------------------------ services
 
+    def request(self, method: str, path: str, *, params: dict[str, str] | None = None, json: Any = None) -> Any:
+        """An API call no method covers (the management routes): ``path`` from the root,
+        e.g. ``/api/v1/users``; returns the decoded JSON, raises ApiError for a refusal."""
+        return self._run(base.request_flow(method, path, params, json))
+
     def health(self) -> dict[str, Any]:
         """``GET /healthz``: ``{"status": "ok"}`` when the service is up."""
         return self._run(base.health_flow())

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import client.cli as cli
+import client.cli_common as cli_common
 from client.api import CloudImagingClient
 from client.config import ClientConfig
 from schemas.enums import JobState
@@ -41,7 +42,7 @@ def run(fake: FakeService, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     def fake_sleep(_seconds: float) -> None:
         pass
 
-    monkeypatch.setattr(cli, "client_factory", factory)
+    monkeypatch.setattr(cli_common, "client_factory", factory)
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         code = cli.main(list(argv))
@@ -224,7 +225,7 @@ def test_ctrl_c_while_waiting_stops_waiting_without_canceling(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(
-        cli,
+        cli_common,
         "client_factory",
         lambda c: CloudImagingClient(c.url, c.token, transport=fake.transport(), sleep=interrupt),
     )
@@ -356,22 +357,22 @@ def test_help_goes_to_stdout_and_exits_0(run: Run) -> None:
 
 
 def test_exit_code_mapping() -> None:
-    assert cli.exit_code_for(JobState.COMPLETED) == 0
-    assert cli.exit_code_for(JobState.ABORTED) == 1
-    assert cli.exit_code_for(JobState.CANCELED) == 2
-    assert cli.exit_code_for(JobState.PROCESSING) == 1
+    assert cli_common.exit_code_for(JobState.COMPLETED) == 0
+    assert cli_common.exit_code_for(JobState.ABORTED) == 1
+    assert cli_common.exit_code_for(JobState.CANCELED) == 2
+    assert cli_common.exit_code_for(JobState.PROCESSING) == 1
 
 
 @pytest.mark.parametrize(("text", "job_id"), [("42", 42), ("office-42", 42), ("my-printer-7", 7)])
 def test_job_refs(text: str, job_id: int) -> None:
-    assert cli.parse_job_ref(text) == job_id
+    assert cli_common.parse_job_ref(text) == job_id
 
 
 # ------------------------------------------------------------------------------ extensions
 
 
-def test_extension_verbs_are_added_and_broken_ones_skipped(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    good = types.ModuleType("ext_good")
+def test_plugin_verbs_are_added_and_an_absent_package_is_skipped(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = types.ModuleType("ext_good.cli")
 
     def add_parser(subparsers: object) -> None:
         p = subparsers.add_parser("hello")  # type: ignore[attr-defined]
@@ -379,11 +380,28 @@ def test_extension_verbs_are_added_and_broken_ones_skipped(run: Run, monkeypatch
         p.set_defaults(func=lambda args: print(f"hello {args.name}") or 3)
 
     good.add_parser = add_parser  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ext_good", good)
-    monkeypatch.setitem(sys.modules, "ext_without_hook", types.ModuleType("ext_without_hook"))
-    monkeypatch.setattr(cli, "EXTENSIONS", ("ext_missing_module", "ext_without_hook", "ext_good"))
+    monkeypatch.setitem(sys.modules, "ext_good.cli", good)
+    monkeypatch.setattr(cli, "PLUGINS", ("ext_not_installed.cli", "ext_good.cli"))
     assert run("hello", "--name", "cloud") == (3, "hello cloud\n", "")
     assert run("printers")[0] == 0
+
+
+def test_a_plugin_that_is_installed_but_broken_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    package = tmp_path / "ext_broken"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "cli.py").write_text("import ext_dependency_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "PLUGINS", ("ext_broken.cli",))
+    with pytest.raises(ImportError, match=r"ext_broken\.cli.*ext_dependency_that_is_missing"):
+        cli.main(["printers"])
+
+
+def test_the_other_packages_verbs_are_there_when_installed(run: Run) -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    for verb in ("broker", "manager", "service", "up", "users", "scan", "fax"):
+        assert verb in out, verb
 
 
 def test_wait_does_not_repeat_a_line_when_only_the_version_moved(run: Run, fake: FakeService, doc: Path) -> None:
