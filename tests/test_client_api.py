@@ -135,6 +135,7 @@ def test_token_is_not_sent_to_an_object_store_on_another_host(live: LiveStack, r
     put = [r for r in transport.sent if r.method == "PUT"]
     assert len(put) == 1 and put[0].url.port == live.port
     assert "authorization" not in put[0].headers
+    assert put[0].headers["content-length"] == "1" and "transfer-encoding" not in put[0].headers
     assert all(r.headers["authorization"] == f"Bearer {user_token}" for r in transport.sent if r.method == "POST")
     assert job.documents[0].size == 1
 
