@@ -11,13 +11,12 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pydantic import BaseModel
 
 from client.api import CloudImagingClient
-from client.config import ClientConfig, load_config
+from client.config import load_config
 from client.errors import ApiError
 from client.render import service_long, services_table
 from schemas.enums import JobState
@@ -31,10 +30,6 @@ EXIT_INTERRUPTED = 130
 
 #: Exit code of ``--wait`` for each terminal job state.
 WAIT_EXIT_CODES = {JobState.COMPLETED: 0, JobState.ABORTED: 1, JobState.CANCELED: 2}
-
-#: How verbs get a client from the resolved configuration; tests may replace it.
-client_factory: Callable[[ClientConfig], CloudImagingClient] = CloudImagingClient.from_config
-
 
 class UsageError(Exception):
     """A command line that cannot be run: exit code 2, one line on stderr."""
@@ -139,7 +134,7 @@ def emit_json(value: Any) -> None:
 def client_for(args: argparse.Namespace) -> CloudImagingClient:
     """The client for a verb: flags first, then environment, then client.json."""
     config = load_config(getattr(args, "url", None), getattr(args, "token", None), getattr(args, "ca", None))
-    return client_factory(config)
+    return CloudImagingClient.from_config(config)
 
 
 def about_job(job_id: int, error: ApiError) -> str:

@@ -341,6 +341,30 @@ def test_events_fall_back_to_polling(live: LiveStack, user_token: str) -> None:
     assert 0.01 in sleeps
 
 
+def test_events_poll_after_streams_that_deliver_nothing() -> None:
+    """The events flow on its own: each empty stream backs off, then it polls to the end."""
+    flow = base.events_flow(7, poll_interval=0.5, retry_delay=1.0, max_stream_failures=2, max_poll_failures=3,
+                            read_timeout=60.0)
+    assert isinstance(next(flow), base.Stream)
+    assert flow.send(None) == base.Sleep(1.0)  # the stream ended without an event
+    assert isinstance(flow.send(None), base.Stream)
+    poll = flow.send(None)  # the second empty stream: no more streams
+    assert (poll.method, poll.path) == ("GET", "/api/v1/jobs/7")
+    assert flow.throw(ConnectionFailed("down")) == base.Sleep(0.5)  # a blip: poll again
+    assert isinstance(flow.send(None), base.Request)
+    emitted = flow.send(job_dict(7, state="processing", state_reasons=["job-printing"]))
+    assert isinstance(emitted, base.Emit) and emitted.value.state == JobState.PROCESSING
+    assert flow.send(None) == base.Sleep(0.5)
+    assert isinstance(flow.send(None), base.Request)
+    same = job_dict(7, state="processing", state_reasons=["job-printing"])
+    assert flow.send(same) == base.Sleep(0.5)  # a repeat is not emitted
+    flow.send(None)
+    final = flow.send(job_dict(7, state="completed", state_reasons=[], version=2))
+    assert final.value.state == JobState.COMPLETED
+    with pytest.raises(StopIteration):
+        flow.send(None)
+
+
 @pytest.mark.parametrize(
     ("status", "body", "outcome"),
     [
