@@ -137,6 +137,18 @@ def error_from_response(status: int, body: bytes, reason: str = "") -> ApiError:
     return ApiError(status, f"http-{status}", message)
 
 
+def decode_answer(status: int, body: bytes, reason: str, what: str, json_answer: bool = True) -> Any:
+    """A response's JSON, or the ApiError it stands for (a refusal, or not JSON at all)."""
+    if status >= 400:
+        raise error_from_response(status, body, reason)
+    if not json_answer:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise ApiError(status, "bad-response", f"{what} did not answer JSON") from None
+
+
 def is_error_envelope(body: bytes) -> bool:
     """True when a body is the service's own error object (not a proxy's or router's page)."""
     try:
@@ -403,7 +415,8 @@ class Download:
 class Stream:
     """Read the job's events stream: each time this step is yielded, the answer is the next
     :class:`JobInfo` of the open stream (opened on first use), or None once it has ended or
-    failed. The driver closes it when the flow yields any other step or ends."""
+    failed. The driver keeps it open across :class:`Emit` steps and closes it when the flow
+    yields any other step or ends."""
 
     path: str
     decoder: SseDecoder = field(compare=False)

@@ -28,7 +28,7 @@ from client._base import (
     Ticket,
 )
 from client.config import ClientConfig
-from client.errors import ApiError, ConnectionFailed
+from client.errors import ConnectionFailed
 from client.sse import aiter_sse
 from schemas.api import JobInfo, ServiceInfo
 from schemas.enums import ServiceKind
@@ -318,14 +318,7 @@ class AsyncCloudImagingClient:
 
     @staticmethod
     def _answer(response: httpx.Response, what: str, json_answer: bool = True) -> Any:
-        if response.status_code >= 400:
-            raise base.error_from_response(response.status_code, response.content, response.reason_phrase)
-        if not json_answer:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise ApiError(response.status_code, "bad-response", f"{what} did not answer JSON") from None
+        return base.decode_answer(response.status_code, response.content, response.reason_phrase, what, json_answer)
 
     def _client_for(self, url: str) -> httpx.AsyncClient:
         """The service's own client for its URLs; a token-less one for other hosts."""

@@ -326,14 +326,7 @@ class CloudImagingClient:
 
     @staticmethod
     def _answer(response: httpx.Response, what: str, json_answer: bool = True) -> Any:
-        if response.status_code >= 400:
-            raise base.error_from_response(response.status_code, response.content, response.reason_phrase)
-        if not json_answer:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise ApiError(response.status_code, "bad-response", f"{what} did not answer JSON") from None
+        return base.decode_answer(response.status_code, response.content, response.reason_phrase, what, json_answer)
 
     def _client_for(self, url: str) -> httpx.Client:
         """The service's own client for its URLs; a token-less one for other hosts."""
