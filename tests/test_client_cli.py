@@ -254,8 +254,8 @@ def test_ctrl_c_while_waiting_stops_waiting_without_canceling(
 ) -> None:
     (tmp_path / "long.txt").write_bytes(lines(100))
 
-    def ctrl_c_once_printing() -> None:
-        while not api.jobs() or api.jobs()[0].state != JobState.PROCESSING:
+    def ctrl_c_once_printing() -> None:  # a page in, the command is surely following the job
+        while not api.jobs() or api.jobs()[0].impressions_completed < 1:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
