@@ -1,57 +1,47 @@
 """The asyncio twin of :class:`client.api.CloudImagingClient`, for applications and services.
 
-Same methods, same errors, same models; request bodies, error parsing and the SSE decoder
-are shared with the sync client so the two cannot drift apart.
+Same methods with the same parameters, same errors, same models: what each method does is
+written once in :mod:`client._base` as a flow of steps, and this module only carries the
+steps out with asyncio I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
+import inspect
+import io
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
-from client.api import (
-    CHUNK_SIZE,
+from client import _base as base
+from client._base import (
     DEFAULT_TIMEOUT,
     EVENTS_READ_TIMEOUT,
-    ChangeTracker,
     Document,
     DocumentSource,
+    Flow,
     ProgressCallback,
-    StreamUnavailable,
     Ticket,
-    check_upload_receipt,
-    error_from_response,
-    event_job,
-    job_create_body,
-    job_path,
-    parse_model,
-    reconnect_delay,
-    service_path,
-    ssl_context,
-    stream_refusal,
-    ticket_dict,
-    user_agent,
 )
 from client.config import ClientConfig
-from client.errors import ApiError, ConnectionFailed
-from client.formats import detect_format
-from client.sse import SseDecoder, aiter_sse
-from schemas.api import API_PREFIX, JobInfo, ServiceInfo
+from client.errors import ConnectionFailed
+from client.sse import aiter_sse
+from schemas.api import JobInfo, ServiceInfo
 from schemas.enums import ServiceKind
 
 __all__ = ["AsyncCloudImagingClient"]
 
 
 class AsyncCloudImagingClient:
-    """``async with AsyncCloudImagingClient(url, token, ca) as client: ...``"""
+    """``async with AsyncCloudImagingClient(url, token, ca) as client: ...``
+
+    The same constructor as :class:`client.api.CloudImagingClient`, with an asyncio ``sleep``
+    and an ``httpx.AsyncBaseTransport``.
+    """
 
     def __init__(
         self,
@@ -70,12 +60,8 @@ class AsyncCloudImagingClient:
         self._sleep = sleep
         self._http = httpx.AsyncClient(
             base_url=self.url,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "User-Agent": user_agent(),
-            },
-            verify=ssl_context(ca),
+            headers=base.default_headers(token),
+            verify=base.ssl_context(ca),
             timeout=timeout,
             transport=transport,
         )
@@ -83,6 +69,7 @@ class AsyncCloudImagingClient:
 
     @classmethod
     def from_config(cls, config: ClientConfig, **kwargs: Any) -> AsyncCloudImagingClient:
+        """From the configuration the CLI would use (:func:`client.config.load_config`)."""
         return cls(config.url, config.token, config.ca, **kwargs)
 
     async def aclose(self) -> None:
@@ -96,56 +83,33 @@ class AsyncCloudImagingClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # ------------------------------------------------------------------ plumbing
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, response.reason_phrase)
-        return response
-
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self._request(method, path, **kwargs)
-        try:
-            return response.json()
-        except ValueError:
-            raise ApiError(response.status_code, "bad-response", f"{path} did not answer JSON") from None
-
-    def _client_for(self, url: str) -> httpx.AsyncClient:
-        mine, theirs = urlsplit(self.url), urlsplit(url)
-        if (mine.scheme, mine.netloc) == (theirs.scheme, theirs.netloc):
-            return self._http
-        if self._foreign is None:
-            self._foreign = httpx.AsyncClient(
-                headers={"User-Agent": user_agent()},
-                verify=ssl_context(self._ca, public=True),
-                timeout=self.timeout,
-                transport=self._transport,
-            )
-        return self._foreign
-
     # ------------------------------------------------------------------ services
 
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, json: Any = None) -> Any:
+        """An API call no method covers (the management routes): ``path`` from the root,
+        e.g. ``/api/v1/users``; returns the decoded JSON, raises ApiError for a refusal."""
+        return await self._run(base.request_flow(method, path, params, json))
+
     async def health(self) -> dict[str, Any]:
-        return dict(await self._json("GET", "/healthz"))
+        """``GET /healthz``: ``{"status": "ok"}`` when the service is up."""
+        return await self._run(base.health_flow())
 
     async def services(self, kind: ServiceKind | str = ServiceKind.PRINT) -> list[ServiceInfo]:
-        data = await self._json("GET", f"{API_PREFIX}/services", params={"kind": str(kind)})
-        return [parse_model(ServiceInfo, item) for item in data.get("services", [])]
+        """The services of ``kind`` this user may use, with state and capabilities."""
+        return await self._run(base.services_flow(kind))
 
     async def service(self, kind: ServiceKind | str, name: str) -> ServiceInfo:
-        return parse_model(ServiceInfo, await self._json("GET", service_path(kind, name)))
+        return await self._run(base.service_flow(kind, name))
 
     async def validate(
-        self, kind: ServiceKind | str, name: str, ticket: Ticket, document_format: str | None = None
+        self,
+        kind: ServiceKind | str,
+        name: str,
+        ticket: Ticket,
+        document_format: str | None = None,
     ) -> None:
-        body: dict[str, Any] = {"ticket": ticket_dict(ticket)}
-        if document_format:
-            body["document_format"] = document_format
-        await self._request("POST", service_path(kind, name) + "/validate", json=body)
+        """Ask the service whether it would accept ``ticket``; raises ApiError (400) if not."""
+        await self._run(base.validate_flow(kind, name, ticket, document_format))
 
     # ------------------------------------------------------------------ submission
 
@@ -160,53 +124,13 @@ class AsyncCloudImagingClient:
         document_name: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> JobInfo:
-        """Create, upload to the presigned URL, close; cancels the job if the upload fails."""
+        """Create a job and stream the document to its presigned URL; returns the pending job.
+
+        The ticket is checked when the job is created, so a refused ticket costs no upload.
+        If the upload fails (or is interrupted) the half-made job is canceled.
+        """
         source = await asyncio.to_thread(DocumentSource.open, document, document_name)
-        body = job_create_body(
-            service=service,
-            kind=kind,
-            ticket=ticket_dict(ticket),
-            document_name=source.name,
-            document_format=document_format or detect_format(source.head),
-            upload=True,
-        )
-        created = parse_model(JobInfo, await self._json("POST", f"{API_PREFIX}/jobs", json=body), 201)
-        try:
-            if not created.upload_url:
-                raise ApiError(201, "bad-response", "the service gave no upload_url for an upload job")
-            await self._upload(created.upload_url, source, body["document_format"], progress)
-            return parse_model(JobInfo, await self._json("POST", job_path(created.id, "close")))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._http.post(job_path(created.id, "cancel"), timeout=5.0))
-            raise
-
-    async def _upload(self, url: str, source: DocumentSource, fmt: str, progress: ProgressCallback | None) -> None:
-        digest = hashlib.sha256()
-
-        async def body() -> AsyncIterator[bytes]:
-            sent = 0
-            if progress is not None:
-                progress(0, source.size)
-            chunks = source.chunks(CHUNK_SIZE)
-            try:
-                while chunk := await asyncio.to_thread(next, chunks, b""):
-                    digest.update(chunk)
-                    sent += len(chunk)
-                    yield chunk
-                    if progress is not None:
-                        progress(sent, source.size)
-            finally:
-                chunks.close()
-
-        headers = {"Content-Type": fmt, "Content-Length": str(source.size)}
-        try:
-            response = await self._client_for(url).put(url, content=body(), headers=headers)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"upload failed: {exc or type(exc).__name__}") from None
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, response.reason_phrase)
-        check_upload_receipt(response.content, source.size, digest.hexdigest())
+        return await self._run(base.submit_flow(source, ticket, service, kind, document_format, progress))
 
     async def submit_multipart(
         self,
@@ -217,24 +141,11 @@ class AsyncCloudImagingClient:
         kind: ServiceKind | str = ServiceKind.PRINT,
         document_format: str | None = None,
         document_name: str | None = None,
+        progress: ProgressCallback | None = None,
     ) -> JobInfo:
-        """Job and document in one request; the document is read into memory (small files)."""
+        """Create a job with the document in the same request (simple; for small files)."""
         source = await asyncio.to_thread(DocumentSource.open, document, document_name)
-        fmt = document_format or detect_format(source.head)
-        body = job_create_body(
-            service=service,
-            kind=kind,
-            ticket=ticket_dict(ticket),
-            document_name=source.name,
-            document_format=fmt,
-        )
-        content = source.data
-        if content is None:
-            assert source.path is not None
-            content = await asyncio.to_thread(source.path.read_bytes)
-        files = {"document": (source.name or "document", content, fmt)}
-        data = await self._json("POST", f"{API_PREFIX}/jobs", data={"job": json.dumps(body)}, files=files)
-        return parse_model(JobInfo, data, 201)
+        return await self._run(base.submit_multipart_flow(source, ticket, service, kind, document_format, progress))
 
     async def submit_uri(
         self,
@@ -246,38 +157,51 @@ class AsyncCloudImagingClient:
         document_format: str | None = None,
         document_name: str | None = None,
     ) -> JobInfo:
-        body = job_create_body(
-            service=service,
-            kind=kind,
-            ticket=ticket_dict(ticket),
-            document_name=document_name,
-            document_format=document_format,
-            document_uri=document_uri,
-        )
-        return parse_model(JobInfo, await self._json("POST", f"{API_PREFIX}/jobs", json=body), 201)
+        """Create a job whose document the service fetches from an https URL."""
+        flow = base.submit_uri_flow(document_uri, ticket, service, kind, document_format, document_name)
+        return await self._run(flow)
 
     # ------------------------------------------------------------------ jobs
 
     async def jobs(
-        self, all: bool = False, kind: ServiceKind | str | None = None, service: str | None = None
+        self,
+        all: bool = False,
+        kind: ServiceKind | str | None = None,
+        service: str | None = None,
     ) -> list[JobInfo]:
-        params: dict[str, str] = {"all": "true" if all else "false"}
-        if kind is not None:
-            params["kind"] = str(kind)
-        if service is not None:
-            params["service"] = service
-        data = await self._json("GET", f"{API_PREFIX}/jobs", params=params)
-        return [parse_model(JobInfo, item) for item in data.get("jobs", [])]
+        """This user's jobs: not-ended ones, or with ``all`` also completed/canceled/aborted."""
+        return await self._run(base.jobs_flow(all, kind, service))
 
     async def job(self, job_id: int) -> JobInfo:
-        return parse_model(JobInfo, await self._json("GET", job_path(job_id)))
+        """One job, with its history."""
+        return await self._run(base.job_flow(job_id))
 
     async def cancel(self, job_id: int) -> JobInfo:
-        return parse_model(JobInfo, await self._json("POST", job_path(job_id, "cancel")))
+        """Cancel a job. A printing job may stay ``processing`` (processing-to-stop-point)
+        until the device confirms; an ended job raises ApiError 409."""
+        return await self._run(base.cancel_flow(job_id))
+
+    # ------------------------------------------------------------------ scan and fax
+
+    async def scan(self, ticket: Ticket = None, *, service: str | None = None) -> JobInfo:
+        """Create a scan job (no document goes up); the device scans and uploads the output,
+        listed in the job's ``documents`` once it has completed."""
+        return await self._run(base.scan_flow(ticket, service))
+
+    async def download(
+        self,
+        job_id: int,
+        number: int,
+        dest: str | os.PathLike[str],
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Stream document ``number`` of a job (e.g. scan output) to ``dest``; returns its size.
+        Written to a temporary name first, so ``dest`` is never left half-written."""
+        return await self._run(base.download_flow(job_id, number, dest, progress))
 
     # ------------------------------------------------------------------ events
 
-    async def events(
+    def events(
         self,
         job_id: int,
         *,
@@ -287,57 +211,16 @@ class AsyncCloudImagingClient:
         max_poll_failures: int = 30,
         read_timeout: float = EVENTS_READ_TIMEOUT,
     ) -> AsyncIterator[JobInfo]:
-        """As :meth:`client.api.CloudImagingClient.events`: stream, reconnect, else poll."""
-        tracker = ChangeTracker()
-        decoder = SseDecoder()
-        failures = 0
-        while failures < max_stream_failures:
-            delivered = False
-            try:
-                async for info in self._stream_once(job_id, decoder, read_timeout):
-                    delivered = True
-                    if tracker.is_new(info):
-                        yield info
-                    if info.state.terminal:
-                        return
-            except (StreamUnavailable, httpx.TransportError):
-                pass
-            failures = 0 if delivered else failures + 1
-            if failures < max_stream_failures:
-                await self._sleep(reconnect_delay(decoder, retry_delay, failures))
-        poll_failures = 0
-        while True:
-            try:
-                info = await self.job(job_id)
-            except ApiError as exc:
-                if 0 < exc.status < 500 or poll_failures >= max_poll_failures:
-                    raise
-                poll_failures += 1
-                await self._sleep(min(poll_interval * poll_failures, 30.0))
-                continue
-            poll_failures = 0
-            if tracker.is_new(info):
-                yield info
-            if info.state.terminal:
-                return
-            await self._sleep(poll_interval)
+        """Each new state of a job, the current one first, ending after a terminal state.
 
-    async def _stream_once(self, job_id: int, decoder: SseDecoder, read_timeout: float) -> AsyncIterator[JobInfo]:
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if decoder.last_id is not None:
-            headers["Last-Event-ID"] = decoder.last_id
-        timeout = httpx.Timeout(self.timeout, read=read_timeout)
-        path = job_path(job_id, "events")
-        async with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
-            if response.status_code >= 300:
-                await response.aread()
-                raise stream_refusal(response.status_code, response.content, response.reason_phrase)
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                raise StreamUnavailable("the events URL did not answer text/event-stream")
-            async for event in aiter_sse(response.aiter_lines(), decoder):
-                info = event_job(event.event, event.data)
-                if info is not None:
-                    yield info
+        Follows the server-sent events stream and reconnects when it drops; after
+        ``max_stream_failures`` attempts in a row that deliver nothing it polls
+        ``GET /jobs/{id}`` instead. Repeats (a reconnect replays the current state) are
+        skipped. 401/403/404 end it with an ApiError.
+        """
+        flow = base.events_flow(job_id, poll_interval, retry_delay, max_stream_failures, max_poll_failures,
+                                read_timeout)
+        return self._iterate(flow)
 
     async def wait(
         self,
@@ -345,12 +228,181 @@ class AsyncCloudImagingClient:
         on_change: Callable[[JobInfo], Any] | None = None,
         **events_options: Any,
     ) -> JobInfo:
-        """Until the job ends; ``on_change`` may be a plain or an async function."""
+        """Until the job ends; ``on_change`` (a plain or an async function) sees every new
+        state. Returns the final job."""
         last: JobInfo | None = None
         async for info in self.events(job_id, **events_options):
             last = info
             if on_change is not None:
                 result = on_change(info)
-                if asyncio.iscoroutine(result):
+                if inspect.isawaitable(result):
                     await result
         return last if last is not None else await self.job(job_id)
+
+    # ------------------------------------------------------------------ the driver
+
+    async def _run(self, flow: Flow[base.T]) -> base.T:
+        """Carry out a flow that emits nothing; returns its result."""
+        result: list[Any] = []
+        async with contextlib.aclosing(self._drive(flow, result)) as driver:
+            async for _ in driver:
+                raise RuntimeError("a flow emitted a value where none was expected")
+        return result[0]
+
+    async def _iterate(self, flow: Flow[None]) -> AsyncIterator[Any]:
+        """Carry out a flow, yielding what it emits."""
+        async with contextlib.aclosing(self._drive(flow, [])) as driver:
+            async for value in driver:
+                yield value
+
+    async def _drive(self, flow: Flow[Any], result: list[Any]) -> AsyncGenerator[Any, None]:
+        """Answer each step of ``flow``; yield what it emits, append what it returns to ``result``."""
+        stream: tuple[base.Stream, AsyncGenerator[JobInfo, None]] | None = None
+        answer: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = flow.throw(error) if error is not None else flow.send(answer)
+                except StopIteration as stop:
+                    result.append(stop.value)
+                    return
+                answer, error = None, None
+                if stream is not None and stream[0] is not step and not isinstance(step, base.Emit):
+                    await stream[1].aclose()
+                    stream = None
+                if isinstance(step, base.Emit):
+                    yield step.value
+                    continue
+                if isinstance(step, base.Stream):
+                    if stream is None:
+                        stream = (step, self._stream(step))
+                    answer = await self._next_event(stream[1])
+                    if answer is None:
+                        stream = None
+                    continue
+                try:
+                    answer = await self._step(step)
+                except BaseException as exc:
+                    error = exc
+        finally:
+            if stream is not None:
+                await stream[1].aclose()
+            flow.close()
+
+    async def _step(self, step: base.Step) -> Any:
+        if isinstance(step, base.Request):
+            if step.best_effort:
+                return await asyncio.shield(self._request(step))
+            return await self._request(step)
+        if isinstance(step, base.Upload):
+            return await self._upload(step)
+        if isinstance(step, base.MultipartCreate):
+            return await self._multipart(step)
+        if isinstance(step, base.Download):
+            return await self._download(step)
+        if isinstance(step, base.Sleep):
+            return await self._sleep(step.seconds)
+        raise TypeError(f"unknown step {step!r}")
+
+    # ------------------------------------------------------------------ the I/O of each step
+
+    async def _request(self, step: base.Request) -> Any:
+        timeout = step.timeout if step.timeout is not None else httpx.USE_CLIENT_DEFAULT
+        try:
+            response = await self._http.request(step.method, step.path, params=step.params, json=step.json,
+                                                timeout=timeout)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        return self._answer(response, step.path, step.json_answer)
+
+    @staticmethod
+    def _answer(response: httpx.Response, what: str, json_answer: bool = True) -> Any:
+        return base.decode_answer(response.status_code, response.content, response.reason_phrase, what, json_answer)
+
+    def _client_for(self, url: str) -> httpx.AsyncClient:
+        """The service's own client for its URLs; a token-less one for other hosts."""
+        if base.same_origin(self.url, url):
+            return self._http
+        if self._foreign is None:
+            self._foreign = httpx.AsyncClient(
+                headers={"User-Agent": base.user_agent()},
+                verify=base.ssl_context(self._ca, public=True),
+                timeout=self.timeout,
+                transport=self._transport,
+            )
+        return self._foreign
+
+    async def _upload(self, step: base.Upload) -> None:
+        meter = base.UploadMeter(step.source.size, step.progress)
+
+        async def body() -> AsyncIterator[bytes]:
+            chunks = step.source.chunks()
+            try:
+                while chunk := await asyncio.to_thread(next, chunks, b""):
+                    yield chunk
+                    meter.count(chunk)
+            finally:
+                chunks.close()
+
+        try:
+            response = await self._client_for(step.url).put(step.url, content=body(), headers=step.headers)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"upload failed: {exc or type(exc).__name__}") from None
+        self._answer(response, "upload", json_answer=False)
+        meter.check(response.content)
+
+    async def _multipart(self, step: base.MultipartCreate) -> Any:
+        content = step.source.data
+        if content is None:
+            assert step.source.path is not None
+            content = await asyncio.to_thread(step.source.path.read_bytes)
+        reader = base.ProgressReader(io.BytesIO(content), step.source.size, step.progress)
+        try:
+            files = {"document": (step.filename, reader, step.document_format)}
+            response = await self._http.post(f"{base.API_PREFIX}/jobs", data=step.data, files=files)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        return self._answer(response, "/jobs")
+
+    async def _download(self, step: base.Download) -> int:
+        tmp = base.part_path(step.dest)
+        done = 0
+        try:
+            async with self._http.stream("GET", step.path) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._answer(response, step.path)
+                total = int(response.headers.get("content-length") or 0)
+                with tmp.open("wb") as fh:
+                    async for chunk in response.aiter_bytes(base.CHUNK_SIZE):
+                        fh.write(chunk)
+                        done += len(chunk)
+                        if step.progress is not None:
+                            step.progress(done, total or done)
+            tmp.replace(step.dest)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"download failed: {exc or type(exc).__name__}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return done
+
+    async def _stream(self, step: base.Stream) -> AsyncGenerator[JobInfo, None]:
+        timeout = httpx.Timeout(self.timeout, read=step.read_timeout)
+        async with self._http.stream("GET", step.path, headers=step.headers, timeout=timeout) as response:
+            if response.status_code >= 300:
+                await response.aread()
+                raise base.stream_refusal(response.status_code, response.content, response.reason_phrase)
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                raise base.StreamUnavailable("the events URL did not answer text/event-stream")
+            async for event in aiter_sse(response.aiter_lines(), step.decoder):
+                info = base.event_job(event.event, event.data)
+                if info is not None:
+                    yield info
+
+    @staticmethod
+    async def _next_event(events: AsyncGenerator[JobInfo, None]) -> JobInfo | None:
+        """The stream's next job state; None once it ended or dropped (the flow reconnects)."""
+        with contextlib.suppress(base.StreamUnavailable, httpx.TransportError, httpx.StreamError):
+            return await anext(events, None)
+        return None

@@ -2,8 +2,9 @@
 
 ``main(argv)`` returns the exit code and writes only to ``sys.stdout``/``sys.stderr``, so it
 runs in-process in tests; only the console entry point turns the code into ``sys.exit``.
-Other packages add verbs (``service``, ``up``, broker and manager tools) through their
-``add_parser(subparsers)`` hooks; each verb sets ``func(args) -> int``.
+The client's own verb modules (manage_cli, scan_cli) are imported here; the other packages
+(broker, manager, cloud_service) add their verbs as plug-ins when installed. Each module has
+an ``add_parser(subparsers)`` hook, and each verb sets ``func(args) -> int``.
 
 Exit codes: 0 success; 1 error (refused, not found, unreachable, not configured); 2 usage
 (bad flags or ``-o`` values); 130 interrupted. ``print --wait`` / ``status --wait`` end with
@@ -14,176 +15,48 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import Any
 
-from pydantic import BaseModel
-
+from client import manage_cli, scan_cli
 from client.api import CloudImagingClient
-from client.config import ClientConfig, load_config
+from client.cli_common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    CliParser,
+    ParserExit,
+    UsageError,
+    about_job,
+    client_for,
+    cmd_services,
+    connection_options,
+    emit_json,
+    err,
+    exit_code_for,
+    out,
+    parse_job_ref,
+    positive,
+)
 from client.errors import ApiError, ClientError
 from client.options import OptionError, build_ticket
 from client.progress import ProgressBar
-from client.render import (
-    job_status,
-    jobs_table,
-    request_id,
-    service_long,
-    services_table,
-    state_line,
-)
+from client.render import job_status, jobs_table, request_id, state_line
 from schemas.api import JobInfo
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.text import check_mime
 
-PROG = "cloudimaging"
+#: The client's own verb modules, each with ``add_parser(subparsers)``.
+VERB_MODULES = (manage_cli, scan_cli)
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-#: Exit code of ``--wait`` for each terminal job state.
-WAIT_EXIT_CODES = {JobState.COMPLETED: 0, JobState.ABORTED: 1, JobState.CANCELED: 2}
-
-#: Modules whose ``add_parser(subparsers)`` adds verbs; a missing one is skipped.
-EXTENSIONS = ("client.manage_cli", "client.scanfax_cli", "broker.cli", "manager.cli", "cloud_service.cli")
-
-#: How verbs get a client from the resolved configuration; tests may replace it.
-client_factory: Callable[[ClientConfig], CloudImagingClient] = CloudImagingClient.from_config
-
-
-class UsageError(Exception):
-    """A command line that cannot be run: exit code 2, one line on stderr."""
-
-    def __init__(self, message: str, parser: argparse.ArgumentParser | None = None) -> None:
-        super().__init__(message)
-        self.parser = parser
-
-
-class _ParserExit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class CliParser(argparse.ArgumentParser):
-    """argparse that raises instead of calling sys.exit, so ``main`` can return the code."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message, self)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _ParserExit(status)
-
-
-def exit_code_for(state: JobState) -> int:
-    """The ``--wait`` exit code: 0 completed, 1 aborted, 2 canceled (1 if not ended)."""
-    return WAIT_EXIT_CODES.get(JobState(state), EXIT_ERROR)
-
-
-def parse_job_ref(text: str) -> int:
-    """``42`` or lp's request id ``office-42`` -> 42."""
-    match = re.fullmatch(r"(?:.+-)?(\d{1,18})", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (42 or printer-42)")
-    return int(match.group(1))
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _connection_options(*, top: bool) -> argparse.ArgumentParser:
-    """--url/--token/--ca/--json, accepted before or after the verb.
-
-    On sub-commands the defaults are SUPPRESS, so an option given before the verb is not
-    reset by the sub-parser.
-    """
-    parser = argparse.ArgumentParser(add_help=False)
-    default = None if top else argparse.SUPPRESS
-    group = parser.add_argument_group("service connection (default: environment or client.json)")
-    group.add_argument("--url", default=default, help="service URL, e.g. https://127.0.0.1:8443")
-    group.add_argument("--token", default=default, help="bearer token (prefer CLOUDIMAGING_TOKEN)")
-    group.add_argument("--ca", default=default, metavar="PEM", help="CA certificate file to verify TLS")
-    group.add_argument(
-        "--json",
-        action="store_true",
-        default=False if top else argparse.SUPPRESS,
-        help="print the API objects as JSON on stdout, nothing else",
-    )
-    return parser
-
-
-# ------------------------------------------------------------------------------ output
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"{PROG}: {text}\n")
-    sys.stderr.flush()
-
-
-def _dump(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {k: _dump(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_dump(v) for v in value]
-    return value
-
-
-def emit_json(value: Any) -> None:
-    """API objects as JSON on stdout: the only thing ``--json`` writes there."""
-    _out(json.dumps(_dump(value), indent=2, ensure_ascii=False))
-
-
-def _client(args: argparse.Namespace) -> CloudImagingClient:
-    config = load_config(getattr(args, "url", None), getattr(args, "token", None), getattr(args, "ca", None))
-    return client_factory(config)
-
-
-def _about_job(job_id: int, error: ApiError) -> str:
-    text = str(error)
-    return text if str(job_id) in text else f"job {job_id}: {text}"
-
-
-# ------------------------------------------------------------------------------ verbs
-
-
-def cmd_printers(args: argparse.Namespace) -> int:
-    """List services (lpstat -p); named ones are fetched one by one."""
-    with _client(args) as client:
-        if args.names:
-            services = [client.service(args.kind, name) for name in args.names]
-        else:
-            services = client.services(args.kind)
-    if args.json:
-        emit_json({"services": services})
-    elif not services:
-        _err(f"no {args.kind} services")
-    elif args.long:
-        _out("\n\n".join(service_long(s) for s in services))
-    else:
-        _out(services_table(services))
-    return EXIT_OK
+#: Verbs of the other packages, loaded by name: a device-only or client-only install may lack
+#: a package, and then its verbs are simply not there. Any other import failure is an error.
+PLUGINS = ("broker.cli", "manager.cli", "cloud_service.cli")
 
 
 def _wait(client: CloudImagingClient, job: JobInfo, args: argparse.Namespace) -> int:
@@ -194,12 +67,12 @@ def _wait(client: CloudImagingClient, job: JobInfo, args: argparse.Namespace) ->
         line = state_line(info)
         if not args.json and line not in shown[-1:]:  # a new version may look the same
             shown.append(line)
-            _out(line)
+            out(line)
 
     try:
         final = client.wait(job.id, on_change=show)
     except KeyboardInterrupt:
-        _err(f"stopped waiting; job {request_id(job)} was not canceled")
+        err(f"stopped waiting; job {request_id(job)} was not canceled")
         return EXIT_INTERRUPTED
     if args.json:
         emit_json(final)
@@ -228,7 +101,7 @@ def cmd_print(args: argparse.Namespace) -> int:
     if not by_reference and args.file != "-" and not os.path.isfile(args.file):
         problem = "not a regular file" if os.path.exists(args.file) else "no such file"
         raise ClientError(f"{args.file}: {problem}")
-    with _client(args) as client:
+    with client_for(args) as client:
         if by_reference:
             job = client.submit_uri(args.file, ticket, service=args.printer, document_format=document_format)
         else:
@@ -248,7 +121,7 @@ def cmd_print(args: argparse.Namespace) -> int:
                 if bar is not None:
                     bar.finish()
         if not args.json:
-            _out(f"request id is {request_id(job)} (1 file(s))")
+            out(f"request id is {request_id(job)} (1 file(s))")
         if args.wait:
             return _wait(client, job, args)
     if args.json:
@@ -258,27 +131,27 @@ def cmd_print(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List this user's jobs (lpstat -o); --all adds ended ones."""
-    with _client(args) as client:
+    with client_for(args) as client:
         jobs = client.jobs(all=args.all, kind=args.kind, service=args.printer)
     if args.json:
         emit_json({"jobs": jobs})
     elif jobs:
-        _out(jobs_table(jobs))
+        out(jobs_table(jobs))
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show one job with its history; --wait follows it to the end."""
-    with _client(args) as client:
+    with client_for(args) as client:
         job = client.job(args.job)
         if args.wait and not job.state.terminal:
             return _wait(client, job, args)  # its first line is the current state
     if args.json:
         emit_json(job)
     elif args.wait:
-        _out(state_line(job))
+        out(state_line(job))
     else:
-        _out(job_status(job))
+        out(job_status(job))
     return exit_code_for(job.state) if args.wait else EXIT_OK
 
 
@@ -286,25 +159,25 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel jobs (cancel): one line each; non-zero if any is unknown or already ended."""
     code = EXIT_OK
     canceled: list[JobInfo] = []
-    with _client(args) as client:
+    with client_for(args) as client:
         for job_id in args.jobs:
             try:
                 job = client.cancel(job_id)
             except ApiError as exc:
                 if exc.status not in (404, 409):
                     raise
-                _err(f"error: {_about_job(job_id, exc)}")
+                err(f"error: {about_job(job_id, exc)}")
                 code = EXIT_ERROR
                 continue
             canceled.append(job)
             if args.json:
                 continue
             if job.state == JobState.CANCELED:
-                _out(f"job {request_id(job)} canceled")
+                out(f"job {request_id(job)} canceled")
             elif Reason.PROCESSING_TO_STOP_POINT in job.state_reasons:
-                _out(f"job {request_id(job)} is being canceled; waiting for the printer to stop")
+                out(f"job {request_id(job)} is being canceled; waiting for the printer to stop")
             else:
-                _out(f"job {request_id(job)} is {job.state}")
+                out(f"job {request_id(job)} is {job.state}")
     if args.json and canceled:
         emit_json(canceled[0] if len(args.jobs) == 1 else {"jobs": canceled})
     return code
@@ -313,13 +186,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ parser
 
 
-def _add_extensions(subparsers: Any) -> None:
-    for name in EXTENSIONS:
+def add_plugin_verbs(subparsers: Any) -> None:
+    """Add the verbs of each plug-in module whose package is installed.
+
+    Only a ModuleNotFoundError for the package itself means "not installed"; a plug-in that
+    is there but fails to import (a missing dependency, a bug) stops the command with why.
+    """
+    for name in PLUGINS:
+        package = name.partition(".")[0]
         try:
-            importlib.import_module(name).add_parser(subparsers)
-        except (ImportError, AttributeError) as exc:
-            if os.environ.get("CLOUDIMAGING_DEBUG"):
-                _err(f"note: no verbs from {name}: {exc}")
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == package:
+                continue
+            raise ImportError(f"cannot load the {name} verbs: {exc}") from exc
+        module.add_parser(subparsers)
 
 
 def build_parser() -> CliParser:
@@ -327,14 +208,14 @@ def build_parser() -> CliParser:
     parser = CliParser(
         prog=PROG,
         description="Print through a Cloud Imaging service (PWG Cloud Imaging Model).",
-        parents=[_connection_options(top=True)],
+        parents=[connection_options(top=True)],
         epilog=(
             "exit codes: 0 ok, 1 error, 2 usage; with --wait: 0 completed, 1 aborted, "
             "2 canceled; 130 interrupted. See docs/cli.md."
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    common = [_connection_options(top=False)]
+    common = [connection_options(top=False)]
 
     p = sub.add_parser("printers", aliases=["services"], parents=common, help="list print services (lpstat -p)")
     p.add_argument("names", nargs="*", metavar="PRINTER", help="only these services")
@@ -342,12 +223,12 @@ def build_parser() -> CliParser:
     p.add_argument(
         "--kind", choices=[k.value for k in ServiceKind], default=ServiceKind.PRINT.value, help="service kind"
     )
-    p.set_defaults(func=cmd_printers)
+    p.set_defaults(func=cmd_services)
 
     p = sub.add_parser("print", parents=common, help="print a file (lp)")
     p.add_argument("file", metavar="FILE", help="file to print; - reads stdin; an https URL is fetched by the service")
     p.add_argument("-p", "-d", "--printer", help="print service name (default: the only/first one)")
-    p.add_argument("-n", "--copies", type=_positive, help="number of copies")
+    p.add_argument("-n", "--copies", type=positive, help="number of copies")
     p.add_argument(
         "-o",
         "--option",
@@ -377,7 +258,9 @@ def build_parser() -> CliParser:
     p.add_argument("jobs", type=parse_job_ref, nargs="+", metavar="JOB", help="job id (42 or printer-42)")
     p.set_defaults(func=cmd_cancel)
 
-    _add_extensions(sub)
+    for module in VERB_MODULES:
+        module.add_parser(sub)
+    add_plugin_verbs(sub)
     return parser
 
 
@@ -388,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except UsageError as exc:
         (exc.parser or parser).print_usage(sys.stderr)
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_USAGE
-    except _ParserExit as exc:
+    except ParserExit as exc:
         return exc.status
     func = getattr(args, "func", None)
     if func is None:
@@ -399,18 +282,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except UsageError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_USAGE
     except ClientError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_ERROR
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             return EXIT_ERROR
         where = f"{exc.filename}: " if exc.filename else ""
-        _err(f"error: {where}{exc.strerror or exc}")
+        err(f"error: {where}{exc.strerror or exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        _err("interrupted")
+        err("interrupted")
         return EXIT_INTERRUPTED

@@ -22,23 +22,21 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
+from client.cli_common import UsageError, client_for, connection_options, emit_json, out
 from client.render import clean, format_time, table
+from schemas.api import API_PREFIX
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    from client.cli import _client
-
-    with _client(args) as client:
-        return client._json(method, "/api/v1" + path, **kwargs)
+    with client_for(args) as client:
+        return client.request(method, API_PREFIX + path, **kwargs)
 
 
 def _show(args: argparse.Namespace, value: Any, text: str) -> int:
-    from client.cli import _out, emit_json
-
     if args.json:
         emit_json(value)
     elif text:
-        _out(text)
+        out(text)
     return 0
 
 
@@ -194,9 +192,7 @@ def cmd_accounting(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    from client.cli import _connection_options
-
-    common = [_connection_options(top=False)]
+    common = [connection_options(top=False)]
     roles = ["admin", "owner", "user"]
 
     p = sub.add_parser("users", parents=common, help="list, add or change users and service accounts (admin)")
@@ -270,8 +266,6 @@ def _need(field: str, actions: tuple[str, ...], func: Any) -> Any:
     """Wrap a verb so that ``field`` is required for some actions (argparse cannot say so)."""
 
     def run(args: argparse.Namespace) -> int:
-        from client.cli import UsageError
-
         if args.action in actions and getattr(args, field) is None:
             raise UsageError(f"{args.action} needs {field.replace('_', ' ')}")
         if func is cmd_users and args.action == "add" and args.role is None:

@@ -6,12 +6,14 @@ started when the test ends.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import pytest
 
 from broker.pki import Pki, ensure_pki
 from tests.support.docserver import DocServer
+from tests.support.live import LiveStack
 
 
 @pytest.fixture(scope="module")
@@ -26,3 +28,18 @@ def docs(pki: Pki) -> Iterator[DocServer]:
     server = DocServer(pki).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """The real stack with simulated printers (tests/support/live.py), shared by one module."""
+    stack = LiveStack(tmp_path_factory.mktemp("live")).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def user_token(live: LiveStack, request: pytest.FixtureRequest) -> str:
+    """A token for a user of this test alone, so it sees only its own jobs."""
+    name = "u-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
+    return live.token_for(name)

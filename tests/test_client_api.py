@@ -1,46 +1,67 @@
-"""The sync and async clients against the in-memory API (httpx MockTransport, no sockets)."""
+"""The sync and async clients against the real service (broker, service and a Manager with
+simulated printers, tests/support/live.py), plus the I/O-free core on its own."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import inspect
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from client import _base as base
 from client.aio import AsyncCloudImagingClient
-from client.api import CHUNK_SIZE, CloudImagingClient
+from client.api import CloudImagingClient
 from client.errors import ApiError, ClientError, ConnectionFailed, describe_error
+from client.sse import SseDecoder
 from schemas.api import JobInfo, ServiceInfo
 from schemas.enums import JobState
-from tests.support.fakeapi import BASE, STORE, TOKEN, FakeService, job_dict
+from tests.support.apidicts import job_dict
+from tests.support.live import LiveStack
+from tests.support.relay import Relay
+
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def fake() -> FakeService:
-    return FakeService()
+def relay(live: LiveStack) -> Iterator[Relay]:
+    """A relay in front of the service, to cut or refuse connections."""
+    relay = Relay(live.port).start()
+    yield relay
+    relay.stop()
+
+
+def lines(pages: int) -> bytes:
+    """A text document of ``pages`` pages (60 lines each, as the service counts them)."""
+    return b"".join(b"line %d\n" % n for n in range(60 * pages))
+
+
+def versions(jobs: list[JobInfo]) -> list[int]:
+    return [j.version for j in jobs]
 
 
 # ---------------------------------------------------------------------------- services
 
 
-def test_services_and_one_service(fake: FakeService) -> None:
-    with fake.client() as client:
+def test_services_and_one_service(live: LiveStack) -> None:
+    with live.client() as client:
         services = client.services()
-        assert [s.name for s in services] == ["office"]
-        assert isinstance(services[0], ServiceInfo)
-        assert client.service("print", "office").make_and_model == "Acme LaserWriter 9000"
+        assert {"office", "slow", "rejecting", "parked"} <= {s.name for s in services}
+        assert all(isinstance(s, ServiceInfo) for s in services)
+        assert [s.name for s in client.services("scan")] == ["lab-scanner"]
+        assert client.service("print", "office").make_and_model == "Simulated office"
         with pytest.raises(ApiError) as info:
             client.service("print", "nope")
     assert info.value.status == 404
-    assert fake.requests[0].url.params["kind"] == "print"
-    assert fake.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
 
 
-def test_validate_refusal_names_attribute_and_supported(fake: FakeService) -> None:
-    with fake.client() as client:
+def test_validate_refusal_names_attribute_and_supported(live: LiveStack) -> None:
+    with live.client() as client:
         client.validate("print", "office", {"sides": "one-sided"}, "application/pdf")
         with pytest.raises(ApiError) as info:
             client.validate("print", "office", {"sides": "two-sided-short-edge"})
@@ -49,180 +70,227 @@ def test_validate_refusal_names_attribute_and_supported(fake: FakeService) -> No
     assert "sides" in str(err) and "two-sided-long-edge" in str(err)
 
 
-def test_health(fake: FakeService) -> None:
-    with fake.client() as client:
-        assert client.health() == {"status": "ok"}
+def test_health(live: LiveStack) -> None:
+    with live.client() as client:
+        assert client.health()["status"] == "ok"
 
 
 # ---------------------------------------------------------------------------- submission
 
 
-def test_submit_uploads_to_the_presigned_url_then_closes(fake: FakeService) -> None:
+def test_submit_uploads_to_the_presigned_url_then_closes(live: LiveStack, user_token: str, tmp_path: Path) -> None:
     progress: list[tuple[int, int]] = []
-    with fake.client() as client:
-        job = client.submit(b"hello printer\n", {"copies": 2}, progress=lambda s, t: progress.append((s, t)))
-    assert isinstance(job, JobInfo)
-    assert job.state == JobState.PENDING
-    create = json.loads(fake.calls("POST", "/api/v1/jobs")[0].content)
-    assert create == {"kind": "print", "ticket": {"copies": 2}, "document_format": "text/plain", "upload": True}
-    put = fake.calls("PUT", "/objects/")[0]
-    assert put.headers["content-type"] == "text/plain"
-    assert put.headers["content-length"] == "14"
-    assert fake.uploads[job.id] == b"hello printer\n"
-    assert fake.calls("POST", f"/jobs/{job.id}/close")
+    with live.client(token=user_token) as client:
+        job = client.submit(b"hello printer\n", {"copies": 2}, service="parked",
+                            progress=lambda s, t: progress.append((s, t)))
+        assert isinstance(job, JobInfo)
+        assert job.state == JobState.PENDING and job.ticket["copies"] == 2
+        document = job.documents[0]
+        assert (document.format, document.size) == ("text/plain", 14)
+        assert document.sha256 == hashlib.sha256(b"hello printer\n").hexdigest()
+        assert client.download(job.id, 1, tmp_path / "back.txt") == 14
+    assert (tmp_path / "back.txt").read_bytes() == b"hello printer\n"
+    assert not (tmp_path / "back.txt.part").exists()
     assert progress[0] == (0, 14) and progress[-1] == (14, 14)
 
 
-def test_submit_streams_a_file_in_chunks_with_progress(fake: FakeService, tmp_path: Path) -> None:
-    data = b"%PDF-1.7\n" + bytes(range(256)) * (3 * CHUNK_SIZE // 256)
+def test_submit_streams_a_file_in_chunks_with_progress(live: LiveStack, user_token: str, tmp_path: Path) -> None:
+    data = b"%PDF-1.7\n" + bytes(range(256)) * (3 * base.CHUNK_SIZE // 256)
     path = tmp_path / "big report.pdf"
     path.write_bytes(data)
     progress: list[int] = []
-    with fake.client() as client:
-        job = client.submit(path, service="office", progress=lambda sent, _total: progress.append(sent))
-    create = json.loads(fake.calls("POST", "/api/v1/jobs")[0].content)
-    assert create["document_name"] == "big report.pdf"
-    assert create["document_format"] == "application/pdf"
-    assert create["service"] == "office"
-    assert fake.uploads[job.id] == data
+    with live.client(token=user_token) as client:
+        job = client.submit(path, service="parked", progress=lambda sent, _total: progress.append(sent))
+        client.download(job.id, 1, tmp_path / "back.pdf")
+    document = job.documents[0]
+    assert (document.name, document.format, document.size) == ("big report.pdf", "application/pdf", len(data))
+    assert job.service == "parked"
+    assert (tmp_path / "back.pdf").read_bytes() == data
     assert progress == sorted(progress) and progress[-1] == len(data) and len(progress) >= 4
 
 
-def test_format_override(fake: FakeService) -> None:
-    with fake.client() as client:
-        client.submit(b"%PDF-1.4", document_format="Text/Plain")
-    assert json.loads(fake.calls("POST", "/api/v1/jobs")[0].content)["document_format"] == "text/plain"
+def test_format_override(live: LiveStack, user_token: str) -> None:
+    with live.client(token=user_token) as client:
+        job = client.submit(b"%PDF-1.4", service="parked", document_format="Text/Plain")
+    assert job.documents[0].format == "text/plain"
 
 
-def test_token_is_not_sent_to_an_object_store_on_another_host(fake: FakeService) -> None:
-    fake.upload_host = STORE
-    with fake.client() as client:
-        client.submit(b"x")
-    put = fake.calls("PUT", "/objects/")[0]
-    assert put.url.host == "store.test"
-    assert "authorization" not in put.headers
+class RecordingTransport(httpx.HTTPTransport):
+    """The real transport, noting each request it sends."""
+
+    def __init__(self, ca: Path) -> None:
+        super().__init__(verify=base.ssl_context(ca))
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return super().handle_request(request)
 
 
-def test_refused_ticket_costs_no_upload(fake: FakeService) -> None:
-    with fake.client() as client, pytest.raises(ApiError) as info:
-        client.submit(b"x", {"media": "iso_a3_297x420mm"})
+def test_token_is_not_sent_to_an_object_store_on_another_host(live: LiveStack, relay: Relay, user_token: str) -> None:
+    # Through the relay the service is another origin than the upload URL it hands out.
+    transport = RecordingTransport(live.ca)
+    with live.client(url=relay.url, token=user_token, transport=transport) as client:
+        job = client.submit(b"x", service="parked")
+    put = [r for r in transport.sent if r.method == "PUT"]
+    assert len(put) == 1 and put[0].url.port == live.port
+    assert "authorization" not in put[0].headers
+    assert put[0].headers["content-length"] == "1" and "transfer-encoding" not in put[0].headers
+    assert all(r.headers["authorization"] == f"Bearer {user_token}" for r in transport.sent if r.method == "POST")
+    assert job.documents[0].size == 1
+
+
+def test_refused_ticket_costs_no_upload(live: LiveStack, user_token: str) -> None:
+    with live.client(token=user_token) as client:
+        with pytest.raises(ApiError) as info:
+            client.submit(b"x", {"media": "iso_a3_297x420mm"}, service="office")
+        assert client.jobs(all=True) == []
     assert info.value.attribute == "media"
-    assert not fake.calls("PUT", "/objects/")
 
 
-@pytest.mark.parametrize("knob", ["fail_upload", "corrupt_receipt"])
-def test_failed_upload_cancels_the_half_made_job(fake: FakeService, knob: str) -> None:
-    setattr(fake, knob, True)
-    with fake.client() as client, pytest.raises(ApiError) as info:
-        client.submit(b"data")
-    assert info.value.code == ("too-large" if knob == "fail_upload" else "upload-corrupted")
-    assert fake.calls("POST", "/jobs/1/cancel")
-    assert fake.jobs[1]["state"] == "canceled"
-
-
-def test_interrupted_upload_cancels_too(fake: FakeService) -> None:
+def test_interrupted_upload_cancels_the_half_made_job(live: LiveStack, user_token: str) -> None:
     def interrupt(sent: int, _total: int) -> None:
         if sent:
             raise KeyboardInterrupt
 
-    with fake.client() as client, pytest.raises(KeyboardInterrupt):
-        client.submit(b"data", progress=interrupt)
-    assert fake.jobs[1]["state"] == "canceled"
+    with live.client(token=user_token) as client:
+        with pytest.raises(KeyboardInterrupt):
+            client.submit(b"data", service="parked", progress=interrupt)
+        [job] = client.jobs(all=True)
+    assert job.state == JobState.CANCELED
 
 
-def test_missing_file_fails_before_any_request(fake: FakeService, tmp_path: Path) -> None:
-    with fake.client() as client, pytest.raises(FileNotFoundError):
-        client.submit(tmp_path / "absent.pdf")
-    assert fake.requests == []
+def test_a_failed_upload_cancels_the_half_made_job() -> None:
+    """The submit flow on its own: whatever fails after the create, the job is canceled."""
+    source = base.DocumentSource.open(b"data")
+    flow = base.submit_flow(source, None, "office", "print", None, None)
+    create = next(flow)
+    assert isinstance(create, base.Request) and create.json["upload"] is True
+    created = job_dict(5, state="pending-held", upload_url="https://svc.test/objects/jobs/5/1?sig=s")
+    upload = flow.send(created)
+    assert isinstance(upload, base.Upload) and upload.headers["Content-Length"] == "4"
+    cancel = flow.throw(ApiError(413, "too-large", "document exceeds 1 MiB"))
+    assert (cancel.method, cancel.path, cancel.best_effort) == ("POST", "/api/v1/jobs/5/cancel", True)
+    with pytest.raises(ApiError, match="exceeds"):
+        flow.throw(ApiError(409, "job-ended", "already canceled"))  # the cancel's own failure is ignored
 
 
-def test_bad_document_name_is_caught_locally(fake: FakeService) -> None:
-    with fake.client() as client, pytest.raises(ClientError, match="document_name"):
-        client.submit(b"x", document_name="a\x00b")
-    assert fake.requests == []
+def test_an_upload_receipt_that_does_not_match_is_an_error() -> None:
+    meter = base.UploadMeter(4, None)
+    meter.count(b"data")
+    meter.check(b'{"size": 4, "sha256": "' + hashlib.sha256(b"data").hexdigest().encode() + b'"}')
+    meter.check(b"")  # another object store may answer nothing
+    for receipt in (b'{"size": 5}', b'{"size": 4, "sha256": "' + b"0" * 64 + b'"}'):
+        with pytest.raises(ApiError) as info:
+            meter.check(receipt)
+        assert info.value.code == "upload-corrupted"
 
 
-def test_multipart(fake: FakeService, tmp_path: Path) -> None:
+def test_missing_file_fails_before_any_request(live: LiveStack, user_token: str, tmp_path: Path) -> None:
+    with live.client(token=user_token) as client:
+        with pytest.raises(FileNotFoundError):
+            client.submit(tmp_path / "absent.pdf")
+        assert client.jobs(all=True) == []
+
+
+def test_bad_document_name_is_caught_locally(live: LiveStack, user_token: str) -> None:
+    with live.client(token=user_token) as client:
+        with pytest.raises(ClientError, match="document_name"):
+            client.submit(b"x", document_name="a\x00b")
+        assert client.jobs(all=True) == []
+
+
+def test_multipart(live: LiveStack, user_token: str, tmp_path: Path) -> None:
     path = tmp_path / "pic.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000)
     seen: list[int] = []
-    with fake.client() as client:
-        job = client.submit_multipart(path, {"copies": 1}, progress=lambda sent, _t: seen.append(sent))
-    assert fake.uploads[job.id] == path.read_bytes()
+    with live.client(token=user_token) as client:
+        job = client.submit_multipart(path, {"copies": 1}, service="parked",
+                                      progress=lambda sent, _t: seen.append(sent))
+        client.download(job.id, 1, tmp_path / "back.png")
+    assert (tmp_path / "back.png").read_bytes() == path.read_bytes()
     assert job.documents[0].format == "image/png"
     assert seen[-1] == 5008
 
 
-def test_submit_uri(fake: FakeService) -> None:
-    with fake.client() as client:
-        client.submit_uri("https://files.example/a.pdf", {"copies": 1}, document_format="application/pdf")
-    body = json.loads(fake.calls("POST", "/api/v1/jobs")[0].content)
-    assert body["document_uri"] == "https://files.example/a.pdf"
-    assert "upload" in body and body["upload"] is False
+def test_submit_uri(live: LiveStack, user_token: str) -> None:
+    """The service fetches the document itself, and refuses URLs into its own network."""
+    with live.client(token=user_token) as client:
+        with pytest.raises(ApiError) as info:
+            client.submit_uri("https://127.0.0.1:1/a.pdf", {"copies": 1}, service="parked",
+                              document_format="application/pdf")
+        assert client.jobs() == []  # nothing is left waiting for a document
+    assert info.value.status == 400 and "document-uri" in str(info.value)
+    assert "non-public" in str(info.value)
 
 
 # ---------------------------------------------------------------------------- jobs and errors
 
 
-def test_jobs_job_cancel(fake: FakeService) -> None:
-    fake.jobs = {1: job_dict(1), 2: job_dict(2, state="completed", state_reasons=[])}
-    with fake.client() as client:
-        assert [j.id for j in client.jobs()] == [1]
-        assert [j.id for j in client.jobs(all=True, kind="print", service="office")] == [1, 2]
-        assert client.job(2).state == JobState.COMPLETED
-        assert client.cancel(1).state == JobState.CANCELED
+def test_jobs_job_cancel(live: LiveStack, user_token: str) -> None:
+    with live.client(token=user_token) as client:
+        done = client.submit(b"%PDF-1.4 done", service="office")
+        assert client.wait(done.id).state == JobState.COMPLETED
+        queued = client.submit(b"waiting", service="parked")
+        assert [j.id for j in client.jobs()] == [queued.id]
+        assert {j.id for j in client.jobs(all=True)} == {queued.id, done.id}
+        assert [j.id for j in client.jobs(all=True, kind="print", service="office")] == [done.id]
+        assert client.job(done.id).state == JobState.COMPLETED
+        assert client.cancel(queued.id).state == JobState.CANCELED
         with pytest.raises(ApiError) as info:
-            client.cancel(2)
+            client.cancel(done.id)
     assert info.value.status == 409
-    listing = fake.calls("GET", "/api/v1/jobs")[1]
-    assert dict(listing.url.params) == {"all": "true", "kind": "print", "service": "office"}
 
 
-def test_unauthorized() -> None:
-    fake = FakeService()
-    with CloudImagingClient(BASE, "wrong", transport=fake.transport()) as client, pytest.raises(ApiError) as info:
+def test_canceling_a_printing_job_waits_for_the_printer(live: LiveStack, user_token: str) -> None:
+    with live.client(token=user_token) as client:
+        job = client.submit(lines(100), service="slow")
+        for info in client.events(job.id):
+            if info.state == JobState.PROCESSING:
+                break
+        stopping = client.cancel(job.id)
+        assert stopping.state == JobState.PROCESSING and "processing-to-stop-point" in stopping.state_reasons
+        assert client.wait(job.id).state == JobState.CANCELED
+
+
+def test_unauthorized(live: LiveStack) -> None:
+    with live.client(token="wrong") as client, pytest.raises(ApiError) as info:
         client.services()
     assert (info.value.status, info.value.code) == (401, "unauthorized")
 
 
-def test_unreachable_is_connection_failed() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
-
-    transport = httpx.MockTransport(refuse)
-    with CloudImagingClient(BASE, TOKEN, transport=transport) as client, pytest.raises(ConnectionFailed) as info:
+def test_unreachable_is_connection_failed(live: LiveStack) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    with live.client(url=f"https://127.0.0.1:{port}") as client, pytest.raises(ConnectionFailed) as info:
         client.services()
-    assert info.value.status == 0 and "connection refused" in str(info.value)
+    assert info.value.status == 0 and "refused" in str(info.value).lower()
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "expected"),
+    ("status", "body", "reason", "expected"),
     [
-        (502, b"<html>Bad Gateway</html>", "HTTP 502 Bad Gateway: <html>Bad Gateway</html>"),
-        (422, b'{"detail": [{"loc": ["body", "ticket"], "msg": "bad"}]}', "ticket: bad"),
-        (503, b"", "HTTP 503 Service Unavailable"),
+        (502, b"<html>Bad Gateway</html>", "Bad Gateway", "HTTP 502 Bad Gateway: <html>Bad Gateway</html>"),
+        (422, b'{"detail": [{"loc": ["body", "ticket"], "msg": "bad"}]}', "Unprocessable Entity", "ticket: bad"),
+        (503, b"", "Service Unavailable", "HTTP 503 Service Unavailable"),
     ],
 )
-def test_errors_without_the_envelope(status: int, body: bytes, expected: str) -> None:
-    transport = httpx.MockTransport(lambda _r: httpx.Response(status, content=body))
-    with CloudImagingClient(BASE, TOKEN, transport=transport) as client, pytest.raises(ApiError) as info:
-        client.job(1)
-    assert info.value.status == status
-    assert str(info.value) == expected
+def test_errors_without_the_envelope(status: int, body: bytes, reason: str, expected: str) -> None:
+    """What a proxy or a framework default answers: still one readable ApiError."""
+    error = base.error_from_response(status, body, reason)
+    assert error.status == status
+    assert str(error) == expected
 
 
 def test_responses_with_fields_from_a_newer_service_still_parse() -> None:
     job = job_dict(1, priority=50)
     job["documents"][0]["pages"] = 3
-    transport = httpx.MockTransport(lambda _r: httpx.Response(200, json=job))
-    with CloudImagingClient(BASE, TOKEN, transport=transport) as client:
-        assert client.job(1).documents[0].number == 1
+    assert base.parse_model(JobInfo, job).documents[0].number == 1
 
 
 def test_malformed_response_is_an_api_error() -> None:
-    transport = httpx.MockTransport(lambda _r: httpx.Response(200, json={"id": "x"}))
-    with CloudImagingClient(BASE, TOKEN, transport=transport) as client, pytest.raises(ApiError) as info:
-        client.job(1)
+    with pytest.raises(ApiError) as info:
+        base.parse_model(JobInfo, {"id": "x"})
     assert info.value.code == "bad-response"
 
 
@@ -237,121 +305,213 @@ def test_describe_error() -> None:
 # ---------------------------------------------------------------------------- events and wait
 
 
-def _states(jobs: list[JobInfo]) -> list[str]:
-    return [f"{j.state}:{j.impressions_completed}" for j in jobs]
+def test_events_follow_the_stream_to_the_end(live: LiveStack, user_token: str) -> None:
+    with live.client(token=user_token) as client:
+        job = client.submit(lines(5), service="slow")
+        seen = list(client.events(job.id))
+    assert seen[0].version >= job.version
+    assert versions(seen) == sorted(set(versions(seen)))  # no repeats
+    assert JobState.PROCESSING in [j.state for j in seen]
+    assert seen[-1].state == JobState.COMPLETED and seen[-1].impressions_completed == 5
+    impressions = [j.impressions_completed for j in seen]
+    assert impressions == sorted(impressions)
 
 
-def _queued(fake: FakeService) -> int:
-    fake.jobs[1] = job_dict(1)
-    fake.timelines[1] = [
-        ("processing", ["job-printing"], 1),
-        ("processing", ["job-printing"], 2),
-        ("completed", ["job-completed-successfully"], 2),
-    ]
-    return 1
+def test_events_reconnect_after_a_drop_without_repeating(live: LiveStack, relay: Relay, user_token: str) -> None:
+    seen: list[JobInfo] = []
+    with live.client(url=relay.url, token=user_token, sleep=lambda _s: None) as client:
+        job = client.submit(lines(5), service="slow")
+        accepted = relay.accepted
+        for info in client.events(job.id):
+            seen.append(info)
+            if len(seen) == 1:
+                relay.cut()  # mid-stream, as a flaky network does
+    assert seen[-1].state == JobState.COMPLETED
+    assert versions(seen) == sorted(set(versions(seen)))
+    assert relay.accepted > accepted  # the cut closed every connection: the rest came on a new one
 
 
-def test_events_follow_the_stream_to_the_end(fake: FakeService) -> None:
-    job_id = _queued(fake)
-    with fake.client() as client:
-        seen = list(client.events(job_id))
-    assert _states(seen) == ["pending:0", "processing:1", "processing:2", "completed:2"]
-    assert fake.calls("GET", "/events")[0].headers["accept"] == "text/event-stream"
+def test_events_fall_back_to_polling(live: LiveStack, user_token: str) -> None:
+    sleeps: list[float] = []
+    with live.client(token=user_token, sleep=sleeps.append) as client:
+        job = client.submit(lines(2), service="slow")
+        seen = list(client.events(job.id, poll_interval=0.01, max_stream_failures=0))
+    assert seen[-1].state == JobState.COMPLETED
+    assert versions(seen) == sorted(set(versions(seen)))
+    assert 0.01 in sleeps
 
 
-def test_events_reconnect_after_a_drop_without_repeating(fake: FakeService) -> None:
-    job_id = _queued(fake)
-    fake.drops[job_id] = 2
-    with fake.client() as client:
-        seen = list(client.events(job_id))
-    assert _states(seen) == ["pending:0", "processing:1", "processing:2", "completed:2"]
-    assert len(fake.calls("GET", "/events")) == 3
+def test_events_poll_after_streams_that_deliver_nothing() -> None:
+    """The events flow on its own: each empty stream backs off, then it polls to the end."""
+    flow = base.events_flow(7, poll_interval=0.5, retry_delay=1.0, max_stream_failures=2, max_poll_failures=3,
+                            read_timeout=60.0)
+    assert isinstance(next(flow), base.Stream)
+    assert flow.send(None) == base.Sleep(1.0)  # the stream ended without an event
+    assert isinstance(flow.send(None), base.Stream)
+    poll = flow.send(None)  # the second empty stream: no more streams
+    assert (poll.method, poll.path) == ("GET", "/api/v1/jobs/7")
+    assert flow.throw(ConnectionFailed("down")) == base.Sleep(0.5)  # a blip: poll again
+    assert isinstance(flow.send(None), base.Request)
+    emitted = flow.send(job_dict(7, state="processing", state_reasons=["job-printing"]))
+    assert isinstance(emitted, base.Emit) and emitted.value.state == JobState.PROCESSING
+    assert flow.send(None) == base.Sleep(0.5)
+    assert isinstance(flow.send(None), base.Request)
+    same = job_dict(7, state="processing", state_reasons=["job-printing"])
+    assert flow.send(same) == base.Sleep(0.5)  # a repeat is not emitted
+    flow.send(None)
+    final = flow.send(job_dict(7, state="completed", state_reasons=[], version=2))
+    assert final.value.state == JobState.COMPLETED
+    with pytest.raises(StopIteration):
+        flow.send(None)
 
 
-def test_events_fall_back_to_polling(fake: FakeService) -> None:
-    job_id = _queued(fake)
-    fake.events_status = 503
-    steps = iter(fake.timelines.pop(job_id))
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (503, b"", base.StreamUnavailable),
+        (501, b"", base.StreamUnavailable),
+        (404, b"<html>no route</html>", base.StreamUnavailable),
+        (404, b'{"error": {"code": "not-found", "message": "no job 9"}}', ApiError),
+        (401, b"", ApiError),
+    ],
+)
+def test_what_an_events_refusal_means(status: int, body: bytes, outcome: type[Exception]) -> None:
+    """Poll when the stream is not offered (an old service, a proxy); stop when refused."""
+    assert type(base.stream_refusal(status, body, "")) is outcome
+
+
+def test_polling_survives_a_blip_but_not_a_404(live: LiveStack, relay: Relay, user_token: str) -> None:
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
         sleeps.append(seconds)
-        if len(fake.calls("GET", f"/jobs/{job_id}")) > len(fake.calls("GET", "/events")):
-            step = next(steps, None)
-            if step:
-                fake.advance(job_id, *step)
+        relay.down = False  # the network comes back
 
-    with fake.client(sleep=sleep) as client:
-        seen = list(client.events(job_id, poll_interval=0.5, max_stream_failures=2))
-    assert _states(seen) == ["pending:0", "processing:1", "processing:2", "completed:2"]
-    assert len(fake.calls("GET", "/events")) == 2
-    assert 0.5 in sleeps
-
-
-def test_polling_survives_a_blip_but_not_a_404(fake: FakeService) -> None:
-    fake.jobs[1] = job_dict(1, state="completed", state_reasons=[])
-    fake.events_status = 501
-    calls = {"n": 0}
-    inner = fake.handle
-
-    def flaky(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/api/v1/jobs/1" and calls["n"] == 0:
-            calls["n"] += 1
-            raise httpx.ReadTimeout("slow", request=request)
-        return inner(request)
-
-    with CloudImagingClient(BASE, TOKEN, transport=httpx.MockTransport(flaky), sleep=lambda _s: None) as client:
-        assert _states(list(client.events(1, max_stream_failures=1))) == ["completed:0"]
+    with live.client(token=user_token) as client:
+        job = client.submit(b"%PDF-1.4 short", service="office")
+        client.wait(job.id)
+    relay.down = True
+    with live.client(url=relay.url, token=user_token, sleep=sleep) as client:
+        assert [j.state for j in client.events(job.id, max_stream_failures=0)] == [JobState.COMPLETED]
+        assert sleeps
         with pytest.raises(ApiError) as info:
-            list(client.events(99))
+            list(client.events(999_999))
     assert info.value.status == 404
 
 
-def test_wait_reports_each_change_and_returns_the_final_job(fake: FakeService) -> None:
-    job_id = _queued(fake)
-    changes: list[str] = []
-    with fake.client() as client:
-        final = client.wait(job_id, on_change=lambda j: changes.append(j.state))
-    assert final.state == JobState.COMPLETED
-    assert changes == ["pending", "processing", "processing", "completed"]
+def test_wait_reports_each_change_and_returns_the_final_job(live: LiveStack, user_token: str) -> None:
+    changes: list[JobInfo] = []
+    with live.client(token=user_token) as client:
+        job = client.submit(lines(3), service="slow")
+        final = client.wait(job.id, on_change=changes.append)
+    assert final.state == JobState.COMPLETED and final == changes[-1]
+    assert JobState.PROCESSING in [c.state for c in changes]
+
+
+def test_wait_ends_with_an_aborted_job(live: LiveStack, user_token: str) -> None:
+    with live.client(token=user_token) as client:
+        job = client.submit(b"%PDF-1.4 refused", service="rejecting")
+        final = client.wait(job.id)
+    assert final.state == JobState.ABORTED and "aborted-by-system" in final.state_reasons
 
 
 # ---------------------------------------------------------------------------- async client
 
 
-def test_async_client_submit_wait_cancel(fake: FakeService) -> None:
-    async def scenario() -> tuple[JobInfo, JobInfo, list[str]]:
-        async with AsyncCloudImagingClient(
-            BASE, TOKEN, transport=fake.transport(), sleep=lambda _s: asyncio.sleep(0)
-        ) as client:
-            assert [s.name for s in await client.services()] == ["office"]
-            job = await client.submit(b"%PDF-1.4 async", {"copies": 1})
-            fake.timelines[job.id] = [("completed", ["job-completed-successfully"], 1)]
-            fake.drops[job.id] = 1
+def test_async_client_submit_wait_scan_download_cancel(live: LiveStack, user_token: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with AsyncCloudImagingClient(live.url, user_token, live.ca, timeout=10.0) as client:
+            assert "office" in [s.name for s in await client.services()]
+            job = await client.submit(b"%PDF-1.4 async", {"copies": 1}, service="office")
             seen: list[str] = []
 
             async def note(info: JobInfo) -> None:
                 seen.append(info.state)
 
             final = await client.wait(job.id, on_change=note)
-            second = await client.submit_multipart(b"text", service="office")
-            canceled = await client.cancel(second.id)
-            with pytest.raises(ApiError):
-                await client.cancel(job.id)
-            return final, canceled, seen
+            assert final.state == JobState.COMPLETED and seen[-1] == JobState.COMPLETED
 
-    final, canceled, seen = asyncio.run(scenario())
-    assert final.state == JobState.COMPLETED and seen == ["pending", "completed"]
-    assert canceled.state == JobState.CANCELED
-    assert fake.uploads[1] == b"%PDF-1.4 async"
-    assert hashlib.sha256(fake.uploads[2]).hexdigest() == hashlib.sha256(b"text").hexdigest()
+            second = await client.submit_multipart(b"text", service="parked")
+            assert await client.download(second.id, 1, tmp_path / "second.txt") == 4
+            assert (tmp_path / "second.txt").read_bytes() == b"text"
+            canceled = await client.cancel(second.id)
+            assert canceled.state == JobState.CANCELED
+            with pytest.raises(ApiError) as info:
+                await client.cancel(job.id)
+            assert info.value.status == 409
+
+            scan = await client.scan({"input-source": "platen"}, service="lab-scanner")
+            scanned = await client.wait(scan.id)
+            assert scanned.state == JobState.COMPLETED and scanned.documents
+            size = await client.download(scanned.id, scanned.documents[0].number, tmp_path / "scan.out")
+            assert size == (tmp_path / "scan.out").stat().st_size > 0
+
+    asyncio.run(scenario())
+
+
+def test_async_events_reconnect_after_a_drop(live: LiveStack, relay: Relay, user_token: str) -> None:
+    async def scenario() -> list[JobInfo]:
+        seen: list[JobInfo] = []
+        async with AsyncCloudImagingClient(relay.url, user_token, live.ca, sleep=lambda _s: asyncio.sleep(0)) as client:
+            job = await client.submit(lines(5), service="slow")
+            async for info in client.events(job.id):
+                seen.append(info)
+                if len(seen) == 1:
+                    await asyncio.to_thread(relay.cut)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[-1].state == JobState.COMPLETED
+    assert versions(seen) == sorted(set(versions(seen)))
+
+
+def test_an_interrupted_async_upload_cancels_the_job(live: LiveStack, user_token: str) -> None:
+    started = threading.Event()
+
+    def progress(sent: int, _total: int) -> None:
+        if sent:
+            started.set()
+
+    async def scenario() -> None:
+        async with AsyncCloudImagingClient(live.url, user_token, live.ca) as client:
+            upload = asyncio.ensure_future(client.submit(lines(2000), service="parked", progress=progress))
+            while not started.is_set():
+                await asyncio.sleep(0.001)
+            upload.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await upload
+            [job] = await client.jobs(all=True)
+            assert job.state == JobState.CANCELED
+
+    asyncio.run(scenario())
 
 
 def test_reconnect_delay_honours_retry_and_backs_off() -> None:
-    from client.api import reconnect_delay
-    from client.sse import SseDecoder
-
     decoder = SseDecoder()
-    assert [reconnect_delay(decoder, 1.0, n) for n in (0, 1, 2)] == [0.2, 1.0, 2.0]
+    assert [base.reconnect_delay(decoder, 1.0, n) for n in (0, 1, 2)] == [0.2, 1.0, 2.0]
     decoder.feed("retry: 2500")
-    assert reconnect_delay(decoder, 1.0, 2) == 2.5
+    assert base.reconnect_delay(decoder, 1.0, 2) == 2.5
+
+
+# ---------------------------------------------------------------------------- the twins
+
+
+def _public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and callable(member) and name not in ("close", "aclose")
+    }
+
+
+def test_the_sync_and_async_clients_offer_the_same_methods() -> None:
+    sync, asyn = _public_methods(CloudImagingClient), _public_methods(AsyncCloudImagingClient)
+    assert sorted(sync) == sorted(asyn)
+    assert {"scan", "download", "submit", "events", "wait", "request"} <= set(sync)
+    for name, signature in sync.items():
+        assert list(signature.parameters) == list(asyn[name].parameters), name
+        for param, sync_param in signature.parameters.items():
+            async_param = asyn[name].parameters[param]
+            assert (sync_param.kind, sync_param.default) == (async_param.kind, async_param.default), (name, param)
+        if name not in ("from_config", "events"):
+            assert inspect.iscoroutinefunction(getattr(AsyncCloudImagingClient, name)), name

@@ -19,7 +19,7 @@ from client.render import (
     table,
 )
 from schemas.api import JobInfo, ServiceInfo
-from tests.support.fakeapi import job_dict, service_dict
+from tests.support.apidicts import job_dict, service_dict
 
 NOW = 1_700_000_000.0
 

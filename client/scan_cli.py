@@ -1,6 +1,6 @@
 """CLI verbs for Cloud Scan and Cloud Fax: ``scanners``, ``scan``, ``faxes``, ``fax``.
 
-Added to ``cloudimaging`` through client.cli's EXTENSIONS hook. ``scan`` creates a scan job,
+Added to ``cloudimaging`` by client.cli (``VERB_MODULES``). ``scan`` creates a scan job,
 follows it (one line per change on stderr), then downloads the output through the service:
 one file, or for several documents (one image per page) ``OUT`` numbered ``name-1.png``,
 ``name-2.png``... Exit codes as for ``print --wait``: 0 completed, 1 aborted (the reason is
@@ -16,18 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.cli import (
+from client.cli_common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
     UsageError,
-    _client,
-    _connection_options,
-    _err,
-    _out,
-    cmd_printers,
+    client_for,
+    cmd_services,
+    connection_options,
     emit_json,
+    err,
     exit_code_for,
+    out,
 )
 from client.errors import ClientError
 from client.progress import ProgressBar
@@ -88,18 +88,18 @@ def _follow(client: Any, job: JobInfo, quiet: bool) -> JobInfo:
 def cmd_scan(args: argparse.Namespace) -> int:
     """Scan (create the job, follow it, download the output)."""
     ticket = scan_ticket(args)
-    with _client(args) as client:
+    with client_for(args) as client:
         job = client.scan(ticket, service=args.scanner)
         if not args.json:
             sys.stderr.write(f"request id is {request_id(job)} (scanning on {job.service})\n")
         try:
             final = _follow(client, job, args.json)
         except KeyboardInterrupt:
-            _err(f"stopped waiting; scan job {request_id(job)} was not canceled")
+            err(f"stopped waiting; scan job {request_id(job)} was not canceled")
             return EXIT_INTERRUPTED
         if final.state is not JobState.COMPLETED:
             why = final.state_message or ", ".join(final.state_reasons)
-            _err(f"error: scan {request_id(final)} {final.state}: {why}")
+            err(f"error: scan {request_id(final)} {final.state}: {why}")
             if args.json:
                 emit_json(final)
             return exit_code_for(final.state)
@@ -119,7 +119,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         emit_json({"job": final, "files": written})
     else:
         for item in written:
-            _out(f"{item['path']} ({item['format']}, {item['size']} bytes)")
+            out(f"{item['path']} ({item['format']}, {item['size']} bytes)")
     return EXIT_OK
 
 
@@ -151,7 +151,7 @@ def cmd_fax(args: argparse.Namespace) -> int:
         ticket["number-of-retries"] = args.retries
     if args.title:
         ticket["job-name"] = args.title
-    with _client(args) as client:
+    with client_for(args) as client:
         bar = ProgressBar.for_stream(sys.stderr, f"uploading {os.path.basename(args.file)}")
         try:
             job = client.submit(args.file, ticket, service=args.fax, kind=ServiceKind.FAXOUT,
@@ -160,7 +160,7 @@ def cmd_fax(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.finish()
         if not args.json:
-            _out(f"request id is {request_id(job)} (to {', '.join(args.to)})")
+            out(f"request id is {request_id(job)} (to {', '.join(args.to)})")
         if not args.wait:
             if args.json:
                 emit_json(job)
@@ -168,14 +168,14 @@ def cmd_fax(args: argparse.Namespace) -> int:
         try:
             final = _follow(client, job, args.json)
         except KeyboardInterrupt:
-            _err(f"stopped waiting; fax job {request_id(job)} was not canceled")
+            err(f"stopped waiting; fax job {request_id(job)} was not canceled")
             return EXIT_INTERRUPTED
     if args.json:
         emit_json(final)
     else:
         for status in final.destination_statuses or []:
             why = ", ".join(status.get("transmission-status-reasons") or [])
-            _out(f"{status.get('destination-uri')}: {status.get('transmission-status')}"
+            out(f"{status.get('destination-uri')}: {status.get('transmission-status')}"
                  f"{f' ({why})' if why else ''}, {status.get('images-completed', 0)} page(s)")
     statuses = final.destination_statuses or []
     if final.state is JobState.COMPLETED and any(s.get("transmission-status") != "completed" for s in statuses):
@@ -184,17 +184,17 @@ def cmd_fax(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    common = [_connection_options(top=False)]
+    common = [connection_options(top=False)]
 
     p = sub.add_parser("scanners", parents=common, help="list scan services")
     p.add_argument("names", nargs="*", metavar="SCANNER", help="only these services")
     p.add_argument("-l", "--long", action="store_true", help="long form with capabilities")
-    p.set_defaults(func=cmd_printers, kind=ServiceKind.SCAN.value)
+    p.set_defaults(func=cmd_services, kind=ServiceKind.SCAN.value)
 
     p = sub.add_parser("faxes", parents=common, help="list fax (faxout) services")
     p.add_argument("names", nargs="*", metavar="FAX", help="only these services")
     p.add_argument("-l", "--long", action="store_true", help="long form with capabilities")
-    p.set_defaults(func=cmd_printers, kind=ServiceKind.FAXOUT.value)
+    p.set_defaults(func=cmd_services, kind=ServiceKind.FAXOUT.value)
 
     p = sub.add_parser("scan", parents=common, help="scan to a file (PDF, JPEG or PNG)")
     p.add_argument("-s", "--scanner", help="scan service name (default: the only/first one)")
