@@ -1,4 +1,5 @@
-"""Common Log Format for every device<->cloud interaction and HTTP request (requirement 16).
+"""Common Log Format for every device<->cloud interaction and HTTP request
+(PWG Cloud Imaging Model requirement 16).
 
 ``host ident authuser [date] "request" status bytes``. HTTP requests log as usual (the
 query string is dropped: presigned URLs carry signatures that must not land in logs). MQTT

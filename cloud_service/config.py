@@ -62,7 +62,7 @@ class ServiceConfig(BaseModel):
     #: How long a revocation waits to see the device go offline.
     revoke_wait: float = 5.0
 
-    # -- retention (requirement 15) ------------------------------------------------------------
+    # -- retention (PWG Cloud Imaging Model requirement 15) -----------------------------------------
     #: How often the retention sweeper runs (seconds).
     sweep_interval: float = 30.0
     #: Defaults when neither the service's policy nor the job chooses.

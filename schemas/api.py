@@ -40,7 +40,8 @@ class ServiceInfo(ApiModel):
 
 
 class RetentionChoice(ApiModel):
-    """A job's own retention choice (requirement 15); unset fields follow the service's policy."""
+    """A job's own retention choice (PWG Cloud Imaging Model requirement 15); unset fields follow
+    the service's policy."""
 
     documents: Literal["discard-after-processing", "after-duration", "keep"] | None = None
     document_seconds: Annotated[float, Field(gt=0)] | None = None

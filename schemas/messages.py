@@ -279,7 +279,7 @@ class JobCanceled(Message):
 
 
 class StatusRequest(Message):
-    """Report your status now (requirement 11). Answered by Attributes with ``re`` set."""
+    """Report your status now (PWG Cloud Imaging Model requirement 11). Answered by Attributes with ``re`` set."""
 
     type: Literal["status-request"] = "status-request"
 

@@ -1,4 +1,4 @@
-"""Retention (requirement 15) with a controllable clock: per-service defaults, per-job choice,
+"""Retention (PWG Cloud Imaging Model requirement 15) with a controllable clock: per-service defaults, per-job choice,
 the sweeper, the policy in the job's details, and no object outliving its policy."""
 
 from __future__ import annotations
