@@ -55,7 +55,8 @@ class FlowContext:
     #: Runs a coroutine beside the job (progress reports must not hold the driver up).
     spawn: Callable[[Coroutine[Any, Any, None]], object]
 
-    def progress_reporter(self, record: JobRecord, report: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    def progress_reporter(self, record: JobRecord,
+                          report: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
         """A callback that sends ``report()`` at most every PROGRESS_REPORT_SECONDS."""
         last = time.monotonic()
 
@@ -64,7 +65,7 @@ class FlowContext:
             now = time.monotonic()
             if now - last >= PROGRESS_REPORT_SECONDS and not record.cancel_requested:
                 last = now
-                self.spawn(report())  # type: ignore[arg-type]
+                self.spawn(report())
 
         return tick
 
