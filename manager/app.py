@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from manager.config import ManagerConfig
-from manager.drivers import PrintDriver, make_driver
+from manager.drivers import DeviceDriver, make_driver
 from manager.jobbook import JobBook, JobView
 from manager.runner import Runner
 from manager.session import Session
@@ -42,11 +42,11 @@ class Manager:
     """
 
     def __init__(
-        self, config: ManagerConfig, *, drivers: Mapping[str, PrintDriver] | None = None, book: JobBook | None = None
+        self, config: ManagerConfig, *, drivers: Mapping[str, DeviceDriver] | None = None, book: JobBook | None = None
     ) -> None:
         self.config = config
         given = dict(drivers or {})
-        self.drivers: dict[str, PrintDriver] = {
+        self.drivers: dict[str, DeviceDriver] = {
             s.name: given.get(s.name) or make_driver(s.driver, s.name, s.driver_options, config.state_dir)
             for s in config.services
         }

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -21,12 +22,30 @@ from schemas.tickets import DestinationStatus, FaxOutJobTicket, PrintJobTicket, 
 
 
 class Phase(StrEnum):
-    """Where a job is in the Manager's own flow (finer than the PWG job state)."""
+    """Where a job is in the Manager's own flow (finer than the PWG job state).
+
+    FETCHING -> QUEUED (claimed) -> PRINTING (the device is at work) -> ENDING; a queued
+    job may end without printing (canceled), ENDING may be entered again (the final report
+    resent after a restart), and a restart puts a job that is between documents back in
+    QUEUED. Any other move is a bug and raises PhaseError.
+    """
 
     FETCHING = "fetching"  # fetch-job sent; not claimed yet
     QUEUED = "queued"  # accepted (claimed); waiting for the printer
     PRINTING = "printing"
     ENDING = "ending"  # ended locally; the final job-status is not confirmed yet
+
+
+class PhaseError(RuntimeError):
+    """A JobRecord was asked for a move its phase does not allow."""
+
+
+_MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.FETCHING: frozenset({Phase.QUEUED}),
+    Phase.QUEUED: frozenset({Phase.PRINTING, Phase.ENDING}),
+    Phase.PRINTING: frozenset({Phase.QUEUED, Phase.ENDING}),
+    Phase.ENDING: frozenset({Phase.ENDING}),
+}
 
 
 @dataclass(eq=False)
@@ -67,10 +86,97 @@ class JobRecord:
     stop: threading.Event = field(default_factory=threading.Event, repr=False)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
+    # ------------------------------------------------------------------ transitions
+    # The job-state fields change only here, so the phase order has one home (as
+    # Job.apply has on the service). The caller journals the record (JobBook.save).
+
+    def _move(self, phase: Phase) -> None:
+        if phase not in _MOVES[self.phase]:
+            raise PhaseError(f"job {self.job_id}: cannot go from {self.phase} to {phase}")
+        self.phase = phase
+
     def adopt_version(self, version: int | None) -> None:
         """Take the cloud's version; versions only grow, so an older one is ignored."""
         if version is not None and version > self.version:
             self.version = version
+
+    def fetched(self, kind: str, ticket: PrintJobTicket | ScanJobTicket | FaxOutJobTicket, document_count: int,
+                service: str | None) -> None:
+        """What fetch-job told: the job's kind, ticket, document count and service."""
+        if self.phase is not Phase.FETCHING:
+            raise PhaseError(f"job {self.job_id}: fetched while {self.phase}")
+        self.kind, self.ticket, self.service = kind, ticket, service
+        self.document_count = max(1, document_count)
+
+    def acknowledge(self, in_flight: bool) -> None:
+        """An acknowledge-job (accept) leaves or was answered; while in flight Hello lists the job."""
+        if self.phase is not Phase.FETCHING:
+            raise PhaseError(f"job {self.job_id}: acknowledged while {self.phase}")
+        self.acknowledging = in_flight
+
+    def claim(self, documents: Iterable[DocumentAccess]) -> None:
+        """The service let this device claim the job; ``documents`` are its download URLs."""
+        self._move(Phase.QUEUED)
+        self.claimed = True
+        self.documents = {d.document_number: d for d in documents}
+        self.document_count = max(self.document_count, len(self.documents))
+
+    def start_work(self) -> None:
+        """The device starts on the job (it holds the service's slot)."""
+        self._move(Phase.PRINTING)
+
+    def start_document(self, number: int) -> None:
+        """From here on output may appear: a restart ends the job rather than redo this document."""
+        if self.phase is not Phase.PRINTING or self.printing_document is not None or number in self.documents_done:
+            raise PhaseError(f"job {self.job_id}: cannot start document {number} "
+                             f"({self.phase}, printing {self.printing_document}, done {sorted(self.documents_done)})")
+        self.printing_document = number
+
+    def finish_document(self, number: int) -> None:
+        """The driver finished ``number``: it is never done again, even after a restart."""
+        if self.printing_document != number:
+            raise PhaseError(f"job {self.job_id}: document {number} finished while printing {self.printing_document}")
+        self.documents_done.add(number)
+        self.printing_document = None
+
+    def progress(self, impressions: int) -> None:
+        """The job's impressions so far; they never go down."""
+        self.impressions_completed = max(self.impressions_completed, impressions)
+
+    def refresh_document(self, access: DocumentAccess) -> None:
+        """A fresh download URL for one document."""
+        self.documents[access.document_number] = access
+
+    def set_destinations(self, statuses: Iterable[DestinationStatus]) -> None:
+        """FaxOut: each destination's outcome so far."""
+        self.destination_statuses = list(statuses)
+
+    def report(self, state: JobState, reasons: tuple[str, ...]) -> None:
+        """The state last reported while the job runs (listed in Hello)."""
+        if self.phase is Phase.ENDING:
+            raise PhaseError(f"job {self.job_id}: reported {state} after it ended")
+        self.state, self.reasons = state, reasons
+
+    def request_cancel(self) -> bool:
+        """Mark the job to be canceled; False when it is ending or already being canceled."""
+        if self.phase is Phase.ENDING or self.cancel_requested:
+            return False
+        self.cancel_requested = True
+        return True
+
+    def end(self, state: JobState, reasons: tuple[str, ...], message: str | None) -> None:
+        """The job ended locally; its final job-status is what remains to be confirmed."""
+        self._move(Phase.ENDING)
+        self.state, self.reasons, self.message = state, reasons, message
+
+    def resume(self) -> None:
+        """After a restart, a claimed job with nothing on paper goes back to the queue."""
+        if self.printing_document is not None:
+            raise PhaseError(f"job {self.job_id}: cannot resume while document {self.printing_document} printed")
+        if self.phase is not Phase.QUEUED:
+            self._move(Phase.QUEUED)
+
+    # ------------------------------------------------------------------ views
 
     def held(self) -> HeldJob:
         return HeldJob(

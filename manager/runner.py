@@ -1,4 +1,4 @@
-"""The job runner: reacts to cloud messages and drives each job from doorbell to final report.
+"""The job runner: the device's connection to the service, and where each job starts.
 
 Everything here runs on one asyncio loop (the Manager's own thread); the MQTT network thread
 only hands raw payloads over. The runner never trusts a single message to arrive: on every
@@ -6,15 +6,13 @@ connect it sends Hello with the jobs it holds and acts on the Sync answer (fetch
 unknown), doorbells are deduplicated against the JobBook, and every request is resent with
 the same id until answered (manager.requests).
 
-Per job (PWG 5100.18 Fetch-Job, Acknowledge-Job, Update-*-Status):
+Per job (PWG 5100.18 Fetch-Job, Acknowledge-Job, Update-*-Status), each part in its module:
 
-    fetch-job -> validate ticket against the service's capabilities -> acknowledge-job
-    -> wait for the printer -> job-status processing -> per document: document-status
-    processing, download (verified), print, document-status completed -> job-status completed
+    claim (manager.claim: fetch-job, local check, acknowledge-job) -> wait for the device
+    (manager.services) -> the kind's flow (manager.flows: print, scan, fax) -> final job-status
 
-Reports for one job go one at a time (``JobRecord.lock``) and always carry the job version
-from the last reply; a ``stale`` reply gives the current version and state, which the runner
-adopts (stop if the job ended or is being canceled, else send the report again).
+A job's exchanges go through its JobChannel (manager.channel: versions, stale replies), and
+after a restart the journal's jobs are finished by the policy in manager.recovery.
 """
 
 from __future__ import annotations
@@ -23,40 +21,29 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal
 
-from manager.config import FaxServiceConfig, ManagerConfig, PrintServiceConfig, ScanServiceConfig
-from manager.download import DownloadError, download
-from manager.drivers.base import (
-    DeviceStatus,
-    DocumentTask,
-    DriverError,
-    JobRefused,
-    PrintCanceled,
-    PrintDriver,
-    PrintJob,
-)
+from manager import recovery
+from manager.channel import JobChannel, JobGone
+from manager.claim import claim
+from manager.config import ManagerConfig
+from manager.drivers.base import DeviceDriver, DeviceStatus
+from manager.flows.base import CANCELED, Flow, FlowContext, Outcome
+from manager.flows.fax import FaxFlow, final_destinations
+from manager.flows.print import PrintFlow
+from manager.flows.scan import ScanFlow
 from manager.jobbook import JobBook, JobRecord, JobView, Phase
-from manager.requests import Requester, RequestTimeout
-from manager.scanfax import ScanFaxFlows
+from manager.requests import Requester
+from manager.services import KindDriver, ServiceRuntime
 from manager.wirelog import describe, log_in, log_out
 from schemas import topics
-from schemas.enums import DocumentState, JobState, Reason, ServiceState
+from schemas.enums import JobState, Reason
 from schemas.messages import (
     MAX_JOBS_PER_HELLO,
-    AcknowledgeJob,
     Attributes,
     Bye,
-    DocumentAccess,
-    DocumentStatus,
-    FaxOutServiceAttributes,
-    FetchDocument,
-    FetchJob,
     Hello,
     Identify,
     JobCanceled,
@@ -64,17 +51,13 @@ from schemas.messages import (
     JobStatus,
     Message,
     Presence,
-    PrintServiceAttributes,
     ProtocolError,
     Reply,
-    ScanServiceAttributes,
     StatusRequest,
     Sync,
     decode_down,
     encode,
 )
-from schemas.model.ticket import TicketError, validate_print_ticket
-from schemas.tickets import PrintJobTicket, ticket_model
 
 log = logging.getLogger("cloudimaging.manager")
 
@@ -82,84 +65,19 @@ log = logging.getLogger("cloudimaging.manager")
 Publish = Callable[[str, bytes], bool]
 #: How many jobs may be between fetch-job and acknowledge-job at once.
 INTAKE_CONCURRENCY = 4
-#: Stale replies followed in a row for one report before giving the report up.
-MAX_STALE_ROUNDS = 8
-#: A presigned URL this close to expiry is replaced before use.
-URL_MARGIN_SECONDS = 5.0
-#: While a document prints, report the growing impressions-completed at most this often, so
-#: clients watching a long job see progress (and the cloud knows how far a job got).
-PROGRESS_REPORT_SECONDS = 2.0
-_DROP_CODES = frozenset({"not-found", "not-yours", "not-fetchable"})
-
-Outcome = tuple[JobState, tuple[str, ...], str | None]
 
 
-class _JobGone(Exception):
-    """The cloud says the job is over or not ours: drop it locally, report nothing more."""
-
-    def __init__(self, state: JobState | None, why: str) -> None:
-        super().__init__(why)
-        self.state = state
-
-
-class _Canceled(Exception):
-    """A cancel was requested while the job waited or ran."""
-
-
-@dataclass(eq=False)
-class ServiceRuntime:
-    """One configured service with its driver, its printer slot and what it last published."""
-
-    config: PrintServiceConfig | ScanServiceConfig | FaxServiceConfig
-    driver: PrintDriver
-    slot: asyncio.Lock = field(default_factory=asyncio.Lock)
-    current_job: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def status(self) -> tuple[ServiceState, tuple[str, ...], str | None]:
-        device: DeviceStatus = self.driver.status
-        if device.stopped:
-            return ServiceState.STOPPED, device.reasons, device.message
-        # A running device's warnings (toner-low from the ipp driver) are published too.
-        if self.current_job is not None:
-            return ServiceState.PROCESSING, device.reasons, device.message
-        return ServiceState.IDLE, device.reasons, device.message
-
-    @property
-    def capabilities(self) -> Any:
-        """The driver's discovered capabilities (the ipp driver asks the printer), else the config's."""
-        return getattr(self.driver, "discovered", None) or self.config.capabilities
-
-    def attributes(self) -> PrintServiceAttributes:
-        state, reasons, message = self.status()
-        model = {"scan": ScanServiceAttributes, "faxout": FaxOutServiceAttributes}.get(self.config.kind,
-                                                                                     PrintServiceAttributes)
-        return model(
-            name=self.name,
-            info=self.config.info,
-            location=self.config.location,
-            make_and_model=self.config.make_and_model or getattr(self.driver, "make_and_model", None),
-            state=state,
-            state_reasons=list(reasons),
-            state_message=message,
-            capabilities=self.capabilities,  # type: ignore[arg-type]
-        )
-
-
-class Runner(ScanFaxFlows):
+class Runner:
     """Device-side protocol logic; I/O goes through ``publish`` (MQTT) and the drivers."""
 
     def __init__(
-        self, config: ManagerConfig, drivers: Mapping[str, PrintDriver], publish: Publish, book: JobBook | None = None
+        self, config: ManagerConfig, drivers: Mapping[str, DeviceDriver], publish: Publish, book: JobBook | None = None
     ) -> None:
         self.config = config
         self.device_id = config.device_id
         self._publish = publish
         self.book = book if book is not None else JobBook()  # (an empty book is falsy)
-        self.services = {s.name: ServiceRuntime(s, drivers[s.name]) for s in config.services}
+        self.services = {s.name: ServiceRuntime(s, _kind_driver(drivers[s.name])) for s in config.services}
         self.requester = Requester(self._send, config.request_timeout, config.request_attempts)
         self.spool = config.state_dir / "spool"
         self._ssl = config.ssl_context()
@@ -179,6 +97,10 @@ class Runner(ScanFaxFlows):
         self.synced = threading.Event()
         #: Notified whenever a job leaves the book (finished or dropped).
         self.changed = threading.Condition()
+        context = FlowContext(config, self.book, self.spool, self._ssl, self._publish_attributes, self._spawn)
+        #: The job flow of each service kind.
+        self.flows: dict[str, Flow] = {"print": PrintFlow(context), "scan": ScanFlow(context),
+                                       "faxout": FaxFlow(context)}
 
     # ------------------------------------------------------------------ life cycle
 
@@ -193,36 +115,19 @@ class Runner(ScanFaxFlows):
         self._recover()
 
     def _recover(self) -> None:
-        """Finish the jobs the journal kept across a restart (policy: docs/reliability.md).
-
-        - not claimed yet: forgotten; the service offers it again or takes the claim back;
-        - final state decided but not confirmed: the final job-status is sent again;
-        - a document was being printed: the job ends aborted with the impressions done, never
-          printed again in full (the printer may have output part of it);
-        - every document done: completed;
-        - claimed, nothing on paper yet (queued, or between documents): printing goes on with
-          the documents not yet done.
-        """
+        """Finish the jobs the journal kept across a restart (manager.recovery decides how)."""
+        loop = asyncio.get_running_loop()
         for record in self.book.load():
-            if not record.claimed:
+            decision = recovery.plan(record)
+            if isinstance(decision, recovery.Forget):
                 self.book.forget(record.job_id, None, remember=False)
                 continue
-            loop = asyncio.get_running_loop()
-            all_done = set(range(1, record.document_count + 1)) <= record.documents_done
-            if record.phase is Phase.ENDING:
-                log.info("job %d: recovered; resending its final state %s", record.job_id, record.state)
-                coro = self._finish(record, record.state, record.reasons, record.message)
-            elif record.printing_document is not None:
-                message = (f"the Manager restarted while printing document {record.printing_document} after "
-                           f"{record.impressions_completed} impression(s); not printed again to avoid duplicates")
-                log.warning("job %d: %s", record.job_id, message)
-                coro = self._finish(record, JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,), message)
-            elif all_done:
-                log.info("job %d: recovered; all documents were printed", record.job_id)
-                coro = self._finish(record, JobState.COMPLETED, (Reason.JOB_COMPLETED_SUCCESSFULLY,), None)
+            if isinstance(decision, recovery.Finish):
+                log.info("job %d: recovered; %s", record.job_id, decision.why)
+                coro = self._finish(record, *decision.outcome)
             else:
                 log.info("job %d: recovered; printing the documents not yet done", record.job_id)
-                record.phase = Phase.QUEUED
+                record.resume()
                 coro = self._run_claimed(record)
             record.task = loop.create_task(coro, name=f"job-{record.job_id}-recovered")
 
@@ -230,7 +135,7 @@ class Runner(ScanFaxFlows):
         """Stop all jobs without reporting them, then close the drivers.
 
         The jobs stay in the journal: the next start lists them in its Hello and finishes
-        them by the recovery policy (``_recover``).
+        them by the recovery policy (manager.recovery).
         """
         self._closing = True
         self.requester.set_online(False)
@@ -329,8 +234,8 @@ class Runner(ScanFaxFlows):
         if self._send(message):
             self._last_attributes = key
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -433,8 +338,8 @@ class Runner(ScanFaxFlows):
     ) -> None:
         """A job report sent outside the job's own task (device state changes)."""
         try:
-            await self._report_job(record, state, reasons, message)
-        except _JobGone as gone:
+            await self._channel(record).report_job(state, reasons, message)
+        except JobGone as gone:
             self._drop(record, gone.state, str(gone))
 
     # ------------------------------------------------------------------ job control
@@ -448,10 +353,9 @@ class Runner(ScanFaxFlows):
         record.task = asyncio.get_running_loop().create_task(self._run_job(record), name=f"job-{job_id}")
 
     def _request_cancel(self, record: JobRecord) -> None:
-        if record.phase is Phase.ENDING or record.cancel_requested:
+        if not record.request_cancel():
             return
         log.info("job %d: cancel requested (phase %s)", record.job_id, record.phase)
-        record.cancel_requested = True
         record.stop.set()
         record.wakeup.set()
         service = self.services.get(record.service or "")
@@ -480,46 +384,47 @@ class Runner(ScanFaxFlows):
     def view(self) -> dict[int, JobView]:
         return {r.job_id: JobView.of(r) for r in self.book.records()}
 
-    # ------------------------------------------------------------------ the job flow
+    # ------------------------------------------------------------------ the job
+
+    def _channel(self, record: JobRecord) -> JobChannel:
+        return JobChannel(record, self.requester, self.book, self._request_cancel)
+
+    def _still_held(self, record: JobRecord) -> bool:
+        return self.book.get(record.job_id) is record
 
     async def _run_job(self, record: JobRecord) -> None:
         try:
             async with self._intake_slots:
-                taken = await self._take(record)
-        except _JobGone as gone:
+                declined = await claim(record, self._channel(record), self.services, self.book)
+        except JobGone as gone:
             self._drop(record, gone.state, str(gone))
             return
         except Exception:
             log.exception("job %d: failed while fetching it", record.job_id)
             self._forget(record, None, remember=False)  # the service offers it again
             return
-        if taken:
-            await self._run_claimed(record)
+        if declined is not None:
+            self._forget(record, declined.state, declined.remember)
+            return
+        await self._run_claimed(record)
 
     async def _run_claimed(self, record: JobRecord) -> None:
-        """Wait for the printer, print, report the end: the part after the claim."""
+        """Wait for the device, run the kind's flow, report the end: the part after the claim."""
         try:
             service = self.services.get(record.service or "")
             if service is None:
                 await self._finish(record, JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,),
                                    f"this device has no service named {record.service!r}")
                 return
-            try:
-                await self._wait_turn(record, service)
-            except _Canceled:
-                outcome: Outcome = (JobState.CANCELED, (Reason.JOB_CANCELED_BY_USER,), None)
-            else:
+            outcome: Outcome = CANCELED
+            if await service.take_slot(record, self._still_held):
                 try:
-                    if service.config.kind == "print":
-                        outcome = await self._print(record, service)
-                    else:
-                        outcome = await self._imaging(record, service)  # scan, faxout: manager.scanfax
+                    outcome = await self.flows[service.config.kind].run(record, service, self._channel(record))
                 finally:
-                    service.current_job = None
-                    service.slot.release()
+                    service.release_slot()
                     self._publish_attributes()
             await self._finish(record, *outcome)
-        except _JobGone as gone:
+        except JobGone as gone:
             self._drop(record, gone.state, str(gone))
         except asyncio.CancelledError:
             raise
@@ -535,296 +440,16 @@ class Runner(ScanFaxFlows):
                     )
             self._forget(record, JobState.ABORTED)
 
-    async def _take(self, record: JobRecord) -> bool:
-        """Fetch the job, check it, accept or reject it. True when it is ours to print."""
-        try:
-            reply = await self.requester.request(FetchJob(job_id=record.job_id))
-            if reply.code == "duplicate" and reply.ticket is None:
-                # A deduplicated answer without the ticket: fetching is read-only, so ask anew.
-                reply = await self.requester.request(FetchJob(job_id=record.job_id))
-        except RequestTimeout as exc:
-            log.warning("job %d: %s; will retry on the next doorbell or sync", record.job_id, exc)
-            self._forget(record, None, remember=False)
-            return False
-        if reply.code != "ok" and not (reply.code == "duplicate" and reply.ticket is not None):
-            log.info("job %d: fetch-job refused (%s)", record.job_id, reply.code)
-            self._forget(record, None, remember=False)
-            return False
-        record.adopt_version(reply.version)
-        record.kind = reply.kind.value if reply.kind else "print"
-        record.ticket = reply.ticket or ticket_model(record.kind)()
-        record.document_count = max(1, reply.document_count or 1)
-        record.service = reply.service or (next(iter(self.services)) if len(self.services) == 1 else None)
-        self.book.save(record)
-        if record.cancel_requested:
-            log.info("job %d: canceled before it was accepted", record.job_id)
-            self._forget(record, JobState.CANCELED)
-            return False
-
-        refusal = self._check(record)
-        if refusal is not None:
-            reason, message = refusal
-            log.info("job %d: rejected: %s (%s)", record.job_id, reason, message)
-            with contextlib.suppress(_JobGone):
-                await self._locked_exchange(
-                    record,
-                    lambda v: AcknowledgeJob(
-                        job_id=record.job_id, version=v, accept=False, reason=reason, message=message[:1000]
-                    ),
-                    final=True,
-                    persistent=True,
-                )
-            self._forget(record, JobState.ABORTED)
-            return False
-
-        record.acknowledging = True
-        try:
-            reply = await self._locked_exchange(
-                record,
-                lambda v: AcknowledgeJob(job_id=record.job_id, version=v, accept=True),
-                final=True,
-                persistent=True,
-            )
-        finally:
-            record.acknowledging = False
-        if reply is None:
-            log.warning("job %d: the service did not let this device claim it", record.job_id)
-            self._forget(record, None, remember=False)
-            return False
-        record.claimed = True
-        record.phase = Phase.QUEUED
-        record.documents = {d.document_number: d for d in reply.documents}
-        record.document_count = max(record.document_count, len(reply.documents))
-        self.book.save(record)
-        return True
-
-    def _check(self, record: JobRecord) -> tuple[str, str] | None:
-        """Why this device cannot do the job (fetch-status reason, message), or None."""
-        service = self.services.get(record.service or "")
-        if service is None:
-            return Reason.UNSUPPORTED_ATTRIBUTES, f"this device has no service named {record.service!r}"
-        if service.config.kind != "print" or record.kind != "print":
-            return self._check_imaging(record, service)
-        ticket = record.ticket or PrintJobTicket()
-        try:
-            validate_print_ticket(ticket, service.capabilities, ticket.document_format)
-        except TicketError as exc:
-            problem = exc.first
-            reason = (
-                Reason.UNSUPPORTED_DOCUMENT_FORMAT
-                if problem.attribute == "document-format"
-                else Reason.UNSUPPORTED_ATTRIBUTES
-            )
-            return reason, problem.message
-        try:
-            service.driver.check_job(self._print_job(record))
-        except JobRefused as exc:
-            return exc.reason, exc.message
-        return None
-
-    def _print_job(self, record: JobRecord) -> PrintJob:
-        return PrintJob(
-            job_id=record.job_id,
-            service=record.service or "",
-            ticket=record.ticket or PrintJobTicket(),
-            document_count=record.document_count,
-        )
-
-    async def _wait_turn(self, record: JobRecord, service: ServiceRuntime) -> None:
-        """Wait for the printer, or raise _Canceled if the job is canceled meanwhile."""
-        if record.cancel_requested:
-            raise _Canceled
-        acquire = asyncio.ensure_future(service.slot.acquire())
-        canceled = asyncio.ensure_future(record.wakeup.wait())
-        try:
-            await asyncio.wait({acquire, canceled}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            canceled.cancel()
-            acquire.cancel()  # a no-op once it holds the lock; a cancelled acquire never does
-            got = acquire.done() and not acquire.cancelled() and acquire.exception() is None
-            if got and (record.cancel_requested or not self._still_held(record)):
-                service.slot.release()
-                got = False
-        if not got:
-            raise _Canceled
-        service.current_job = record.job_id
-
-    def _still_held(self, record: JobRecord) -> bool:
-        return self.book.get(record.job_id) is record
-
-    async def _print(self, record: JobRecord, service: ServiceRuntime) -> Outcome:
-        """Print a job that holds the printer, bracketed by the driver's start/end_job."""
-        driver = service.driver
-        record.phase = Phase.PRINTING
-        self.book.save(record)
-        self._publish_attributes()
-        job = self._print_job(record)
-        await driver.start_job(job)
-        outcome: Outcome = (JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,), "interrupted")
-        try:
-            outcome = await self._print_documents(record, driver, job)
-            return outcome
-        finally:
-            try:
-                await driver.end_job(record.job_id, outcome[0])
-            except Exception:
-                log.exception("job %d: driver end_job failed", record.job_id)
-
-    async def _print_documents(self, record: JobRecord, driver: PrintDriver, job: PrintJob) -> Outcome:
-        try:
-            if driver.status.stopped:
-                await self._report_job(record, JobState.PROCESSING_STOPPED, (Reason.PRINTER_STOPPED,))
-            else:
-                await self._report_job(record, JobState.PROCESSING, (Reason.JOB_PRINTING,))
-            for number in range(1, record.document_count + 1):
-                if number in record.documents_done:
-                    continue
-                outcome = await self._print_document(record, driver, job, number)
-                if outcome is not None:
-                    return outcome
-            return JobState.COMPLETED, (Reason.JOB_COMPLETED_SUCCESSFULLY,), None
-        except _Canceled:
-            return JobState.CANCELED, (Reason.JOB_CANCELED_BY_USER,), None
-
-    async def _print_document(
-        self, record: JobRecord, driver: PrintDriver, job: PrintJob, number: int
-    ) -> Outcome | None:
-        """Download and print one document; an Outcome if the job ends here, else None."""
-        if record.cancel_requested:
-            raise _Canceled
-        await self._report_document(record, number, DocumentState.PROCESSING)
-        if record.cancel_requested:
-            raise _Canceled
-        try:
-            path, access = await self._download(record, number)
-        except DownloadError as exc:
-            if exc.kind == "canceled" or record.cancel_requested:
-                await self._report_document(record, number, DocumentState.CANCELED)
-                raise _Canceled from None
-            log.warning("job %d doc %d: %s", record.job_id, number, exc.message)
-            reasons = (Reason.DOCUMENT_ACCESS_ERROR,)
-            await self._report_document(record, number, DocumentState.ABORTED, reasons, exc.message)
-            return JobState.ABORTED, reasons, exc.message
-        base = record.impressions_completed
-        last_report = time.monotonic()
-
-        def progress(impressions: int) -> None:
-            nonlocal last_report
-            record.impressions_completed = max(record.impressions_completed, base + impressions)
-            now = time.monotonic()
-            if now - last_report >= PROGRESS_REPORT_SECONDS and not record.cancel_requested:
-                last_report = now
-                self._spawn(self._report_job(record, JobState.PROCESSING, (Reason.JOB_PRINTING,)))
-
-        task = DocumentTask(
-            job=job,
-            document_number=number,
-            document_format=access.document_format,
-            size=access.size,
-            document_name=access.document_name,
-        )
-        record.printing_document = number
-        self.book.save(record)  # from here on, paper may come out: journaled first
-        try:
-            impressions = await driver.print_document(task, path, progress)
-        except PrintCanceled:
-            await self._report_document(
-                record, number, DocumentState.CANCELED, impressions=record.impressions_completed - base
-            )
-            raise _Canceled from None
-        except DriverError as exc:
-            log.warning("job %d doc %d: driver failed: %s", record.job_id, number, exc.message)
-            await self._report_document(
-                record,
-                number,
-                DocumentState.ABORTED,
-                exc.reasons,
-                exc.message,
-                impressions=record.impressions_completed - base,
-            )
-            return JobState.ABORTED, exc.reasons, exc.message
-        except Exception as exc:
-            log.exception("job %d doc %d: driver crashed", record.job_id, number)
-            message = f"driver error: {type(exc).__name__}"
-            await self._report_document(
-                record,
-                number,
-                DocumentState.ABORTED,
-                (Reason.ABORTED_BY_SYSTEM,),
-                message,
-                impressions=record.impressions_completed - base,
-            )
-            return JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,), message
-        finally:
-            path.unlink(missing_ok=True)
-        record.impressions_completed = max(record.impressions_completed, base + impressions)
-        record.documents_done.add(number)
-        record.printing_document = None
-        self.book.save(record)
-        await self._report_document(
-            record, number, DocumentState.COMPLETED, impressions=record.impressions_completed - base
-        )
-        return None
-
-    async def _download(self, record: JobRecord, number: int) -> tuple[Path, DocumentAccess]:
-        """Fetch one document into the spool; on failure get a fresh URL and try once more."""
-        access = record.documents.get(number)
-        if access is None or access.expires_at < time.time() + URL_MARGIN_SECONDS:
-            access = await self._fetch_document(record, number)
-        dest = self.spool / f"job-{record.job_id}-doc-{number}"
-        for attempt in (1, 2):
-            try:
-                await asyncio.to_thread(
-                    download,
-                    access.url,
-                    dest,
-                    size=access.size,
-                    sha256=access.sha256,
-                    verify=self._ssl,
-                    timeout=max(30.0, self.config.request_timeout),
-                    allow_http=self.config.allow_http_documents,
-                    abort=record.stop,
-                )
-                return dest, access
-            except DownloadError as exc:
-                if exc.kind in ("canceled", "refused") or attempt == 2:
-                    raise
-                log.warning("job %d doc %d: %s; asking for a fresh URL", record.job_id, number, exc.message)
-            access = await self._fetch_document(record, number)
-        raise AssertionError("unreachable")
-
-    async def _fetch_document(self, record: JobRecord, number: int) -> DocumentAccess:
-        try:
-            reply = await self._locked_exchange(
-                record,
-                lambda _v: FetchDocument(job_id=record.job_id, document_number=number),
-                final=False,
-                persistent=False,
-            )
-        except RequestTimeout:
-            reply = None
-        access = None
-        if reply is not None:
-            access = next((d for d in reply.documents if d.document_number == number), None)
-        if access is None:
-            raise DownloadError("http", f"no URL for document {number} from the service")
-        record.documents[number] = access
-        return access
-
     async def _finish(self, record: JobRecord, state: JobState, reasons: tuple[str, ...], message: str | None) -> None:
         """Send the final job-status until it is answered, then let the job go."""
         async with record.lock:
             if self._closing or not self._still_held(record):
                 return  # stopping, or dropped meanwhile (the cloud ended it or does not know it)
-            record.phase = Phase.ENDING
-            record.state = state
-            record.reasons = reasons
-            record.message = message
+            record.end(state, reasons, message)
             self.book.save(record)
             log.info("job %d: %s (%d impressions)", record.job_id, state, record.impressions_completed)
-            with contextlib.suppress(_JobGone):
-                await self._exchange(
-                    record,
+            with contextlib.suppress(JobGone):
+                await self._channel(record).exchange(
                     lambda v: JobStatus(
                         job_id=record.job_id,
                         version=v,
@@ -832,114 +457,16 @@ class Runner(ScanFaxFlows):
                         reasons=list(reasons),
                         message=message,
                         impressions_completed=record.impressions_completed,
-                        destination_statuses=self.final_destinations(record, state),
+                        destination_statuses=final_destinations(record, state),
                     ),
                     final=True,
                     persistent=True,
                 )
         self._forget(record, state)
 
-    # ------------------------------------------------------------------ reports
 
-    async def _report_job(
-        self, record: JobRecord, state: JobState, reasons: tuple[str, ...], message: str | None = None
-    ) -> None:
-        async with record.lock:
-            if record.phase is Phase.ENDING or not self._still_held(record):
-                return
-            record.state = state
-            record.reasons = reasons
-            self.book.save(record)
-            try:
-                await self._exchange(
-                    record,
-                    lambda v: JobStatus(
-                        job_id=record.job_id,
-                        version=v,
-                        state=state,
-                        reasons=list(reasons),
-                        message=message,
-                        impressions_completed=record.impressions_completed,
-                    ),
-                    final=False,
-                    persistent=False,
-                )
-            except RequestTimeout as exc:
-                log.warning("job %d: %s; going on", record.job_id, exc)
-
-    async def _report_document(
-        self,
-        record: JobRecord,
-        number: int,
-        state: DocumentState,
-        reasons: tuple[str, ...] = (),
-        message: str | None = None,
-        impressions: int = 0,
-    ) -> None:
-        async with record.lock:
-            if record.phase is Phase.ENDING or not self._still_held(record):
-                return
-            try:
-                await self._exchange(
-                    record,
-                    lambda v: DocumentStatus(
-                        job_id=record.job_id,
-                        document_number=number,
-                        version=v,
-                        state=state,
-                        reasons=list(reasons),
-                        message=message,
-                        impressions_completed=max(0, impressions),
-                    ),
-                    final=False,
-                    persistent=False,
-                )
-            except RequestTimeout as exc:
-                log.warning("job %d: %s; going on", record.job_id, exc)
-
-    async def _locked_exchange(
-        self, record: JobRecord, build: Callable[[int], Message], *, final: bool, persistent: bool
-    ) -> Reply | None:
-        async with record.lock:
-            return await self._exchange(record, build, final=final, persistent=persistent)
-
-    async def _exchange(
-        self, record: JobRecord, build: Callable[[int], Message], *, final: bool, persistent: bool
-    ) -> Reply | None:
-        """Send a job request/report and apply the reply code (caller holds record.lock).
-
-        Returns the Reply on ok/duplicate, None if the report was refused and dropped.
-        Raises _JobGone when the job ended at the cloud or is not ours, RequestTimeout when
-        a non-persistent request got no answer. ``final`` marks reports that end the job,
-        which are resent with the new version even while a cancel is pending.
-        """
-        for _ in range(MAX_STALE_ROUNDS):
-            message = build(record.version)
-            reply = await self.requester.request(message, attempts=None if persistent else 0)
-            code = reply.code
-            if code in ("ok", "duplicate"):
-                record.adopt_version(reply.version)
-                return reply
-            if code == "stale":
-                record.adopt_version(reply.version)
-                if reply.state is not None and reply.state.terminal:
-                    raise _JobGone(reply.state, f"the job is already {reply.state} at the cloud")
-                if not final and Reason.PROCESSING_TO_STOP_POINT in reply.reasons:
-                    self._request_cancel(record)
-                    return None
-                if reply.version is None or (getattr(message, "version", None) or 0) >= reply.version:
-                    log.warning("job %d: stale reply without a newer version; report dropped", record.job_id)
-                    return None
-                continue
-            if code in _DROP_CODES:
-                raise _JobGone(None, f"{describe(message).split()[0]} refused: {code}")
-            log.warning(
-                "job %d: %s refused with %s: %s; report dropped",
-                record.job_id,
-                describe(message).split()[0],
-                code,
-                reply.message or "",
-            )
-            return None
-        log.warning("job %d: still stale after %d rounds; report dropped", record.job_id, MAX_STALE_ROUNDS)
-        return None
+def _kind_driver(driver: DeviceDriver) -> KindDriver:
+    """A configured driver is one kind's: print, scan or fax."""
+    if not isinstance(driver, KindDriver):
+        raise TypeError(f"{type(driver).__name__} is neither a print, a scan nor a fax driver")
+    return driver

@@ -5,6 +5,7 @@ queued jobs are printed after the restart)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from manager.jobbook import JobRecord, Phase
@@ -62,3 +63,25 @@ async def test_restart_mid_print_aborts_and_queued_jobs_print(tmp_path: Path) ->
         await asyncio.sleep(0.2)
         printed = (stack.output_dir("journaled") / "printed.log").read_text().split()
         assert sorted(printed) == sorted([str(second["id"]), str(third["id"])])
+
+
+def test_reads_a_journal_row_as_written_before_the_transition_methods(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    JournalJobBook(path).close()
+    row = ('{"version": 3, "state": "processing", "reasons": ["job-printing"], "phase": "printing", '
+           '"service": "office", "kind": "print", "ticket": {"copies": 2}, "destination_statuses": [], '
+           '"document_count": 2, "documents": {}, "impressions_completed": 4, "claimed": true, '
+           '"cancel_requested": false, "documents_done": [1], "printing_document": null, "message": null, '
+           '"created_at": 1.0}')
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO jobs (job_id, data, updated) VALUES (9, ?, 1.0)", (row,))
+    book = JournalJobBook(path)
+    [record] = book.load()
+    assert record.phase is Phase.PRINTING and record.documents_done == {1} and record.claimed
+    record.resume()  # between documents: back to the queue, document 2 next
+    record.start_work()
+    record.start_document(2)
+    book.save(record)
+    book.close()
+    [again] = JournalJobBook(path).load()
+    assert again.printing_document == 2 and again.ticket == PrintJobTicket(copies=2)

@@ -1,14 +1,15 @@
-"""The Manager's protocol logic without a broker: the Runner talks to a scripted fake service.
+"""The Manager's protocol logic without a broker: the real Runner paired with the real service.
 
-The fake plays the Cloud Service's side through the publish function the Runner is given,
-keeping each job in the pure core's Job state machine (schemas.model.job), so version
-checks and transitions are the real ones. Documents come from a real HTTPS server.
+``tests.support.devicelink`` hands what the Runner publishes to the service's own
+``DeviceProtocol`` (real JobStore on SQLite, real object store, documents over HTTPS) and
+the answers back, losing, duplicating or holding messages where a scenario asks, so every
+reply code the Runner handles comes from the service's real rules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,19 +36,16 @@ from schemas.messages import (
     JobFetchable,
     JobStatus,
     Message,
+    PrintServiceAttributes,
     Reply,
-    StatusRequest,
-    StopJob,
-    Sync,
     encode,
 )
 from schemas.model.job import Abort
+from tests.support.devicelink import ServiceSide, service_side
 from tests.support.docserver import DocServer
 from tests.support.documents import make_pdf
-from tests.support.fakeservice import FakeService
 
-# ---------------------------------------------------------------------------- the fake service
-
+DEVICE = "printer-1"
 
 # ---------------------------------------------------------------------------- rig
 
@@ -55,8 +53,12 @@ from tests.support.fakeservice import FakeService
 @dataclass
 class Rig:
     runner: Runner
-    service: FakeService
+    side: ServiceSide
     config: ManagerConfig
+
+    @property
+    def link(self) -> Any:
+        return self.side.link
 
     @property
     def driver(self) -> Any:
@@ -70,7 +72,11 @@ class Rig:
         log = self.driver.printed_log
         return [int(x) for x in log.read_text().split()] if log.exists() else []
 
-    def connect(self) -> None:
+    def connect(self, session: str | None = None) -> None:
+        self.runner.on_connected(session)
+
+    def reconnect(self) -> None:
+        self.runner.on_disconnected()
         self.runner.on_connected()
 
     def finished(self, job_id: int) -> bool:
@@ -82,45 +88,53 @@ RigFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_rig(tmp_path: Path, pki: Pki, docs: DocServer) -> Any:
-    runners: list[Runner] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def make(
-        driver: str = "file",
-        options: dict[str, Any] | None = None,
-        capabilities: dict[str, Any] | None = None,
-        timeout: float = 0.3,
-    ) -> Rig:
-        caps = {
-            "document-format-supported": ["application/pdf", "text/plain"],
-            "copies-supported": [1, 10],
-            **(capabilities or {}),
-        }
-        config = ManagerConfig(
-            device_id="printer-1",
-            ca_file=pki.ca_cert,
-            state_dir=tmp_path / "state",
-            request_timeout=timeout,
-            request_attempts=3,
-            services=[
-                {
-                    "name": "office",
-                    "driver": driver,
-                    "driver_options": options or {},  # type: ignore[list-item]
-                    "capabilities": caps,
-                }
-            ],
-        )
-        fake = FakeService(docs)
-        drivers = {"office": make_driver(driver, "office", options or {}, config.state_dir)}
-        runner = Runner(config, drivers, fake.publish)
-        fake.runner = runner
-        await runner.start()
-        runners.append(runner)
-        return Rig(runner, fake, config)
+        async def make(
+            driver: str = "file",
+            options: dict[str, Any] | None = None,
+            capabilities: dict[str, Any] | None = None,
+            timeout: float = 0.3,
+            url_ttl: float = 300.0,
+            failing_docs: bool = False,
+            other_services: tuple[str, ...] = (),
+        ) -> Rig:
+            caps = {
+                "document-format-supported": ["application/pdf", "text/plain"],
+                "copies-supported": [1, 10],
+                **(capabilities or {}),
+            }
+            config = ManagerConfig(
+                device_id=DEVICE,
+                ca_file=pki.ca_cert,
+                state_dir=tmp_path / "state",
+                request_timeout=timeout,
+                request_attempts=3,
+                services=[
+                    {
+                        "name": "office",
+                        "driver": driver,
+                        "driver_options": options or {},  # type: ignore[list-item]
+                        "capabilities": caps,
+                    }
+                ],
+            )
+            side = await stack.enter_async_context(
+                service_side(tmp_path / "service", pki, DEVICE, url_ttl=url_ttl, docs=docs if failing_docs else None)
+            )
+            drivers = {"office": make_driver(driver, "office", options or {}, config.state_dir)}
+            runner = Runner(config, drivers, side.link.publish)
+            side.link.attach(runner)
+            await runner.start()
+            stack.push_async_callback(runner.shutdown)
+            # The device announced its services on an earlier connection (not recorded).
+            announced = [s.attributes() for s in runner.services.values()]
+            announced += [PrintServiceAttributes(name=name, capabilities=announced[0].capabilities)
+                          for name in other_services]
+            assert all(m.ok for m in await side.link.inject(Attributes(services=announced)))  # type: ignore[attr-defined]
+            return Rig(runner, side, config)
 
-    yield make
-    for runner in runners:
-        await runner.shutdown()
+        yield make
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -133,6 +147,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 FAST = {"pages_per_second": 200}
 SLOW = {"pages_per_second": 20}
+PDF = "application/pdf"
 
 # ---------------------------------------------------------------------------- the job flow
 
@@ -140,12 +155,12 @@ SLOW = {"pages_per_second": 20}
 async def test_happy_path_prints_and_reports_in_order(make_rig: RigFactory) -> None:
     rig = await make_rig()
     pdf = make_pdf(3)
-    rig.service.add(1, [(pdf, "application/pdf"), (b"a\nb\n", "text/plain")], {"copies": 2})
+    job = await rig.side.add_job([(pdf, PDF), (b"a\nb\n", "text/plain")], {"copies": 2})
     rig.connect()
-    await until(lambda: rig.finished(1))
-    s = rig.service
-    assert s.presence[0].state == "online"
-    assert s.types(1) == [
+    await until(lambda: rig.finished(job))
+    link = rig.link
+    assert link.presence[0].state == "online"
+    assert link.types(job) == [
         "fetch-job",
         "acknowledge-job",
         "job-status:processing",
@@ -155,56 +170,61 @@ async def test_happy_path_prints_and_reports_in_order(make_rig: RigFactory) -> N
         "document-status:completed",
         "job-status:completed",
     ]
-    assert all(r.code == "ok" for r in s.replies), [r.code for r in s.replies]
-    fake = s.jobs[1].job
-    assert fake.state is JobState.COMPLETED and fake.impressions_completed == 8
-    final = s.of(JobStatus, 1)[-1]
+    assert all(code == "ok" for code in link.codes()), link.codes()
+    row = await rig.side.job(job)
+    assert row.state == JobState.COMPLETED and row.impressions_completed == 8
+    assert await rig.side.document_states(job) == {1: "completed", 2: "completed"}
+    final = link.of(JobStatus, job)[-1]
     assert final.impressions_completed == 8 and final.reasons == ["job-completed-successfully"]
-    assert (rig.output / "job-1-doc-1.pdf").read_bytes() == pdf
-    assert (rig.output / "job-1-doc-2.txt").read_bytes() == b"a\nb\n"
+    assert (rig.output / f"job-{job}-doc-1.pdf").read_bytes() == pdf
+    assert (rig.output / f"job-{job}-doc-2.txt").read_bytes() == b"a\nb\n"
     assert not list((rig.config.state_dir / "spool").iterdir())  # downloads cleaned up
-    states = [a.services[0].state for a in s.of(Attributes)]
+    states = [a.services[0].state for a in link.of(Attributes)]
     assert states[0] == "idle" and "processing" in states and states[-1] == "idle"
-    assert rig.runner.book.recent()[1] is JobState.COMPLETED
+    assert rig.runner.book.recent()[job] is JobState.COMPLETED
 
 
 async def test_duplicate_doorbells_print_exactly_once(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", FAST)
-    rig.service.add(5, [(make_pdf(2), "application/pdf")])
-    rig.connect()  # sync lists job 5 as fetchable
+    job = await rig.side.add_job([(make_pdf(2), PDF)])
+    rig.connect()  # the doorbell kept for the device, and the sync listing the job as fetchable
     for _ in range(4):
-        rig.service.send(JobFetchable(job_id=5))
-    await until(lambda: rig.finished(5))
+        rig.link.notify(DEVICE, JobFetchable(job_id=job))  # redelivered doorbells
+    await until(lambda: rig.finished(job))
     for _ in range(2):
-        rig.service.send(JobFetchable(job_id=5))
-    rig.service.send(Sync(fetchable=[5]))
+        rig.link.notify(DEVICE, JobFetchable(job_id=job))
+    rig.reconnect()  # and a late sync
+    await until(lambda: len(rig.link.of(Hello)) == 2 and rig.runner.synced.is_set())
     await asyncio.sleep(0.1)
-    assert len(rig.service.of(FetchJob, 5)) == 1
-    assert rig.printed() == [5]
+    assert len(rig.link.of(FetchJob, job)) == 1
+    assert rig.printed() == [job]
 
 
 async def test_unsupported_attribute_is_rejected_with_its_name(make_rig: RigFactory) -> None:
     rig = await make_rig()
-    rig.service.add(2, [(make_pdf(1), "application/pdf")], {"sides": "two-sided-long-edge"})
-    rig.service.add(3, [(b"\x89PNG", "image/png")])
+    # Accepted by the service when the device's capabilities were wider; the device checks again.
+    two = await rig.side.add_job([(make_pdf(1), PDF)], {"sides": "two-sided-long-edge"})
+    png = await rig.side.add_job([(b"\x89PNG", "image/png")])
     rig.connect()
-    await until(lambda: rig.finished(2) and rig.finished(3))
-    (ack2,) = rig.service.of(AcknowledgeJob, 2)
+    await until(lambda: rig.finished(two) and rig.finished(png))
+    (ack2,) = rig.link.of(AcknowledgeJob, two)
     assert not ack2.accept and ack2.reason == "unsupported-attributes-or-values" and "sides" in ack2.message
-    (ack3,) = rig.service.of(AcknowledgeJob, 3)
+    (ack3,) = rig.link.of(AcknowledgeJob, png)
     assert ack3.reason == "unsupported-document-format" and "image/png" in ack3.message
-    assert rig.service.jobs[2].job.state is JobState.ABORTED
+    assert await rig.side.state(two) == JobState.ABORTED
     assert not list(rig.output.iterdir())
 
 
 async def test_driver_refusal_and_unknown_service(make_rig: RigFactory) -> None:
-    rig = await make_rig("simulated", {"reject": True})
-    rig.service.add(4, [(make_pdf(1), "application/pdf")])
-    rig.service.add(6, [(make_pdf(1), "application/pdf")], service="elsewhere")
+    rig = await make_rig("simulated", {"reject": True}, other_services=("elsewhere",))
+    refused = await rig.side.add_job([(make_pdf(1), PDF)])
+    # A service this device announced once and no longer has in its config.
+    gone = await rig.side.add_job([(make_pdf(1), PDF)], service="elsewhere")
     rig.connect()
-    await until(lambda: rig.finished(4) and rig.finished(6))
-    assert rig.service.of(AcknowledgeJob, 4)[0].reason == "aborted-by-system"
-    assert "elsewhere" in rig.service.of(AcknowledgeJob, 6)[0].message
+    await until(lambda: rig.finished(refused) and rig.finished(gone))
+    assert rig.link.of(AcknowledgeJob, refused)[0].reason == "aborted-by-system"
+    assert "elsewhere" in rig.link.of(AcknowledgeJob, gone)[0].message
+    assert await rig.side.state(gone) == JobState.ABORTED
     assert rig.printed() == []
 
 
@@ -218,17 +238,17 @@ async def test_lost_reply_means_same_message_again(make_rig: RigFactory) -> None
             return True
         return False
 
-    rig.service.lose_reply = lose_first_processing_reply
-    rig.service.add(1, [(make_pdf(1), "application/pdf")])
+    rig.link.lose_reply = lose_first_processing_reply
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
     rig.connect()
-    await until(lambda: rig.finished(1))
-    processing = [m for m in rig.service.of(JobStatus, 1) if m.state == "processing"]
+    await until(lambda: rig.finished(job))
+    processing = [m for m in rig.link.of(JobStatus, job) if m.state == "processing"]
     assert len(processing) == 2 and processing[0].id == processing[1].id  # the same message, resent
-    assert "duplicate" in [r.code for r in rig.service.replies]
-    assert rig.service.jobs[1].job.state is JobState.COMPLETED
+    assert "duplicate" in rig.link.codes(job)
+    assert await rig.side.state(job) == JobState.COMPLETED
 
 
-async def test_duplicate_replies_without_payload_are_made_good(make_rig: RigFactory) -> None:
+async def test_lost_fetch_and_acknowledge_replies(make_rig: RigFactory) -> None:
     rig = await make_rig()
     lost: set[str] = set()
 
@@ -239,18 +259,19 @@ async def test_duplicate_replies_without_payload_are_made_good(make_rig: RigFact
             return True
         return False
 
-    rig.service.lose_reply = lose_first_fetch_and_ack_replies
-    rig.service.add(1, [(make_pdf(2), "application/pdf")], {"copies": 3})
+    rig.link.lose_reply = lose_first_fetch_and_ack_replies
+    job = await rig.side.add_job([(make_pdf(2), PDF)], {"copies": 3})
     rig.connect()
-    await until(lambda: rig.finished(1))
-    fetches = rig.service.of(FetchJob, 1)
-    # Same id resent (answered "duplicate" without a ticket), then a fresh fetch.
-    assert len(fetches) == 3 and fetches[0].id == fetches[1].id != fetches[2].id
-    acks = rig.service.of(AcknowledgeJob, 1)
+    await until(lambda: rig.finished(job))
+    fetches = rig.link.of(FetchJob, job)
+    # The same id resent; fetching is read-only, so the service answers it in full again.
+    assert len(fetches) == 2 and fetches[0].id == fetches[1].id
+    acks = rig.link.of(AcknowledgeJob, job)
     assert len(acks) == 2 and acks[0].id == acks[1].id
-    assert len(rig.service.of(FetchDocument, 1)) == 1  # the duplicate ack carried no URLs
-    assert rig.service.jobs[1].job.state is JobState.COMPLETED
-    assert rig.service.jobs[1].job.impressions_completed == 6  # the ticket was not lost
+    assert [r.code for r in rig.link.replies if r.re == acks[0].id] == ["ok", "duplicate"]
+    assert rig.link.of(FetchDocument, job) == []  # the duplicate acknowledgement carried the URLs
+    row = await rig.side.job(job)
+    assert row.state == JobState.COMPLETED and row.impressions_completed == 6  # the ticket was not lost
 
 
 async def test_hello_lists_a_job_whose_acknowledge_is_in_flight(make_rig: RigFactory) -> None:
@@ -266,14 +287,14 @@ async def test_hello_lists_a_job_whose_acknowledge_is_in_flight(make_rig: RigFac
             return True
         return False
 
-    rig.service.lose = lose_first_ack_and_reconnect
-    rig.service.add(1, [(make_pdf(1), "application/pdf")])
+    rig.link.lose = lose_first_ack_and_reconnect
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
     rig.connect()
-    await until(lambda: rig.finished(1))
-    hellos = rig.service.of(Hello)
-    assert [(j.job_id, j.state) for j in hellos[1].jobs] == [(1, "pending")]
-    assert rig.service.presence[-1].session == "session-2"
-    assert rig.service.jobs[1].job.state is JobState.COMPLETED
+    await until(lambda: rig.finished(job))
+    hellos = rig.link.of(Hello)
+    assert [(j.job_id, j.state) for j in hellos[1].jobs] == [(job, "pending")]
+    assert rig.link.presence[-1].session == "session-2"
+    assert await rig.side.state(job) == JobState.COMPLETED
 
 
 async def test_lost_request_is_resent_and_hello_too(make_rig: RigFactory) -> None:
@@ -287,162 +308,172 @@ async def test_lost_request_is_resent_and_hello_too(make_rig: RigFactory) -> Non
             return True
         return False
 
-    rig.service.lose = lose_first_of_each_kind
-    rig.service.add(1, [(make_pdf(1), "application/pdf")])
+    rig.link.lose = lose_first_of_each_kind
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
     rig.connect()
-    await until(lambda: rig.finished(1))
-    hellos = rig.service.of(Hello)
+    await until(lambda: rig.finished(job))
+    hellos = rig.link.of(Hello)
     assert len(hellos) == 2 and hellos[0].id == hellos[1].id
-    assert rig.service.jobs[1].job.state is JobState.COMPLETED
+    assert await rig.side.state(job) == JobState.COMPLETED
 
 
 async def test_stale_reply_adopts_version_and_resends(make_rig: RigFactory) -> None:
     rig = await make_rig()
-    fake = rig.service.add(1, [(make_pdf(1), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
+    raced: list[bool] = []
 
-    def bump_after_accept(m: Message) -> Reply | None:
-        if isinstance(m, JobStatus) and m.state == "processing" and len(rig.service.of(JobStatus, 1)) == 1:
-            fake.job = dataclasses.replace(fake.job, version=fake.job.version + 3)  # changed behind our back
-        return None
+    async def another_report_first(m: Message) -> None:
+        # A processing report of this job reaches the service first (as one sent by an
+        # earlier connection would): the job's version moves on behind the runner's back.
+        if isinstance(m, JobStatus) and m.state == "processing" and not raced:
+            raced.append(True)
+            row = await rig.side.job(job)
+            replies = await rig.link.inject(JobStatus(job_id=job, version=row.version, state=JobState.PROCESSING,
+                                                      reasons=["job-printing"]))
+            assert [r.code for r in replies] == ["ok"]  # type: ignore[attr-defined]
 
-    rig.service.override = bump_after_accept
+    rig.link.before = another_report_first
     rig.connect()
-    await until(lambda: rig.finished(1))
-    first, second = [m for m in rig.service.of(JobStatus, 1) if m.state == "processing"]
-    assert first.id != second.id and second.version == first.version + 3
-    assert [r.code for r in rig.service.replies].count("stale") == 1
-    assert fake.job.state is JobState.COMPLETED
+    await until(lambda: rig.finished(job))
+    first, second = [m for m in rig.link.of(JobStatus, job) if m.state == "processing"]
+    assert first.id != second.id and second.version == first.version + 1
+    assert rig.link.codes(job).count("stale") == 1
+    assert await rig.side.state(job) == JobState.COMPLETED
 
 
 async def test_stale_reply_with_terminal_state_stops_the_job(make_rig: RigFactory) -> None:
     jam = [{"at_page": 3, "event": "media-jam", "seconds": 0.1}]
     rig = await make_rig("simulated", {"pages_per_second": 20, "script": jam})
-    fake = rig.service.add(1, [(make_pdf(20), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(20), PDF)])
     rig.connect()
     await until(lambda: rig.driver.pages_printed >= 1)
-    fake.job = fake.job.apply(Abort(message="operator"))  # the device is not told...
+    await rig.side.store.transition(job, Abort(message="operator"))  # as the supervisor does: the device is not told...
     # ...so its next report (processing-stopped at the jam) gets a stale reply: aborted.
-    await until(lambda: rig.finished(1))
-    assert rig.runner.book.recent()[1] is JobState.ABORTED
-    assert [r.code for r in rig.service.replies][-1] == "stale"
+    await until(lambda: rig.finished(job))
+    assert rig.runner.book.recent()[job] is JobState.ABORTED
+    assert rig.link.codes(job)[-1] == "stale"
     pages = rig.driver.pages_printed
     await asyncio.sleep(0.3)
     assert rig.driver.pages_printed == pages < 20  # printing stopped
     assert rig.printed() == []
-    assert rig.service.types(1)[-1] == "job-status:processing-stopped"  # nothing reported after
+    assert rig.link.types(job)[-1] == "job-status:processing-stopped"  # nothing reported after
 
 
 async def test_stale_reply_with_cancel_pending_cancels(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", FAST)
-    fake = rig.service.add(1, [(make_pdf(2), "application/pdf"), (make_pdf(2), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(2), PDF), (make_pdf(2), PDF)])
+    rig.link.lose_down = lambda m: isinstance(m, JobCanceled)  # job-canceled lost: only the stale reply tells
+    canceled: list[bool] = []
 
-    def cancel_quietly(m: Message) -> Reply | None:
-        if (
-            isinstance(m, DocumentStatus)
-            and m.state == "completed"
-            and m.document_number == 1
-            and not fake.job.cancel_requested
-        ):
-            rig.service.cancel(1, notify=False)  # job-canceled lost: only the stale reply tells
-        return None
+    async def cancel_quietly(m: Message) -> None:
+        if isinstance(m, DocumentStatus) and m.state == "completed" and m.document_number == 1 and not canceled:
+            canceled.append(True)
+            await rig.side.cancel(job)
 
-    rig.service.override = cancel_quietly
+    rig.link.before = cancel_quietly
     rig.connect()
-    await until(lambda: rig.finished(1))
-    assert fake.job.state is JobState.CANCELED
-    assert rig.service.types(1)[-1] == "job-status:canceled"
-    assert 2 not in fake.doc_states  # the second document was never started
+    await until(lambda: rig.finished(job))
+    assert await rig.side.state(job) == JobState.CANCELED
+    assert rig.link.types(job)[-1] == "job-status:canceled"
+    assert not [m for m in rig.link.of(DocumentStatus, job) if m.document_number == 2]  # never started
     assert rig.printed() == []
 
 
 async def test_cancel_while_printing_stops_promptly(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", SLOW)
-    fake = rig.service.add(1, [(make_pdf(100), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(100), PDF)])
     rig.connect()
     await until(lambda: rig.driver.pages_printed >= 2)
     started = time.monotonic()
-    rig.service.cancel(1)
-    await until(lambda: rig.finished(1))
+    await rig.side.cancel(job)
+    await until(lambda: rig.finished(job))
     assert time.monotonic() - started < 1.0
-    assert fake.job.state is JobState.CANCELED and rig.driver.pages_printed < 10
-    final = rig.service.of(JobStatus, 1)[-1]
-    assert final.state == "canceled" and final.version == fake.job.version - 1
-    assert fake.doc_states[1] == "canceled"
+    row = await rig.side.job(job)
+    assert row.state == JobState.CANCELED and rig.driver.pages_printed < 10
+    final = rig.link.of(JobStatus, job)[-1]
+    assert final.state == "canceled" and final.version == row.version - 1
+    assert [m.state for m in rig.link.of(DocumentStatus, job)] == ["processing", "canceled"]
+    assert (await rig.side.document_states(job))[1] == "canceled"
     assert rig.printed() == []
 
 
 async def test_cancel_of_a_queued_job_reports_canceled_without_printing(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", SLOW)
-    rig.service.add(1, [(make_pdf(20), "application/pdf")])
-    rig.service.add(2, [(make_pdf(1), "application/pdf")])
+    first = await rig.side.add_job([(make_pdf(20), PDF)])
+    second = await rig.side.add_job([(make_pdf(1), PDF)])
     rig.connect()
-    await until(lambda: bool(rig.service.of(AcknowledgeJob, 2)) and rig.driver.pages_printed >= 1)
+    await until(lambda: bool(rig.link.of(AcknowledgeJob, second)) and rig.driver.pages_printed >= 1)
     await asyncio.sleep(0.05)
-    rig.service.cancel(2)
-    await until(lambda: rig.finished(2))
-    assert not rig.finished(1)  # job 1 still printing
-    assert rig.service.types(2) == ["fetch-job", "acknowledge-job", "job-status:canceled"]
-    assert rig.service.jobs[2].job.state is JobState.CANCELED
-    await until(lambda: rig.finished(1), timeout=5)
-    assert rig.printed() == [1]
+    await rig.side.cancel(second)
+    await until(lambda: rig.finished(second))
+    assert not rig.finished(first)  # still printing
+    assert rig.link.types(second) == ["fetch-job", "acknowledge-job", "job-status:canceled"]
+    assert await rig.side.state(second) == JobState.CANCELED
+    await until(lambda: rig.finished(first), timeout=5)
+    assert rig.printed() == [first]
 
 
-async def test_job_canceled_for_unknown_job_is_ignored(make_rig: RigFactory) -> None:
+async def test_job_canceled_for_a_job_not_held_is_ignored(make_rig: RigFactory) -> None:
     rig = await make_rig()
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
+    await rig.side.cancel(job)  # before the device connects: it gets the doorbell and job-canceled
     rig.connect()
-    rig.service.send(JobCanceled(job_id=99, version=3))
+    await until(lambda: rig.runner.synced.is_set() and len(rig.link.down) >= 3)
     await asyncio.sleep(0.05)
-    assert rig.service.of(JobStatus) == []
+    assert [m.type for m in rig.link.down if not isinstance(m, Reply)][:2] == ["job-fetchable", "job-canceled"]
+    assert rig.link.of(JobStatus) == [] and rig.link.of(AcknowledgeJob) == []
 
 
 async def test_corrupt_download_gets_a_fresh_url_once(make_rig: RigFactory) -> None:
-    rig = await make_rig()
+    rig = await make_rig(failing_docs=True)
     pdf = make_pdf(1)
-    rig.service.add(1, [(pdf, "application/pdf")])
-    rig.service.docs.corrupt["j1d1"] = 1
+    job = await rig.side.add_job([(pdf, PDF)])
+    name = f"objects/jobs/{job}/doc-1"
+    rig.side.docs.corrupt[name] = 1
     rig.connect()
-    await until(lambda: rig.finished(1))
-    assert len(rig.service.of(FetchDocument, 1)) == 1
-    assert rig.service.docs.hits.count("j1d1") == 2
-    assert (rig.output / "job-1-doc-1.pdf").read_bytes() == pdf
-    assert rig.service.jobs[1].job.state is JobState.COMPLETED
+    await until(lambda: rig.finished(job))
+    assert len(rig.link.of(FetchDocument, job)) == 1
+    assert rig.side.docs.hits.count(name) == 2
+    assert (rig.output / f"job-{job}-doc-1.pdf").read_bytes() == pdf
+    assert await rig.side.state(job) == JobState.COMPLETED
 
 
 async def test_download_failing_twice_aborts_with_document_access_error(make_rig: RigFactory) -> None:
-    rig = await make_rig()
-    rig.service.add(1, [(make_pdf(1), "application/pdf")])
-    rig.service.docs.expired.add("j1d1")
+    rig = await make_rig(failing_docs=True)
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
+    name = f"objects/jobs/{job}/doc-1"
+    rig.side.docs.expired.add(name)
     rig.connect()
-    await until(lambda: rig.finished(1))
-    assert len(rig.service.of(FetchDocument, 1)) == 1
-    assert rig.service.docs.hits.count("j1d1") == 2
-    doc = rig.service.of(DocumentStatus, 1)[-1]
+    await until(lambda: rig.finished(job))
+    assert len(rig.link.of(FetchDocument, job)) == 1
+    assert rig.side.docs.hits.count(name) == 2
+    doc = rig.link.of(DocumentStatus, job)[-1]
     assert doc.state == "aborted" and doc.reasons == ["document-access-error"]
-    final = rig.service.of(JobStatus, 1)[-1]
+    final = rig.link.of(JobStatus, job)[-1]
     assert final.state == "aborted" and final.reasons == ["document-access-error"]
-    assert rig.service.jobs[1].job.state is JobState.ABORTED
+    assert await rig.side.state(job) == JobState.ABORTED
 
 
-async def test_expired_url_is_replaced_before_use(make_rig: RigFactory) -> None:
-    rig = await make_rig()
-    rig.service.url_ttl = -1
-    rig.service.add(1, [(make_pdf(1), "application/pdf")])
+async def test_url_near_expiry_is_replaced_before_use(make_rig: RigFactory) -> None:
+    rig = await make_rig(url_ttl=2, failing_docs=True)  # every URL is within the runner's margin
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
     rig.connect()
-    await until(lambda: len(rig.service.of(FetchDocument, 1)) >= 1)
-    rig.service.url_ttl = 300
-    await until(lambda: rig.finished(1))
-    assert rig.service.docs.hits.count("j1d1") == 1
+    await until(lambda: rig.finished(job))
+    assert len(rig.link.of(FetchDocument, job)) == 1
+    assert rig.side.docs.hits.count(f"objects/jobs/{job}/doc-1") == 1
+    assert await rig.side.state(job) == JobState.COMPLETED
 
 
 async def test_not_found_drops_the_job(make_rig: RigFactory) -> None:
     jam = [{"at_page": 3, "event": "media-empty", "seconds": 0.1}]
     rig = await make_rig("simulated", {"pages_per_second": 20, "script": jam})
-    rig.service.add(1, [(make_pdf(30), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(30), PDF)])
     rig.connect()
     await until(lambda: rig.driver.pages_printed >= 1)
-    del rig.service.jobs[1]  # deleted at the cloud: the next report gets not-found
-    await until(lambda: rig.finished(1))
-    assert rig.runner.book.recent()[1] is None
+    await rig.side.delete_job(job)  # gone at the cloud: the next report gets not-found
+    await until(lambda: rig.finished(job))
+    assert rig.runner.book.recent()[job] is None
+    assert rig.link.codes(job)[-1] == "not-found"
     pages = rig.driver.pages_printed
     await asyncio.sleep(0.2)
     assert rig.driver.pages_printed == pages and rig.printed() == []
@@ -452,10 +483,10 @@ async def test_device_stop_and_resume_are_reported(make_rig: RigFactory) -> None
     rig = await make_rig(
         "simulated", {"pages_per_second": 50, "script": [{"at_page": 2, "event": "media-jam", "seconds": 0.3}]}
     )
-    rig.service.add(1, [(make_pdf(4), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(4), PDF)])
     rig.connect()
-    await until(lambda: rig.finished(1))
-    assert rig.service.types(1) == [
+    await until(lambda: rig.finished(job))
+    assert rig.link.types(job) == [
         "fetch-job",
         "acknowledge-job",
         "job-status:processing",
@@ -465,22 +496,22 @@ async def test_device_stop_and_resume_are_reported(make_rig: RigFactory) -> None
         "document-status:completed",
         "job-status:completed",
     ]
-    stopped = next(m for m in rig.service.of(JobStatus, 1) if m.state == "processing-stopped")
+    stopped = next(m for m in rig.link.of(JobStatus, job) if m.state == "processing-stopped")
     assert stopped.reasons == ["printer-stopped"] and "media-jam" in stopped.message
-    services = [(a.services[0].state, tuple(a.services[0].state_reasons)) for a in rig.service.of(Attributes)]
+    services = [(a.services[0].state, tuple(a.services[0].state_reasons)) for a in rig.link.of(Attributes)]
     assert services == [("idle", ()), ("processing", ()), ("stopped", ("media-jam",)), ("processing", ()), ("idle", ())]
-    assert rig.service.jobs[1].job.state is JobState.COMPLETED and rig.printed() == [1]
+    assert await rig.side.state(job) == JobState.COMPLETED and rig.printed() == [job]
 
 
 async def test_printer_failure_aborts_the_job(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", {**FAST, "script": [{"at_page": 2, "event": "fail"}]})
-    rig.service.add(1, [(make_pdf(3), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(3), PDF)])
     rig.connect()
-    await until(lambda: rig.finished(1))
-    final = rig.service.of(JobStatus, 1)[-1]
+    await until(lambda: rig.finished(job))
+    final = rig.link.of(JobStatus, job)[-1]
     assert final.state == "aborted" and "page 2" in final.message
-    assert rig.service.of(DocumentStatus, 1)[-1].state == "aborted"
-    assert rig.service.jobs[1].job.state is JobState.ABORTED and rig.printed() == []
+    assert rig.link.of(DocumentStatus, job)[-1].state == "aborted"
+    assert await rig.side.state(job) == JobState.ABORTED and rig.printed() == []
 
 
 # ---------------------------------------------------------------------------- sync, reconnect, requests
@@ -488,40 +519,41 @@ async def test_printer_failure_aborts_the_job(make_rig: RigFactory) -> None:
 
 async def test_reconnect_reports_held_jobs_and_sync_stops_them(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", SLOW)
-    fake = rig.service.add(1, [(make_pdf(50), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(50), PDF)])
     rig.connect()
     await until(lambda: rig.driver.pages_printed >= 1)
-    rig.runner.on_disconnected()
-    rig.service.sync_fetchable = False
-    rig.connect()
-    await until(lambda: len(rig.service.of(Hello)) == 2)
-    held = rig.service.of(Hello)[1].jobs
-    assert [(j.job_id, j.state) for j in held] == [(1, "processing")] and held[0].version == fake.job.version
-    fake.job = fake.job.apply(Abort())
-    rig.service.send(Sync(stop=[StopJob(job_id=1, version=fake.job.version, state=fake.job.state)]))
-    await until(lambda: rig.finished(1))
-    assert rig.runner.book.recent()[1] is JobState.ABORTED
+    rig.reconnect()
+    await until(lambda: len(rig.link.of(Hello)) == 2 and rig.runner.synced.is_set())
+    held = rig.link.of(Hello)[1].jobs
+    assert [(j.job_id, j.state) for j in held] == [(job, "processing")]
+    assert held[0].version == (await rig.side.job(job)).version
+    await rig.side.store.transition(job, Abort())  # as the supervisor does; the next sync says stop
+    rig.reconnect()
+    await until(lambda: rig.finished(job))
+    assert rig.runner.book.recent()[job] is JobState.ABORTED
     await asyncio.sleep(0.1)
-    assert rig.printed() == [] and rig.service.types(1)[-1] == "document-status:processing"
+    assert rig.printed() == [] and rig.link.types(job)[-1] == "document-status:processing"
 
 
 async def test_sync_stop_of_a_job_being_canceled_and_unknown(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", SLOW)
-    fake = rig.service.add(1, [(make_pdf(50), "application/pdf")])
-    rig.service.add(2, [(make_pdf(50), "application/pdf")])
+    first = await rig.side.add_job([(make_pdf(50), PDF)])
+    second = await rig.side.add_job([(make_pdf(50), PDF)])
     rig.connect()
-    await until(lambda: rig.driver.pages_printed >= 1 and bool(rig.service.of(AcknowledgeJob, 2)))
-    rig.service.cancel(1, notify=False)
-    rig.service.send(Sync(stop=[StopJob(job_id=1, version=fake.job.version, state=fake.job.state)], unknown=[2]))
-    await until(lambda: rig.finished(1) and rig.finished(2))
-    assert fake.job.state is JobState.CANCELED  # reported canceled with the version from sync
-    assert rig.runner.book.recent()[2] is None  # dropped without a report
-    assert rig.service.types(2) == ["fetch-job", "acknowledge-job"]
+    await until(lambda: rig.driver.pages_printed >= 1 and bool(rig.link.of(AcknowledgeJob, second)))
+    rig.link.lose_down = lambda m: isinstance(m, JobCanceled)
+    await rig.side.cancel(first)  # job-canceled lost: the sync's stop list tells
+    await rig.side.delete_job(second)  # gone at the cloud: the sync lists it unknown
+    rig.reconnect()
+    await until(lambda: rig.finished(first) and rig.finished(second))
+    assert await rig.side.state(first) == JobState.CANCELED  # reported canceled with the version from sync
+    assert rig.runner.book.recent()[second] is None  # dropped without a report
+    assert rig.link.types(second) == ["fetch-job", "acknowledge-job"]
 
 
 async def test_requests_wait_while_offline(make_rig: RigFactory) -> None:
     rig = await make_rig(timeout=0.1)
-    rig.service.add(1, [(make_pdf(1), "application/pdf")])
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
     offline_at: list[str] = []
 
     def go_offline_on_processing(m: Message) -> bool:
@@ -531,29 +563,30 @@ async def test_requests_wait_while_offline(make_rig: RigFactory) -> None:
             return True
         return False
 
-    rig.service.lose = go_offline_on_processing
+    rig.link.lose = go_offline_on_processing
     rig.connect()
     await until(lambda: bool(offline_at))
     await asyncio.sleep(0.6)  # many timeouts' worth, offline: nothing given up
-    assert not rig.finished(1)
-    assert len(rig.service.of(JobStatus, 1)) == 1
+    assert not rig.finished(job)
+    assert len(rig.link.of(JobStatus, job)) == 1
     rig.connect()
-    await until(lambda: rig.finished(1))
-    assert rig.service.jobs[1].job.state is JobState.COMPLETED
+    await until(lambda: rig.finished(job))
+    assert await rig.side.state(job) == JobState.COMPLETED
 
 
 async def test_status_request_and_identify(make_rig: RigFactory) -> None:
     rig = await make_rig("simulated", FAST)
     rig.connect()
-    request = StatusRequest()
-    rig.service.send(request)
-    rig.service.send(Identify(actions=["display", "sound"], message="here"))
-    await until(lambda: any(a.re == request.id for a in rig.service.of(Attributes)))
+    await until(rig.runner.synced.is_set)
+    assert await rig.side.protocol.request_status(DEVICE, rig.link.notify, 5.0)
+    rig.link.notify(DEVICE, Identify(actions=["display", "sound"], message="here"))
     await until(lambda: bool(rig.driver.identified))
     assert rig.driver.identified == [(("display", "sound"), "here")]
-    attributes = rig.service.of(Attributes)[-1]
+    attributes = rig.link.of(Attributes)[-1]
+    assert attributes.re is not None
     assert attributes.services[0].name == "office" and attributes.services[0].state == "idle"
     assert "text/plain" in attributes.services[0].capabilities.document_format_supported
+    assert (await rig.side.store.service("print", "office")).state == "idle"
 
 
 async def test_undecodable_messages_are_ignored(make_rig: RigFactory) -> None:

@@ -1,12 +1,14 @@
 """The whole Manager (threads, paho session, TLS, Will, reconnect, Bye) against a real broker.
 
-Mosquitto runs on 127.0.0.1 with TLS and passwords; the service side is the scripted fake of
-test_manager_runner driven by a plain paho client, so this tests the Manager's MQTT plumbing,
-not the real Cloud Service (the lead's end-to-end tests do that).
+Mosquitto runs on 127.0.0.1 with TLS and passwords; the service side is the real
+DeviceProtocol (tests.support.devicelink) behind a plain paho client, so this tests the
+Manager's MQTT plumbing against the real protocol rules without the rest of the Cloud Service
+(the end-to-end tests run that).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
@@ -15,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -26,10 +29,9 @@ from broker.pki import Pki
 from manager import Manager, ManagerConfig
 from schemas import topics
 from schemas.enums import JobState
-from schemas.messages import Bye, Hello, JobFetchable, Message, Presence, decode_presence, encode
-from tests.support.docserver import DocServer
+from schemas.messages import Bye, Hello, JobFetchable
+from tests.support.devicelink import ServiceSide, service_side
 from tests.support.documents import make_pdf
-from tests.support.fakeservice import FakeService
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 pytestmark = [
@@ -38,6 +40,7 @@ pytestmark = [
 ]
 DEVICE = "printer-7"
 SERVICE_USER = "cloud-service"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -91,11 +94,18 @@ def broker(tmp_path: Path, pki: Pki) -> Iterator[int]:
 
 
 class CloudSide:
-    """A paho client with the service's credentials feeding FakeService."""
+    """The real service's device side (tests.support.devicelink, on its own loop thread)
+    behind a paho client with the service's credentials: what the Manager publishes goes to
+    DeviceProtocol, what the service sends goes back on the device's down topic."""
 
-    def __init__(self, port: int, pki: Pki, docs: DocServer) -> None:
-        self.fake = FakeService(docs, sender=self._send)
-        self.presence: list[Presence] = []
+    def __init__(self, port: int, pki: Pki, directory: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="cloud-side", daemon=True)
+        self._thread.start()
+        self._context = service_side(directory, pki, DEVICE)
+        self.side: ServiceSide = self.call(self._context.__aenter__())
+        self.link = self.side.link
+        self.link.to_device = self._send
         self.ready = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cloud-test", protocol=mqtt.MQTTv311)
         client.username_pw_set(SERVICE_USER, "service-pw")
@@ -108,22 +118,30 @@ class CloudSide:
         client.loop_start()
         assert self.ready.wait(10)
 
-    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        if message.topic.endswith("/presence"):
-            self.presence.append(decode_presence(message.payload))
-        else:
-            self.fake.publish(message.topic, message.payload)
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the service's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
-    def _send(self, message: Message) -> None:
-        self.client.publish(topics.down(DEVICE), encode(message), qos=1)
+    def job_state(self, job_id: int) -> str:
+        return self.call(self.side.state(job_id))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self.loop.call_soon_threadsafe(self.link.publish, message.topic, message.payload)
+
+    def _send(self, data: bytes) -> None:
+        self.client.publish(topics.down(DEVICE), data, qos=1)
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.call(self._context.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
 
 
-def test_manager_over_a_real_broker(broker: int, pki: Pki, docs: DocServer, tmp_path: Path) -> None:
-    cloud = CloudSide(broker, pki, docs)
+def test_manager_over_a_real_broker(broker: int, pki: Pki, tmp_path: Path) -> None:
+    cloud = CloudSide(broker, pki, tmp_path / "service")
     config = ManagerConfig(
         device_id=DEVICE,
         broker_url=f"mqtts://127.0.0.1:{broker}",
@@ -144,37 +162,38 @@ def test_manager_over_a_real_broker(broker: int, pki: Pki, docs: DocServer, tmp_
     try:
         manager.start()
         assert manager.connected.wait(10) and manager.synced.wait(10)
-        wait(lambda: [p.state for p in cloud.presence] == ["online"])
-        assert len(cloud.fake.of(Hello)) == 1
+        wait(lambda: [p.state for p in cloud.link.presence] == ["online"])
+        assert len(cloud.link.of(Hello)) == 1
+        wait(lambda: cloud.call(cloud.side.store.service("print", "office")) is not None)  # attributes applied
 
         pdf = make_pdf(2)
-        cloud.fake.add(1, [(pdf, "application/pdf")])
-        cloud.fake.send(JobFetchable(job_id=1))
-        assert manager.wait_for_job(1, timeout=10) is JobState.COMPLETED
-        assert (tmp_path / "state" / "output" / "office" / "job-1-doc-1.pdf").read_bytes() == pdf
-        wait(lambda: cloud.fake.jobs[1].job.state is JobState.COMPLETED)
+        first = cloud.call(cloud.side.add_job([(pdf, "application/pdf")]))  # the doorbell rings
+        assert manager.wait_for_job(first, timeout=10) is JobState.COMPLETED
+        assert (tmp_path / "state" / "output" / "office" / f"job-{first}-doc-1.pdf").read_bytes() == pdf
+        wait(lambda: cloud.job_state(first) == JobState.COMPLETED)
         assert manager.jobs() == {} and manager.service_state("office")[0] == "idle"
 
         # Connection lost: the broker publishes the Will; paho reconnects; Hello again.
         manager.drop_connection()
-        wait(lambda: [p.state for p in cloud.presence][-1:] == ["offline"])
-        wait(lambda: len(cloud.fake.of(Hello)) == 2, timeout=15)
+        wait(lambda: [p.state for p in cloud.link.presence][-1:] == ["offline"])
+        wait(lambda: len(cloud.link.of(Hello)) == 2, timeout=15)
         assert manager.connected.wait(5)
-        wait(lambda: [p.state for p in cloud.presence][-1:] == ["online"])
-        first, will, second = cloud.presence
-        assert first.session and first.session == will.session != second.session  # one id per connection
+        wait(lambda: [p.state for p in cloud.link.presence][-1:] == ["online"])
+        first_on, will, second_on = cloud.link.presence
+        assert first_on.session and first_on.session == will.session != second_on.session  # one id per connection
 
-        # A job sent while the device is away arrives through the Sync answering Hello.
-        cloud.fake.add(2, [(make_pdf(1), "application/pdf")])
+        # A job whose doorbell is lost arrives through the Sync answering the next Hello.
+        cloud.link.lose_down = lambda m: isinstance(m, JobFetchable)
+        second = cloud.call(cloud.side.add_job([(make_pdf(1), "application/pdf")]))
         manager.drop_connection()
-        assert manager.wait_for_job(2, timeout=20) is JobState.COMPLETED
+        assert manager.wait_for_job(second, timeout=20) is JobState.COMPLETED
         manager.stop(timeout=10)
-        wait(lambda: bool(cloud.fake.of(Bye)) and cloud.presence[-1].state == "offline", timeout=5)
+        wait(lambda: bool(cloud.link.of(Bye)) and cloud.link.presence[-1].state == "offline", timeout=5)
     finally:
         manager.stop(timeout=10)
         cloud.close()
     assert manager.stopped.is_set() and not manager.running
-    assert len(cloud.fake.of(Bye)) == 1
+    assert len(cloud.link.of(Bye)) == 1
     assert not any(t.name.startswith("manager-") for t in threading.enumerate())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from manager.drivers.base import (
+    DeviceDriver,
     DeviceStatus,
     DocumentTask,
     DriverConfigError,
@@ -15,14 +16,14 @@ from manager.drivers.base import (
     PrintJob,
     Progress,
 )
-from manager.drivers.fax import SimulatedModem
+from manager.drivers.fax import FaxDriver, SimulatedModem
 from manager.drivers.file import FileDriver
 from manager.drivers.ipp import IppDriver
-from manager.drivers.scanner import SimulatedScanner
+from manager.drivers.scanner import ScanDriver, SimulatedScanner
 from manager.drivers.simulated import SimulatedDriver
 
 #: Driver classes by the name used in the config's ``driver`` field.
-DRIVERS: dict[str, type[PrintDriver]] = {
+DRIVERS: dict[str, type[DeviceDriver]] = {
     FileDriver.kind: FileDriver,
     SimulatedDriver.kind: SimulatedDriver,
     IppDriver.kind: IppDriver,
@@ -31,7 +32,7 @@ DRIVERS: dict[str, type[PrintDriver]] = {
 }
 
 
-def make_driver(kind: str, name: str, options: dict[str, object], state_dir: Path) -> PrintDriver:
+def make_driver(kind: str, name: str, options: dict[str, object], state_dir: Path) -> DeviceDriver:
     """Build the driver ``kind`` for service ``name``; raises DriverConfigError."""
     try:
         cls = DRIVERS[kind]
@@ -42,10 +43,12 @@ def make_driver(kind: str, name: str, options: dict[str, object], state_dir: Pat
 
 __all__ = [
     "DRIVERS",
+    "DeviceDriver",
     "DeviceStatus",
     "DocumentTask",
     "DriverConfigError",
     "DriverError",
+    "FaxDriver",
     "FileDriver",
     "IppDriver",
     "JobRefused",
@@ -53,6 +56,7 @@ __all__ = [
     "PrintDriver",
     "PrintJob",
     "Progress",
+    "ScanDriver",
     "SimulatedDriver",
     "make_driver",
 ]

@@ -1,8 +1,10 @@
 """The driver interface: what the Manager needs from a device, and nothing more.
 
-A driver turns one downloaded document into output and says how many impressions it made.
-It is small on purpose so real drivers (IPP Everywhere printers, scanners, fax modems) fit
-the same shape:
+``DeviceDriver`` is what every driver shares; ``PrintDriver`` (here), ``ScanDriver``
+(drivers/scanner.py) and ``FaxDriver`` (drivers/fax.py) are its siblings, one per service
+kind. A print driver turns one downloaded document into output and says how many
+impressions it made. It is small on purpose so real drivers (IPP Everywhere printers,
+scanners, fax modems) fit the same shape:
 
 - ``check_job(job)``: refuse a job up front (raise JobRefused) beyond what capabilities say.
 - ``start_job(job)`` / ``end_job(job_id, state)``: bracket a job (IPP Create-Job/Close-Job).
@@ -102,8 +104,13 @@ class DriverOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PrintDriver(ABC):
-    """Base class of print drivers; subclasses set ``kind`` and ``Options``."""
+class DeviceDriver(ABC):
+    """What every device driver shares, whatever its kind: options, status, life cycle.
+
+    The flows of the Manager talk to a kind's own base (PrintDriver, ScanDriver,
+    FaxDriver, siblings under this one); the runner uses only what is here.
+    Subclasses set ``kind`` (the registry name) and ``Options``.
+    """
 
     kind: ClassVar[str]
     Options: ClassVar[type[DriverOptions]] = DriverOptions
@@ -145,24 +152,26 @@ class PrintDriver(ABC):
     async def close(self) -> None:  # noqa: B027 (an optional hook)
         """Release the device; called once at Manager stop."""
 
-    # ------------------------------------------------------------------ jobs
-
-    def check_job(self, job: PrintJob) -> None:  # noqa: B027 (an optional hook)
-        """Raise JobRefused to reject a job the capabilities did not rule out."""
-
-    async def start_job(self, job: PrintJob) -> None:  # noqa: B027 (an optional hook)
-        """Called once before the first document of an accepted job."""
-
-    @abstractmethod
-    async def print_document(self, task: DocumentTask, path: Path, progress: Progress) -> int:
-        """Print the file at ``path``; return the impressions made."""
-
     async def end_job(self, job_id: int, state: JobState) -> None:  # noqa: B027 (an optional hook)
         """Called once when a job that was started ends (completed, aborted or canceled)."""
 
     @abstractmethod
     def cancel(self, job_id: int) -> None:
-        """Stop ``job_id`` promptly if it is printing; a no-op otherwise."""
+        """Stop ``job_id`` promptly if it is at work; a no-op otherwise."""
 
     async def identify(self, actions: Sequence[str], message: str | None) -> None:  # noqa: B027 (an optional hook)
         """Make the device known to a user standing next to it (default: nothing)."""
+
+
+class PrintDriver(DeviceDriver):
+    """Base of print drivers: ``print_document`` is the work."""
+
+    def check_job(self, job: PrintJob) -> None:
+        """Raise JobRefused to reject a job the capabilities did not rule out."""
+
+    async def start_job(self, job: PrintJob) -> None:
+        """Called once before the first document of an accepted job."""
+
+    @abstractmethod
+    async def print_document(self, task: DocumentTask, path: Path, progress: Progress) -> int:
+        """Print the file at ``path``; return the impressions made."""

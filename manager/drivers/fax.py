@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from manager.drivers.base import DocumentTask, DriverError, DriverOptions, JobRefused, PrintCanceled, PrintDriver
+from manager.drivers.base import DeviceDriver, DriverOptions, JobRefused, PrintCanceled
 from schemas.enums import Reason
 from schemas.model.fax import FaxSettings
 from schemas.model.pages import count_pages
@@ -56,7 +56,7 @@ class DialResult:
     message: str | None = None
 
 
-class FaxDriver(PrintDriver):
+class FaxDriver(DeviceDriver):
     """Base of modem drivers: ``send`` one document to one destination."""
 
     def check_fax(self, job: FaxJob) -> None:
@@ -67,8 +67,6 @@ class FaxDriver(PrintDriver):
                    progress: Callable[[int], None]) -> DialResult:
         """Dial and transmit; raise PrintCanceled after cancel(job_id), DriverError on a modem fault."""
 
-    async def print_document(self, task: DocumentTask, path: Path, progress: Callable[[int], None]) -> int:
-        raise DriverError("a fax modem does not print", (Reason.ABORTED_BY_SYSTEM,))
 
 
 class SimulatedModemOptions(DriverOptions):

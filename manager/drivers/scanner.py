@@ -2,9 +2,8 @@
 
 A scan driver turns a validated scan ticket (its ``ScanSettings``, defaults filled in) into
 output files: one PDF holding every page, or one JPEG/PNG per page (images hold one page).
-It reuses PrintDriver's machinery (options model, device status and listeners, identify,
-open/close) so the Manager treats every service's device alike; ``print_document`` is not
-for scanners and refuses.
+It is a sibling of PrintDriver under DeviceDriver (options model, device status and
+listeners, identify, open/close, cancel), so the Manager treats every service's device alike.
 
 The simulated scanner makes real images with Pillow (and PDFs with img2pdf) that honour the
 resolution (pixels and the dpi recorded in the file), the color mode (RGB, 8-bit gray or
@@ -25,7 +24,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from manager.drivers.base import DocumentTask, DriverError, DriverOptions, JobRefused, PrintCanceled, PrintDriver
+from manager.drivers.base import DeviceDriver, DriverError, DriverOptions, JobRefused, PrintCanceled
 from schemas.enums import Reason
 from schemas.model.scan import ScanSettings
 from schemas.tickets import ScanJobTicket
@@ -53,7 +52,7 @@ class ScannedDocument:
     pages: int
 
 
-class ScanDriver(PrintDriver):
+class ScanDriver(DeviceDriver):
     """Base of scanner drivers: ``scan`` is the work; ``cancel`` stops it between pages."""
 
     def check_scan(self, job: ScanJob) -> None:
@@ -63,8 +62,6 @@ class ScanDriver(PrintDriver):
     async def scan(self, job: ScanJob, out_dir: Path, progress: ScanProgress) -> list[ScannedDocument]:
         """Scan every page; raise PrintCanceled after cancel(job_id), DriverError on a fault."""
 
-    async def print_document(self, task: DocumentTask, path: Path, progress: Callable[[int], None]) -> int:
-        raise DriverError("a scanner does not print", (Reason.ABORTED_BY_SYSTEM,))
 
 
 class SimulatedScannerOptions(DriverOptions):

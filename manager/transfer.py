@@ -1,19 +1,24 @@
-"""Download one document from its presigned URL into the spool, verified, in constant memory.
+"""Document bytes between the Manager and the object store: presigned GET and PUT.
 
-Bytes are streamed to ``{dest}.part`` in 64 KiB chunks while their SHA-256 is computed;
-only a file of exactly the announced size and digest is renamed to ``dest``. A URL that has
-expired (HTTP 403 or 410) or bytes that do not match are told apart from other failures so
-the caller can ask for a fresh URL once. Synchronous on purpose: the Manager runs it in a
-worker thread, so a slow download never holds up MQTT traffic.
+Bytes never cross the broker. Download: one document from its presigned URL into the
+spool, verified, in constant memory. Bytes are streamed to ``{dest}.part`` in 64 KiB chunks
+while their SHA-256 is computed; only a file of exactly the announced size and digest is
+renamed to ``dest``. A URL that has expired (HTTP 403 or 410) or bytes that do not match
+are told apart from other failures so the caller can ask for a fresh URL once. Upload (scan
+output): the file is PUT to a presigned URL in chunks, and the service's receipt (size,
+SHA-256) must match what was sent. Both are synchronous on purpose: the Manager runs them
+in a worker thread, so a slow transfer never holds up MQTT traffic.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import ssl
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -102,3 +107,41 @@ def download(
         raise DownloadError("network", f"document download failed: {type(exc).__name__}: {exc}") from None
     finally:
         part.unlink(missing_ok=True)
+
+
+class UploadError(Exception):
+    """The scan output could not be stored; the message says why."""
+
+
+def upload_file(url: str, path: Path, *, verify: ssl.SSLContext, timeout: float, stop: threading.Event,
+                allow_http: bool = False) -> tuple[int, str]:
+    """PUT a file to a presigned URL, streamed in chunks; returns (size, sha256) as the service
+    stored them, after checking they are the file's. Synchronous: run it in a thread."""
+    if not (url.startswith("https://") or (allow_http and url.startswith("http://"))):
+        raise UploadError("upload URL must be https")
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as fh:
+            while data := fh.read(CHUNK):
+                if stop.is_set():
+                    raise UploadError("canceled")
+                digest.update(data)
+                yield data
+
+    try:
+        with httpx.Client(verify=verify, timeout=timeout) as client:
+            response = client.put(url, content=chunks(), headers={"Content-Length": str(size),
+                                                                  "Content-Type": "application/octet-stream"})
+    except httpx.HTTPError as exc:
+        raise UploadError(f"upload failed: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise UploadError(f"upload refused: HTTP {response.status_code}")
+    try:
+        receipt = json.loads(response.content)
+    except ValueError:
+        raise UploadError("upload receipt is not JSON") from None
+    if receipt.get("size") != size or receipt.get("sha256") != digest.hexdigest():
+        raise UploadError("the service stored other bytes than were sent")
+    return size, digest.hexdigest()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.pki import Pki
-from manager.download import CHUNK, DownloadError, download
+from manager.transfer import CHUNK, DownloadError, download
 from tests.support.docserver import DocServer
 
 
