@@ -21,24 +21,11 @@ from typing import Any
 from cloud_service.app import CloudService
 from cloud_service.auth import authenticate
 from cloud_service.config import ServiceConfig
+from manager.drivers.fax import SIMULATED_MODEM_CAPABILITIES
+from manager.drivers.scanner import SIMULATED_SCANNER_CAPABILITIES
+from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 
 PRINTER_ID = "sim-printer"
-
-#: What the simulated printer offers: enough variety to try every ticket attribute.
-SIM_PRINTER_CAPABILITIES: dict[str, Any] = {
-    "copies-supported": [1, 99],
-    "sides-supported": ["one-sided", "two-sided-long-edge", "two-sided-short-edge"],
-    "media-supported": ["iso_a4_210x297mm", "na_letter_8.5x11in", "iso_a5_148x210mm", "na_legal_8.5x14in"],
-    "media-default": "iso_a4_210x297mm",
-    "print-color-mode-supported": ["auto", "monochrome", "color"],
-    "print-color-mode-default": "auto",
-    "print-quality-supported": [3, 4, 5],
-    "orientation-requested-supported": [3, 4, 5, 6],
-    "page-ranges-supported": True,
-    "number-up-supported": [1, 2, 4],
-    "finishings-supported": [3, 4, 5],
-    "document-format-supported": ["application/pdf", "image/jpeg", "image/png", "text/plain"],
-}
 
 
 SCANNER_NAME = "sim-scanner"
@@ -46,37 +33,6 @@ FAX_NAME = "sim-fax"
 #: Numbers the simulated modem answers busy / not at all, to try the retry policy.
 SIM_FAX_BUSY = "tel:+15555550100"
 SIM_FAX_NO_ANSWER = "tel:+15555550199"
-
-#: The simulated device's scan service (PWG 5100.17 names).
-SIM_SCANNER_CAPABILITIES: dict[str, Any] = {
-    "input-source-supported": ["platen", "adf"],
-    "input-source-default": "platen",
-    "input-sides-supported": ["one-sided", "two-sided-long-edge", "two-sided-short-edge"],
-    "input-resolution-supported": [75, 150, 300],
-    "input-resolution-default": 150,
-    "input-color-mode-supported": ["color", "monochrome", "bi-level"],
-    "input-color-mode-default": "color",
-    "input-media-supported": ["iso_a4_210x297mm", "na_letter_8.5x11in", "iso_a5_148x210mm"],
-    "input-media-default": "iso_a4_210x297mm",
-    "input-scan-regions-supported": True,
-    "document-format-supported": ["application/pdf", "image/jpeg", "image/png"],
-    "document-format-default": "application/pdf",
-}
-
-#: The simulated device's FaxOut service (PWG 5100.15 names).
-SIM_FAX_CAPABILITIES: dict[str, Any] = {
-    "destination-uri-schemes-supported": ["tel"],
-    "multiple-destination-uris-supported": True,
-    "destination-uris-max": 8,
-    "printer-resolution-supported": [[204, 98], [204, 196], [204, 392]],
-    "printer-resolution-default": [204, 98],
-    "number-of-retries-supported": [0, 5],
-    "number-of-retries-default": 2,
-    "retry-interval-supported": [0, 600],
-    "retry-interval-default": 5,
-    "document-format-supported": ["application/pdf", "image/jpeg", "image/png", "text/plain"],
-    "document-format-default": "application/pdf",
-}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -191,7 +147,7 @@ class EmbeddedStack:
             "services": [{
                 "kind": "print", "name": PRINTER_ID, "driver": "file",
                 "driver_options": {"output_dir": str(device_dir / "output")},
-                "capabilities": SIM_PRINTER_CAPABILITIES,
+                "capabilities": SIMULATED_PRINTER_CAPABILITIES,
                 "info": "Simulated printer (writes each job to a folder)",
                 "location": str(device_dir / "output"),
                 "make_and_model": "cloudimaging simulated printer",
@@ -199,14 +155,14 @@ class EmbeddedStack:
                 # The same device scans and faxes: one Manager serves all three services.
                 "kind": "scan", "name": SCANNER_NAME, "driver": "simulated-scanner",
                 "driver_options": {"adf_sheets": 3},
-                "capabilities": SIM_SCANNER_CAPABILITIES,
+                "capabilities": SIMULATED_SCANNER_CAPABILITIES,
                 "info": "Simulated scanner (makes test pages: platen 1, feeder 3 sheets)",
                 "make_and_model": "cloudimaging simulated multifunction device",
             }, {
                 "kind": "faxout", "name": FAX_NAME, "driver": "simulated-modem",
                 "driver_options": {"output_dir": str(device_dir / "fax"), "busy": [SIM_FAX_BUSY],
                                    "no_answer": [SIM_FAX_NO_ANSWER]},
-                "capabilities": SIM_FAX_CAPABILITIES,
+                "capabilities": SIMULATED_MODEM_CAPABILITIES,
                 "info": f"Simulated fax modem (received faxes land in {device_dir / 'fax'})",
                 "location": str(device_dir / "fax"),
                 "make_and_model": "cloudimaging simulated multifunction device",

@@ -24,7 +24,7 @@ from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
 from cloud_service.objects import LocalObjectStore, UrlSigner
 from cloud_service.store import JobStore
-from cloud_service.up import SIM_PRINTER_CAPABILITIES
+from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
 from schemas.model.pages import PageCounter
 from tests.support.documents import make_pdf
@@ -108,7 +108,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await store.set_device("dev", online=True, last_seen=time.time())
     assert await store.upsert_service("dev", ServiceKind.PRINT.value, "office", {
         "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
-        "make_and_model": None, "capabilities": SIM_PRINTER_CAPABILITIES})
+        "make_and_model": None, "capabilities": SIMULATED_PRINTER_CAPABILITIES})
     try:
         yield Rig(store, objects, documents, jobs)
     finally:

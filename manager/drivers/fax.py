@@ -23,7 +23,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -34,6 +34,21 @@ from schemas.model.pages import count_pages
 from schemas.tickets import FaxOutJobTicket
 
 log = logging.getLogger("cloudimaging.manager.fax")
+
+#: What the simulated modem offers as `cloudimaging up` configures it (PWG 5100.15 names).
+SIMULATED_MODEM_CAPABILITIES: dict[str, Any] = {
+    "destination-uri-schemes-supported": ["tel"],
+    "multiple-destination-uris-supported": True,
+    "destination-uris-max": 8,
+    "printer-resolution-supported": [[204, 98], [204, 196], [204, 392]],
+    "printer-resolution-default": [204, 98],
+    "number-of-retries-supported": [0, 5],
+    "number-of-retries-default": 2,
+    "retry-interval-supported": [0, 600],
+    "retry-interval-default": 5,
+    "document-format-supported": ["application/pdf", "image/jpeg", "image/png", "text/plain"],
+    "document-format-default": "application/pdf",
+}
 
 #: Fax page width in pixels (ITU-T T.4, 215 mm at 204 dpi) and A4 length in inches.
 FAX_WIDTH = 1728

@@ -20,7 +20,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -30,6 +30,22 @@ from schemas.model.scan import ScanSettings
 from schemas.tickets import ScanJobTicket
 
 log = logging.getLogger("cloudimaging.manager.scanner")
+
+#: What the simulated scanner offers as `cloudimaging up` configures it (PWG 5100.17 names).
+SIMULATED_SCANNER_CAPABILITIES: dict[str, Any] = {
+    "input-source-supported": ["platen", "adf"],
+    "input-source-default": "platen",
+    "input-sides-supported": ["one-sided", "two-sided-long-edge", "two-sided-short-edge"],
+    "input-resolution-supported": [75, 150, 300],
+    "input-resolution-default": 150,
+    "input-color-mode-supported": ["color", "monochrome", "bi-level"],
+    "input-color-mode-default": "color",
+    "input-media-supported": ["iso_a4_210x297mm", "na_letter_8.5x11in", "iso_a5_148x210mm"],
+    "input-media-default": "iso_a4_210x297mm",
+    "input-scan-regions-supported": True,
+    "document-format-supported": ["application/pdf", "image/jpeg", "image/png"],
+    "document-format-default": "application/pdf",
+}
 
 #: Called with the pages scanned so far.
 ScanProgress = Callable[[int], None]

@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,23 @@ from schemas.model.pages import count_pages
 from schemas.text import Keyword
 
 log = logging.getLogger("cloudimaging.manager.simulated")
+
+#: What the simulated printer offers (as `cloudimaging up` configures it): enough variety to try
+#: every ticket attribute.
+SIMULATED_PRINTER_CAPABILITIES: dict[str, Any] = {
+    "copies-supported": [1, 99],
+    "sides-supported": ["one-sided", "two-sided-long-edge", "two-sided-short-edge"],
+    "media-supported": ["iso_a4_210x297mm", "na_letter_8.5x11in", "iso_a5_148x210mm", "na_legal_8.5x14in"],
+    "media-default": "iso_a4_210x297mm",
+    "print-color-mode-supported": ["auto", "monochrome", "color"],
+    "print-color-mode-default": "auto",
+    "print-quality-supported": [3, 4, 5],
+    "orientation-requested-supported": [3, 4, 5, 6],
+    "page-ranges-supported": True,
+    "number-up-supported": [1, 2, 4],
+    "finishings-supported": [3, 4, 5],
+    "document-format-supported": ["application/pdf", "image/jpeg", "image/png", "text/plain"],
+}
 
 
 class ScriptEvent(BaseModel):

@@ -21,7 +21,7 @@ import httpx
 
 from broker.credentials import CredentialStore, generate_password
 from broker.pki import Pki, ensure_pki
-from cloud_service.up import SIM_PRINTER_CAPABILITIES
+from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from tests.support.brokers import MosquittoHandle, find_mosquitto, free_port, tls_port_ready, wait_until
 
 CLI = str(Path(sys.executable).parent / "cloudimaging")
@@ -196,7 +196,7 @@ class FaultStack:
                           "driver_options": {"output_dir": str(self.tmp / device / "output"),
                                              # dev-1 is slow so a kill lands mid-print
                                              "pages_per_second": 8 if device == "dev-1" else 100},
-                          "capabilities": SIM_PRINTER_CAPABILITIES}],
+                          "capabilities": SIMULATED_PRINTER_CAPABILITIES}],
         }
         path = self.tmp / device / "manager.json"
         path.parent.mkdir(parents=True, exist_ok=True)

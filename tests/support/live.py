@@ -21,17 +21,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from client.api import CloudImagingClient
-from cloud_service.up import SIM_PRINTER_CAPABILITIES, SIM_SCANNER_CAPABILITIES
+from manager.drivers.scanner import SIMULATED_SCANNER_CAPABILITIES
+from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from tests.support.stack import Stack, running_stack
 
 T = TypeVar("T")
 
-OFFICE_CAPABILITIES = {**SIM_PRINTER_CAPABILITIES, "sides-supported": ["one-sided", "two-sided-long-edge"]}
+OFFICE_CAPABILITIES = {**SIMULATED_PRINTER_CAPABILITIES, "sides-supported": ["one-sided", "two-sided-long-edge"]}
 
 
 def print_service(name: str, capabilities: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
     return {"kind": "print", "name": name, "driver": "simulated", "driver_options": options,
-            "capabilities": capabilities or SIM_PRINTER_CAPABILITIES, "make_and_model": f"Simulated {name}",
+            "capabilities": capabilities or SIMULATED_PRINTER_CAPABILITIES, "make_and_model": f"Simulated {name}",
             "info": f"{name} printer", "location": "2nd floor"}
 
 
@@ -58,7 +59,7 @@ class LiveStack:
             print_service("rejecting", reject=True),
             {"kind": "scan", "name": "lab-scanner", "driver": "simulated-scanner",
              "driver_options": {"adf_sheets": 2, "pages_per_second": 50},
-             "capabilities": SIM_SCANNER_CAPABILITIES, "make_and_model": "Simulated scanner"},
+             "capabilities": SIMULATED_SCANNER_CAPABILITIES, "make_and_model": "Simulated scanner"},
         ])
         for name in ("slow", "rejecting"):
             await self.stack.wait_service(name)

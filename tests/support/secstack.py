@@ -20,7 +20,7 @@ from broker.credentials import generate_password
 from broker.pki import Pki, ensure_pki, write_crl
 from cloud_service.app import CloudService
 from cloud_service.config import ServiceConfig
-from cloud_service.up import SIM_PRINTER_CAPABILITIES
+from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from tests.support.brokers import MOSQUITTO_DIR, MosquittoHandle, embedded_broker, find_mosquitto, free_port
 from tests.support.stack import Stack
 
@@ -99,7 +99,7 @@ class SecureStack(Stack):
                 "device_id": device_id, "state_dir": "state", "keepalive": 5, "request_timeout": 3.0,
                 "services": [{"kind": "print", "name": device_id, "driver": "file",
                               "driver_options": {"output_dir": str(directory / "output")},
-                              "capabilities": SIM_PRINTER_CAPABILITIES, "make_and_model": "enrolled printer"}]}))
+                              "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "enrolled printer"}]}))
         code_run = await asyncio.to_thread(cli, ["manager", "enroll", code, "--url", self.service.url, "--ca",
                                                  str(self.ca), "--config", str(config)])
         assert code_run == 0, "enrollment failed"

@@ -20,7 +20,7 @@ import httpx
 from broker.credentials import generate_password
 from cloud_service.app import CloudService
 from cloud_service.config import ServiceConfig
-from cloud_service.up import SIM_PRINTER_CAPABILITIES
+from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import JobState
 
 
@@ -52,7 +52,7 @@ class Stack:
             "keepalive": 5, "request_timeout": 3.0,
             "services": [{"kind": "print", "name": device_id, "driver": driver,
                           "driver_options": {"output_dir": str(out), **(options or {})},
-                          "capabilities": capabilities or SIM_PRINTER_CAPABILITIES,
+                          "capabilities": capabilities or SIMULATED_PRINTER_CAPABILITIES,
                           "make_and_model": "test printer"}],
         }
 
