@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean
+.PHONY: run test test-quick test-faults lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,8 +17,21 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/cloudimaging up
 
+# The suite on two workers (its tests mostly wait on sockets and processes), then the
+# fault-injection tests alone, since they time real processes being killed. Exit code 5 is
+# pytest's "no test selected" (PYTEST_ARGS may name files without fault tests).
+JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) -n $(JOBS) -m "not faults" $(PYTEST_ARGS)
+	$(PYTEST) -m faults $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-quick: $(STAMP)
+	$(PYTEST) -n $(JOBS) -m "not faults" $(PYTEST_ARGS)
+
+test-faults: $(STAMP)
+	$(PYTEST) -m faults $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

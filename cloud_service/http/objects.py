@@ -23,21 +23,31 @@ log = logging.getLogger("cloudimaging.http")
 router = APIRouter(default_response_class=OrjsonResponse)
 
 
+def _refused(deps: Deps, request: Request, method: str, key: str, reason: str) -> None:
+    deps.audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
+                     method=method, key=key, reason=reason)
+
+
+def _signature_refusal(deps: Deps, request: Request, method: str, key: str) -> Response | None:
+    """None if the URL's signature allows ``method`` on ``key`` now; else the 403 to answer."""
+    try:
+        deps.objects.signer.check(key, method, dict(request.query_params))
+    except BadSignature as exc:
+        log.warning("refused presigned %s of %s: %s", method, key, exc)
+        _refused(deps, request, method, key, str(exc))
+        return error_response(403, "bad-signature", str(exc))
+    return None
+
+
 @router.get("/objects/{key:path}", tags=["objects"], include_in_schema=False)
 async def get_object(key: str, request: Request, deps: Deps = Depends(get_deps)) -> Response:
-    objects, audit = deps.objects, deps.audit
-    try:
-        objects.signer.check(key, "GET", dict(request.query_params))
-    except BadSignature as exc:
-        log.warning("refused presigned GET of %s: %s", key, exc)
-        audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
-                    method="GET", key=key, reason=str(exc))
-        return error_response(403, "bad-signature", str(exc))
+    objects = deps.objects
+    if (refusal := _signature_refusal(deps, request, "GET", key)) is not None:
+        return refusal
     ended = await _job_ended(deps.store, key)
     if ended:
         # A GET URL only serves while its job is under way: replaying it later gets nothing.
-        audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
-                    method="GET", key=key, reason="the job has ended")
+        _refused(deps, request, "GET", key, "the job has ended")
         return error_response(410, "gone", "the job has ended; its documents are no longer served")
     size = await objects.size(key)
     if size is None:
@@ -49,20 +59,14 @@ async def get_object(key: str, request: Request, deps: Deps = Depends(get_deps))
 
 @router.put("/objects/{key:path}", tags=["objects"], include_in_schema=False)
 async def put_object(key: str, request: Request, deps: Deps = Depends(get_deps)) -> Response:
-    jobs, objects, audit = deps.jobs, deps.objects, deps.audit
-    try:
-        objects.signer.check(key, "PUT", dict(request.query_params))
-    except BadSignature as exc:
-        log.warning("refused presigned PUT of %s: %s", key, exc)
-        audit.event("presigned-refused", outcome="denied", client=request.client.host if request.client else None,
-                    method="PUT", key=key, reason=str(exc))
-        return error_response(403, "bad-signature", str(exc))
+    if (refusal := _signature_refusal(deps, request, "PUT", key)) is not None:
+        return refusal
     request.scope.setdefault("state", {})["user"] = "presigned"
     try:
         document = DocumentKey.parse(key)
     except ValueError:
         return error_response(404, "not-found", "no such upload")
-    stored = await jobs.documents.accept(document, request.stream())  # input document or scan output
+    stored = await deps.jobs.documents.accept(document, request.stream())  # input document or scan output
     return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
 
 
