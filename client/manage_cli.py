@@ -12,8 +12,9 @@
     cloudimaging credit alice 1000
     cloudimaging accounting
 
-Every verb takes ``--json``. Secrets (tokens, enrollment codes) are printed once, on stdout,
-and never written anywhere by the CLI.
+Every verb takes ``--json``: one JSON object on stdout, a listing under its plural name
+(``{"users": [...]}``) as the service answers it, so scripts read every verb alike. Secrets
+(tokens, enrollment codes) are printed once, on stdout, and never written anywhere by the CLI.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     listed = _call(args, "GET", "/users")["users"]
     rows = [[clean(u["name"]), u["kind"], u["role"], ",".join(u["groups"]) or "-", "yes" if u["disabled"] else "no"]
             for u in listed]
-    return _show(args, listed, table(["NAME", "KIND", "ROLE", "GROUPS", "DISABLED"], rows))
+    return _show(args, {"users": listed}, table(["NAME", "KIND", "ROLE", "GROUPS", "DISABLED"], rows))
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -89,7 +90,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     listed = _call(args, "GET", "/tokens", params=params)["tokens"]
     rows = [[t["id"], clean(t["user"]), clean(t["label"] or "-"), format_time(t["created_at"]),
              format_time(t["expires_at"]), "revoked" if t["revoked_at"] else "active"] for t in listed]
-    return _show(args, listed, table(["ID", "USER", "LABEL", "CREATED", "EXPIRES", "STATE"], rows))
+    return _show(args, {"tokens": listed}, table(["ID", "USER", "LABEL", "CREATED", "EXPIRES", "STATE"], rows))
 
 
 # ------------------------------------------------------------------------------ devices and sharing
@@ -117,7 +118,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     rows = [[clean(d["id"]), clean(d["owner"] or "-"), d["auth"], "online" if d["online"] else "offline",
              "revoked" if d["revoked_at"] else ("deregistered" if d["deregistered_at"] else "active"),
              ",".join(clean(s) for s in d["services"]) or "-"] for d in listed]
-    return _show(args, listed, table(["DEVICE", "OWNER", "AUTH", "ONLINE", "STATE", "SERVICES"], rows))
+    return _show(args, {"devices": listed}, table(["DEVICE", "OWNER", "AUTH", "ONLINE", "STATE", "SERVICES"], rows))
 
 
 def _code_text(device_id: str, made: dict[str, Any]) -> str:
@@ -145,7 +146,7 @@ def cmd_shares(args: argparse.Namespace) -> int:
     listed = _call(args, "GET", base)["shares"]
     rows = [[str(s["id"]), clean(s["service"]), s["kind"], clean(s["principal"]), clean(s["created_by"])]
             for s in listed]
-    return _show(args, listed, table(["ID", "SERVICE", "WITH", "WHO", "BY"], rows))
+    return _show(args, {"shares": listed}, table(["ID", "SERVICE", "WITH", "WHO", "BY"], rows))
 
 
 # ------------------------------------------------------------------------------ paid printing
@@ -188,7 +189,7 @@ def cmd_accounting(args: argparse.Namespace) -> int:
     rows = _call(args, "GET", "/accounting", params=params)["accounting"]
     lines = [[clean(r["user"]), clean(r["service"]), str(r["jobs"]), str(r["impressions"]), str(r["cost"])]
              for r in rows]
-    return _show(args, rows, table(["USER", "SERVICE", "JOBS", "IMPRESSIONS", "COST"], lines))
+    return _show(args, {"accounting": rows}, table(["USER", "SERVICE", "JOBS", "IMPRESSIONS", "COST"], lines))
 
 
 def add_parser(sub: Any) -> None:

@@ -12,7 +12,10 @@ import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pydantic import ValidationError
+
 from schemas.model.ticket import TicketError, parse_print_ticket
+from schemas.tickets import PrintJobTicket
 
 #: IPP's largest integer: the upper bound of an open page range such as ``5-``.
 MAX_PAGE = 2**31 - 1
@@ -75,14 +78,45 @@ class OptionError(ValueError):
 
 
 def _integer(attribute: str, value: str, names: dict[str, int] | None = None) -> int:
+    """An integer option; an enumerated one (``names``) takes only its IPP enum values, and the
+    refusal lists them by name and number, as lp's users know them, not in pydantic's words."""
     key = value.strip().lower()
     if names and key in names:
         return names[key]
+    known = f" or one of {', '.join(names)}" if names else ""
     try:
-        return int(key, 10)
+        number = int(key, 10)
     except ValueError:
-        known = f" or one of {', '.join(names)}" if names else ""
         raise OptionError(attribute, f"{attribute}: expected an integer{known}, got {value!r}") from None
+    if names and number not in names.values():
+        choices = ", ".join(f"{name} ({code})" for name, code in names.items())
+        raise OptionError(attribute, f"{attribute}: expected one of {choices}, got {value!r}")
+    return number
+
+
+#: pydantic's error types in the words of a command line (its ``ctx`` fills the blanks).
+_PLAIN_WORDS = {
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "string_too_long": "must be at most {max_length} characters",
+    "string_too_short": "must be at least {min_length} characters",
+    "too_long": "must have at most {max_length} items",
+}
+
+
+def plain_message(attribute: str, error_type: str | None, context: dict[str, Any] | None, fallback: str) -> str:
+    """``attribute: <why>`` without the validation library's phrasing, when we know the type."""
+    template = _PLAIN_WORDS.get(error_type or "")
+    if template is None:
+        return fallback
+    try:
+        return f"{attribute}: {template.format(**(context or {}))}"
+    except (KeyError, IndexError):
+        return fallback
 
 
 def parse_page_ranges(value: str, attribute: str = "page-ranges") -> list[list[int]]:
@@ -147,6 +181,17 @@ def split_options(options: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _pydantic_reason(raw: dict[str, Any], attribute: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The validation error type and context of ``attribute`` in ``raw``, for :func:`plain_message`."""
+    try:
+        PrintJobTicket.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            if error["loc"] and str(error["loc"][0]) == attribute:
+                return error["type"], dict(error.get("ctx") or {})
+    return None, None
+
+
 def build_ticket(
     options: Iterable[str] = (),
     *,
@@ -176,7 +221,8 @@ def build_ticket(
         ticket = parse_print_ticket(raw)
     except TicketError as exc:
         problem = exc.first
-        message = problem.message.replace("Value error, ", "")
+        error_type, context = _pydantic_reason(raw, problem.attribute)
+        message = plain_message(problem.attribute, error_type, context, problem.message.replace("Value error, ", ""))
         if problem.attribute in given and "unknown" not in message:
             message = f"{message} (got {given[problem.attribute]!r})"
         raise OptionError(problem.attribute, message) from None
