@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from client.errors import ApiError, ClientError
 from client.formats import SNIFF_SIZE, detect_format
 from client.sse import SseDecoder
-from schemas.api import API_PREFIX, JobCreate, JobInfo, ServiceInfo
+from schemas.api import API_PREFIX, DefaultService, JobCreate, JobInfo, ServiceInfo
 from schemas.enums import ServiceKind
 from schemas.tickets import IppModel
 
@@ -65,7 +65,12 @@ def ssl_context(ca: str | os.PathLike[str] | None, *, public: bool = False) -> s
     if ca is None:
         return ssl.create_default_context(cafile=certifi.where())
     context = ssl.create_default_context(cafile=certifi.where() if public else None)
-    context.load_verify_locations(cafile=os.fspath(ca))
+    try:
+        context.load_verify_locations(cafile=os.fspath(ca))
+    except ssl.SSLError as exc:  # before OSError: an SSLError is one, with no file name in it
+        raise ClientError(f"CA file {os.fspath(ca)}: not a PEM certificate ({exc.reason or exc})") from None
+    except OSError as exc:  # ssl names no file in its errors; the user must see which one
+        raise ClientError(f"CA file {os.fspath(ca)}: {exc.strerror or exc}") from None
     return context
 
 
@@ -466,6 +471,22 @@ def services_flow(kind: ServiceKind | str) -> Flow[list[ServiceInfo]]:
 
 def service_flow(kind: ServiceKind | str, name: str) -> Flow[ServiceInfo]:
     return parse_model(ServiceInfo, (yield Request("GET", service_path(kind, name))))
+
+
+def default_path(kind: ServiceKind | str) -> str:
+    return f"{API_PREFIX}/me/default/{quote(str(kind), safe='')}"
+
+
+def default_flow(kind: ServiceKind | str) -> Flow[str | None]:
+    """The user's default ``kind`` service on the service, or None when they have set none."""
+    return parse_model(DefaultService, (yield Request("GET", default_path(kind)))).service
+
+
+def set_default_flow(kind: ServiceKind | str, name: str | None) -> Flow[str | None]:
+    """Set (or, with None, clear) the user's default ``kind`` service on the service."""
+    if name is None:
+        return parse_model(DefaultService, (yield Request("DELETE", default_path(kind)))).service
+    return parse_model(DefaultService, (yield Request("PUT", default_path(kind), json={"service": name}))).service
 
 
 def validate_flow(kind: ServiceKind | str, name: str, ticket: Ticket, document_format: str | None) -> Flow[None]:

@@ -170,13 +170,26 @@ class ManagerConfig(BaseModel):
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context for the broker and the document URLs: verify against ca_file."""
         cafile = str(self.ca_file) if self.ca_file else None
-        context = ssl.create_default_context(cafile=cafile)
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except OSError as exc:  # ssl's errors name no file: say which one, as every CLI error must
+            raise ConfigError(f"ca_file {cafile}: {_why(exc)}") from None
         if self.cert_file is not None and self.key_file is not None:
-            context.load_cert_chain(self.cert_file, self.key_file)
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except OSError as exc:
+                raise ConfigError(f"cert_file {self.cert_file} / key_file {self.key_file}: {_why(exc)}") from None
         return context
 
     def service(self, name: str) -> PrintServiceConfig | ScanServiceConfig | FaxServiceConfig | None:
         return next((s for s in self.services if s.name == name), None)
+
+
+def _why(exc: OSError) -> str:
+    """An OSError's reason in words; ssl's own errors (also OSErrors) mean the PEM is unusable."""
+    if isinstance(exc, ssl.SSLError):
+        return f"not a usable PEM file ({exc.reason or exc})"
+    return exc.strerror or str(exc)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

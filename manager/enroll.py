@@ -67,7 +67,12 @@ def enroll(code: str, url: str, ca: Path | None, directory: Path, timeout: float
     if not url.startswith("https://"):
         raise EnrollError("the service URL must be https://")
     key, csr = make_key_and_csr()
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except ssl.SSLError as exc:  # before OSError (its subclass); ssl names no file, we must
+        raise EnrollError(f"--ca {ca}: not a PEM certificate ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise EnrollError(f"--ca {ca}: {exc.strerror or exc}") from None
     try:
         response = httpx.post(url.rstrip("/") + ENROLL_PATH, json={"code": code.strip(), "csr": csr.decode()},
                               verify=context, timeout=timeout)
