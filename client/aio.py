@@ -101,6 +101,14 @@ class AsyncCloudImagingClient:
     async def service(self, kind: ServiceKind | str, name: str) -> ServiceInfo:
         return await self._run(base.service_flow(kind, name))
 
+    async def default_service(self, kind: ServiceKind | str = ServiceKind.PRINT) -> str | None:
+        """This user's default ``kind`` service on the service (jobs naming none go there), or None."""
+        return await self._run(base.default_flow(kind))
+
+    async def set_default_service(self, kind: ServiceKind | str, name: str | None) -> str | None:
+        """Make ``name`` this user's default ``kind`` service; None forgets the default."""
+        return await self._run(base.set_default_flow(kind, name))
+
     async def validate(
         self,
         kind: ServiceKind | str,

@@ -116,6 +116,14 @@ class CloudImagingClient:
     def service(self, kind: ServiceKind | str, name: str) -> ServiceInfo:
         return self._run(base.service_flow(kind, name))
 
+    def default_service(self, kind: ServiceKind | str = ServiceKind.PRINT) -> str | None:
+        """This user's default ``kind`` service on the service (jobs naming none go there), or None."""
+        return self._run(base.default_flow(kind))
+
+    def set_default_service(self, kind: ServiceKind | str, name: str | None) -> str | None:
+        """Make ``name`` this user's default ``kind`` service; None forgets the default."""
+        return self._run(base.set_default_flow(kind, name))
+
     def validate(
         self,
         kind: ServiceKind | str,

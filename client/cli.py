@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from client import manage_cli, scan_cli
+from client import default_cli, manage_cli, scan_cli
 from client.api import CloudImagingClient
 from client.cli_common import (
     EXIT_ERROR,
@@ -33,12 +33,15 @@ from client.cli_common import (
     ParserExit,
     UsageError,
     about_job,
+    choose_service,
     client_for,
     cmd_services,
+    config_for,
     connection_options,
     emit_json,
     err,
     exit_code_for,
+    naming,
     out,
     parse_job_ref,
     positive,
@@ -52,7 +55,7 @@ from schemas.enums import JobState, Reason, ServiceKind
 from schemas.text import check_mime
 
 #: The client's own verb modules, each with ``add_parser(subparsers)``.
-VERB_MODULES = (manage_cli, scan_cli)
+VERB_MODULES = (manage_cli, scan_cli, default_cli)
 
 #: Verbs of the other packages, loaded by name: a device-only or client-only install may lack
 #: a package, and then its verbs are simply not there. Any other import failure is an error.
@@ -85,6 +88,21 @@ def _read_document(path: str) -> tuple[bytes | str, str | None]:
     return path, None
 
 
+def _submit(client: CloudImagingClient, args: argparse.Namespace, ticket: dict[str, Any], printer: str,
+            document_format: str | None, by_reference: bool) -> JobInfo:
+    """Send the document (or its URL) to ``printer``, with an upload progress bar on a terminal."""
+    if by_reference:
+        return client.submit_uri(args.file, ticket, service=printer, document_format=document_format)
+    document, name = _read_document(args.file)
+    bar = ProgressBar.for_stream(sys.stderr, f"uploading {name or os.path.basename(args.file)}")
+    try:
+        return client.submit(document, ticket, service=printer, document_format=document_format,
+                             document_name=name, progress=bar)
+    finally:
+        if bar is not None:
+            bar.finish()
+
+
 def cmd_print(args: argparse.Namespace) -> int:
     """Submit one document (lp): check options, upload with progress, optionally wait."""
     try:
@@ -101,27 +119,15 @@ def cmd_print(args: argparse.Namespace) -> int:
     if not by_reference and args.file != "-" and not os.path.isfile(args.file):
         problem = "not a regular file" if os.path.exists(args.file) else "no such file"
         raise ClientError(f"{args.file}: {problem}")
-    with client_for(args) as client:
-        if by_reference:
-            job = client.submit_uri(args.file, ticket, service=args.printer, document_format=document_format)
-        else:
-            document, name = _read_document(args.file)
-            label = f"uploading {name or os.path.basename(args.file)}"
-            bar = ProgressBar.for_stream(sys.stderr, label)
-            try:
-                job = client.submit(
-                    document,
-                    ticket,
-                    service=args.printer,
-                    document_format=document_format,
-                    document_name=name,
-                    progress=bar,
-                )
-            finally:
-                if bar is not None:
-                    bar.finish()
+    config = config_for(args)
+    with CloudImagingClient.from_config(config) as client:
+        chosen = choose_service(client, config, ServiceKind.PRINT, args.printer)
+        try:
+            job = _submit(client, args, ticket, chosen.name, document_format, by_reference)
+        except ApiError as exc:
+            raise naming(chosen, ServiceKind.PRINT, exc) from None
         if not args.json:
-            out(f"request id is {request_id(job)} (1 file(s))")
+            out(f"request id is {request_id(job)} (1 file(s)) on {chosen.describe(ServiceKind.PRINT)}")
         if args.wait:
             return _wait(client, job, args)
     if args.json:
@@ -227,7 +233,7 @@ def build_parser() -> CliParser:
 
     p = sub.add_parser("print", parents=common, help="print a file (lp)")
     p.add_argument("file", metavar="FILE", help="file to print; - reads stdin; an https URL is fetched by the service")
-    p.add_argument("-p", "-d", "--printer", help="print service name (default: the only/first one)")
+    p.add_argument("-p", "-d", "--printer", help="print service (default: `cloudimaging default`, else the only one)")
     p.add_argument("-n", "--copies", type=positive, help="number of copies")
     p.add_argument(
         "-o",

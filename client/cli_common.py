@@ -11,15 +11,16 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from pydantic import BaseModel
 
 from client.api import CloudImagingClient
-from client.config import load_config
-from client.errors import ApiError
+from client.config import ClientConfig, load_config
+from client.errors import ApiError, ClientError
 from client.render import service_long, services_table
-from schemas.enums import JobState
+from schemas.enums import JobState, ServiceKind
 
 PROG = "cloudimaging"
 
@@ -131,10 +132,69 @@ def emit_json(value: Any) -> None:
     out(json.dumps(_dump(value), indent=2, ensure_ascii=False))
 
 
+def config_for(args: argparse.Namespace) -> ClientConfig:
+    """The configuration for a verb: flags first, then environment, then client.json."""
+    return load_config(getattr(args, "url", None), getattr(args, "token", None), getattr(args, "ca", None))
+
+
 def client_for(args: argparse.Namespace) -> CloudImagingClient:
-    """The client for a verb: flags first, then environment, then client.json."""
-    config = load_config(getattr(args, "url", None), getattr(args, "token", None), getattr(args, "ca", None))
-    return CloudImagingClient.from_config(config)
+    """The client for a verb (see :func:`config_for`)."""
+    return CloudImagingClient.from_config(config_for(args))
+
+
+#: What each kind's services are called on the command line, and the flag that names one.
+KIND_WORDS = {ServiceKind.PRINT: ("printer", "-p"), ServiceKind.SCAN: ("scanner", "-s"),
+              ServiceKind.FAXOUT: ("fax service", "-f")}
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The service a submit goes to, and why that one: every submit says both."""
+
+    name: str
+    why: str
+
+    def describe(self, kind: ServiceKind) -> str:
+        """``printer office (the only printer)``; no reason when the user named it."""
+        return f"{KIND_WORDS[kind][0]} {self.name}" + (f" ({self.why})" if self.why else "")
+
+
+def choose_service(client: CloudImagingClient, config: ClientConfig, kind: ServiceKind,
+                   named: str | None) -> Chosen:
+    """The service for a submit, as lp chooses a printer: the one named (``-p``), else the local
+    default in client.json (``cloudimaging default``), else the user's default on the service,
+    else the only one the user may use. With several and no default it is an error that lists
+    them: a new printer must never silently take everyone's jobs."""
+    word, flag = KIND_WORDS[kind]
+    if named:
+        return Chosen(named, "")
+    local = config.defaults.get(kind.value)
+    if local:
+        return Chosen(local, f"your local default, in {config.path}")
+    try:
+        remote = client.default_service(kind)
+    except ApiError as exc:
+        if exc.status != 404:  # an older service without defaults: go on to the only one
+            raise
+        remote = None
+    if remote:
+        return Chosen(remote, "your default on the service")
+    names = sorted(s.name for s in client.services(kind))
+    if len(names) == 1:
+        return Chosen(names[0], f"the only {word}")
+    if not names:
+        raise ClientError(f"no {kind.value} services are shared with you")
+    raise ClientError(f"{len(names)} {word}s and no default: choose one with {flag} NAME, or set a default "
+                      f"with `cloudimaging default NAME` ({', '.join(names)})")
+
+
+def naming(chosen: Chosen, kind: ServiceKind, exc: ApiError) -> ClientError:
+    """A refusal of a submit, with the service it was sent to when the user did not name it
+    and the message does not say: a newcomer must see which printer said no."""
+    text = str(exc)
+    if not chosen.why or chosen.name in text:
+        return exc
+    return ClientError(f"{KIND_WORDS[kind][0]} {chosen.name}: {text}")
 
 
 def about_job(job_id: int, error: ApiError) -> str:

@@ -16,20 +16,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from client.api import CloudImagingClient
 from client.cli_common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
     UsageError,
-    client_for,
+    choose_service,
     cmd_services,
+    config_for,
     connection_options,
     emit_json,
     err,
     exit_code_for,
+    naming,
     out,
 )
-from client.errors import ClientError
+from client.errors import ApiError, ClientError
 from client.progress import ProgressBar
 from client.render import request_id, state_line
 from schemas.api import JobInfo
@@ -88,10 +91,16 @@ def _follow(client: Any, job: JobInfo, quiet: bool) -> JobInfo:
 def cmd_scan(args: argparse.Namespace) -> int:
     """Scan (create the job, follow it, download the output)."""
     ticket = scan_ticket(args)
-    with client_for(args) as client:
-        job = client.scan(ticket, service=args.scanner)
+    config = config_for(args)
+    with CloudImagingClient.from_config(config) as client:
+        chosen = choose_service(client, config, ServiceKind.SCAN, args.scanner)
+        try:
+            job = client.scan(ticket, service=chosen.name)
+        except ApiError as exc:
+            raise naming(chosen, ServiceKind.SCAN, exc) from None
         if not args.json:
-            sys.stderr.write(f"request id is {request_id(job)} (scanning on {job.service})\n")
+            on = chosen.describe(ServiceKind.SCAN)
+            sys.stderr.write(f"request id is {request_id(job)} (scanning on {on})\n")
         try:
             final = _follow(client, job, args.json)
         except KeyboardInterrupt:
@@ -151,16 +160,21 @@ def cmd_fax(args: argparse.Namespace) -> int:
         ticket["number-of-retries"] = args.retries
     if args.title:
         ticket["job-name"] = args.title
-    with client_for(args) as client:
+    config = config_for(args)
+    with CloudImagingClient.from_config(config) as client:
+        chosen = choose_service(client, config, ServiceKind.FAXOUT, args.fax)
         bar = ProgressBar.for_stream(sys.stderr, f"uploading {os.path.basename(args.file)}")
         try:
-            job = client.submit(args.file, ticket, service=args.fax, kind=ServiceKind.FAXOUT,
+            job = client.submit(args.file, ticket, service=chosen.name, kind=ServiceKind.FAXOUT,
                                 document_format=args.document_format, progress=bar)
+        except ApiError as exc:
+            raise naming(chosen, ServiceKind.FAXOUT, exc) from None
         finally:
             if bar is not None:
                 bar.finish()
         if not args.json:
-            out(f"request id is {request_id(job)} (to {', '.join(args.to)})")
+            on = chosen.describe(ServiceKind.FAXOUT)
+            out(f"request id is {request_id(job)} (to {', '.join(args.to)}) on {on}")
         if not args.wait:
             if args.json:
                 emit_json(job)
@@ -197,7 +211,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_services, kind=ServiceKind.FAXOUT.value)
 
     p = sub.add_parser("scan", parents=common, help="scan to a file (PDF, JPEG or PNG)")
-    p.add_argument("-s", "--scanner", help="scan service name (default: the only/first one)")
+    p.add_argument("-s", "--scanner", help="scan service (default: `cloudimaging default`, else the only one)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="file to write; several images become OUT-1.png, OUT-2.png, ...")
     p.add_argument("--resolution", type=int, metavar="DPI", help="input-resolution in dpi")
@@ -212,7 +226,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="document to send (PDF, JPEG, PNG or text)")
     p.add_argument("--to", action="append", type=tel_uri, required=True, metavar="tel:NUMBER",
                    help="destination, e.g. tel:+15551234567 (repeatable)")
-    p.add_argument("-f", "--fax", help="fax service name (default: the only/first one)")
+    p.add_argument("-f", "--fax", help="fax service (default: `cloudimaging default`, else the only one)")
     p.add_argument("--resolution", type=fax_resolution, help="standard (204x98), fine (204x196), superfine")
     p.add_argument("--retries", type=int, metavar="N", help="number-of-retries on busy or no answer")
     p.add_argument("-t", "--title", help="job name")

@@ -29,7 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: 2: users, sharing, registration, enrollment, certificates, policies, quotas, credits.
 #: 3: documents.pages (counted while the bytes stream in).
-SCHEMA_VERSION = 3
+#: 4: user_defaults (each user's default service per kind, used when a job names none).
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -278,6 +279,19 @@ class CreditRow(Base):
     at: Mapped[float] = mapped_column(Float)
     by: Mapped[str] = mapped_column(String(255))
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class UserDefaultRow(Base):
+    """A user's default service of one kind, as ``lpoptions -d`` keeps a default printer: the
+    service a new job goes to when it names none. Keyed by name, like shares, so it survives
+    the device re-registering its services; a default that is no longer usable is refused by
+    name, never silently replaced by another printer."""
+
+    __tablename__ = "user_defaults"
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    service_name: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 def make_engine(url: str) -> AsyncEngine:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from cloud_service.auth import User
 from cloud_service.db import JobRow, ServiceRow
+from cloud_service.defaults import choose_service
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.objects import StoredObject
@@ -82,7 +83,8 @@ class JobOperations:
 
     async def resolve_service(self, kind: ServiceKind, name: str | None, user: User | None = None) -> ServiceRow:
         """The service to use; with ``user``, only among the services shared with them (others
-        read as missing). Without a name: the first online one, else the first one."""
+        read as missing). Without a name: the user's default, else the only one
+        (cloud_service.defaults.choose_service), never a guess among several."""
         if name:
             row = await self.store.service(kind.value, name)
             if row is None:
@@ -90,14 +92,7 @@ class JobOperations:
             if user is not None:
                 await check_service(self.store, user, row)
             return row
-        rows = await self.store.services(kind.value)
-        if user is not None:
-            access = await Access.load(self.store, user)
-            rows = [(svc, dev, n) for svc, dev, n in rows if access.sees(dev, svc.name)]
-        if not rows:
-            raise Refusal(404, "not-found", f"no {kind.value} service is registered yet")
-        online = [svc for svc, dev, _ in rows if dev.online]
-        return (online or [svc for svc, _, _ in rows])[0]
+        return await choose_service(self.store, kind, user)
 
     async def usable_service(self, user: User, kind: ServiceKind, name: str | None) -> ServiceRow:
         """resolve_service for a new job: also refuses services whose device is revoked."""

@@ -108,17 +108,20 @@ class EmbeddedStack:
         """Reuse the admin token in client.json if it is still valid, else make one."""
         path = self.data_dir / "client.json"
         token = None
+        kept: dict = {}  # the user's own keys, e.g. "defaults" from `cloudimaging default`
         if path.exists():
             try:
-                token = json.loads(path.read_text()).get("token")
-            except (OSError, ValueError):
-                token = None
+                kept = json.loads(path.read_text())
+                token = kept.get("token")
+            except (OSError, ValueError, AttributeError):
+                kept, token = {}, None
+        kept = kept if isinstance(kept, dict) else {}
         if not token or await authenticate(self.service.store, token) is None:
             token = await self.service.create_token(getpass.getuser(), "admin")
         self.token = token
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"url": self.service.url, "token": token, "ca": str(self.pki.ca_cert)}, fh, indent=2)
+            json.dump({**kept, "url": self.service.url, "token": token, "ca": str(self.pki.ca_cert)}, fh, indent=2)
 
     async def _register_printer(self) -> None:
         """First run: the simulated printer belongs to the admin who ran ``up`` and is shared

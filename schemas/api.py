@@ -128,3 +128,17 @@ class ErrorDetail(ApiModel):
 
 class ErrorBody(ApiModel):
     error: ErrorDetail
+
+
+class DefaultService(ApiModel):
+    """A user's default service of one kind (``/api/v1/me/default/{kind}``): where a job that
+    names no service goes. ``service`` is None when the user has set none."""
+
+    kind: ServiceKind
+    service: str | None = None
+
+
+class DefaultServiceSet(ApiModel):
+    """The body of ``PUT /api/v1/me/default/{kind}``."""
+
+    service: Annotated[str, Field(min_length=1, max_length=64)]

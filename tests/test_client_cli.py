@@ -135,7 +135,7 @@ def test_print_like_lp(run: Run, api: CloudImagingClient, doc: Path, tmp_path: P
         "-o", "media=iso_a4_210x297mm", "-o", "print-color-mode=color",
     )  # fmt: skip
     job = only_job(api)
-    assert (code, out, err) == (0, f"request id is parked-{job.id} (1 file(s))\n", "")
+    assert (code, out, err) == (0, f"request id is parked-{job.id} (1 file(s)) on printer parked\n", "")
     assert job.service == "parked"
     assert (job.documents[0].name, job.documents[0].format) == ("report.pdf", "application/pdf")
     assert job.ticket == {

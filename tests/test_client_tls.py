@@ -45,7 +45,7 @@ def test_cli_print_and_wait_over_real_sockets(
     with live.client(token=user_token) as client:
         [job] = client.jobs(all=True)
     rows = out.splitlines()
-    assert rows[0] == f"request id is office-{job.id} (1 file(s))"
+    assert rows[0] == f"request id is office-{job.id} (1 file(s)) on printer office"
     assert rows[-1] == f"office-{job.id}: completed (job-completed-successfully), 1 impression(s)"
     assert job.ticket == {"sides": "one-sided"}
     assert job.documents[0].size == len(data)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_service.clf import ClfLog
-from cloud_service.http import events, jobs, manage, objects, operators, services
+from cloud_service.http import defaults, events, jobs, manage, objects, operators, services
 from cloud_service.http.deps import Deps
 from cloud_service.http.responses import OrjsonResponse, add_error_handlers
 
@@ -51,6 +51,6 @@ def create_app(deps: Deps) -> FastAPI:
     app.state.deps = deps
     app.add_middleware(ClfMiddleware, clf=deps.clf)
     add_error_handlers(app)
-    for module in (operators, services, jobs, events, objects, manage):
+    for module in (operators, services, jobs, events, objects, manage, defaults):
         app.include_router(module.router)
     return app
