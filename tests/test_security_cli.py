@@ -34,7 +34,7 @@ async def test_management_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert code == 0 and "ci-bot" in out and "service-account" in out and olga not in out
 
         code, out = await run(capsys, stack, admin, "tokens", "--user", "ci-bot", "--json")
-        token_id = json.loads(out)[0]["id"]
+        token_id = json.loads(out)["tokens"][0]["id"]
         assert bot not in out
         assert (await run(capsys, stack, bot, "printers"))[0] == 0
         code, out = await run(capsys, stack, admin, "tokens", "revoke", token_id)
