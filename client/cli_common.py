@@ -184,8 +184,9 @@ def choose_service(client: CloudImagingClient, config: ClientConfig, kind: Servi
         return Chosen(names[0], f"the only {word}")
     if not names:
         raise ClientError(f"no {kind.value} services are shared with you")
+    verb = "cloudimaging default NAME" + ("" if kind is ServiceKind.PRINT else f" --kind {kind.value}")
     raise ClientError(f"{len(names)} {word}s and no default: choose one with {flag} NAME, or set a default "
-                      f"with `cloudimaging default NAME` ({', '.join(names)})")
+                      f"with `{verb}` ({', '.join(names)})")
 
 
 def naming(chosen: Chosen, kind: ServiceKind, exc: ApiError) -> ClientError:
