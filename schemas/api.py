@@ -55,6 +55,8 @@ class JobCreate(ApiModel):
     ``upload`` to get a presigned ``upload_url``; PUT the bytes there, then POST .../close.
     """
 
+    #: None: the caller's default service of ``kind``, else the only one they may use; with
+    #: several and no default the job is refused (409 ``service-required``), never guessed.
     service: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     kind: ServiceKind = ServiceKind.PRINT
     ticket: dict[str, Any] = {}
