@@ -519,6 +519,7 @@ def submit_flow(
         ticket=ticket_dict(ticket),
         document_name=source.name,
         document_format=fmt,
+        document_size=source.size,  # an oversized document is refused before any byte is sent
         upload=True,
     )
     created = yield from create_flow(body)

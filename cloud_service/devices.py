@@ -19,6 +19,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from pydantic import ValidationError
+
 from cloud_service.clf import ClfLog
 from cloud_service.db import JobRow
 from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents
@@ -48,7 +50,7 @@ from schemas.messages import (
 )
 from schemas.model.job import Abort, InvalidTransition, Release
 from schemas.model.reports import Report, judge
-from schemas.text import is_keyword
+from schemas.text import check_name, is_keyword
 from schemas.tickets import ticket_model
 
 log = logging.getLogger("cloudimaging.devices")
@@ -250,10 +252,25 @@ class DeviceProtocol:
         return [(device_id, reply)]
 
     async def _document_urls(self, row: JobRow, number: int | None = None) -> list[DocumentAccess]:
-        return [DocumentAccess(document_number=u.document.number, url=u.url, expires_at=u.expires_at,
-                               size=u.document.size or 0, sha256=u.document.sha256 or "0" * 64,
-                               document_format=u.document.format, document_name=u.document.name)
-                for u in await self.documents.urls(row.id, "GET", number)]
+        """The documents' GET URLs as the wire carries them (ValidationError if one cannot be).
+
+        A stored name the wire's ``Name`` refuses (a row written before the edges checked names)
+        is left out: the name only labels the document, and without it the job still prints.
+        """
+        out = []
+        for u in await self.documents.urls(row.id, "GET", number):
+            name = u.document.name
+            if name is not None:
+                try:
+                    name = check_name(name)
+                except ValueError:
+                    log.warning("job %s document %s: stored name is not a valid name; sent without it",
+                                row.id, u.document.number)
+                    name = None
+            out.append(DocumentAccess(document_number=u.document.number, url=u.url, expires_at=u.expires_at,
+                                      size=u.document.size or 0, sha256=u.document.sha256 or "0" * 64,
+                                      document_format=u.document.format, document_name=name))
+        return out
 
     async def _apply_report(self, device_id: str, msg: Report,
                             extra: dict | None = None) -> tuple[JobRow, str, str | None, bool] | Reply:
@@ -272,13 +289,31 @@ class DeviceProtocol:
         return done.row, "ok", None, True
 
     async def _acknowledge(self, device_id: str, msg: AcknowledgeJob) -> Outgoing:
+        """Accept or decline a job. The reply to an accept carries the documents' URLs, so they
+        are built (and so validated) before the claim commits: a claim whose reply cannot be
+        built would leave a job claimed by nobody, retried forever. A job whose documents no
+        device message can describe is aborted instead (no device could ever take it)."""
+        documents: list[DocumentAccess] = []
+        if msg.accept:
+            own = await self._own_job(device_id, msg, msg.job_id)
+            if isinstance(own, Reply):
+                return [(device_id, own)]
+            try:
+                documents = await self._document_urls(own)
+            except ValidationError as exc:
+                log.error("job %s: its documents cannot be sent to a device (%s); aborting it",
+                          own.id, exc.errors()[0]["msg"])
+                await self._transition(own.id, Abort(Reason.ABORTED_BY_SYSTEM,
+                                                     "a document of the job cannot be delivered to a device"))
+                row = await self.store.get_job(own.id)
+                return [(device_id, self._current(msg, row, "not-fetchable", "the job's documents cannot be sent"))]
         result = await self._apply_report(device_id, msg, {"claim_ts": msg.ts} if msg.accept else None)
         if isinstance(result, Reply):
             return [(device_id, result)]
         row, code, text, ok = result
         reply = self._current(msg, row, code, text, ok)
         if msg.accept and code in ("ok", "duplicate") and row.claimed and not JobState(row.state).terminal:
-            reply = reply.model_copy(update={"documents": await self._document_urls(row)})
+            reply = reply.model_copy(update={"documents": documents})
         return [(device_id, reply)]
 
     async def _fetch_document(self, device_id: str, msg: FetchDocument) -> Outgoing:

@@ -14,6 +14,7 @@ price or quota never reads a document back. ``Documents.urls`` mints every presi
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from cloud_service.db import DocumentRow, JobRow
 from cloud_service.errors import Refusal
 from cloud_service.objects import ObjectStore, ObjectTooLarge, StoredObject
 from cloud_service.store import JobNotFound, JobStore
-from schemas.enums import DocumentState, JobState, ServiceKind
+from schemas.enums import DocumentState, JobState, Reason, ServiceKind
+from schemas.model.job import Abort, InvalidTransition
 from schemas.model.pages import PageCounter
 
 #: Most output documents one scan job may make (a 1000-sheet duplex ADF in single pages).
@@ -76,9 +78,18 @@ class Documents:
         self.max_bytes = max_bytes
         self.url_ttl = url_ttl
 
-    async def accept(self, key: DocumentKey, chunks: AsyncIterator[bytes]) -> StoredObject:
-        """Store the bytes of the document at ``key`` if its job takes them now (else Refusal)."""
+    async def accept(self, key: DocumentKey, chunks: AsyncIterator[bytes],
+                     declared_size: int | None = None) -> StoredObject:
+        """Store the bytes of the document at ``key`` if its job takes them now (else Refusal).
+
+        ``declared_size`` (an upload's ``Content-Length``) over the cap is refused before a byte
+        is read. An input document refused as too large aborts its job with that reason: the
+        job cannot go on without it, and its history says why rather than who canceled it.
+        """
         doc = await (self._output_slot(key) if key.output else self._input_slot(key))
+        if declared_size is not None and declared_size > self.max_bytes:
+            raise await self._too_large(key, f"the document ({declared_size} bytes) is larger than this "
+                                             f"service takes ({self.max_bytes} bytes)")
         counter = PageCounter(doc.format)
 
         async def counted() -> AsyncIterator[bytes]:
@@ -88,11 +99,18 @@ class Documents:
 
         try:
             stored = await self.objects.put_stream(doc.object_key, counted(), self.max_bytes)
-        except ObjectTooLarge as exc:
-            raise Refusal(413, "too-large", str(exc)) from None
+        except ObjectTooLarge:
+            raise await self._too_large(key, f"the document is larger than this service takes "
+                                             f"({self.max_bytes} bytes)") from None
         await self.store.set_document(key.job_id, key.number, size=stored.size, sha256=stored.sha256,
                                       pages=counter.pages)
         return stored
+
+    async def _too_large(self, key: DocumentKey, message: str) -> Refusal:
+        if not key.output:
+            with contextlib.suppress(InvalidTransition, JobNotFound):
+                await self.store.transition(key.job_id, Abort(Reason.ABORTED_BY_SYSTEM, message))
+        return Refusal(413, "too-large", message)
 
     async def _job(self, job_id: int) -> JobRow:
         try:

@@ -63,6 +63,9 @@ class JobCreate(ApiModel):
     document_name: Name | None = None
     document_format: MimeType | None = None
     document_uri: HttpUrl | None = None
+    #: The document's size in bytes, if the client knows it: a document larger than the
+    #: service takes is refused (413) before the job is made.
+    document_size: Annotated[int, Field(ge=0)] | None = None
     upload: bool = False
     retention: RetentionChoice | None = None
 

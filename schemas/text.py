@@ -12,7 +12,7 @@ import re
 import unicodedata
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _KEYWORD = re.compile(r"^[a-z][a-z0-9._-]{0,254}$")
@@ -51,3 +51,18 @@ Name = Annotated[str, Field(max_length=255), AfterValidator(check_text)]
 Text = Annotated[str, Field(max_length=1023), AfterValidator(check_text)]
 Keyword = Annotated[str, AfterValidator(check_keyword)]
 MimeType = Annotated[str, AfterValidator(check_mime)]
+
+_NAME: TypeAdapter[str] = TypeAdapter(Name)
+
+
+def check_name(value: str) -> str:
+    """``value`` as a ``Name`` (NFC), or ValueError with the reason.
+
+    For names that reach the service outside a model (a multipart filename, an IPP
+    ``document-name``): the same validator as the wire's ``Name``, so a name accepted at an
+    edge is always one a device message can carry.
+    """
+    try:
+        return _NAME.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"]) from None

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_service.clf import ClfLog
-from cloud_service.http import defaults, events, jobs, manage, objects, operators, services
+from cloud_service.http import apidocs, defaults, events, jobs, manage, objects, operators, services
 from cloud_service.http.deps import Deps
 from cloud_service.http.responses import OrjsonResponse, add_error_handlers
 
@@ -46,6 +46,7 @@ class ClfMiddleware:
 
 def create_app(deps: Deps) -> FastAPI:
     app = FastAPI(title="cloudimaging", version="0.1.0", default_response_class=OrjsonResponse,
+                  docs_url=None, redoc_url=None,
                   description="Cloud Print Service after the PWG Cloud Imaging Model. "
                               "Authenticate with `Authorization: Bearer <token>`.")
     app.state.deps = deps
@@ -53,4 +54,5 @@ def create_app(deps: Deps) -> FastAPI:
     add_error_handlers(app)
     for module in (operators, services, jobs, events, objects, manage, defaults):
         app.include_router(module.router)
+    apidocs.install(app)
     return app

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from cloud_service.auth import User
 from cloud_service.http.deps import Deps, current_user, get_deps
+from cloud_service.http.params import JobId
 from cloud_service.http.responses import OrjsonResponse
 from cloud_service.store import JobStore
 from schemas.api import API_PREFIX
@@ -26,7 +27,7 @@ router = APIRouter(default_response_class=OrjsonResponse)
 
 @router.get(f"{API_PREFIX}/jobs/{{job_id}}/events", tags=["jobs"],
             responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: int, request: Request, user: User = Depends(current_user),
+async def job_events(job_id: JobId, request: Request, user: User = Depends(current_user),
                      deps: Deps = Depends(get_deps)) -> StreamingResponse:
     await deps.jobs.get(user, job_id)
     return StreamingResponse(_event_stream(deps.store, job_id, request), media_type="text/event-stream",

@@ -4,6 +4,7 @@ cancel, and read back a job's document."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
@@ -19,10 +20,13 @@ from cloud_service import retention
 from cloud_service.auth import User
 from cloud_service.errors import Refusal
 from cloud_service.http.deps import Deps, current_user, get_deps
+from cloud_service.http.multipart import read_job_form
+from cloud_service.http.params import DocumentNumber, JobId
 from cloud_service.http.responses import OrjsonResponse
 from cloud_service.sharing import Access
 from schemas.api import API_PREFIX, JobCreate, JobInfo
 from schemas.enums import ServiceKind
+from schemas.text import check_name
 
 router = APIRouter(default_response_class=OrjsonResponse)
 
@@ -64,6 +68,9 @@ async def create_job(request: Request, user: User = Depends(current_user),
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise Refusal(422, "bad-request", f"{where}: {first['msg']}", attribute=where or None) from None
+    if spec.document_size is not None and spec.document_size > jobs.documents.max_bytes:
+        raise Refusal(413, "too-large", f"the document is larger than this service takes "
+                                        f"({jobs.documents.max_bytes} bytes)", attribute="document_size")
     if spec.kind is ServiceKind.SCAN:  # no input document: fetchable at once
         row = await jobs.create_scan(user, spec.service, spec.ticket, _retention(spec))
         return OrjsonResponse(await info(deps, row), status_code=201)
@@ -76,10 +83,10 @@ async def create_job(request: Request, user: User = Depends(current_user),
         try:
             await jobs.store_document(row.id, chunks)
         except Refusal:
-            await jobs.cancel(User("system", "admin"), row.id)
+            await _abandon(deps, row.id)
             raise
         except (httpx.HTTPError, OSError, ValueError) as exc:
-            await jobs.cancel(User("system", "admin"), row.id)
+            await _abandon(deps, row.id)
             raise Refusal(400, "document-uri-failed", f"could not fetch document-uri: {exc}") from None
         row = await jobs.close(user, row.id)
         return OrjsonResponse(await info(deps, row), status_code=201)
@@ -92,33 +99,27 @@ async def create_job(request: Request, user: User = Depends(current_user),
 
 
 async def _create_multipart(deps: Deps, request: Request, user: User) -> OrjsonResponse:
-    form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
+    form = await read_job_form(request, deps.jobs.documents.max_bytes)
     try:
-        raw_job = form.get("job")
-        spec = JobCreate.model_validate_json(raw_job if isinstance(raw_job, str) else "{}")
-        upload = form.get("document")
-        if upload is None or isinstance(upload, str):
+        spec = JobCreate.model_validate_json(form.job if form.job is not None else "{}")
+        if form.document is None:
             raise Refusal(422, "bad-request", "multipart needs a 'document' file part")
-        fmt = (spec.document_format or spec.ticket.get("document-format") or upload.content_type
+        fmt = (spec.document_format or spec.ticket.get("document-format") or form.content_type
                or "application/octet-stream")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            while data := await upload.read(256 * 1024):
-                yield data
-
         row = await deps.jobs.create(user, spec.kind, spec.service, spec.ticket, fmt,
-                                     spec.document_name or upload.filename, chunks(), retention=_retention(spec))
+                                     spec.document_name or _filename(form.filename), form.chunks(),
+                                     retention=_retention(spec))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise Refusal(422, "bad-request", f"job.{where}: {first['msg']}") from None
     finally:
-        await form.close()
+        form.close()
     return OrjsonResponse(await info(deps, row), status_code=201)
 
 
 @router.post(f"{API_PREFIX}/jobs/{{job_id}}/close", tags=["jobs"])
-async def close_job(job_id: int, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
+async def close_job(job_id: JobId, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     return await info(deps, await deps.jobs.close(user, job_id))
 
 
@@ -145,14 +146,14 @@ async def list_jobs(all: bool = False, kind: ServiceKind | None = None, service:
 
 
 @router.get(f"{API_PREFIX}/jobs/{{job_id}}", tags=["jobs"])
-async def get_job(job_id: int, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> JobInfo:
+async def get_job(job_id: JobId, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> JobInfo:
     row, full = await deps.jobs.view(user, job_id)
     return await describe(deps, row, full)
 
 
 @router.get(f"{API_PREFIX}/jobs/{{job_id}}/documents/{{number}}", tags=["jobs"],
             responses={200: {"content": {"application/octet-stream": {}}}})
-async def get_document(job_id: int, number: int, user: User = Depends(current_user),
+async def get_document(job_id: JobId, number: DocumentNumber, user: User = Depends(current_user),
                        deps: Deps = Depends(get_deps)) -> Response:
     """A job's document, for the job's owner or an admin only (others: 403 or 404)."""
     objects = deps.objects
@@ -168,17 +169,40 @@ async def get_document(job_id: int, number: int, user: User = Depends(current_us
 
 
 @router.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", tags=["jobs"])
-async def cancel_job(job_id: int, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
+async def cancel_job(job_id: JobId, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     return await info(deps, await deps.jobs.cancel(user, job_id))
+
+
+async def _abandon(deps: Deps, job_id: int) -> None:
+    """Cancel a job whose document did not arrive, unless it has ended already (a document
+    refused as too large aborts its job with that reason; the refusal is what the client sees)."""
+    with contextlib.suppress(Refusal):
+        await deps.jobs.cancel(User("system", "admin"), job_id)
 
 
 def _retention(spec: JobCreate) -> dict[str, Any] | None:
     return spec.retention.model_dump(exclude_none=True) if spec.retention is not None else None
 
 
+def _filename(filename: str | None) -> str | None:
+    """The multipart file's name as the document's name, checked as the wire checks a Name: a
+    name the device protocol cannot carry would make a job no device can ever take."""
+    if not filename:
+        return None
+    try:
+        return check_name(filename)
+    except ValueError as exc:
+        raise Refusal(422, "bad-request", f"document filename: {exc}", attribute="document_name") from None
+
+
 def _name_from_uri(uri: str) -> str | None:
-    name = urlsplit(uri).path.rsplit("/", 1)[-1]
-    return name[:255] or None
+    """The last path segment of a document-uri (the client gave no name): kept only if it is a
+    valid Name, since the client did not choose it."""
+    name = urlsplit(uri).path.rsplit("/", 1)[-1][:255]
+    try:
+        return check_name(name) if name else None
+    except ValueError:
+        return None
 
 
 async def _check_public_host(host: str) -> None:

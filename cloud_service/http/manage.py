@@ -29,6 +29,7 @@ from cloud_service.auth import (
 from cloud_service.db import DeviceRow, ServiceRow, TokenRow
 from cloud_service.errors import Refusal
 from cloud_service.http.deps import Deps, current_user, get_deps
+from cloud_service.http.params import PathName, ShareId
 from cloud_service.http.responses import OrjsonResponse
 from cloud_service.registration import Registry
 from schemas.api import API_PREFIX
@@ -164,7 +165,7 @@ async def create_user(body: UserCreate, request: Request, user: User = Depends(c
 
 
 @router.get(f"{API_PREFIX}/users/{{name}}", tags=["users"])
-async def get_user(name: str, request: Request, user: User = Depends(current_user),
+async def get_user(name: PathName, request: Request, user: User = Depends(current_user),
                    deps: Deps = Depends(get_deps)) -> dict:
     if name != user.name:
         require_admin(user, request)
@@ -174,7 +175,7 @@ async def get_user(name: str, request: Request, user: User = Depends(current_use
 
 
 @router.patch(f"{API_PREFIX}/users/{{name}}", tags=["users"])
-async def update_user(name: str, body: UserUpdate, request: Request, user: User = Depends(current_user),
+async def update_user(name: PathName, body: UserUpdate, request: Request, user: User = Depends(current_user),
                       deps: Deps = Depends(get_deps)) -> dict:
     require_admin(user, request)
     info = await users.update_user(deps.store, name, role=body.role, groups=body.groups, disabled=body.disabled)
@@ -184,7 +185,7 @@ async def update_user(name: str, body: UserUpdate, request: Request, user: User 
 
 
 @router.post(f"{API_PREFIX}/users/{{name}}/credits", tags=["accounting"])
-async def add_credit(name: str, body: CreditAdd, request: Request, user: User = Depends(current_user),
+async def add_credit(name: PathName, body: CreditAdd, request: Request, user: User = Depends(current_user),
                      deps: Deps = Depends(get_deps)) -> dict:
     require_admin(user, request)
     await users.get_user(deps.store, name)
@@ -225,7 +226,7 @@ async def new_token(body: TokenCreate, request: Request, user: User = Depends(cu
 
 
 @router.delete(f"{API_PREFIX}/tokens/{{tid}}", tags=["users"])
-async def delete_token(tid: str, request: Request, user: User = Depends(current_user),
+async def delete_token(tid: PathName, request: Request, user: User = Depends(current_user),
                        deps: Deps = Depends(get_deps)) -> dict:
     try:
         row = await find_token(deps.store, tid)
@@ -260,19 +261,19 @@ async def register_device(body: DeviceCreate, request: Request, user: User = Dep
 
 
 @router.get(f"{API_PREFIX}/devices/{{device_id}}", tags=["devices"])
-async def get_device(device_id: str, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
+async def get_device(device_id: PathName, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     reg = need_registry(deps)
     return await reg.describe(await sharing.owned_device(deps.store, user, device_id))
 
 
 @router.post(f"{API_PREFIX}/devices/{{device_id}}/enrollment-codes", tags=["devices"], status_code=201)
-async def new_code(device_id: str, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
+async def new_code(device_id: PathName, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     code, expires = await need_registry(deps).issue_code(user, device_id)
     return {"device_id": device_id, "enrollment_code": code, "code_expires_at": expires}
 
 
 @router.post(f"{API_PREFIX}/devices/{{device_id}}/revoke", tags=["devices"])
-async def revoke_device(device_id: str, request: Request, body: Revoke | None = None,
+async def revoke_device(device_id: PathName, request: Request, body: Revoke | None = None,
                         user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     reason = body.reason if body else "revoked"
     result = await need_registry(deps).revoke(user, device_id, reason, client=_client(request))
@@ -280,7 +281,7 @@ async def revoke_device(device_id: str, request: Request, body: Revoke | None = 
 
 
 @router.delete(f"{API_PREFIX}/devices/{{device_id}}", tags=["devices"])
-async def deregister_device(device_id: str, request: Request, user: User = Depends(current_user),
+async def deregister_device(device_id: PathName, request: Request, user: User = Depends(current_user),
                             deps: Deps = Depends(get_deps)) -> dict:
     result = await need_registry(deps).revoke(user, device_id, "deregistered", deregister=True,
                                           client=_client(request))
@@ -296,7 +297,7 @@ async def enroll(body: Enroll, request: Request, deps: Deps = Depends(get_deps))
 # ------------------------------------------------------------------ sharing
 
 @router.get(f"{API_PREFIX}/devices/{{device_id}}/shares", tags=["sharing"])
-async def get_shares(device_id: str, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
+async def get_shares(device_id: PathName, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     await sharing.owned_device(deps.store, user, device_id)
     return {"shares": [s.json() for s in await sharing.list_shares(deps.store, device_id)]}
 
@@ -314,14 +315,14 @@ async def _add_share(deps: Deps, user: User, device_id: str, body: ShareCreate, 
 
 
 @router.post(f"{API_PREFIX}/devices/{{device_id}}/shares", tags=["sharing"], status_code=201)
-async def add_device_share(device_id: str, body: ShareCreate, request: Request,
+async def add_device_share(device_id: PathName, body: ShareCreate, request: Request,
                            user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     await sharing.owned_device(deps.store, user, device_id)
     return await _add_share(deps, user, device_id, body, request)
 
 
 @router.post(f"{API_PREFIX}/services/{{kind}}/{{name}}/shares", tags=["sharing"], status_code=201)
-async def add_service_share(kind: ServiceKind, name: str, body: ShareCreate, request: Request,
+async def add_service_share(kind: ServiceKind, name: PathName, body: ShareCreate, request: Request,
                             user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     service, device = await service_of(deps, user, kind, name)
     body = body.model_copy(update={"service": service.name})
@@ -329,7 +330,7 @@ async def add_service_share(kind: ServiceKind, name: str, body: ShareCreate, req
 
 
 @router.delete(f"{API_PREFIX}/devices/{{device_id}}/shares/{{share_id}}", tags=["sharing"])
-async def delete_share(device_id: str, share_id: int, request: Request,
+async def delete_share(device_id: PathName, share_id: ShareId, request: Request,
                        user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     await sharing.owned_device(deps.store, user, device_id)
     await sharing.remove_share(deps.store, device_id, share_id)
@@ -348,7 +349,7 @@ def _policy_json(device_id: str, service: str, row: Any) -> dict:
 
 
 @router.get(f"{API_PREFIX}/services/{{kind}}/{{name}}/policy", tags=["accounting"])
-async def get_policy(kind: ServiceKind, name: str, user: User = Depends(current_user),
+async def get_policy(kind: ServiceKind, name: PathName, user: User = Depends(current_user),
                      deps: Deps = Depends(get_deps)) -> dict:
     service = await deps.jobs.resolve_service(kind, name, user)  # users may read the price
     return _policy_json(service.device_id, service.name,
@@ -356,7 +357,7 @@ async def get_policy(kind: ServiceKind, name: str, user: User = Depends(current_
 
 
 @router.put(f"{API_PREFIX}/services/{{kind}}/{{name}}/policy", tags=["accounting"])
-async def put_policy(kind: ServiceKind, name: str, body: PolicyUpdate, request: Request,
+async def put_policy(kind: ServiceKind, name: PathName, body: PolicyUpdate, request: Request,
                      user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     service, device = await service_of(deps, user, kind, name)
     row = await accounting.set_policy(deps.store, device.id, service.name, user.name,
@@ -366,14 +367,14 @@ async def put_policy(kind: ServiceKind, name: str, body: PolicyUpdate, request: 
 
 
 @router.get(f"{API_PREFIX}/services/{{kind}}/{{name}}/quotas", tags=["accounting"])
-async def get_quotas(kind: ServiceKind, name: str, user: User = Depends(current_user),
+async def get_quotas(kind: ServiceKind, name: PathName, user: User = Depends(current_user),
                      deps: Deps = Depends(get_deps)) -> dict:
     service, device = await service_of(deps, user, kind, name)
     return {"quotas": [q.json() for q in await accounting.quotas(deps.store, device.id, service.name)]}
 
 
 @router.put(f"{API_PREFIX}/services/{{kind}}/{{name}}/quotas/{{who}}", tags=["accounting"])
-async def put_quota(kind: ServiceKind, name: str, who: str, body: QuotaSet, request: Request,
+async def put_quota(kind: ServiceKind, name: PathName, who: PathName, body: QuotaSet, request: Request,
                     user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     service, device = await service_of(deps, user, kind, name)
     if who != "*":
@@ -389,7 +390,7 @@ async def put_quota(kind: ServiceKind, name: str, who: str, body: QuotaSet, requ
 
 
 @router.delete(f"{API_PREFIX}/services/{{kind}}/{{name}}/quotas/{{who}}", tags=["accounting"])
-async def delete_quota(kind: ServiceKind, name: str, who: str, request: Request,
+async def delete_quota(kind: ServiceKind, name: PathName, who: PathName, request: Request,
                        user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     service, device = await service_of(deps, user, kind, name)
     await accounting.set_quota(deps.store, device.id, service.name, who, None, None, user.name)

@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from cloud_service.documents import DocumentKey
 from cloud_service.http.deps import Deps, get_deps
+from cloud_service.http.multipart import declared_length
 from cloud_service.http.responses import OrjsonResponse, error_response
 from cloud_service.objects import BadSignature
 from cloud_service.store import JobNotFound, JobStore
@@ -66,7 +67,8 @@ async def put_object(key: str, request: Request, deps: Deps = Depends(get_deps))
         document = DocumentKey.parse(key)
     except ValueError:
         return error_response(404, "not-found", "no such upload")
-    stored = await deps.jobs.documents.accept(document, request.stream())  # input document or scan output
+    # Input document or scan output; a declared size over the cap is refused before reading.
+    stored = await deps.jobs.documents.accept(document, request.stream(), declared_length(request))
     return OrjsonResponse({"size": stored.size, "sha256": stored.sha256})
 
 

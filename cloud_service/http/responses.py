@@ -2,11 +2,13 @@
 
 An error is ``{"error": {"code", "message", "attribute"?, "supported"?}}`` with its status;
 ``add_error_handlers`` makes Refusal, request validation and Starlette's own errors (404, 405)
-answer that way, and audits every 403.
+answer that way, and audits every 403. A client that goes away mid-body (an abandoned upload)
+is a client fault like any other: one log line and a 400 nobody reads, not a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -14,8 +16,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from cloud_service.errors import Refusal
+
+log = logging.getLogger("cloudimaging.http")
 
 
 class OrjsonResponse(JSONResponse):
@@ -58,3 +63,8 @@ def add_error_handlers(app: FastAPI) -> None:
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
         code = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized"}.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect) -> OrjsonResponse:
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return error_response(400, "client-disconnected", "the client closed the connection before the body ended")

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from cloud_service.auth import User
 from cloud_service.errors import Refusal
 from cloud_service.http.deps import Deps, current_user, get_deps
+from cloud_service.http.params import PathName
 from cloud_service.http.responses import OrjsonResponse
 from cloud_service.sharing import Access
 from schemas.api import API_PREFIX, ServiceInfo, TicketCheck
@@ -48,7 +49,7 @@ async def list_services(kind: ServiceKind | None = None, user: User = Depends(cu
 
 
 @router.get(f"{API_PREFIX}/services/{{kind}}/{{name}}", tags=["services"])
-async def get_service(kind: ServiceKind, name: str, user: User = Depends(current_user),
+async def get_service(kind: ServiceKind, name: PathName, user: User = Depends(current_user),
                       deps: Deps = Depends(get_deps)) -> ServiceInfo:
     found = await service_info(deps, kind.value, name, user=user)
     if not found:
@@ -57,7 +58,7 @@ async def get_service(kind: ServiceKind, name: str, user: User = Depends(current
 
 
 @router.post(f"{API_PREFIX}/services/{{kind}}/{{name}}/validate", tags=["services"])
-async def validate(kind: ServiceKind, name: str, body: TicketCheck,
+async def validate(kind: ServiceKind, name: PathName, body: TicketCheck,
                    user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     service = await deps.jobs.resolve_service(kind, name, user)
     deps.jobs.check_ticket(service, body.ticket, body.document_format)
@@ -65,7 +66,7 @@ async def validate(kind: ServiceKind, name: str, body: TicketCheck,
 
 
 @router.post(f"{API_PREFIX}/services/{{kind}}/{{name}}/status-request", tags=["services"])
-async def status_request(kind: ServiceKind, name: str, user: User = Depends(current_user),
+async def status_request(kind: ServiceKind, name: PathName, user: User = Depends(current_user),
                          deps: Deps = Depends(get_deps)) -> ServiceInfo:
     """Ask the device for its status now (model requirement 11). 504 if it does not answer:
     the device is then marked unreachable (its services show stopped, offline-report)."""

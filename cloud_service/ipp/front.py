@@ -56,6 +56,7 @@ from schemas.ipp.codec import (
 )
 from schemas.messages import Identify
 from schemas.model.service import service_overlay
+from schemas.text import check_name
 from schemas.tickets import PrintCapabilities
 
 log = logging.getLogger("cloudimaging.ipp")
@@ -636,11 +637,23 @@ def _keywords(attribute: Attribute | None) -> list[str]:
 
 
 def _document_name(req: _Request) -> str | None:
-    """document-name, or the document-name-supplied job attribute CUPS sends instead."""
-    name = simple(req.op.get("document-name"))
+    """document-name, or the document-name-supplied job attribute CUPS sends instead.
+
+    Checked as the wire checks a Name (schemas.text.check_name), and refused rather than cut:
+    a name the device protocol cannot carry would make a job no device can ever take.
+    """
+    attribute = req.op.get("document-name")
+    name = simple(attribute)
     if not (isinstance(name, str) and name):
-        name = simple((req.message.group(Tag.JOB) or Group(Tag.JOB)).get("document-name-supplied"))
-    return name[:255] if isinstance(name, str) and name else None
+        attribute = (req.message.group(Tag.JOB) or Group(Tag.JOB)).get("document-name-supplied")
+        name = simple(attribute)
+    if not (isinstance(name, str) and name):
+        return None
+    try:
+        return check_name(name)
+    except ValueError as exc:
+        raise IppError(Status.CLIENT_ERROR_ATTRIBUTES_OR_VALUES_NOT_SUPPORTED, f"document-name: {exc}",
+                       [attribute] if attribute is not None else None) from None
 
 
 def _time_attr(name: str, at: float | None) -> Attribute:
