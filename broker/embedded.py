@@ -44,6 +44,7 @@ from amqtt.mqtt.connect import ConnectPacket
 from broker.credentials import CredentialStore, shared_store
 from broker.pki import Pki, device_identity, read_revoked_serials
 from broker.plugins import BAD_USERNAME_OR_PASSWORD, GATE_TICKETS, NOT_AUTHORIZED, check_connect
+from broker.private import private_dir
 from schemas.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("broker.embedded")
@@ -225,7 +226,7 @@ class EmbeddedBroker:
             return
         if self._quiet:
             quiet_amqtt()
-        self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.credentials_path.parent)
         config: dict[str, Any] = {
             "listeners": {_LISTENER: {"type": "external"}},
             "session_expiry_interval": self.session_expiry_interval,

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from broker.pki import ensure_pki
+from broker.private import private_dir
 from cloud_service.accounting import Admission
 from cloud_service.audit import AuditLog
 from cloud_service.auth import create_token
@@ -68,12 +69,12 @@ class CloudService:
         cfg = self.config
         if cfg.tls_cert and cfg.tls_key and cfg.ca_file:
             return cfg.tls_cert, cfg.tls_key, cfg.ca_file
-        pki = ensure_pki(cfg.data_dir / "pki")
+        pki = ensure_pki(private_dir(cfg.data_dir / "pki"))
         return cfg.tls_cert or pki.server_cert, cfg.tls_key or pki.server_key, cfg.ca_file or pki.ca_cert
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)
         cert, key, ca = self._tls_files()
         self.engine = make_engine(cfg.db_url)
         await create_schema(self.engine)
@@ -105,7 +106,7 @@ class CloudService:
                                    request_status=lambda device_id: self.devices.request_status(
                                        device_id, self.mqtt.publish, cfg.status_timeout)))
         self.app.mount("/ipp", IppFront(store=self.store, jobs=self.jobs, https_base=lambda: self.url,
-                                        ipp_base=self.ipp_base))
+                                        ipp_base=self.ipp_base, audit=self.audit))
         uv_config = uvicorn.Config(self.app, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",
                                    access_log=False, lifespan="off", timeout_graceful_shutdown=3)
         uv_config.load()

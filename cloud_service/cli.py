@@ -8,6 +8,7 @@ import logging
 import signal
 from pathlib import Path
 
+from broker.private import private_dir, private_umask
 from cloud_service.config import ServiceConfig
 
 
@@ -46,6 +47,7 @@ def _service_config(args: argparse.Namespace) -> ServiceConfig:
 def run_service(args: argparse.Namespace) -> int:
     from cloud_service.app import CloudService
 
+    private_umask()  # documents, database, logs and keys: this account's alone
     config = _service_config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -56,7 +58,7 @@ def run_service(args: argparse.Namespace) -> int:
             from cloud_service.db import create_schema, make_engine
             from cloud_service.store import JobStore
 
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(config.data_dir)
             engine = make_engine(config.db_url)
             await create_schema(engine)
             await ensure_user(JobStore(engine), args.new_token, "admin", promote=True)  # operator bootstrap
@@ -83,6 +85,7 @@ async def _until_signal() -> None:
 def run_up(args: argparse.Namespace) -> int:
     from cloud_service.up import EmbeddedStack
 
+    private_umask()  # the service's, the broker's and the Manager's files alike
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

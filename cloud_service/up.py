@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from broker.private import private_dir
 from cloud_service.app import CloudService
 from cloud_service.auth import authenticate
 from cloud_service.config import ServiceConfig
@@ -55,7 +56,7 @@ def _secret(path: Path) -> str:
 
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     value = generate_password()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -79,8 +80,8 @@ class EmbeddedStack:
         from broker.embedded import EmbeddedBroker
         from broker.pki import ensure_pki
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.pki = ensure_pki(self.data_dir / "pki")
+        private_dir(self.data_dir)
+        self.pki = ensure_pki(private_dir(self.data_dir / "pki"))
         credentials_path = self.data_dir / "broker" / "passwd"
         credentials = CredentialStore(credentials_path)
         service_password = _secret(self.data_dir / "broker" / "cloud-service.secret")
