@@ -8,6 +8,7 @@ import logging
 import signal
 from pathlib import Path
 
+from broker.limits import RateLimitFilter, raise_open_files_limit
 from broker.private import private_dir, private_umask
 from cloud_service.config import ServiceConfig
 
@@ -48,8 +49,10 @@ def run_service(args: argparse.Namespace) -> int:
     from cloud_service.app import CloudService
 
     private_umask()  # documents, database, logs and keys: this account's alone
+    raise_open_files_limit()  # the connection budget is taken from it (broker.limits)
     config = _service_config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    RateLimitFilter.install()
 
     async def main() -> None:
         service = CloudService(config)
@@ -86,8 +89,10 @@ def run_up(args: argparse.Namespace) -> int:
     from cloud_service.up import EmbeddedStack
 
     private_umask()  # the service's, the broker's and the Manager's files alike
+    raise_open_files_limit()  # the connection budget is taken from it (broker.limits)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    RateLimitFilter.install()
 
     async def main() -> None:
         stack = EmbeddedStack(args.data_dir, http_port=args.http_port, broker_port=args.broker_port,

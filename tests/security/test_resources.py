@@ -4,6 +4,9 @@ the service and what the service records about it.
 - Failed IPP logins reach the security log as ``auth-failed``, as on the HTTP API.
 - Registering a device id that is taken gets one answer whoever holds it, and a user gets only
   a few such answers before 429, so device ids of others cannot be enumerated.
+- A flood of idle and half-open connections on both listeners of ``cloudimaging up``, under a
+  low open-files limit, neither exhausts its descriptors nor locks out real clients; the flood
+  is closed within the timeouts, its log lines are rate-limited, and nothing leaks after it.
 - Everything the service, the broker, the embedded stack and the Manager write is private
   (files 0600, directories 0700), in process (explicit modes) and from the real entry point
   (its umask), whatever the umask it was started with.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import stat
 import time
 from pathlib import Path
@@ -21,6 +25,7 @@ import httpx
 
 from cloud_service import registration
 from schemas.ipp.codec import Op, Tag
+from tests.support import flood
 from tests.support.documents import pdf_bytes
 from tests.support.ipptools import ipp, new
 from tests.support.secstack import secure_stack
@@ -107,6 +112,64 @@ async def test_taken_device_ids_get_one_answer_and_a_bounded_number_of_them(tmp_
         assert len(refused) == REFUSED_REGISTRATIONS + 2
         assert {e["actor"] for e in refused} == {"mallory"}
         assert sum(e["reason"] == "too many refused registrations" for e in refused) == 2
+
+
+# ---------------------------------------------------------------------------------------------- connections
+
+#: The child's open-files limit: its budget is (256 - 64) / 2 = 96 connections per listener.
+NOFILE = 256
+#: More than the budget of each listener, and more than the whole limit together.
+FLOOD = 180
+HALF_OPEN = 30
+#: The handshake, header and CONNECT timeouts of ``cloudimaging up`` are 10 s.
+TIMEOUT = 10.0
+
+
+async def test_idle_and_half_open_floods_do_not_exhaust_or_starve_the_listeners(tmp_path: Path) -> None:
+    async with up_process(tmp_path, nofile=NOFILE, printer=False) as up:
+        pid = up.process.pid
+        https_port = int(up.url.rsplit(":", 1)[1])
+        async with httpx.AsyncClient(base_url=up.url, verify=str(up.ca), timeout=10.0) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        await asyncio.sleep(0.5)
+        baseline = flood.open_fds(pid)
+        opened: list = []
+        try:
+            started = time.monotonic()
+            opened += flood.idle_tcp(https_port, FLOOD)
+            opened += flood.idle_tcp(up.broker_port, FLOOD)
+            # Slowloris: a TLS connection, then a request head that never ends.
+            opened += flood.half_open_tls(https_port, HALF_OPEN, up.ca, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            opened += flood.half_open_tls(up.broker_port, HALF_OPEN, up.ca)
+            assert flood.open_fds(pid) < NOFILE
+
+            # Neither listener is starved: /healthz answers promptly, the broker answers a CONNECT.
+            ca = ssl.create_default_context(cafile=str(up.ca))
+            async with httpx.AsyncClient(base_url=up.url, verify=ca, timeout=5.0) as http:
+                for _ in range(3):
+                    asked = time.monotonic()
+                    assert (await http.get("/healthz")).status_code == 200
+                    assert time.monotonic() - asked < 1.5
+            assert await asyncio.to_thread(flood.refused_connect, up.broker_port, up.ca) == b"\x20\x02\x00\x05"
+
+            # Every flood connection is closed by the service within its timeouts.
+            deadline = started + 2 * TIMEOUT + 5
+            still_open = [s for s in opened if not await asyncio.to_thread(flood.closed_by_peer, s, deadline)]
+            assert not still_open, f"{len(still_open)} of {len(opened)} idle connections still open"
+        finally:
+            flood.close_all(opened)
+
+        # Nothing leaks after they go, and the service still answers.
+        deadline = time.monotonic() + 10
+        while flood.open_fds(pid) > baseline + 8 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert flood.open_fds(pid) <= baseline + 8, (baseline, flood.open_fds(pid))
+        async with httpx.AsyncClient(base_url=up.url, verify=str(up.ca), timeout=10.0) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        output = up.output
+    assert output.count("Too many open files") <= 3, output[-3000:]
+    # Hundreds of connections were closed to make room: a burst of lines per listener, not one each.
+    assert output.count("not yet active") <= 2 * 11, output[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------- files
