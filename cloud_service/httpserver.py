@@ -90,7 +90,7 @@ class HttpsServer:
         self.config = uvicorn.Config(app, ssl_certfile=certfile, ssl_keyfile=keyfile, log_level="warning",
                                      access_log=False, lifespan="off", timeout_graceful_shutdown=3,
                                      timeout_keep_alive=max(1, round(keep_alive_timeout)),
-                                     limit_concurrency=max_connections, http="h11")
+                                     http="h11")
         self.config.load()
         # CUPS 2.4 clients (GnuTLS) take a TLS 1.3 session ticket for the end of the connection
         # and fail every ipps:// request; without tickets TLS 1.3 works (only resumption is lost).

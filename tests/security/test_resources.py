@@ -169,7 +169,7 @@ async def test_idle_and_half_open_floods_do_not_exhaust_or_starve_the_listeners(
         output = up.output
     assert output.count("Too many open files") <= 3, output[-3000:]
     # Hundreds of connections were closed to make room: a burst of lines per listener, not one each.
-    assert output.count("not yet active") <= 2 * 11, output[-3000:]
+    assert 1 <= output.count("not yet active") <= 2 * 11, output[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------- files
