@@ -149,7 +149,7 @@ async def test_idle_and_half_open_floods_do_not_exhaust_or_starve_the_listeners(
                 for _ in range(3):
                     asked = time.monotonic()
                     assert (await http.get("/healthz")).status_code == 200
-                    assert time.monotonic() - asked < 1.5
+                    assert time.monotonic() - asked < 3.0  # it took 6-7 s when descriptors ran out
             assert await asyncio.to_thread(flood.refused_connect, up.broker_port, up.ca) == b"\x20\x02\x00\x05"
 
             # Every flood connection is closed by the service within its timeouts.
@@ -176,7 +176,8 @@ async def test_request_heads_have_a_deadline_and_a_full_server_makes_room(tmp_pa
     """The service's own knobs, in process: a slow next request head on a keep-alive connection is
     closed after ``header_timeout`` (not the longer keep-alive), and a server at its cap closes
     the oldest idle connection for a real request."""
-    async with secure_stack(tmp_path, header_timeout=1.0, tls_handshake_timeout=1.0, max_connections=8) as stack:
+    async with secure_stack(tmp_path, header_timeout=1.0, tls_handshake_timeout=1.0,
+                            keep_alive_timeout=10.0, max_connections=8) as stack:
         port = int(stack.service.url.rsplit(":", 1)[1])
         head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         [conn] = await asyncio.to_thread(flood.half_open_tls, port, 1, stack.ca, head)
@@ -186,15 +187,15 @@ async def test_request_heads_have_a_deadline_and_a_full_server_makes_room(tmp_pa
             assert (await asyncio.to_thread(conn.recv, 4096)).startswith(b"HTTP/1.1 200")
             conn.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
             started = time.monotonic()
-            assert await asyncio.to_thread(flood.closed_by_peer, conn, started + 4)
-            assert time.monotonic() - started < 3.0  # the header deadline, not keep_alive_timeout (5 s)
+            assert await asyncio.to_thread(flood.closed_by_peer, conn, started + 8)
+            assert time.monotonic() - started < 5.0  # the header deadline, not keep_alive_timeout (10 s)
 
             opened += await asyncio.to_thread(flood.half_open_tls, port, 8, stack.ca, b"GET / HTTP/1.1\r\n")
             opened += await asyncio.to_thread(flood.idle_tcp, port, 4)
             assert stack.service._server is not None and stack.service._server.open_connections <= 8
             asked = time.monotonic()
             assert (await stack.http.get("/healthz")).status_code == 200
-            assert time.monotonic() - asked < 1.0
+            assert time.monotonic() - asked < 2.0
         finally:
             flood.close_all(opened)
 
