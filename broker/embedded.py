@@ -386,7 +386,7 @@ class EmbeddedBroker:
 
         client_id: str = connect.client_id
         if admission is not None:
-            admission.proven = True  # a real client now: not the first to go when the listener is full
+            admission.active = True  # a real client now: never closed to make room for another
         if cert_identity is not None:
             raw = self._as_ticket_connect(connect, cert_identity)
         conn = _Connection(client_id, connect.keep_alive, writer, task, username=cert_identity or connect.username,

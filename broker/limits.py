@@ -12,10 +12,11 @@ opened, and ``/healthz`` took seconds. Four pieces, used by the HTTPS server and
   between the listeners of one process, so neither the MQTT nor the HTTPS listener can take
   the descriptors of the other.
 - ``CappedListener`` accepts connections itself: it never holds more than its cap, bounds the
-  TLS handshake, and when full it closes the oldest connection that has not yet proved itself
-  (no complete request head, no accepted CONNECT) to make room, so a flood of idle or
-  half-open connections cannot lock real clients out; when every connection has proved itself
-  a newcomer is refused. An EMFILE from accept() pauses accepting briefly instead of spinning.
+  TLS handshake, and when full it closes the oldest connection that is not active (HTTP: no
+  request in flight, so still in its handshake, sending a head, or idle between requests;
+  MQTT: no accepted CONNECT yet) to make room, so a flood of idle or half-open connections
+  cannot lock real clients out; when every connection is active a newcomer is refused. An
+  EMFILE from accept() pauses accepting briefly instead of spinning.
 - ``RateLimitFilter`` lets a burst of identical log lines through per interval and counts the
   rest, so a flood cannot fill the disk with one repeated line.
 """
@@ -80,9 +81,9 @@ class Admission:
     sock: socket.socket
     peer: Any
     accepted_at: float = field(default_factory=time.monotonic)
-    #: Set by the protocol once the peer proved itself (a request head, an accepted CONNECT):
-    #: from then on the connection is no longer the first to be closed when the listener is full.
-    proven: bool = False
+    #: Set by the protocol while the peer is doing something real (an HTTP request in flight, an
+    #: accepted MQTT CONNECT): an active connection is never closed to make room for another.
+    active: bool = False
     transport: asyncio.BaseTransport | None = None
     task: asyncio.Task[Any] | None = None
     evicted: bool = False
@@ -155,11 +156,11 @@ class CappedListener:
         self._admitted = [a for a in self._admitted if a.open]
 
     def _make_room(self, peer: Any) -> bool:
-        """True if a connection may be admitted, closing the oldest unproven one if it must."""
+        """True if a connection may be admitted, closing the oldest inactive one if it must."""
         self._prune()
         if len(self._admitted) < self.max_connections:
             return True
-        victim = next((a for a in self._admitted if not a.proven), None)  # oldest first
+        victim = next((a for a in self._admitted if not a.active), None)  # oldest first
         if victim is None:
             self._log.warning("%s: refusing a connection from %s: %d connections open, all active",
                               self.name, peer, len(self._admitted))

@@ -8,7 +8,8 @@ only after a response. So uvicorn serves here without a listener of its own
 broker.limits.CappedListener accepts for it:
 
 - at most ``max_connections`` connections, TLS handshakes included; when full, the oldest
-  connection that has not sent a complete request head is closed for the newcomer;
+  connection with no request in flight (in its handshake, sending a head, or idle between
+  requests) is closed for the newcomer;
 - the TLS handshake must finish within ``tls_handshake_timeout``;
 - each request head must be complete within ``header_timeout`` of the connection or of the
   previous response (``HeaderTimeoutProtocol``); an idle keep-alive connection is closed after
@@ -29,8 +30,8 @@ from broker.limits import Admission, CappedListener
 
 
 class HeaderTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on every request head, telling the listener once
-    the peer sent a whole one (then it is no longer the first to be closed when the server is full)."""
+    """uvicorn's h11 protocol with a deadline on every request head, telling the listener whether a
+    request is in flight (only a connection without one is closed when the server is full)."""
 
     def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any], *,
                  admission: Admission | None = None, header_timeout: float = 10.0) -> None:
@@ -61,12 +62,16 @@ class HeaderTimeoutProtocol(H11Protocol):
             self._arm()  # part of a head, or the start of the next one: the clock is running
         else:
             self._disarm()
-            if self.admission is not None:
-                self.admission.proven = True
+        self._mark()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._disarm()  # idle keep-alive now: uvicorn's keep-alive timer closes it
+        self._mark()
+
+    def _mark(self) -> None:
+        if self.admission is not None:
+            self.admission.active = not self._waiting_for_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -190,6 +190,17 @@ async def test_request_heads_have_a_deadline_and_a_full_server_makes_room(tmp_pa
             assert await asyncio.to_thread(flood.closed_by_peer, conn, started + 8)
             assert time.monotonic() - started < 5.0  # the header deadline, not keep_alive_timeout (10 s)
 
+            # Full of idle keep-alive connections (a request each, answered, then nothing): idle
+            # between requests is not active, so a newcomer still gets in.
+            idle = await asyncio.to_thread(flood.half_open_tls, port, 8, stack.ca, head)
+            opened += idle
+            for sock in idle:
+                assert (await asyncio.to_thread(sock.recv, 4096)).startswith(b"HTTP/1.1 200")
+            async with httpx.AsyncClient(base_url=stack.service.url, verify=str(stack.ca), timeout=5.0) as http:
+                asked = time.monotonic()
+                assert (await http.get("/healthz")).status_code == 200
+                assert time.monotonic() - asked < 2.0
+            # Full of slowloris heads and bare TCP connections: the same.
             opened += await asyncio.to_thread(flood.half_open_tls, port, 8, stack.ca, b"GET / HTTP/1.1\r\n")
             opened += await asyncio.to_thread(flood.idle_tcp, port, 4)
             assert stack.service._server is not None and stack.service._server.open_connections <= 8
