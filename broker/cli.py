@@ -15,7 +15,9 @@ import socket
 from pathlib import Path
 
 from broker.embedded import EmbeddedBroker
+from broker.limits import RateLimitFilter, raise_open_files_limit
 from broker.pki import DEFAULT_HOSTNAMES, ensure_pki
+from broker.private import private_dir, private_umask
 
 DEFAULT_DATA_DIR = Path(".cloudimaging")
 _ANY_ADDRESS = ("", "0.0.0.0", "::")
@@ -54,10 +56,13 @@ def hostnames_for(host: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop."""
+    private_umask()  # the password file, keys and CRL: this account's alone
+    raise_open_files_limit()  # the connection budget is taken from it (broker.limits)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    RateLimitFilter.install()
     data_dir: Path = args.data_dir
-    pki = ensure_pki(data_dir / "pki", hostnames_for(args.host))
+    pki = ensure_pki(private_dir(data_dir / "pki"), hostnames_for(args.host))
     broker = EmbeddedBroker(pki, data_dir / "broker" / "passwd", host=args.host, port=args.port,
                             device_passwords=not getattr(args, "require_device_certificates", False))
     with contextlib.suppress(KeyboardInterrupt):

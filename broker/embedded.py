@@ -15,6 +15,10 @@ to fix what amqtt gets wrong at the connection level:
   A sweeper aborts silent connections; amqtt then publishes the will.
 - **Takeover.** A second connection with a client id that is already connected closes the first
   one (as Mosquitto does) and waits for amqtt to finish it, instead of leaving it half-alive.
+- **Connection cap.** At most ``max_connections`` connections hold a descriptor, TLS handshakes
+  included (broker.limits.CappedListener): when full, the oldest connection without an accepted
+  CONNECT is closed for a newcomer. The handshake and the CONNECT together must arrive within
+  ``connect_timeout``, so idle and half-open connections do not stay.
 - **No plain TCP.** The only listener is TLS (TLS 1.2+); a plain MQTT CONNECT fails the handshake.
 - **Device certificates (mTLS).** TLS asks for an optional client certificate of our CA. A
   device presenting one is the device its CN names (the password is ignored, the username must
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -42,8 +47,10 @@ from amqtt.broker import Broker
 from amqtt.mqtt.connect import ConnectPacket
 
 from broker.credentials import CredentialStore, shared_store
+from broker.limits import Admission, CappedListener, connection_budget
 from broker.pki import Pki, device_identity, read_revoked_serials
 from broker.plugins import BAD_USERNAME_OR_PASSWORD, GATE_TICKETS, NOT_AUTHORIZED, check_connect
+from broker.private import private_dir
 from schemas.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("broker.embedded")
@@ -162,7 +169,7 @@ class EmbeddedBroker:
         *,
         session_expiry_interval: int = 24 * 3600,
         connect_timeout: float = 10.0,
-        max_connections: int = 10_000,
+        max_connections: int | None = None,
         quiet: bool = True,
         client_certificates: bool = True,
         device_passwords: bool = True,
@@ -173,11 +180,14 @@ class EmbeddedBroker:
         self._host = host
         self._port = port
         self.session_expiry_interval = session_expiry_interval
+        #: TLS handshake, then the CONNECT: each must arrive within this many seconds.
         self.connect_timeout = connect_timeout
-        self.max_connections = max_connections
+        #: Connections open at once (descriptors); default: this process's whole budget
+        #: (broker.limits.connection_budget), less when it shares the process with the service.
+        self.max_connections = max_connections if max_connections is not None else connection_budget()
         self._quiet = quiet
         self._broker: Broker | None = None
-        self._server: asyncio.Server | None = None
+        self._server: CappedListener | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._live: dict[str, _Connection] = {}
@@ -225,7 +235,7 @@ class EmbeddedBroker:
             return
         if self._quiet:
             quiet_amqtt()
-        self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.credentials_path.parent)
         config: dict[str, Any] = {
             "listeners": {_LISTENER: {"type": "external"}},
             "session_expiry_interval": self.session_expiry_interval,
@@ -237,20 +247,18 @@ class EmbeddedBroker:
         broker = Broker(config)  # needs the running loop: construct here, not in __init__
         await broker.start()
         try:
-            server = await asyncio.start_server(
-                self._on_connection,
-                self._host,
-                self._port,
-                ssl=self.pki.server_context(client_certificates=self.client_certificates),
-                ssl_handshake_timeout=self.connect_timeout,
-                reuse_address=True,
-            )
+            sock = _listen(self._host, self._port)
         except BaseException:
             await broker.shutdown()
             raise
+        server = CappedListener(sock, self._protocol,
+                                ssl_context=self.pki.server_context(client_certificates=self.client_certificates),
+                                handshake_timeout=self.connect_timeout, max_connections=self.max_connections,
+                                name="mqtt")
+        server.start()
         self._broker = broker
         self._server = server
-        self._port = server.sockets[0].getsockname()[1]
+        self._port = sock.getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep_keepalives(), name="broker-keepalive")
         self._revocations.refresh()
         self._watcher = asyncio.create_task(self._watch_revocations(), name="broker-revocations")
@@ -262,7 +270,7 @@ class EmbeddedBroker:
         self._server = self._broker = None
         if server is None:
             return
-        server.close()
+        await server.stop()
         for background in (self._sweeper, self._watcher):
             if background is not None:
                 background.cancel()
@@ -281,8 +289,8 @@ class EmbeddedBroker:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         self._live.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), timeout=5)
+        server.abort_all()
+        server.sock.close()
         log.info("embedded broker stopped")
 
     async def __aenter__(self) -> EmbeddedBroker:
@@ -294,12 +302,23 @@ class EmbeddedBroker:
 
     # -- connection handling -----------------------------------------------------------------------
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @property
+    def open_connections(self) -> int:
+        """Connections holding a descriptor now (TLS handshakes included)."""
+        return self._server.open_connections if self._server is not None else 0
+
+    def _protocol(self, admission: Admission) -> asyncio.BaseProtocol:
+        """What asyncio.start_server would make, told which admission it serves."""
+        reader = asyncio.StreamReader(limit=2**16)
+        return asyncio.StreamReaderProtocol(reader, functools.partial(self._on_connection, admission=admission))
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                             admission: Admission | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         try:
-            await self._serve(reader, writer, task)
+            await self._serve(reader, writer, task, admission)
         except asyncio.CancelledError:
             writer.transport.abort()
         except Exception:
@@ -321,12 +340,10 @@ class EmbeddedBroker:
                 if hasattr(socket, name):
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[Any]) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[Any],
+                     admission: Admission | None = None) -> None:
         peer = writer.get_extra_info("peername")
         self._tcp_keepalive(writer)
-        if len(self._tasks) > self.max_connections:
-            log.warning("refusing connection from %s: %d connections open", peer, len(self._tasks) - 1)
-            return
         try:
             raw = await asyncio.wait_for(self._read_packet(reader), timeout=self.connect_timeout)
             connect = await ConnectPacket.from_stream(BufferReader(raw))
@@ -368,6 +385,8 @@ class EmbeddedBroker:
             return
 
         client_id: str = connect.client_id
+        if admission is not None:
+            admission.active = True  # a real client now: never closed to make room for another
         if cert_identity is not None:
             raw = self._as_ticket_connect(connect, cert_identity)
         conn = _Connection(client_id, connect.keep_alive, writer, task, username=cert_identity or connect.username,
@@ -511,3 +530,18 @@ class EmbeddedBroker:
                     log.info("client %r silent for %.0f s: closing", conn.client_id, now - conn.last_rx)
                     conn.writer.transport.abort()
                     conn.keepalive = 0  # abort once
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on the first address of ``host`` (SO_REUSEADDR, as start_server)."""
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                            flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -6,16 +6,15 @@ database and the object store, so a restart (or a second replica) picks up where
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import uvicorn
-
+from broker.limits import connection_budget
 from broker.pki import ensure_pki
+from broker.private import private_dir
 from cloud_service.accounting import Admission
 from cloud_service.audit import AuditLog
 from cloud_service.auth import create_token
@@ -26,6 +25,7 @@ from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import Documents
 from cloud_service.http import Deps, create_app
+from cloud_service.httpserver import HttpsServer
 from cloud_service.ipp.front import IppFront
 from cloud_service.jobs import JobOperations
 from cloud_service.mqtt import MqttAdapter, take_over_session
@@ -52,8 +52,7 @@ class CloudService:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._serve_task: asyncio.Task[None] | None = None
+        self._server: HttpsServer | None = None
         self._socket: socket.socket | None = None
 
     @property
@@ -68,12 +67,12 @@ class CloudService:
         cfg = self.config
         if cfg.tls_cert and cfg.tls_key and cfg.ca_file:
             return cfg.tls_cert, cfg.tls_key, cfg.ca_file
-        pki = ensure_pki(cfg.data_dir / "pki")
+        pki = ensure_pki(private_dir(cfg.data_dir / "pki"))
         return cfg.tls_cert or pki.server_cert, cfg.tls_key or pki.server_key, cfg.ca_file or pki.ca_cert
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)
         cert, key, ca = self._tls_files()
         self.engine = make_engine(cfg.db_url)
         await create_schema(self.engine)
@@ -105,21 +104,13 @@ class CloudService:
                                    request_status=lambda device_id: self.devices.request_status(
                                        device_id, self.mqtt.publish, cfg.status_timeout)))
         self.app.mount("/ipp", IppFront(store=self.store, jobs=self.jobs, https_base=lambda: self.url,
-                                        ipp_base=self.ipp_base))
-        uv_config = uvicorn.Config(self.app, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning",
-                                   access_log=False, lifespan="off", timeout_graceful_shutdown=3)
-        uv_config.load()
-        # CUPS 2.4 clients (GnuTLS) take a TLS 1.3 session ticket for the end of the connection
-        # and fail every ipps:// request; without tickets TLS 1.3 works (only resumption is lost).
-        uv_config.ssl.num_tickets = 0
-        self._server = uvicorn.Server(uv_config)
-        self._serve_task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
-        for _ in range(200):
-            if self._server.started or self._serve_task.done():
-                break
-            await asyncio.sleep(0.025)
-        if self._serve_task.done():
-            self._serve_task.result()
+                                        ipp_base=self.ipp_base, audit=self.audit))
+        # Connection cap, handshake, header and keep-alive timeouts: cloud_service/httpserver.py.
+        self._server = HttpsServer(self.app, self._socket, certfile=str(cert), keyfile=str(key),
+                                   max_connections=cfg.max_connections or connection_budget(),
+                                   tls_handshake_timeout=cfg.tls_handshake_timeout,
+                                   header_timeout=cfg.header_timeout, keep_alive_timeout=cfg.keep_alive_timeout)
+        await self._server.start()
         await self.mqtt.start()
         self.supervisor.start(cfg.supervise_interval)
         await self.registry.start()
@@ -128,9 +119,7 @@ class CloudService:
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._serve_task is not None:
-            await asyncio.gather(self._serve_task, return_exceptions=True)
+            await self._server.stop()
         if hasattr(self, "sweeper"):
             await self.sweeper.stop()
             self.audit.close()

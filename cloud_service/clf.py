@@ -16,6 +16,9 @@ import logging.handlers
 import threading
 import time
 from pathlib import Path
+from typing import IO, Any
+
+from broker.private import create_private, open_private, private_dir
 
 CODE_STATUS = {
     "ok": 200, "duplicate": 200, "malformed": 400, "bad-request": 400, "unknown-type": 400,
@@ -34,15 +37,26 @@ def _field(value: str | None) -> str:
     return "".join(ch if 32 < ord(ch) < 127 and ch != '"' else "_" for ch in value)[:200]
 
 
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Every file it opens (the first, and the new one after each rollover) is made 0600: logs
+    name users, devices and addresses."""
+
+    def _open(self) -> IO[Any]:
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+                    opener=open_private)
+
+
 class RotatingLines:
     """Appends whole lines to ``path``, rotated by size; thread-safe. The writer under both
-    the CLF log and the security audit log."""
+    the CLF log and the security audit log. The files are private (0600 in a 0700 directory)."""
 
     def __init__(self, path: Path, max_bytes: int = 20 * 1024 * 1024, backups: int = 5) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        if path.exists():
+            create_private(path)  # an older install may have left it readable
         self.path = path
-        self._handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
-                                                             encoding="utf-8")
+        self._handler = _PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                                    encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._lock = threading.Lock()
 

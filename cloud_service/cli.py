@@ -8,6 +8,8 @@ import logging
 import signal
 from pathlib import Path
 
+from broker.limits import RateLimitFilter, raise_open_files_limit
+from broker.private import private_dir, private_umask
 from cloud_service.config import ServiceConfig
 
 
@@ -46,8 +48,11 @@ def _service_config(args: argparse.Namespace) -> ServiceConfig:
 def run_service(args: argparse.Namespace) -> int:
     from cloud_service.app import CloudService
 
+    private_umask()  # documents, database, logs and keys: this account's alone
+    raise_open_files_limit()  # the connection budget is taken from it (broker.limits)
     config = _service_config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    RateLimitFilter.install()
 
     async def main() -> None:
         service = CloudService(config)
@@ -56,7 +61,7 @@ def run_service(args: argparse.Namespace) -> int:
             from cloud_service.db import create_schema, make_engine
             from cloud_service.store import JobStore
 
-            config.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(config.data_dir)
             engine = make_engine(config.db_url)
             await create_schema(engine)
             await ensure_user(JobStore(engine), args.new_token, "admin", promote=True)  # operator bootstrap
@@ -83,8 +88,11 @@ async def _until_signal() -> None:
 def run_up(args: argparse.Namespace) -> int:
     from cloud_service.up import EmbeddedStack
 
+    private_umask()  # the service's, the broker's and the Manager's files alike
+    raise_open_files_limit()  # the connection budget is taken from it (broker.limits)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    RateLimitFilter.install()
 
     async def main() -> None:
         stack = EmbeddedStack(args.data_dir, http_port=args.http_port, broker_port=args.broker_port,

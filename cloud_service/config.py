@@ -85,6 +85,18 @@ class ServiceConfig(BaseModel):
     #: How long a status request waits for the device's answer before calling it unreachable.
     status_timeout: float = 10.0
 
+    # -- connections (docs/security.md: connections, files and audit) ----------------------------
+    #: HTTPS connections open at once, TLS handshakes included; default: this process's
+    #: connection budget (the open-files limit less a reserve; half of it under ``up``).
+    max_connections: int | None = None
+    #: The TLS handshake of a new connection must finish within this many seconds.
+    tls_handshake_timeout: float = 10.0
+    #: A request's head (request line and headers) must be complete within this many seconds of
+    #: the connection, or of the previous response (slow or idle clients are closed).
+    header_timeout: float = 10.0
+    #: An idle keep-alive connection is closed after this many seconds.
+    keep_alive_timeout: float = 5.0
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'service.db').resolve()}"

@@ -6,6 +6,7 @@ Nothing here is SQLite-specific: JSON columns, integer keys, no raw SQL. Concurr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -24,8 +25,11 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from broker.private import create_private, private_dir
 
 #: 2: users, sharing, registration, enrollment, certificates, policies, quotas, credits.
 #: 3: documents.pages (counted while the bytes stream in).
@@ -294,7 +298,20 @@ class UserDefaultRow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file 0600 (in a 0700 directory) before SQLite does: SQLite makes
+    it with the umask's mode and gives the -wal and -shm files the mode of the database."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    private_dir(path.parent)
+    create_private(path)
+
+
 def make_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        _private_sqlite_file(url)
     engine = create_async_engine(url, pool_pre_ping=True)
     if url.startswith("sqlite"):
         @event.listens_for(engine.sync_engine, "connect")

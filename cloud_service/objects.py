@@ -22,6 +22,8 @@ from urllib.parse import urlencode
 
 import anyio
 
+from broker.private import create_private, open_private, private_dir
+
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
 CHUNK = 256 * 1024
 
@@ -86,8 +88,9 @@ class UrlSigner:
 def load_or_create_secret(path: Path) -> bytes:
     """The signing key, made once per data directory (mode 0600)."""
     if path.exists():
+        create_private(path)  # an older install may have left it readable
         return bytes.fromhex(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     secret = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -97,12 +100,13 @@ def load_or_create_secret(path: Path) -> bytes:
 
 class LocalObjectStore:
     """Files under ``root``; writes go to a temp file and are renamed, so readers never see
-    half an object. Memory use is one chunk whatever the size."""
+    half an object. Memory use is one chunk whatever the size. Documents are private: files
+    0600 in 0700 directories, whatever the process umask."""
 
     def __init__(self, root: Path, signer: UrlSigner) -> None:
         self.root = root
         self.signer = signer
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def _path(self, key: str) -> Path:
         if not KEY_RE.match(key) or ".." in key:
@@ -111,12 +115,12 @@ class LocalObjectStore:
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
         digest = hashlib.sha256()
         size = 0
         try:
-            async with await anyio.open_file(tmp, "wb") as fh:
+            async with await anyio.open_file(tmp, "wb", opener=open_private) as fh:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_bytes:

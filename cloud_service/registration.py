@@ -63,6 +63,14 @@ TakeOver = Callable[[str, x509.Certificate, ec.EllipticCurvePrivateKey], None]
 
 CODE_BYTES = 20  # 160 bits, shown as 8 groups of 4 base32 characters
 
+#: Device ids are global, so registering one that is taken must be refused, and the refusal
+#: tells the caller the id exists. One answer covers every "taken" case (registered to someone
+#: else, or known but unregistered), and a user gets at most this many such refusals per window;
+#: after that every registration of that user is answered 429 until the window moves on, so the
+#: refusal cannot be used to enumerate the device ids of other users.
+REFUSED_REGISTRATIONS = 5
+REFUSED_REGISTRATION_WINDOW = 600.0
+
 
 class EnrollRefused(Refusal):
     """The code is unknown, expired or used: 401, and a security event."""
@@ -111,6 +119,8 @@ class Registry:
         ca_dir = config.ca_dir
         self.pki = Pki(ca_dir / "ca.pem", ca_dir / "ca.key", ca_dir / "server.pem", ca_dir / "server.key")
         self._crl_lock = asyncio.Lock()
+        #: Per user, when their recent "taken" refusals happened (this replica's memory).
+        self._taken_refusals: dict[str, list[float]] = {}
 
     @property
     def can_enroll(self) -> bool:
@@ -138,21 +148,42 @@ class Registry:
             raise Refusal(403, "forbidden", "only an admin registers devices for someone else")
         owner = owner or user.name
 
+        self._check_refusal_budget(user, device_id)
+
         def may_register(row: DeviceRow | None) -> None:
             if row is None or row.deregistered_at is not None:
                 return  # new, or deregistered (its old shares are gone): registered afresh
-            if row.owner is None:
-                # Known from a password login before registration existed: an admin's to claim.
-                if not user.is_admin:
-                    raise Refusal(409, "exists", f"device {device_id!r} exists; ask an admin to register it")
-            elif row.owner != owner:
-                raise Refusal(409, "exists", f"device {device_id!r} is registered to someone else")
+            # Known from a password login before registration existed (an admin's to claim), or
+            # registered to someone else: the same answer, so the two cannot be told apart.
+            if (row.owner is None and not user.is_admin) or (row.owner is not None and row.owner != owner):
+                raise Refusal(409, "exists", f"device id {device_id!r} is not available; choose another "
+                                             "or ask an admin")
 
-        await self.store.set_device(device_id, check=may_register, owner=owner, registered_at=self.clock.now(),
-                                    deregistered_at=None)
+        try:
+            await self.store.set_device(device_id, check=may_register, owner=owner,
+                                        registered_at=self.clock.now(), deregistered_at=None)
+        except Refusal as exc:
+            if exc.code == "exists":
+                self._taken_refusals.setdefault(user.name, []).append(self.clock.now())
+                self.audit.event("device-register-refused", outcome="denied", actor=user.name, device=device_id,
+                                 reason="device id taken")
+            raise
         self.audit.event("device-registered", actor=user.name, device=device_id, owner=owner)
         code, expires = await self.issue_code(user, device_id, check=False)
         return await self._device(device_id), code, expires
+
+    def _check_refusal_budget(self, user: User, device_id: str) -> None:
+        """429 while ``user`` has had REFUSED_REGISTRATIONS "taken" refusals in the window."""
+        now = self.clock.now()
+        recent = [t for t in self._taken_refusals.get(user.name, []) if now - t < REFUSED_REGISTRATION_WINDOW]
+        if recent:
+            self._taken_refusals[user.name] = recent
+        else:
+            self._taken_refusals.pop(user.name, None)
+        if len(recent) >= REFUSED_REGISTRATIONS:
+            self.audit.event("device-register-refused", outcome="denied", actor=user.name, device=device_id,
+                             reason="too many refused registrations")
+            raise Refusal(429, "too-many-requests", "too many refused registrations; try again later")
 
     async def issue_code(self, user: User, device_id: str, check: bool = True) -> tuple[str, float]:
         """A new one-time code for (re-)enrolling; earlier unused codes of the device die."""

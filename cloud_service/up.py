@@ -18,6 +18,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from broker.limits import connection_budget
+from broker.private import private_dir
 from cloud_service.app import CloudService
 from cloud_service.auth import authenticate
 from cloud_service.config import ServiceConfig
@@ -55,7 +57,7 @@ def _secret(path: Path) -> str:
 
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     value = generate_password()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -79,19 +81,22 @@ class EmbeddedStack:
         from broker.embedded import EmbeddedBroker
         from broker.pki import ensure_pki
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.pki = ensure_pki(self.data_dir / "pki")
+        private_dir(self.data_dir)
+        self.pki = ensure_pki(private_dir(self.data_dir / "pki"))
         credentials_path = self.data_dir / "broker" / "passwd"
         credentials = CredentialStore(credentials_path)
         service_password = _secret(self.data_dir / "broker" / "cloud-service.secret")
         if not credentials.verify("cloud-service", service_password):
             credentials.set("cloud-service", service_password)
-        self.broker = EmbeddedBroker(self.pki, credentials_path, host=self.host, port=self.broker_port)
+        # One process, two listeners: each gets half of the connection budget, so a flood of
+        # one cannot take the descriptors the other needs (broker.limits).
+        self.broker = EmbeddedBroker(self.pki, credentials_path, host=self.host, port=self.broker_port,
+                                     max_connections=connection_budget(0.5))
         await self.broker.start()
         self.service = CloudService(ServiceConfig(
             data_dir=self.data_dir, broker_url=self.broker.url, broker_password=service_password,
             ca_file=self.pki.ca_cert, tls_cert=self.pki.server_cert, tls_key=self.pki.server_key,
-            http_host=self.host, http_port=self.http_port,
+            http_host=self.host, http_port=self.http_port, max_connections=connection_budget(0.5),
             pki_dir=self.pki.ca_cert.parent, broker_password_file=credentials_path))
         await self.service.start()
         await self._client_config()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Run until SIGINT or SIGTERM; 0 on a clean stop, 2 for a bad config, 1 on failure."""
     from manager.app import Manager  # imported here so `cloudimaging --help` stays fast
 
+    os.umask(os.umask(0o077) | 0o077)  # journal, spool and keys are the device account's alone
     if not getattr(args, "config", None):
         print("cloudimaging manager: --config FILE is required", file=sys.stderr)
         return 2

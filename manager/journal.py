@@ -12,7 +12,9 @@ operating system has it); only a power loss can lose the last transactions.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -63,12 +65,25 @@ def _load(job_id: int, text: str) -> JobRecord:
     )
 
 
+def _private_file(path: Path) -> None:
+    """The journal names jobs, documents and users: its directory 0700, the file 0600, made
+    before SQLite opens it (SQLite gives the -wal and -shm files the database file's mode)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for item, mode in ((path.parent, 0o700), (path, 0o600)):
+        with contextlib.suppress(OSError):
+            st = item.stat()
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(item, mode)
+
+
 class JournalJobBook(JobBook):
-    """A JobBook whose records and finished ids live in ``{state_dir}/journal.sqlite``."""
+    """A JobBook whose records and finished ids live in ``{state_dir}/journal.sqlite`` (private)."""
 
     def __init__(self, path: Path, **kwargs: float) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(path)
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -10,7 +10,9 @@ Authentication: HTTP Basic with the user name and an API token as the password, 
 with the token, read by cloud_service.credentials as for the HTTP API. Get-Printer-Attributes
 is answered without credentials, as IPP printers and CUPS do, because clients (CUPS
 ``lpadmin -m everywhere``, phones) query the capabilities before they know they must
-authenticate; every other operation needs a user.
+authenticate; every other operation needs a user. Credentials that were sent and fail are an
+``auth-failed`` event of the security audit log, as on the HTTP API; a request without any is
+not (IPP clients send one first to be told they must authenticate).
 
 Document bytes are streamed from the request body into the object store (constant memory):
 the attribute section is parsed from the first chunks and whatever follows is the document.
@@ -32,6 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from cloud_service.audit import AuditLog
 from cloud_service.auth import User
 from cloud_service.credentials import parse_authorization, user_for
 from cloud_service.db import JobRow, ServiceRow
@@ -174,8 +177,10 @@ class IppFront:
     """
 
     def __init__(self, *, store: JobStore, jobs: JobOperations, https_base: Callable[[], str],
-                 ipp_base: Callable[[], str]) -> None:
+                 ipp_base: Callable[[], str], audit: AuditLog | None = None) -> None:
         self.store = store
+        #: Where failed logins are recorded (the service's security log).
+        self.audit = audit
         self.jobs = jobs
         self.https_base = https_base
         self.ipp_base = ipp_base
@@ -294,6 +299,12 @@ class IppFront:
             if req.authorization:
                 client = req.scope.get("client") or ("-", 0)
                 log.warning("failed IPP authentication from %s", client[0])
+                if self.audit is not None:
+                    # The header is not logged, not even in part: only that it failed, from where.
+                    self.audit.event("auth-failed", outcome="denied", client=client[0], method="POST",
+                                     path=req.scope.get("path", ""),
+                                     operation=_op_name(req.message.code),
+                                     reason="IPP credentials invalid, expired or revoked")
             raise NeedAuth
         req.scope.setdefault("state", {})["user"] = user.name
         return user
