@@ -1,10 +1,12 @@
 """Devices cannot crowd each other out: a flooding device waits behind itself only and loses
 only its own excess; a ``hello`` costs the same few SQL statements however many jobs it lists;
-a device cannot register services without bound, nor take another device's names."""
+a device cannot register services without bound, nor take another device's names. A revoked
+device is shown as revoked, not offline, and its Manager stops knocking."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from cloud_service.documents import DocumentKey, Documents
 from cloud_service.objects import LocalObjectStore, UrlSigner
 from cloud_service.store import JobStore
 from schemas.enums import JobState, ServiceKind
+from schemas.ipp.codec import Op, Tag, simple
 from schemas.messages import (
     AcknowledgeJob,
     Attributes,
@@ -34,7 +37,9 @@ from schemas.messages import (
     decode_down,
     encode,
 )
+from tests.support.ipptools import ipp, new, reply
 from tests.support.rawdevice import RawDevice
+from tests.support.secstack import secure_stack
 from tests.support.stack import running_stack
 
 BROKERS = ["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
@@ -229,3 +234,49 @@ async def test_services_per_device_are_capped_and_names_stay_with_their_first_de
     assert await service.store.service(ServiceKind.PRINT.value, "mine") is None
     taken = await service.store.service(ServiceKind.PRINT.value, "p-0-1")
     assert taken is not None and taken.device_id == "dev-1"
+
+
+# ---------------------------------------------------------------------------- revoked devices
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_a_revoked_device_says_revoked_and_its_manager_stops_knocking(tmp_path: Path, broker: str) -> None:
+    """After revocation the device's printer is ``stopped`` with ``revoked`` (not offline) on
+    HTTP and IPP, and IPP says it accepts no jobs (so CUPS stops retrying). The Manager logs
+    once that its certificate was revoked and makes no further connection attempt; started
+    again as ``cloudimaging manager`` it exits with status 3 instead of looping."""
+    async with secure_stack(tmp_path, broker) as stack:
+        olga = await stack.make_user("olga", "owner")
+        config = await stack.enroll(olga, "rev-a")
+        manager = await stack.start_enrolled(config)
+        async with await stack.client(olga) as owner:
+            revoked = await owner.post("/api/v1/devices/rev-a/revoke", json={"reason": "stolen"})
+        assert revoked.status_code == 200, revoked.text
+
+        service = (await stack.http.get("/api/v1/services/print/rev-a")).json()
+        assert service["state"] == "stopped" and service["state_reasons"] == ["revoked"], service
+        assert "revoked" in service["state_message"] and "enroll" in service["state_message"]
+        printer = reply(await ipp(stack, "rev-a", new(stack, Op.GET_PRINTER_ATTRIBUTES, "rev-a"), auth=None)) \
+            .group(Tag.PRINTER)
+        assert printer is not None
+        assert simple(printer.get("printer-is-accepting-jobs")) is False
+        assert simple(printer.get("printer-state-reasons")) == "revoked"
+        assert simple(printer.get("printer-state")) == 5  # stopped
+
+        assert await asyncio.to_thread(manager.refused.wait, 30), "the Manager still retries"
+        assert manager.refusal is not None and "revoked" in manager.refusal and "enroll" in manager.refusal
+        attempts = manager.connect_attempts
+        await asyncio.sleep(3.5)  # paho retries after 1 s, then 2 s: two attempts would have come
+        assert manager.connect_attempts == attempts and not manager.connected.is_set()
+        await stack.stop_manager("rev-a")
+
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "manager", "--config", str(config),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 40)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError("cloudimaging manager kept running with a revoked certificate") from None
+        lines = [line for line in err.decode().splitlines() if "it was revoked" in line]
+        assert proc.returncode == 3 and len(lines) == 1, (proc.returncode, err.decode()[-2000:])
