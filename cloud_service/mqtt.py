@@ -219,6 +219,17 @@ class DeviceInbox:
                     self._ready.put_nowait(device_id)  # back of the line: the others go first
                 else:
                     del self._pending[device_id]
+                    self._forget_drops(device_id)
+
+    def _forget_drops(self, device_id: str) -> None:
+        """Once a device's queue is empty and its log window over, report the drops not logged
+        yet and forget it (so the table holds only devices that flooded lately)."""
+        entry = self._dropped.get(device_id)
+        if entry is None or time.monotonic() - entry[1] < self._log_every:
+            return
+        del self._dropped[device_id]
+        if entry[0]:
+            log.warning("device %s: dropped %d more of its messages", device_id, entry[0])
 
 
 def take_over_session(broker_url: str, ca_file: Path | None, device_id: str, cert: x509.Certificate,

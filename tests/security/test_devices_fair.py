@@ -99,6 +99,18 @@ async def test_the_inbox_serves_devices_in_turn_keeps_each_in_order_and_drops_on
     assert len(drops) == 1 and "flood" in drops[0].getMessage()  # rate-limited: one line for 29 drops
     assert inbox.queued("flood") == inbox.queued("calm") == 0
 
+    # Drops not yet logged when the flood ends are reported once its log window is over.
+    caplog.clear()
+    late = DeviceInbox(handle, workers=1, limit=1, log_every=0.02)
+    late.start()
+    try:
+        assert [late.put("flood", "up", b"x") for _ in range(5)] == [True, False, False, False, False]
+        async with asyncio.timeout(10):
+            while late.queued("flood") or not any("3 more" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.01)
+    finally:
+        await late.stop()
+
 
 # ---------------------------------------------------------------------------- over a real broker
 
