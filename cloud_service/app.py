@@ -83,9 +83,10 @@ class CloudService:
         self.objects = LocalObjectStore(cfg.objects_dir, signer)
         self.clf = ClfLog(cfg.logs_dir / "access.log")
         self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl)
-        self.devices = DeviceProtocol(self.store, self.documents, self.clf)
+        self.devices = DeviceProtocol(self.store, self.documents, self.clf,
+                                      max_services=cfg.max_services_per_device)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
-                                self.clf, keepalive=cfg.keepalive)
+                                self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit)
         self.jobs = JobOperations(self.store, self.documents, self.mqtt.publish, Admission(self.store, cfg))
         # Security (docs/security.md): audit log, registration, retention sweeper.
         self.clock = Clock()

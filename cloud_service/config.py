@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ServiceConfig(BaseModel):
@@ -41,6 +41,14 @@ class ServiceConfig(BaseModel):
     #: Fetch of document_uri: allow plain http and private hosts (tests only).
     allow_insecure_document_uri: bool = False
     log_level: str = "INFO"
+
+    # -- devices (docs/security.md, "Hardening: devices") --------------------------------------
+    #: Messages of one device waiting to be handled; beyond this its newest are dropped (it
+    #: resends or resyncs); other devices are never affected.
+    device_queue_limit: int = Field(default=256, ge=1)
+    #: Services (of all kinds) one device may register; an attributes message that would go
+    #: beyond is refused whole with ``too-many-services``.
+    max_services_per_device: int = Field(default=16, ge=1)
 
     # -- registration, enrollment and revocation (docs/security.md) --------------------------
     #: Directory of the CA that signs device certificates (ca.pem, ca.key) and of its CRL

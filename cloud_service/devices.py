@@ -62,8 +62,10 @@ LAST_SEEN_EVERY = 10.0
 
 
 class DeviceProtocol:
-    def __init__(self, store: JobStore, documents: Documents, clf: ClfLog) -> None:
+    def __init__(self, store: JobStore, documents: Documents, clf: ClfLog, max_services: int = 16) -> None:
         self.store = store
+        #: How many services one device may register (``max_services_per_device``).
+        self.max_services = max_services
         self.documents = documents
         self.clf = clf
         #: Called with (device_id, online) so the HTTP side can react; optional.
@@ -154,13 +156,10 @@ class DeviceProtocol:
         stop: list[StopJob] = []
         unknown: list[int] = []
         held = {j.job_id for j in hello.jobs}
+        rows = await self.store.get_jobs(held)  # one query, however many jobs the hello lists
         for held_job in hello.jobs:
-            try:
-                row = await self.store.get_job(held_job.job_id)
-            except JobNotFound:
-                unknown.append(held_job.job_id)
-                continue
-            if row.device_id != device_id or not row.claimed:
+            row = rows.get(held_job.job_id)
+            if row is None or row.device_id != device_id or not row.claimed:
                 unknown.append(held_job.job_id)
             elif JobState(row.state).terminal or row.cancel_requested:
                 stop.append(StopJob(job_id=row.id, version=row.version, state=JobState(row.state)))
@@ -180,16 +179,15 @@ class DeviceProtocol:
         return [(device_id, Sync(re=hello.id, fetchable=fetchable, stop=stop, unknown=unknown))]
 
     async def _attributes(self, device_id: str, msg: Attributes) -> Outgoing:
-        for svc in msg.services:
-            ok = await self.store.upsert_service(device_id, svc.kind.value, svc.name, {
-                "state": svc.state.value, "state_reasons": list(svc.state_reasons) or [Reason.NONE],
-                "state_message": svc.state_message, "info": svc.info, "location": svc.location,
-                "make_and_model": svc.make_and_model,
-                "capabilities": svc.capabilities.model_dump(mode="json", by_alias=True),
-            })
-            if not ok:
-                return [(device_id, Reply(re=msg.id, ok=False, code="not-yours",
-                                          message=f"service name {svc.name!r} belongs to another device"))]
+        refused = await self.store.upsert_services(device_id, [(svc.kind.value, svc.name, {
+            "state": svc.state.value, "state_reasons": list(svc.state_reasons) or [Reason.NONE],
+            "state_message": svc.state_message, "info": svc.info, "location": svc.location,
+            "make_and_model": svc.make_and_model,
+            "capabilities": svc.capabilities.model_dump(mode="json", by_alias=True),
+        }) for svc in msg.services], self.max_services)
+        if refused is not None:
+            log.warning("refused the services of %s: %s", device_id, refused.message)
+            return [(device_id, Reply(re=msg.id, ok=False, code=refused.code, message=refused.message))]
         if msg.re:
             # An answer to a status request: recorded in the database, so the replica that
             # asked sees it whichever replica received it.

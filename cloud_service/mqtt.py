@@ -1,10 +1,11 @@
 """The Cloud Service's only MQTT client module (paho-mqtt 2.x): the broker session, in and
 out, and the one-shot session take-over that disconnects a revoked device from Mosquitto.
 
-paho runs its network loop in its own thread; received messages are handed to asyncio
-workers at once (never blocking paho's callbacks, which would delay PUBACKs and keepalives).
-A device always maps to the same worker, so its messages are handled in the order they were
-sent, while different devices proceed in parallel.
+paho runs its network loop in its own thread; received messages are handed to the asyncio
+loop at once (never blocking paho's callbacks, which would delay PUBACKs and keepalives) and
+queued per device (``DeviceInbox``): one device's messages are handled one at a time, in the
+order they were sent, while the workers serve the devices with work in turn, so a device that
+floods the service waits behind itself only, and only its own excess is dropped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 import ssl
 import tempfile
 import threading
-import zlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,15 +47,14 @@ def parse_broker_url(url: str) -> tuple[str, int]:
 
 class MqttAdapter:
     def __init__(self, url: str, username: str, password: str, ca_file: Path | None, protocol: DeviceProtocol,
-                 clf: ClfLog, client_id: str = "cloud-service", keepalive: int = 30, workers: int = 4) -> None:
+                 clf: ClfLog, client_id: str = "cloud-service", keepalive: int = 30, workers: int = 4,
+                 device_queue_limit: int = 256) -> None:
         self.host, self.port = parse_broker_url(url)
         self.protocol = protocol
         self.clf = clf
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queues: list[asyncio.Queue[tuple[str, str, bytes]]] = [asyncio.Queue(maxsize=10_000)
-                                                                     for _ in range(workers)]
-        self._tasks: list[asyncio.Task[None]] = []
+        self.inbox = DeviceInbox(self._handle, workers=workers, limit=device_queue_limit)
         self._keepalive = keepalive
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                                   protocol=mqtt.MQTTv311)
@@ -68,8 +70,7 @@ class MqttAdapter:
     async def start(self, wait: float = 10.0) -> None:
         """Connect (retrying in the background if the broker is not up yet)."""
         self._loop = asyncio.get_running_loop()
-        self._tasks = [asyncio.create_task(self._worker(q), name=f"mqtt-worker-{i}")
-                       for i, q in enumerate(self._queues)]
+        self.inbox.start()
         self.client.connect_async(self.host, self.port, keepalive=self._keepalive)
         self.client.loop_start()
         try:
@@ -80,9 +81,7 @@ class MqttAdapter:
     async def stop(self) -> None:
         self.client.disconnect()
         await asyncio.to_thread(self.client.loop_stop)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.inbox.stop()
 
     # -------------------------------------------------------------- paho thread
 
@@ -108,20 +107,14 @@ class MqttAdapter:
             log.warning("ignored message on unexpected topic %r", msg.topic[:200])
             return
         device_id, leaf = parsed
-        queue = self._queues[zlib.crc32(device_id.encode()) % len(self._queues)]
         if self._loop and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_put, queue, (device_id, leaf, bytes(msg.payload)))
+            self._loop.call_soon_threadsafe(self.inbox.put, device_id, leaf, bytes(msg.payload))
 
     # -------------------------------------------------------------- asyncio side
 
-    async def _worker(self, queue: asyncio.Queue[tuple[str, str, bytes]]) -> None:
-        while True:
-            device_id, leaf, payload = await queue.get()
-            try:
-                for target, message in await self.protocol.handle(device_id, leaf, payload):
-                    self.publish(target, message)
-            except Exception:
-                log.exception("failed to handle a message from %s", device_id)
+    async def _handle(self, device_id: str, leaf: str, payload: bytes) -> None:
+        for target, message in await self.protocol.handle(device_id, leaf, payload):
+            self.publish(target, message)
 
     def publish(self, device_id: str, message: Message) -> None:
         """Send one message to a device's down topic (QoS 1; the reply to a lost one is a resend)."""
@@ -141,11 +134,102 @@ class MqttAdapter:
                       len(payload))
 
 
-def _put(queue: asyncio.Queue[tuple[str, str, bytes]], item: tuple[str, str, bytes]) -> None:
-    try:
-        queue.put_nowait(item)
-    except asyncio.QueueFull:
-        log.error("inbound queue full; dropped a message from %s (it will resync)", item[0])
+class DeviceInbox:
+    """Inbound messages queued per device and served fairly by a few workers.
+
+    Why not a fixed set of shared queues chosen by a hash of the device id: owners choose
+    their ids, so a flooding device could share (and fill) its neighbours' queue and make
+    them wait behind its backlog, or get their messages dropped. Here each device has its own
+    FIFO of at most ``limit`` messages, and the scheduling unit is the device, not the
+    message: a device with work is in the ready line at most once, a worker takes one message
+    of it, and puts the device back at the end of the line if it has more. So
+
+    - one device's messages are handled one at a time, in the order they came;
+    - a device never waits for more than one message of each other device (round robin),
+      however many that other device has queued;
+    - when a device's own FIFO is full its newest message is dropped (it resends or
+      resyncs: every request is retried by the Manager), with at most one log line per
+      device every ``log_every`` seconds; another device's messages are never dropped.
+    """
+
+    def __init__(self, handle: Callable[[str, str, bytes], Awaitable[None]], workers: int = 4,
+                 limit: int = 256, log_every: float = 10.0) -> None:
+        if workers < 1 or limit < 1:
+            raise ValueError("an inbox needs at least one worker and room for one message per device")
+        self._handle = handle
+        self._workers = workers
+        self.limit = limit
+        self._log_every = log_every
+        #: device id -> its messages not handled yet; present while the device is scheduled.
+        self._pending: dict[str, deque[tuple[str, bytes]]] = {}
+        #: Devices with work, each at most once, in turn order.
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        #: device id -> (messages dropped since the last log line, monotonic time of that line).
+        self._dropped: dict[str, tuple[int, float]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"mqtt-worker-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def queued(self, device_id: str) -> int:
+        """Messages of ``device_id`` waiting (not counting one being handled)."""
+        return len(self._pending.get(device_id, ()))
+
+    def put(self, device_id: str, leaf: str, payload: bytes) -> bool:
+        """Queue one message (on the event loop's thread); False if it was dropped."""
+        fifo = self._pending.get(device_id)
+        if fifo is None:
+            self._pending[device_id] = deque([(leaf, payload)])
+            self._ready.put_nowait(device_id)
+            return True
+        if len(fifo) >= self.limit:
+            self._drop(device_id)
+            return False
+        fifo.append((leaf, payload))
+        return True
+
+    def _drop(self, device_id: str) -> None:
+        count, logged = self._dropped.get(device_id, (0, float("-inf")))
+        count += 1
+        now = time.monotonic()
+        if now - logged >= self._log_every:
+            log.warning("device %s sends faster than it is served: dropped %d of its messages "
+                        "(its queue holds %d); it will resend or resync", device_id, count, self.limit)
+            self._dropped[device_id] = (0, now)
+        else:
+            self._dropped[device_id] = (count, logged)
+
+    async def _work(self) -> None:
+        while True:
+            device_id = await self._ready.get()
+            fifo = self._pending[device_id]
+            leaf, payload = fifo.popleft()
+            try:
+                await self._handle(device_id, leaf, payload)
+            except Exception:
+                log.exception("failed to handle a message from %s", device_id)
+            finally:
+                if fifo:
+                    self._ready.put_nowait(device_id)  # back of the line: the others go first
+                else:
+                    del self._pending[device_id]
+                    self._forget_drops(device_id)
+
+    def _forget_drops(self, device_id: str) -> None:
+        """Once a device's queue is empty and its log window over, report the drops not logged
+        yet and forget it (so the table holds only devices that flooded lately)."""
+        entry = self._dropped.get(device_id)
+        if entry is None or time.monotonic() - entry[1] < self._log_every:
+            return
+        del self._dropped[device_id]
+        if entry[0]:
+            log.warning("device %s: dropped %d more of its messages", device_id, entry[0])
 
 
 def take_over_session(broker_url: str, ca_file: Path | None, device_id: str, cert: x509.Certificate,

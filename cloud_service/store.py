@@ -46,6 +46,14 @@ class ConcurrentUpdate(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class ServicesRefused:
+    """Why a device's services were not recorded: ``not-yours`` or ``too-many-services``."""
+
+    code: str
+    message: str
+
+
 @dataclass
 class Transition:
     """The outcome of applying an event: before/after core jobs and the stored row."""
@@ -141,6 +149,18 @@ class JobStore:
             if row is None:
                 raise JobNotFound(job_id)
             return row
+
+    async def get_jobs(self, job_ids: list[int] | set[int]) -> dict[int, JobRow]:
+        """The jobs among ``job_ids`` that exist, by id, in one query.
+
+        A device's ``hello`` lists up to ``MAX_JOBS_PER_HELLO`` jobs; reading them one by one
+        cost a transaction each and let one device's hellos crowd out everyone else's work.
+        """
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        async with self.sessions() as s:
+            return {row.id: row for row in await s.scalars(select(JobRow).where(JobRow.id.in_(ids)))}
 
     async def documents(self, job_id: int) -> list[DocumentRow]:
         async with self.sessions() as s:
@@ -377,3 +397,44 @@ class JobStore:
                 setattr(row, key, value)
             row.updated_at = time.time()
             return True
+
+    async def upsert_services(self, device_id: str, services: list[tuple[str, str, dict]],
+                              cap: int) -> ServicesRefused | None:
+        """Create or update a device's services ``(kind, name, values)``, all or none.
+
+        Refused whole (nothing written) if a name belongs to another device (names are
+        first come, first served: the device that registered one keeps it until an operator
+        deletes the device), or if the device would hold more than ``cap`` services. The
+        device's row is locked (``FOR UPDATE`` where the database has it) so two replicas
+        cannot both pass the count.
+        """
+        async with self.sessions.begin() as s:
+            await s.scalar(select(DeviceRow.id).where(DeviceRow.id == device_id).with_for_update())
+            owned = {(row.kind, row.name): row for row in
+                     await s.scalars(select(ServiceRow).where(ServiceRow.device_id == device_id))}
+            new: list[tuple[str, str, dict]] = []
+            for kind, name, values in services:
+                if (kind, name) in owned:
+                    continue
+                other = await s.scalar(select(ServiceRow.device_id).where(ServiceRow.kind == kind,
+                                                                          ServiceRow.name == name))
+                if other is not None:
+                    return ServicesRefused("not-yours", f"service name {name!r} belongs to another device")
+                if all((kind, name) != (k, n) for k, n, _ in new):
+                    new.append((kind, name, values))
+            if len(owned) + len(new) > cap:
+                return ServicesRefused("too-many-services",
+                                       f"a device may register at most {cap} services; it has {len(owned)} "
+                                       f"and this message adds {len(new)}")
+            now = time.time()
+            for kind, name, values in services:
+                row = owned.get((kind, name))
+                if row is None:
+                    row = ServiceRow(device_id=device_id, kind=kind, name=name, updated_at=now, **values)
+                    owned[(kind, name)] = row
+                    s.add(row)
+                    continue
+                for key, value in values.items():
+                    setattr(row, key, value)
+                row.updated_at = now
+        return None

@@ -60,6 +60,7 @@ class Manager:
             on_ready=lambda session: self._to_loop(self._runner.on_connected, session),
             on_lost=lambda: self._to_loop(self._runner.on_disconnected),
             on_message=lambda payload: self._to_loop(self._runner.on_down, payload),
+            on_refused=lambda _why: self.refused.set(),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -67,6 +68,9 @@ class Manager:
         self._startup_error: BaseException | None = None
         #: Set when stop() has finished (or the Manager never started).
         self.stopped = threading.Event()
+        #: Set when the broker refused the device's revoked certificate: the Manager no
+        #: longer reconnects (``refusal`` says why and what to do).
+        self.refused = threading.Event()
 
     # ------------------------------------------------------------------ state for callers
 
@@ -79,6 +83,16 @@ class Manager:
     def synced(self) -> threading.Event:
         """Set once the service answered this connection's Hello with a Sync."""
         return self._runner.synced
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the Manager gave up connecting (its certificate was revoked), else None."""
+        return self._session.refusal
+
+    @property
+    def connect_attempts(self) -> int:
+        """Connection attempts to the broker so far (each reconnect counts)."""
+        return self._session.attempts
 
     @property
     def running(self) -> bool:

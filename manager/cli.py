@@ -44,8 +44,14 @@ def add_parser(subparsers: Any) -> None:
     enroll.add_parser(parser.add_subparsers(dest="manager_command", metavar="{enroll}"))
 
 
+#: Exit status when the broker refused the device's certificate as revoked: retrying cannot
+#: help (a supervisor should not restart it); the owner re-enrolls the device.
+EXIT_REVOKED = 3
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run until SIGINT or SIGTERM; 0 on a clean stop, 2 for a bad config, 1 on failure."""
+    """Run until SIGINT or SIGTERM; 0 on a clean stop, 2 for a bad config, 1 on failure,
+    ``EXIT_REVOKED`` (3) when the device's certificate was revoked."""
     from manager.app import Manager  # imported here so `cloudimaging --help` stays fast
 
     os.umask(os.umask(0o077) | 0o077)  # journal, spool and keys are the device account's alone
@@ -68,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         manager.start()
         while not stop.wait(0.5):
+            if manager.refused.is_set():
+                return EXIT_REVOKED  # the session logged why, once
             if not manager.running:
                 log.error("the manager stopped unexpectedly")
                 return 1

@@ -16,6 +16,11 @@ to the Manager's asyncio loop and return. Choices, and why:
   late Will of an earlier connection.
 - Nothing is published while disconnected: paho would queue it and replay it late; the
   runner resends what matters after reconnecting instead.
+- A device enrolled with a certificate stops reconnecting once the broker says that
+  certificate is revoked (Mosquitto: the TLS alert ``certificate_revoked``; the embedded
+  broker: CONNACK "bad user name or password", which a certificate login gets for nothing
+  else): retrying cannot succeed, and the owner must re-enroll. One log line says so, and
+  ``on_refused`` tells the Manager (``cloudimaging manager`` then exits with its own code).
 """
 
 from __future__ import annotations
@@ -40,6 +45,41 @@ log = logging.getLogger("cloudimaging.manager.session")
 #: paho's own memory bound for outgoing messages (the default, 0, is unlimited).
 MAX_QUEUED = 1000
 
+#: paho 2's reason code for MQTT 3.1.1 CONNACK 4, "bad user name or password".
+BAD_CREDENTIALS = 134
+
+#: OpenSSL's name for the TLS alert a server sends when the client's certificate is on its CRL.
+REVOKED_ALERT = "SSLV3_ALERT_CERTIFICATE_REVOKED"
+
+
+def _alert_watching_socket(on_revoked: Callable[[], None]) -> type[ssl.SSLSocket]:
+    """An SSLSocket class that reports the ``certificate_revoked`` alert before re-raising it.
+
+    paho swallows transport errors (it logs them and reconnects), so the reason a TLS 1.3
+    server gives after the handshake, on the first read, is otherwise lost to the Manager.
+    """
+
+    def check(exc: ssl.SSLError) -> None:
+        if exc.reason == REVOKED_ALERT:
+            on_revoked()
+
+    class AlertWatchingSocket(ssl.SSLSocket):
+        def do_handshake(self, block: bool = False) -> None:
+            try:
+                super().do_handshake(block)
+            except ssl.SSLError as exc:
+                check(exc)
+                raise
+
+        def read(self, len: int = 1024, buffer: Any = None) -> Any:
+            try:
+                return super().read(len, buffer)
+            except ssl.SSLError as exc:
+                check(exc)
+                raise
+
+    return AlertWatchingSocket
+
 
 class Session:
     """Wraps a paho client; the three callbacks are called on paho's network thread."""
@@ -51,15 +91,22 @@ class Session:
         on_ready: Callable[[str], None],
         on_lost: Callable[[], None],
         on_message: Callable[[bytes], None],
+        on_refused: Callable[[str], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._on_message = on_message
+        self._on_refused = on_refused
         self._down = topics.down(config.device_id)
         self._subscribe_mid: int | None = None
         self._started = False
+        #: Why the session gave up for good (the certificate was revoked); None while it retries.
+        self.refusal: str | None = None
+        #: Connection attempts so far (each reconnect counts).
+        self.attempts = 0
+        self._revoked_alert = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.device_id,
@@ -70,7 +117,10 @@ class Session:
         client.enable_logger(logging.getLogger("cloudimaging.manager.paho"))
         client.username_pw_set(config.username, config.read_password())
         if config.broker_tls:
-            client.tls_set_context(ssl_context or config.ssl_context())
+            context = ssl_context or config.ssl_context()
+            if config.cert_file is not None:
+                context.sslsocket_class = _alert_watching_socket(self._saw_revoked_alert)
+            client.tls_set_context(context)
         else:
             log.warning("broker_url %s is not TLS: credentials and jobs travel in clear", config.broker_url)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -80,6 +130,7 @@ class Session:
         client.on_connect = self._handle_connect
         client.on_subscribe = self._handle_subscribe
         client.on_disconnect = self._handle_disconnect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_message = self._handle_message
         self.client = client
 
@@ -133,6 +184,7 @@ class Session:
 
     def _handle_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         """Before every (re)connect: a new session id, and the Will that carries it."""
+        self.attempts += 1
         self.session_id = uuid.uuid4().hex
         will = Presence(state="offline", session=self.session_id)
         client.will_set(topics.presence(self.config.device_id), encode(will), qos=1, retain=False)
@@ -141,6 +193,9 @@ class Session:
         self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: Any, properties: Any
     ) -> None:
         if reason_code.is_failure:
+            if self.config.cert_file is not None and reason_code.value == BAD_CREDENTIALS:
+                self._give_up(client)
+                return
             log.error("broker refused the connection: %s", reason_code)
             return
         log.info("connected to %s (session present: %s)", self.config.broker_url, flags.session_present)
@@ -161,9 +216,32 @@ class Session:
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
-        if self._started:
+        if self._revoked_alert:
+            self._give_up(client)
+        elif self._started and self.refusal is None:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
         self._on_lost()
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """A failed TCP or TLS connect (TLS 1.2 servers send the revoked alert in the handshake)."""
+        if self._revoked_alert:
+            self._give_up(client)
+
+    def _saw_revoked_alert(self) -> None:
+        self._revoked_alert = True
+
+    def _give_up(self, client: mqtt.Client) -> None:
+        """Stop reconnecting for good: the broker refused this device's revoked certificate."""
+        if self.refusal is not None:
+            return
+        self.refusal = (f"the broker refused the certificate of device {self.config.device_id}: it was revoked. "
+                        "Not reconnecting. To bring the device back, its owner gets a new enrollment code "
+                        "and runs `cloudimaging manager enroll CODE --config FILE` (see docs/manager.md)")
+        log.error("%s", self.refusal)
+        client.disconnect()
+        client.loop_stop()  # on paho's own thread: no join, its loop ends instead of retrying
+        if self._on_refused is not None:
+            self._on_refused(self.refusal)
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic != self._down:

@@ -19,7 +19,7 @@ router = APIRouter(default_response_class=OrjsonResponse)
 
 async def service_info(deps: Deps, kind: str | None, name: str | None = None,
                        user: User | None = None) -> list[ServiceInfo]:
-    """The services of ``kind`` (and ``name``) with the offline overlay; with ``user``, only
+    """The services of ``kind`` (and ``name``) with the offline or revoked overlay; with ``user``, only
     those shared with them."""
     store, ipp_base = deps.store, deps.ipp_base
     out = []
@@ -29,7 +29,8 @@ async def service_info(deps: Deps, kind: str | None, name: str | None = None,
             continue
         if access is not None and not access.sees(dev, svc.name):
             continue
-        status = service_overlay(svc.state, svc.state_reasons, svc.state_message, dev.online)
+        status = service_overlay(svc.state, svc.state_reasons, svc.state_message, dev.online,
+                                 revoked=dev.revoked_at is not None)
         out.append(ServiceInfo(kind=ServiceKind(svc.kind), name=svc.name, device_id=dev.id,
                                state=status.state, state_reasons=list(status.reasons),
                                state_message=status.message, info=svc.info, location=svc.location,

@@ -326,13 +326,14 @@ class IppFront:
     # ------------------------------------------------------------------ printer operations
 
     async def _printer_info(self, service: ServiceRow) -> tuple[PrintCapabilities, ia.PrinterInfo]:
-        online = False
+        online = revoked = False
         queued = 0
         for svc, dev, count in await self.store.services(ServiceKind.PRINT.value):
             if svc.id == service.id:
-                online, queued = dev.online, count
+                online, revoked, queued = dev.online, dev.revoked_at is not None, count
                 break
-        status = service_overlay(service.state, service.state_reasons, service.state_message, online)
+        # A revoked device's printer says so and refuses jobs, so CUPS stops retrying.
+        status = service_overlay(service.state, service.state_reasons, service.state_message, online, revoked)
         uri = self.printer_uri(service.name)
         caps = PrintCapabilities.model_validate(service.capabilities)
         info = ia.PrinterInfo(
@@ -340,6 +341,7 @@ class IppFront:
             uuid=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, uri)}", state_enum=status.state.ipp,
             state_reasons=list(status.reasons), state_message=status.message, info=service.info,
             location=service.location, make_and_model=service.make_and_model, queued_jobs=queued,
+            accepting=status.accepting_jobs,
             max_kbytes=math.ceil(self.jobs.documents.max_bytes / 1024))
         return caps, info
 

@@ -3,7 +3,10 @@
 A device reports its own state; the cloud overlays what only it knows: a device that is not
 connected is ``stopped`` with ``offline-report``, never ``idle`` (users of other cloud print
 systems complain of offline printers shown as ready). A pending job waiting for such a device
-says so too. The HTTP API, the IPP front and the store's job view all read these overlays here.
+says so too. A device whose credentials were revoked is its own case: not "offline" (which
+promises it may come back, so clients such as CUPS keep retrying) but ``stopped`` with
+``revoked`` and not accepting jobs, until it is enrolled again. The HTTP API, the IPP front and
+the store's job view all read these overlays here.
 """
 
 from __future__ import annotations
@@ -21,19 +24,32 @@ _ALLOWED = {
 }
 
 
+#: printer-state-reasons keyword of a service whose device's credentials were revoked (IPP
+#: allows keywords of its own; none of the registered ones says "this device will not return").
+REVOKED = "revoked"
+
+#: What a revoked device's services say, and what its owner can do about it.
+REVOKED_MESSAGE = "the device's credentials were revoked: it cannot connect until its owner enrolls it again"
+
+
 @dataclass(frozen=True)
 class ServiceStatus:
     state: ServiceState
     reasons: tuple[str, ...]
     message: str | None = None
+    #: IPP printer-is-accepting-jobs: False only for a revoked device (an offline one queues).
+    accepting_jobs: bool = True
 
 
 def service_transition_allowed(current: ServiceState, new: ServiceState) -> bool:
     return new in _ALLOWED[current]
 
 
-def effective_status(reported: ServiceStatus, online: bool) -> ServiceStatus:
-    """What clients see: the device's report, or stopped/offline-report while it is away."""
+def effective_status(reported: ServiceStatus, online: bool, revoked: bool = False) -> ServiceStatus:
+    """What clients see: the device's report, stopped/offline-report while it is away, or
+    stopped/revoked (not accepting jobs) once its credentials were revoked."""
+    if revoked:
+        return ServiceStatus(ServiceState.STOPPED, (REVOKED,), REVOKED_MESSAGE, accepting_jobs=False)
     if online:
         reasons = tuple(r for r in reported.reasons if r != Reason.OFFLINE) or (Reason.NONE,)
         return ServiceStatus(reported.state, reasons, reported.message)
@@ -41,9 +57,10 @@ def effective_status(reported: ServiceStatus, online: bool) -> ServiceStatus:
     return ServiceStatus(ServiceState.STOPPED, reasons, "the device is not connected")
 
 
-def service_overlay(state: str, reasons: Sequence[str], message: str | None, online: bool) -> ServiceStatus:
+def service_overlay(state: str, reasons: Sequence[str], message: str | None, online: bool,
+                    revoked: bool = False) -> ServiceStatus:
     """``effective_status`` from a service's stored columns: what HTTP and IPP clients both see."""
-    return effective_status(ServiceStatus(ServiceState(state), tuple(reasons), message), online)
+    return effective_status(ServiceStatus(ServiceState(state), tuple(reasons), message), online, revoked)
 
 
 def job_overlay(state: str, reasons: Sequence[str], message: str | None, device_online: bool,
