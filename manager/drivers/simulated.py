@@ -9,8 +9,10 @@ the printer has made since it started (so "page 3" is the third sheet side ever 
     {"at_page": 5, "event": "media-empty", "seconds": 1} stopped with media-empty, then resumes
     {"at_page": 7, "event": "fail"}                      the job printing page 7 is aborted
 
-``reject: true`` refuses every job at fetch. Every completed job appends one line with its
-job id to ``{output_dir}/printed.log``, so a test can check a job was printed exactly once.
+``reject: true`` refuses every job at fetch. Every job whose last document has left the
+printer appends one line with its job id to ``{output_dir}/printed.log``, so a test can check
+a job was printed exactly once. The line is written when the paper is out, not when the
+Manager later ends the job: a Manager killed in between still leaves a true count.
 Cancel stops between pages (and during a jam).
 """
 
@@ -118,6 +120,8 @@ class SimulatedDriver(PrintDriver):
                 raise PrintCanceled(f"job {job_id} canceled")
             self.pages_printed += 1
             progress(done + 1)
+        if task.document_number >= task.job.document_count:
+            await asyncio.to_thread(self._log_printed, job_id)
         return impressions
 
     async def _run_events(self, job_id: int, canceled: asyncio.Event) -> None:
@@ -141,8 +145,6 @@ class SimulatedDriver(PrintDriver):
 
     async def end_job(self, job_id: int, state: JobState) -> None:
         self._cancel.pop(job_id, None)
-        if state is JobState.COMPLETED:
-            await asyncio.to_thread(self._log_printed, job_id)
 
     def _log_printed(self, job_id: int) -> None:
         with self.printed_log.open("a", encoding="ascii") as f:
