@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_service.clf import ClfLog
-from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
-from cloud_service.documents import DocumentKey, Documents
-from cloud_service.objects import LocalObjectStore, UrlSigner
+from cloud_service.documents import DocumentKey
 from cloud_service.store import JobStore
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind
 from schemas.messages import (
@@ -30,6 +27,7 @@ from schemas.messages import (
     encode,
 )
 from schemas.model.job import Cancel
+from tests.support.inprocess import service_parts
 
 DEVICE = "dev-1"
 
@@ -60,17 +58,11 @@ class Service:
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
-    await create_schema(engine)
-    store = JobStore(engine)
-    objects = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
-    clf = ClfLog(tmp_path / "access.log")
-    svc = Service(store, DeviceProtocol(store, Documents(store, objects, max_bytes=1 << 20, url_ttl=60), clf))
-    reply = await svc.send(Attributes(services=[PrintServiceAttributes(name="office")]))
-    assert reply.ok
-    yield svc
-    clf.close()
-    await engine.dispose()
+    async with service_parts(tmp_path) as parts:
+        svc = Service(parts.store, parts.devices())
+        reply = await svc.send(Attributes(services=[PrintServiceAttributes(name="office")]))
+        assert reply.ok
+        yield svc
 
 
 async def test_a_cancel_landing_between_judgement_and_write_makes_the_report_stale(service: Service) -> None:

@@ -15,19 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloud_service import accounting
-from cloud_service.accounting import Admission
 from cloud_service.auth import User
-from cloud_service.config import ServiceConfig
-from cloud_service.db import create_schema, make_engine
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
-from cloud_service.objects import LocalObjectStore, UrlSigner
+from cloud_service.objects import LocalObjectStore
 from cloud_service.store import JobStore
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
 from schemas.model.pages import PageCounter
 from tests.support.documents import make_pdf
+from tests.support.inprocess import service_parts
 
 # ---------------------------------------------------------------------------- keys
 
@@ -99,20 +97,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
-    await create_schema(engine)
-    store = JobStore(engine)
-    objects = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
-    documents = Documents(store, objects, max_bytes=1_000_000, url_ttl=60)
-    jobs = JobOperations(store, documents, lambda _device, _message: None, Admission(store, ServiceConfig()))
-    await store.set_device("dev", online=True, last_seen=time.time())
-    assert await store.upsert_service("dev", ServiceKind.PRINT.value, "office", {
-        "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
-        "make_and_model": None, "capabilities": SIMULATED_PRINTER_CAPABILITIES})
-    try:
-        yield Rig(store, objects, documents, jobs)
-    finally:
-        await engine.dispose()
+    async with service_parts(tmp_path, max_bytes=1_000_000) as parts:
+        store = parts.store
+        await store.set_device("dev", online=True, last_seen=time.time())
+        assert await store.upsert_service("dev", ServiceKind.PRINT.value, "office", {
+            "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
+            "make_and_model": None, "capabilities": SIMULATED_PRINTER_CAPABILITIES})
+        yield Rig(store, parts.objects, parts.documents, parts.jobs())
 
 
 async def stream(data: bytes, size: int) -> AsyncIterator[bytes]:

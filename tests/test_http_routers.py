@@ -14,18 +14,13 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 
-from cloud_service.accounting import Admission
 from cloud_service.audit import AuditLog
 from cloud_service.auth import create_token
-from cloud_service.clf import ClfLog
 from cloud_service.config import ServiceConfig
-from cloud_service.db import create_schema, make_engine
-from cloud_service.documents import Documents
 from cloud_service.http import Deps, manage, objects, operators, services
 from cloud_service.http.responses import add_error_handlers
-from cloud_service.jobs import JobOperations
-from cloud_service.objects import LocalObjectStore, UrlSigner
 from cloud_service.store import JobStore
+from tests.support.inprocess import service_parts
 
 
 @dataclass
@@ -36,24 +31,15 @@ class Parts:
 
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await create_schema(engine)
-    store = JobStore(engine)
-    objects = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
-
     async def notify(*_: object) -> None:
         raise AssertionError("these routes publish nothing")
 
-    audit = AuditLog(tmp_path / "security.log")
-    clf = ClfLog(tmp_path / "access.log")
-    config = ServiceConfig()
-    jobs = JobOperations(store, Documents(store, objects, 1 << 20, config.url_ttl), notify, Admission(store, config))
-    deps = Deps(store=store, jobs=jobs, objects=objects, clf=clf,
-                audit=audit, config=config, ipp_base=lambda: "ipps://cloud.example:8443")
-    yield Parts(deps, tmp_path / "security.log")
-    audit.close()
-    clf.close()
-    await engine.dispose()
+    async with service_parts(tmp_path, url_ttl=ServiceConfig().url_ttl) as service:
+        audit = AuditLog(tmp_path / "security.log")
+        deps = Deps(store=service.store, jobs=service.jobs(notify), objects=service.objects, clf=service.clf,
+                    audit=audit, config=service.config, ipp_base=lambda: "ipps://cloud.example:8443")
+        yield Parts(deps, tmp_path / "security.log")
+        audit.close()
 
 
 def _client(deps: Deps, router: APIRouter) -> httpx.AsyncClient:

@@ -17,11 +17,8 @@ import pytest
 from sqlalchemy import event
 
 from broker.credentials import generate_password
-from cloud_service.clf import ClfLog
-from cloud_service.db import create_schema, make_engine
 from cloud_service.devices import DeviceProtocol
-from cloud_service.documents import DocumentKey, Documents
-from cloud_service.objects import LocalObjectStore, UrlSigner
+from cloud_service.documents import DocumentKey
 from cloud_service.store import JobStore
 from schemas.enums import JobState, ServiceKind
 from schemas.ipp.codec import Op, Tag, simple
@@ -37,6 +34,7 @@ from schemas.messages import (
     decode_down,
     encode,
 )
+from tests.support.inprocess import service_parts
 from tests.support.ipptools import ipp, new, reply
 from tests.support.rawdevice import RawDevice
 from tests.support.secstack import secure_stack
@@ -174,14 +172,8 @@ class Service:
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
-    await create_schema(engine)
-    store = JobStore(engine)
-    objects = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
-    clf = ClfLog(tmp_path / "access.log")
-    yield Service(store, DeviceProtocol(store, Documents(store, objects, max_bytes=1 << 20, url_ttl=60), clf))
-    clf.close()
-    await engine.dispose()
+    async with service_parts(tmp_path) as parts:
+        yield Service(parts.store, parts.devices())
 
 
 async def test_a_hello_costs_the_same_statements_for_one_job_as_for_a_thousand(service: Service) -> None:
