@@ -60,6 +60,22 @@ class _FileConfig:
     defaults: Mapping[str, str] = field(default_factory=dict)
 
 
+def _user_config_path(env: Mapping[str, str], home: str | os.PathLike[str] | None) -> Path:
+    """``$XDG_CONFIG_HOME/cloudimaging/client.json`` (``~/.config`` by default)."""
+    base = env.get("XDG_CONFIG_HOME")
+    config_home = Path(base) if base else Path(home if home is not None else Path.home()) / ".config"
+    return config_home / "cloudimaging" / FILE_NAME
+
+
+def _load_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+
+
 def find_config_file(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
@@ -78,19 +94,12 @@ def find_config_file(
         candidate = directory / DATA_DIR / FILE_NAME
         if candidate.is_file():
             return candidate
-    base = env.get("XDG_CONFIG_HOME")
-    config_home = Path(base) if base else Path(home if home is not None else Path.home()) / ".config"
-    candidate = config_home / "cloudimaging" / FILE_NAME
+    candidate = _user_config_path(env, home)
     return candidate if candidate.is_file() else None
 
 
 def _read_file(path: Path) -> _FileConfig:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    raw = _load_json(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a JSON object with url, token and ca")
     values: dict[str, str | None] = {}
@@ -188,17 +197,10 @@ def set_local_default(
     env = os.environ if env is None else env
     path = config.path
     if path is None:
-        base = env.get("XDG_CONFIG_HOME")
-        config_home = Path(base) if base else Path(home if home is not None else Path.home()) / ".config"
-        path = config_home / "cloudimaging" / FILE_NAME
+        path = _user_config_path(env, home)
     raw: dict[str, object] = {}
     if path.is_file():
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        loaded = _load_json(path)
         if isinstance(loaded, dict):
             raw = loaded
     if raw.get("url") and not _same_service(str(raw["url"]), config.url):
