@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker.pki import Pki, ensure_pki
+from client.api import CloudImagingClient
 from tests.support.docserver import DocServer
 from tests.support.live import LiveStack
 
@@ -43,3 +44,11 @@ def user_token(live: LiveStack, request: pytest.FixtureRequest) -> str:
     """A token for a user of this test alone, so it sees only its own jobs."""
     name = "u-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
     return live.token_for(name)
+
+
+@pytest.fixture
+def user_client(live: LiveStack, user_token: str) -> Iterator[CloudImagingClient]:
+    """That user's client of the live stack."""
+    client = live.client(token=user_token)
+    yield client
+    client.close()

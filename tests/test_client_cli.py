@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,14 +50,6 @@ def run(live: LiveStack, user_token: str, monkeypatch: pytest.MonkeyPatch, capsy
 
 
 @pytest.fixture
-def api(live: LiveStack, user_token: str) -> Iterator[CloudImagingClient]:
-    """The same user's client, to set the scene and to check what the CLI did."""
-    client = live.client(token=user_token)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def doc(tmp_path: Path) -> Path:
     path = tmp_path / "report.pdf"
     path.write_bytes(b"%PDF-1.7\nhello\n")
@@ -68,8 +60,8 @@ def lines(pages: int) -> bytes:
     return b"".join(b"line %d\n" % n for n in range(60 * pages))
 
 
-def only_job(api: CloudImagingClient) -> JobInfo:
-    [job] = api.jobs(all=True)
+def only_job(user_client: CloudImagingClient) -> JobInfo:
+    [job] = user_client.jobs(all=True)
     return job
 
 
@@ -127,14 +119,14 @@ def test_unknown_printer_is_an_error(run: Run) -> None:
 # ------------------------------------------------------------------------------ print
 
 
-def test_print_like_lp(run: Run, api: CloudImagingClient, doc: Path, tmp_path: Path) -> None:
+def test_print_like_lp(run: Run, user_client: CloudImagingClient, doc: Path, tmp_path: Path) -> None:
     code, out, err = run(
         "print", str(doc), "-p", "parked", "-n", "2", "-t", "Q3",
         "-o", "sides=two-sided-long-edge", "-o", "page-ranges=1-3,5", "-o", "finishings=4,5",
         "-o", "print-quality=5", "-o", "orientation-requested=4", "-o", "number-up=2",
         "-o", "media=iso_a4_210x297mm", "-o", "print-color-mode=color",
     )  # fmt: skip
-    job = only_job(api)
+    job = only_job(user_client)
     assert (code, out, err) == (0, f"request id is parked-{job.id} (1 file(s)) on printer parked\n", "")
     assert job.service == "parked"
     assert (job.documents[0].name, job.documents[0].format) == ("report.pdf", "application/pdf")
@@ -150,15 +142,15 @@ def test_print_like_lp(run: Run, api: CloudImagingClient, doc: Path, tmp_path: P
         "number-up": 2,
         "finishings": [4, 5],
     }
-    api.download(job.id, 1, tmp_path / "back.pdf")
+    user_client.download(job.id, 1, tmp_path / "back.pdf")
     assert (tmp_path / "back.pdf").read_bytes() == doc.read_bytes()
 
 
-def test_bad_option_is_refused_before_any_request(run: Run, api: CloudImagingClient, doc: Path) -> None:
+def test_bad_option_is_refused_before_any_request(run: Run, user_client: CloudImagingClient, doc: Path) -> None:
     code, out, err = run("print", str(doc), "-o", "page-ranges=3-1")
     assert (code, out) == (2, "")
     assert err.startswith("cloudimaging: error: page-ranges:") and err.count("\n") == 1
-    assert api.jobs(all=True) == []
+    assert user_client.jobs(all=True) == []
 
 
 def test_bad_option_is_refused_even_without_configuration(run: Run, doc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,33 +160,34 @@ def test_bad_option_is_refused_even_without_configuration(run: Run, doc: Path, m
 
 
 def test_unsupported_value_shows_the_attribute_and_what_is_supported(
-    run: Run, api: CloudImagingClient, doc: Path
+    run: Run, user_client: CloudImagingClient, doc: Path
 ) -> None:
     code, out, err = run("print", str(doc), "-p", "office", "-o", "sides=two-sided-short-edge")
     assert (code, out) == (1, "")
     assert err.startswith("cloudimaging: error: sides=two-sided-short-edge is not supported")
     assert "one-sided, two-sided-long-edge" in err
-    assert api.jobs(all=True) == []  # refused at create: no upload
+    assert user_client.jobs(all=True) == []  # refused at create: no upload
 
 
-def test_format_flag_overrides_detection(run: Run, api: CloudImagingClient, doc: Path) -> None:
+def test_format_flag_overrides_detection(run: Run, user_client: CloudImagingClient, doc: Path) -> None:
     assert run("print", str(doc), "-p", "parked", "--format", "text/plain")[0] == 0
-    assert only_job(api).documents[0].format == "text/plain"
+    assert only_job(user_client).documents[0].format == "text/plain"
 
 
-def test_print_json_is_the_job_and_nothing_else(run: Run, api: CloudImagingClient, doc: Path) -> None:
+def test_print_json_is_the_job_and_nothing_else(run: Run, user_client: CloudImagingClient, doc: Path) -> None:
     code, out, err = run("print", "--json", str(doc), "-p", "parked")
     assert code == 0 and err == ""
     job = json.loads(out)
-    assert job["id"] == only_job(api).id and job["state"] == "pending"
+    assert job["id"] == only_job(user_client).id and job["state"] == "pending"
 
 
-def test_print_from_stdin(run: Run, api: CloudImagingClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_print_from_stdin(run: Run, user_client: CloudImagingClient, monkeypatch: pytest.MonkeyPatch,
+                          tmp_path: Path) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"plain words\n")))
     assert run("print", "-", "-p", "parked")[0] == 0
-    job = only_job(api)
+    job = only_job(user_client)
     assert (job.documents[0].format, job.documents[0].name) == ("text/plain", "(stdin)")
-    api.download(job.id, 1, tmp_path / "back.txt")
+    user_client.download(job.id, 1, tmp_path / "back.txt")
     assert (tmp_path / "back.txt").read_bytes() == b"plain words\n"
 
 
@@ -205,10 +198,10 @@ def test_print_by_reference(run: Run) -> None:
     assert "document-uri" in err and "no such file" not in err
 
 
-def test_missing_file(run: Run, api: CloudImagingClient, tmp_path: Path) -> None:
+def test_missing_file(run: Run, user_client: CloudImagingClient, tmp_path: Path) -> None:
     code, _, err = run("print", str(tmp_path / "absent.pdf"))
     assert code == 1 and "absent.pdf: no such file" in err
-    assert api.jobs(all=True) == []
+    assert user_client.jobs(all=True) == []
 
 
 def test_no_progress_output_when_stderr_is_not_a_terminal(run: Run, doc: Path) -> None:
@@ -227,13 +220,13 @@ def test_print_wait_exit_code_follows_the_job(run: Run, doc: Path, printer: str,
     assert no_line_repeats(out)  # a new version that looks the same prints no line
 
 
-def test_print_wait_on_a_canceled_job_exits_2(run: Run, api: CloudImagingClient, tmp_path: Path) -> None:
+def test_print_wait_on_a_canceled_job_exits_2(run: Run, user_client: CloudImagingClient, tmp_path: Path) -> None:
     (tmp_path / "long.txt").write_bytes(lines(100))
 
     def cancel_once_printing() -> None:
-        while not api.jobs() or api.jobs()[0].state != JobState.PROCESSING:
+        while not user_client.jobs() or user_client.jobs()[0].state != JobState.PROCESSING:
             time.sleep(0.05)
-        api.cancel(api.jobs()[0].id)
+        user_client.cancel(user_client.jobs()[0].id)
 
     canceler = threading.Thread(target=cancel_once_printing, daemon=True)
     canceler.start()
@@ -250,12 +243,12 @@ def test_print_wait_json_prints_only_the_final_job(run: Run, doc: Path) -> None:
 
 
 def test_ctrl_c_while_waiting_stops_waiting_without_canceling(
-    run: Run, api: CloudImagingClient, tmp_path: Path
+    run: Run, user_client: CloudImagingClient, tmp_path: Path
 ) -> None:
     (tmp_path / "long.txt").write_bytes(lines(100))
 
     def ctrl_c_once_printing() -> None:  # a page in, the command is surely following the job
-        while not api.jobs() or api.jobs()[0].impressions_completed < 1:
+        while not user_client.jobs() or user_client.jobs()[0].impressions_completed < 1:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -263,21 +256,21 @@ def test_ctrl_c_while_waiting_stops_waiting_without_canceling(
     interrupter.start()
     code, out, err = run("print", str(tmp_path / "long.txt"), "-p", "slow", "--wait")
     interrupter.join(10)
-    job = only_job(api)
+    job = only_job(user_client)
     assert code == 130
     assert out.startswith(f"request id is slow-{job.id}")
     assert f"stopped waiting; job slow-{job.id} was not canceled" in err
     assert job.state == JobState.PROCESSING and "processing-to-stop-point" not in job.state_reasons
-    api.cancel(job.id)
+    user_client.cancel(job.id)
 
 
 # ------------------------------------------------------------------------------ jobs, status, cancel
 
 
-def test_jobs_and_all(run: Run, api: CloudImagingClient) -> None:
-    done = api.submit(b"%PDF-1.4 done", service="office")
-    api.wait(done.id)
-    queued = api.submit(b"waiting", service="parked")
+def test_jobs_and_all(run: Run, user_client: CloudImagingClient) -> None:
+    done = user_client.submit(b"%PDF-1.4 done", service="office")
+    user_client.wait(done.id)
+    queued = user_client.submit(b"waiting", service="parked")
     code, out, _ = run("jobs")
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == ["ID", str(queued.id)]
@@ -291,9 +284,9 @@ def test_no_jobs_prints_nothing(run: Run) -> None:
     assert run("jobs") == (0, "", "")
 
 
-def test_status_accepts_lp_request_ids(run: Run, api: CloudImagingClient) -> None:
-    job = api.submit(b"%PDF-1.4 status", service="office")
-    api.wait(job.id)
+def test_status_accepts_lp_request_ids(run: Run, user_client: CloudImagingClient) -> None:
+    job = user_client.submit(b"%PDF-1.4 status", service="office")
+    user_client.wait(job.id)
     code, out, _ = run("status", f"office-{job.id}")
     assert code == 0
     assert out.splitlines()[0] == f"job office-{job.id} is completed"
@@ -303,19 +296,19 @@ def test_status_accepts_lp_request_ids(run: Run, api: CloudImagingClient) -> Non
     assert history[0]["state"] == "pending-held" and history[-1]["state"] == "completed"
 
 
-def test_status_wait(run: Run, api: CloudImagingClient) -> None:
-    job = api.submit(b"%PDF-1.4 refused", service="rejecting")
+def test_status_wait(run: Run, user_client: CloudImagingClient) -> None:
+    job = user_client.submit(b"%PDF-1.4 refused", service="rejecting")
     code, out, _ = run("status", str(job.id), "--wait")
     assert code == 1
     assert out.splitlines()[-1].startswith(f"rejecting-{job.id}: aborted (aborted-by-system")
 
 
-def test_cancel_messages_and_exit_codes(run: Run, api: CloudImagingClient) -> None:
-    queued = api.submit(b"waiting", service="parked")
-    printing = api.submit(lines(100), service="slow")
-    done = api.submit(b"%PDF-1.4 done", service="office")
-    api.wait(done.id)
-    for info in api.events(printing.id):
+def test_cancel_messages_and_exit_codes(run: Run, user_client: CloudImagingClient) -> None:
+    queued = user_client.submit(b"waiting", service="parked")
+    printing = user_client.submit(lines(100), service="slow")
+    done = user_client.submit(b"%PDF-1.4 done", service="office")
+    user_client.wait(done.id)
+    for info in user_client.events(printing.id):
         if info.state == JobState.PROCESSING:
             break
     assert run("cancel", str(queued.id)) == (0, f"job parked-{queued.id} canceled\n", "")
@@ -328,16 +321,16 @@ def test_cancel_messages_and_exit_codes(run: Run, api: CloudImagingClient) -> No
     assert code == 1 and "999999" in err
 
 
-def test_cancel_several_goes_on_after_a_failure(run: Run, api: CloudImagingClient) -> None:
-    first, second = (api.submit(b"waiting", service="parked") for _ in range(2))
+def test_cancel_several_goes_on_after_a_failure(run: Run, user_client: CloudImagingClient) -> None:
+    first, second = (user_client.submit(b"waiting", service="parked") for _ in range(2))
     code, out, err = run("cancel", str(first.id), "999999", str(second.id), "--json")
     assert code == 1
     assert [j["id"] for j in json.loads(out)["jobs"]] == [first.id, second.id]
     assert "999999" in err
 
 
-def test_cancel_json_single(run: Run, api: CloudImagingClient) -> None:
-    job = api.submit(b"waiting", service="parked")
+def test_cancel_json_single(run: Run, user_client: CloudImagingClient) -> None:
+    job = user_client.submit(b"waiting", service="parked")
     code, out, _ = run("--json", "cancel", str(job.id))
     assert code == 0 and json.loads(out)["state"] == "canceled"
 
@@ -443,10 +436,10 @@ def test_the_other_packages_verbs_are_there_when_installed(run: Run) -> None:
         assert verb in out, verb
 
 
-def test_bad_format_is_a_usage_error(run: Run, api: CloudImagingClient, doc: Path) -> None:
+def test_bad_format_is_a_usage_error(run: Run, user_client: CloudImagingClient, doc: Path) -> None:
     code, _, err = run("print", str(doc), "--format", "pdf")
     assert code == 2 and "document-format" in err
-    assert api.jobs(all=True) == []
+    assert user_client.jobs(all=True) == []
 
 
 def test_directory_is_not_a_document(run: Run, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from manager import Manager, ManagerConfig
 from schemas import topics
 from schemas.enums import JobState
 from schemas.messages import Bye, Hello, JobFetchable
+from tests.support.brokers import terminate
 from tests.support.devicelink import ServiceSide, service_side
 from tests.support.documents import make_pdf
 
@@ -85,12 +86,7 @@ def broker(tmp_path: Path, pki: Pki) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc)
 
 
 class CloudSide:

@@ -14,7 +14,7 @@ import json
 import re
 import sqlite3
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,6 @@ def doc(tmp_path: Path) -> Path:
     path = tmp_path / "report.pdf"
     path.write_bytes(PDF)
     return path
-
-
-@pytest.fixture
-def user_client(live: LiveStack, user_token: str) -> Iterator[CloudImagingClient]:
-    client = live.client(token=user_token)
-    yield client
-    client.close()
 
 
 # ------------------------------------------------------------------ every error names its file

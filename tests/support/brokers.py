@@ -240,6 +240,18 @@ def render_mosquitto_conf(target: Path, values: dict[str, str]) -> Path:
     return target
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """Stop a process we started: SIGTERM, then SIGKILL if it has not gone within 5 s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 @dataclass
 class MosquittoHandle:
     """A private Mosquitto (never the system one on :1883) configured from deploy/mosquitto."""
@@ -318,14 +330,8 @@ class MosquittoHandle:
 
     def _terminate(self) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            terminate(proc)
 
     def stop(self) -> None:
         self._terminate()
