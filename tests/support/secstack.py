@@ -18,11 +18,9 @@ import httpx
 
 from broker.credentials import generate_password
 from broker.pki import Pki, ensure_pki, write_crl
-from cloud_service.app import CloudService
-from cloud_service.config import ServiceConfig
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from tests.support.brokers import MOSQUITTO_DIR, MosquittoHandle, embedded_broker, find_mosquitto, free_port
-from tests.support.stack import Stack
+from tests.support.stack import Stack, async_wrap, serving
 
 ADMIN = "admin"
 
@@ -131,7 +129,7 @@ async def secure_stack(tmp: Path, broker: str = "embedded", **options: Any) -> A
     if broker == "embedded":
         broker_cm: Any = embedded_broker(tmp / "broker")
     else:
-        broker_cm = _async_wrap(mtls_mosquitto(tmp / "mosquitto", ensure_pki(tmp / "pki")))
+        broker_cm = async_wrap(mtls_mosquitto(tmp / "mosquitto", ensure_pki(tmp / "pki")))
     async with broker_cm as b:
         await asyncio.to_thread(b.add_user, "cloud-service", service_password)
         extra: dict[str, Any] = {"broker_password_file": b.passwd, "pki_dir": b.pki.ca_cert.parent,
@@ -140,22 +138,8 @@ async def secure_stack(tmp: Path, broker: str = "embedded", **options: Any) -> A
             extra.update(broker_kind="mosquitto", device_broker_url=b.device_url,
                          broker_reload_command=[_hup_script(tmp), str(b.process.pid)])
         extra.update(options)
-        config = ServiceConfig(data_dir=tmp / "service", broker_url=b.url, broker_password=service_password,
-                               ca_file=b.pki.ca_cert, tls_cert=b.pki.server_cert, tls_key=b.pki.server_key,
-                               http_host="127.0.0.1", http_port=0, keepalive=5, **extra)
-        service = CloudService(config)
-        await service.start()
-        assert service.mqtt.connected.is_set(), "service did not connect to the broker"
-        token = await service.create_token(ADMIN, "admin")
-        async with httpx.AsyncClient(base_url=service.url, verify=str(b.pki.ca_cert), timeout=20.0,
-                                     headers={"Authorization": f"Bearer {token}"}) as http:
-            stack = SecureStack(tmp, b, service, token, http)
-            try:
-                yield stack
-            finally:
-                for device_id in list(stack.managers):
-                    await stack.stop_manager(device_id)
-                await service.stop()
+        async with serving(SecureStack, tmp, b, service_password, ADMIN, **extra) as stack:
+            yield stack
 
 
 def _hup_script(tmp: Path) -> str:
@@ -166,11 +150,6 @@ def _hup_script(tmp: Path) -> str:
     os.chmod(script, 0o700)
     return str(script)
 
-
-@contextlib.asynccontextmanager
-async def _async_wrap(cm: Any) -> AsyncIterator[Any]:
-    with cm as value:
-        yield value
 
 
 def cert_context(ca: Path, cert: Path, key: Path) -> Any:

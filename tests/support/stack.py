@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -115,6 +115,9 @@ class Stack:
         raise AssertionError(f"job {job_id} did not reach the expected state in {timeout}s: {job}")
 
 
+S = TypeVar("S", bound=Stack)
+
+
 @contextlib.asynccontextmanager
 async def running_stack(tmp: Path, broker: str = "embedded") -> AsyncIterator[Stack]:
     from tests.support.brokers import embedded_broker, mosquitto_broker
@@ -125,28 +128,37 @@ async def running_stack(tmp: Path, broker: str = "embedded") -> AsyncIterator[St
     else:
         from broker.pki import ensure_pki
 
-        broker_cm = _async_wrap(mosquitto_broker(tmp / "mosquitto", ensure_pki(tmp / "pki")))
+        broker_cm = async_wrap(mosquitto_broker(tmp / "mosquitto", ensure_pki(tmp / "pki")))
     async with broker_cm as b:
         await asyncio.to_thread(b.add_user, "cloud-service", service_password)
-        config = ServiceConfig(data_dir=tmp / "service", broker_url=b.url, broker_password=service_password,
-                               ca_file=b.pki.ca_cert, tls_cert=b.pki.server_cert, tls_key=b.pki.server_key,
-                               http_host="127.0.0.1", http_port=0, keepalive=5)
-        service = CloudService(config)
-        await service.start()
-        assert service.mqtt.connected.is_set(), "service did not connect to the broker"
-        token = await service.create_token("admin", "admin")
-        async with httpx.AsyncClient(base_url=service.url, verify=str(b.pki.ca_cert), timeout=20.0,
-                                     headers={"Authorization": f"Bearer {token}"}) as http:
-            stack = Stack(tmp, b, service, token, http)
-            try:
-                yield stack
-            finally:
-                for device_id in list(stack.managers):
-                    await stack.stop_manager(device_id)
-                await service.stop()
+        async with serving(Stack, tmp, b, service_password) as stack:
+            yield stack
 
 
 @contextlib.asynccontextmanager
-async def _async_wrap(cm: Any) -> AsyncIterator[Any]:
+async def serving(make: Callable[..., S], tmp: Path, b: Any, service_password: str, admin: str = "admin",
+                  **config: Any) -> AsyncIterator[S]:
+    """The real service on broker ``b`` (TLS on its CA), an admin token, and ``make(tmp, b, service,
+    token, http)``; stops the stack's Managers and the service at the end."""
+    service = CloudService(ServiceConfig(
+        data_dir=tmp / "service", broker_url=b.url, broker_password=service_password, ca_file=b.pki.ca_cert,
+        tls_cert=b.pki.server_cert, tls_key=b.pki.server_key, http_host="127.0.0.1", http_port=0, keepalive=5,
+        **config))
+    await service.start()
+    assert service.mqtt.connected.is_set(), "service did not connect to the broker"
+    token = await service.create_token(admin, "admin")
+    async with httpx.AsyncClient(base_url=service.url, verify=str(b.pki.ca_cert), timeout=20.0,
+                                 headers={"Authorization": f"Bearer {token}"}) as http:
+        stack = make(tmp, b, service, token, http)
+        try:
+            yield stack
+        finally:
+            for device_id in list(stack.managers):
+                await stack.stop_manager(device_id)
+            await service.stop()
+
+
+@contextlib.asynccontextmanager
+async def async_wrap(cm: Any) -> AsyncIterator[Any]:
     with cm as value:
         yield value
