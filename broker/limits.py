@@ -98,8 +98,15 @@ class Admission:
         if self.transport is not None:
             self.transport.abort()
         elif self.task is not None:
+            # A task cancelled before it first runs never enters its body, so it cannot close
+            # the socket itself: close it here once the task is done, unless a transport took it.
             self.task.cancel()
+            self.task.add_done_callback(self._close_unless_handed_over)
         else:
+            self.sock.close()
+
+    def _close_unless_handed_over(self, _task: asyncio.Task[Any]) -> None:
+        if self.transport is None:
             self.sock.close()
 
 

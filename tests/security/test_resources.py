@@ -158,8 +158,12 @@ async def test_idle_and_half_open_floods_do_not_exhaust_or_starve_the_listeners(
             flooded = time.monotonic() - started
             deadline = time.monotonic() + 2 * TIMEOUT + 5
             still_open = [s for s in opened if not await asyncio.to_thread(flood.closed_by_peer, s, deadline)]
+            ports = {p: sum(1 for sock in still_open if sock.getpeername()[1] == p)
+                     for p in (https_port, up.broker_port)}
             assert not still_open, (f"{len(still_open)} of {len(opened)} idle connections still open "
-                                    f"{2 * TIMEOUT + 5:.0f} s after the flood (opening it took {flooded:.1f} s)")
+                                    f"{2 * TIMEOUT + 5:.0f} s after the flood (opening it took {flooded:.1f} s; "
+                                    f"https {ports[https_port]}, mqtt {ports[up.broker_port]}); "
+                                    f"service output: {up.output[-3000:]}")
         finally:
             flood.close_all(opened)
 
