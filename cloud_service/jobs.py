@@ -28,7 +28,7 @@ from cloud_service.store import JobNotFound, JobStore
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
 from schemas.model.fax import parse_fax_ticket, validate_fax_ticket
-from schemas.model.job import Abort, Cancel, Close, InvalidTransition
+from schemas.model.job import Abort, Cancel, Close, Hold, InvalidTransition, ReleaseHold
 from schemas.model.scan import parse_scan_ticket, validate_scan_ticket
 from schemas.model.ticket import TicketError, TicketProblem, parse_print_ticket, validate_print_ticket
 from schemas.tickets import FaxOutCapabilities, PrintCapabilities, ScanCapabilities
@@ -166,7 +166,8 @@ class JobOperations:
         except InvalidTransition as exc:
             raise Refusal(409, "job-not-incoming", str(exc)) from None
         row = result.row
-        self.notify(row.device_id, JobFetchable(job_id=row.id))
+        if result.after.fetchable:  # a held job rings no doorbell until it is released
+            self.notify(row.device_id, JobFetchable(job_id=row.id))
         return row
 
     # ------------------------------------------------------------------ reading and canceling
@@ -211,4 +212,35 @@ class JobOperations:
             raise Refusal(409, "job-ended", str(exc)) from None
         # Tell the device either way: it may hold the ticket of a job it has not claimed yet.
         self.notify(result.row.device_id, JobCanceled(job_id=job_id, version=result.row.version))
+        return result.row
+
+    # ------------------------------------------------------------------ holding
+
+    async def _own(self, user: User, job_id: int, verb: str) -> JobRow:
+        """The job, if ``user`` may act on it as on its own (owner, admin, owner of its device)."""
+        row, full = await self.view(user, job_id)
+        if not full:
+            device = await self.store.device(row.device_id)
+            if not owns(user, device):
+                raise Refusal(403, "forbidden", f"job {job_id} is not yours to {verb}")
+        return row
+
+    async def hold(self, user: User, job_id: int) -> JobRow:
+        """Hold-Job: no device may take the job until it is released (a claimed job is past it)."""
+        await self._own(user, job_id, "hold")
+        try:
+            result = await self.store.transition(job_id, Hold(message=f"held by {user.name}"))
+        except InvalidTransition as exc:
+            raise Refusal(409, "job-not-holdable", str(exc)) from None
+        return result.row
+
+    async def release(self, user: User, job_id: int) -> JobRow:
+        """Release-Job: a held job becomes fetchable (the device's doorbell rings)."""
+        await self._own(user, job_id, "release")
+        try:
+            result = await self.store.transition(job_id, ReleaseHold(message=f"released by {user.name}"))
+        except InvalidTransition as exc:
+            raise Refusal(409, "job-not-held", str(exc)) from None
+        if result.after.fetchable:
+            self.notify(result.row.device_id, JobFetchable(job_id=job_id))
         return result.row

@@ -88,6 +88,7 @@ class Reason:
     # job-state-reasons (RFC 8011 5.3.8, PWG 5100.18)
     JOB_INCOMING = "job-incoming"
     JOB_FETCHABLE = "job-fetchable"
+    JOB_HOLD_UNTIL_SPECIFIED = "job-hold-until-specified"
     JOB_QUEUED = "job-queued"
     JOB_PRINTING = "job-printing"
     JOB_COMPLETED_SUCCESSFULLY = "job-completed-successfully"

@@ -188,7 +188,7 @@ def test_ticket_from_job_attributes() -> None:
               collection(media_size=(Tag.BEGIN_COLLECTION, collection(x_dimension=(Tag.INTEGER, 21590),
                                                                         y_dimension=(Tag.INTEGER, 27940)))))
     group.add("output-bin", Tag.KEYWORD, "auto")
-    group.add("job-priority", Tag.INTEGER, 99)
+    group.add("job-priority", Tag.INTEGER, 101)  # 1..100 only
     group.add("sides-bogus", Tag.KEYWORD, "x")
     parsed = ia.ticket_from_job_attributes(group)
     assert parsed.ticket == {"copies": 2, "sides": "two-sided-long-edge", "print-quality": 5,

@@ -18,10 +18,12 @@ from schemas.model.job import (
     Close,
     DeviceReport,
     DocumentReport,
+    Hold,
     InvalidTransition,
     Job,
     Reject,
     Release,
+    ReleaseHold,
     Suspend,
 )
 
@@ -130,10 +132,36 @@ def test_suspend_while_device_away_then_resume() -> None:
         claimed().apply(Suspend())  # not started: released or aborted by the step rules instead
 
 
+def test_hold_and_release() -> None:
+    # A fetchable job is held (no device may take it) and released (fetchable again).
+    held = Job.created(with_documents=True).apply(Hold())
+    assert held.state is S.PENDING_HELD and held.held and not held.fetchable
+    assert held.reasons == (Reason.JOB_HOLD_UNTIL_SPECIFIED,) and held.apply(Hold()) == held
+    with pytest.raises(InvalidTransition):
+        held.apply(Accept())
+    assert held.apply(ReleaseHold()).fetchable
+    # Held while its documents come in (job-hold-until at submit): held once closed.
+    incoming = Job.created(with_documents=False).apply(Hold())
+    assert incoming.state is S.PENDING_HELD and Reason.JOB_INCOMING in incoming.reasons and incoming.held
+    closed = incoming.apply(Close())
+    assert closed.held and Reason.JOB_INCOMING not in closed.reasons
+    with pytest.raises(InvalidTransition):
+        closed.apply(Close())
+    # ... or released before it closed: fetchable at close.
+    assert incoming.apply(ReleaseHold()).apply(Close()).fetchable
+    # A claimed job is past holding; a job not held cannot be released; a held job can be canceled.
+    with pytest.raises(InvalidTransition):
+        claimed().apply(Hold())
+    with pytest.raises(InvalidTransition):
+        Job.created(with_documents=True).apply(ReleaseHold())
+    assert held.apply(Cancel()).state is S.CANCELED
+
+
 @pytest.mark.parametrize("final", [S.COMPLETED, S.ABORTED, S.CANCELED])
 def test_terminal_states_are_final(final: JobState) -> None:
     job = claimed().apply(DeviceReport(final))
-    for event in (Close(), Accept(), Reject(), DeviceReport(S.PROCESSING), Cancel(), Abort(), Release(), Suspend()):
+    for event in (Close(), Accept(), Reject(), DeviceReport(S.PROCESSING), Cancel(), Abort(), Release(), Suspend(),
+                  Hold(), ReleaseHold()):
         with pytest.raises(InvalidTransition):
             job.apply(event)
 
@@ -176,7 +204,7 @@ events = st.one_of(
     st.builds(DocumentReport, number=st.integers(1, 3), state=st.sampled_from(list(DocumentState)),
               impressions_completed=st.integers(0, 20)),
     st.just(Close()), st.just(Accept()), st.builds(Reject), st.builds(Cancel), st.builds(Abort),
-    st.builds(Release), st.builds(Suspend),
+    st.builds(Release), st.builds(Suspend), st.builds(Hold), st.builds(ReleaseHold),
     st.builds(DeviceReport, state=st.sampled_from(list(JobState)),
               reasons=st.lists(st.sampled_from(["media-jam", "media-empty", "none"]), max_size=2).map(tuple),
               impressions_completed=st.integers(0, 20)),
@@ -185,6 +213,7 @@ events = st.one_of(
 #: Every (from, to) pair a job may take; anything else is a bug.
 LEGAL = {
     (S.PENDING_HELD, S.PENDING), (S.PENDING_HELD, S.CANCELED), (S.PENDING_HELD, S.ABORTED),
+    (S.PENDING_HELD, S.PENDING_HELD), (S.PENDING, S.PENDING_HELD),
     (S.PENDING, S.PENDING), (S.PENDING, S.PROCESSING), (S.PENDING, S.PROCESSING_STOPPED),
     (S.PENDING, S.COMPLETED), (S.PENDING, S.ABORTED), (S.PENDING, S.CANCELED),
     (S.PROCESSING, S.PROCESSING), (S.PROCESSING, S.PROCESSING_STOPPED), (S.PROCESSING, S.COMPLETED),

@@ -173,6 +173,18 @@ async def cancel_job(job_id: JobId, user: User = Depends(current_user), deps: De
     return await info(deps, await deps.jobs.cancel(user, job_id))
 
 
+@router.post(f"{API_PREFIX}/jobs/{{job_id}}/hold", tags=["jobs"])
+async def hold_job(job_id: JobId, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
+    """Hold-Job: the job waits (pending-held) until released; 409 once a device has claimed it."""
+    return await info(deps, await deps.jobs.hold(user, job_id))
+
+
+@router.post(f"{API_PREFIX}/jobs/{{job_id}}/release", tags=["jobs"])
+async def release_job(job_id: JobId, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
+    """Release-Job: a held job becomes fetchable again."""
+    return await info(deps, await deps.jobs.release(user, job_id))
+
+
 async def _abandon(deps: Deps, job_id: int) -> None:
     """Cancel a job whose document did not arrive, unless it has ended already (a document
     refused as too large aborts its job with that reason; the refusal is what the client sees)."""

@@ -1,5 +1,7 @@
 """The IPP front: every print service is an IPP Everywhere printer at /ipp/print/NAME.
 
+Its icons (printer-icons) are served, without credentials, at /ipp/icons/SIZE.png.
+
 An ASGI app mounted at ``/ipp`` on the service's HTTPS server, so ``ipps://HOST:PORT/ipp/
 print/NAME`` reaches it (IPP over HTTPS POST, Content-Type application/ipp; RFC 8010). It is
 a translation layer only: jobs are created, fed, closed and canceled through JobOperations and
@@ -39,6 +41,7 @@ from cloud_service.auth import User
 from cloud_service.credentials import parse_authorization, user_for
 from cloud_service.db import JobRow, ServiceRow
 from cloud_service.errors import Refusal
+from cloud_service.ipp import everywhere
 from cloud_service.jobs import JobOperations
 from cloud_service.store import JobStore
 from schemas.api import JobInfo
@@ -68,11 +71,16 @@ log = logging.getLogger("cloudimaging.ipp")
 MAX_ATTRIBUTE_BYTES = 1024 * 1024
 REALM = "cloudimaging"
 SYSTEM_USER = User("system", "admin")
+HOLD_JOB = 0x000C
+RELEASE_JOB = 0x000D
 OPERATIONS = [Op.PRINT_JOB, Op.VALIDATE_JOB, Op.CREATE_JOB, Op.SEND_DOCUMENT, Op.CANCEL_JOB, Op.GET_JOB_ATTRIBUTES,
-              Op.GET_JOBS, Op.GET_PRINTER_ATTRIBUTES, Op.CLOSE_JOB, Op.IDENTIFY_PRINTER]
+              Op.GET_JOBS, Op.GET_PRINTER_ATTRIBUTES, HOLD_JOB, RELEASE_JOB, Op.CANCEL_MY_JOBS, Op.CLOSE_JOB,
+              Op.IDENTIFY_PRINTER]
 _PATH = re.compile(r"^/print/([a-z0-9][a-z0-9-]{0,63})(?:/([0-9]{1,18}))?/?$")
+_ICON = re.compile(r"^/icons/([0-9]{2,3})\.png$")
 _JOB_TEMPLATE_IN_JOB = frozenset({"copies", "finishings", "media", "number-up", "orientation-requested",
-                                  "page-ranges", "print-color-mode", "print-quality", "sides"})
+                                  "page-ranges", "print-color-mode", "print-quality", "sides", "job-hold-until",
+                                  "job-priority"})
 
 
 class IppError(Exception):
@@ -167,6 +175,8 @@ class _Request:
     authorization: str
     scope: Scope
     user: User | None = None
+    #: job-hold-until=indefinite in the request's job attributes.
+    hold: bool = False
 
 
 class IppFront:
@@ -189,6 +199,10 @@ class IppFront:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        icon = _ICON.match(_route_path(scope))
+        if icon is not None and scope["method"] in ("GET", "HEAD"):
+            await _icon(send, int(icon.group(1)), scope["method"] == "HEAD")
             return
         match = _PATH.match(_route_path(scope))
         if match is None:
@@ -271,6 +285,9 @@ class IppFront:
             Op.GET_JOB_ATTRIBUTES: self._get_job_attributes,
             Op.GET_JOBS: self._get_jobs,
             Op.IDENTIFY_PRINTER: self._identify_printer,
+            HOLD_JOB: self._hold_job,
+            RELEASE_JOB: self._release_job,
+            Op.CANCEL_MY_JOBS: self._cancel_my_jobs,
         }
 
     def _check_request(self, req: _Request) -> None:
@@ -336,13 +353,21 @@ class IppFront:
         status = service_overlay(service.state, service.state_reasons, service.state_message, online, revoked)
         uri = self.printer_uri(service.name)
         caps = PrintCapabilities.model_validate(service.capabilities)
+        base = self.https_base()
+        changed = int(service.updated_at or 0)
         info = ia.PrinterInfo(
             name=service.name, uri=uri, more_info=f"{self.https_base()}/api/v1/services/print/{service.name}",
             uuid=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, uri)}", state_enum=status.state.ipp,
             state_reasons=list(status.reasons), state_message=status.message, info=service.info,
             location=service.location, make_and_model=service.make_and_model, queued_jobs=queued,
             accepting=status.accepting_jobs,
-            max_kbytes=math.ceil(self.jobs.documents.max_bytes / 1024))
+            max_kbytes=math.ceil(self.jobs.documents.max_bytes / 1024),
+            formats=everywhere.document_format_supported(caps), raster_types=everywhere.raster_types(caps),
+            raster_resolutions=list(everywhere.RASTER_RESOLUTIONS),
+            icons=[f"{base}/ipp/icons/{size}.png" for size in everywhere.ICON_SIZES],
+            supplies=everywhere.unknown_supplies(),
+            supply_info_uri=f"{base}/api/v1/services/print/{service.name}",
+            config_change_time=changed, state_change_time=changed)
         return caps, info
 
     async def _get_printer_attributes(self, req: _Request, service: ServiceRow) -> Message:
@@ -376,6 +401,7 @@ class IppFront:
             parsed.ticket["job-name"] = simple(job_name)
             originals["job-name"] = job_name
         fidelity = simple(req.op.get("ipp-attribute-fidelity")) is True
+        req.hold = parsed.hold
         compression = req.op.get("compression")
         if compression is not None and simple(compression) != "none":
             raise IppError(Status.CLIENT_ERROR_COMPRESSION_NOT_SUPPORTED, "only compression=none is supported",
@@ -421,6 +447,8 @@ class IppFront:
             raise IppError(Status.CLIENT_ERROR_BAD_REQUEST, "Print-Job needs document data")
         row = await self._call(self.jobs.create(req.user, ServiceKind.PRINT, service.name, ticket, fmt,
                                                 _document_name(req), None))
+        if req.hold:
+            await self._call(self.jobs.hold(req.user, row.id))
         row = await self._feed(req, row.id, close=True)
         return await self._job_reply(req, row, ignored)
 
@@ -431,6 +459,8 @@ class IppFront:
         ticket, ignored = self._ticket(req, service, fmt)
         row = await self._call(self.jobs.create(req.user, ServiceKind.PRINT, service.name, ticket, fmt,
                                                 _document_name(req), None))
+        if req.hold:
+            row = await self._call(self.jobs.hold(req.user, row.id))
         return await self._job_reply(req, row, ignored)
 
     async def _send_document(self, req: _Request, service: ServiceRow) -> Message:
@@ -521,6 +551,41 @@ class IppFront:
         await self._call(self.jobs.cancel(req.user, row.id))
         return response(Status.OK, req.message.request_id)
 
+    async def _hold_job(self, req: _Request, service: ServiceRow) -> Message:
+        """Hold-Job: job-hold-until (operation attribute) may only be indefinite, its default."""
+        assert req.user is not None
+        until = req.op.get("job-hold-until")
+        if until is not None and simple(until) != "indefinite":
+            raise IppError(Status.CLIENT_ERROR_ATTRIBUTES_OR_VALUES_NOT_SUPPORTED,
+                           "job-hold-until: only indefinite (released by Release-Job)", [until])
+        row = await self._job_row(req, service)
+        await self._call(self.jobs.hold(req.user, row.id))
+        return response(Status.OK, req.message.request_id)
+
+    async def _release_job(self, req: _Request, service: ServiceRow) -> Message:
+        assert req.user is not None
+        row = await self._job_row(req, service)
+        await self._call(self.jobs.release(req.user, row.id))
+        return response(Status.OK, req.message.request_id)
+
+    async def _cancel_my_jobs(self, req: _Request, service: ServiceRow) -> Message:
+        """Cancel-My-Jobs (PWG 5100.11): the user's unfinished jobs here, or those of job-ids."""
+        assert req.user is not None
+        ids = req.op.get("job-ids")
+        rows = await self.store.list_jobs(owner=req.user.name, include_ended=False, kind=ServiceKind.PRINT.value,
+                                          service=service.name, limit=5000)
+        if ids is not None:
+            wanted = {v for v in ids.values if isinstance(v, int) and not isinstance(v, bool)}
+            found = {r.id for r in rows}
+            if wanted - found:
+                raise IppError(Status.CLIENT_ERROR_NOT_POSSIBLE, "job-ids names jobs that are not yours, "
+                               "not here or ended", [ids])
+            rows = [r for r in rows if r.id in wanted]
+        for row in rows:
+            with contextlib.suppress(Refusal):  # one that ended meanwhile is fine
+                await self.jobs.cancel(req.user, row.id)
+        return response(Status.OK, req.message.request_id)
+
     async def _get_job_attributes(self, req: _Request, service: ServiceRow) -> Message:
         row = await self._job_row(req, service)
         info = await self.store.job_info(row)
@@ -541,9 +606,13 @@ class IppFront:
         limit = simple(req.op.get("limit"))
         limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 500
         owner = req.user.name if (my_jobs or not req.user.is_admin) else None
-        rows = await self.store.list_jobs(owner=owner, include_ended=which != "not-completed",
+        job_ids = req.op.get("job-ids")
+        rows = await self.store.list_jobs(owner=owner, include_ended=which != "not-completed" or job_ids is not None,
                                           kind=ServiceKind.PRINT.value, service=service.name, limit=5000)
-        if which == "completed":
+        if job_ids is not None:  # PWG 5100.11: which-jobs is ignored with job-ids
+            wanted = {v for v in job_ids.values if isinstance(v, int) and not isinstance(v, bool)}
+            rows = [r for r in rows if r.id in wanted]
+        elif which == "completed":
             rows = [r for r in rows if JobState(r.state).terminal]
         elif which == "not-completed":
             rows = sorted(rows, key=lambda r: r.id)  # oldest (next to print) first
@@ -597,6 +666,9 @@ class IppFront:
             ia.attr("job-impressions-completed", Tag.INTEGER, job.impressions_completed),
             ia.attr("output-device-assigned", Tag.NAME, job.device_id[:127]),
         ]
+        held = job.state is JobState.PENDING_HELD and "job-hold-until-specified" in job.state_reasons
+        out.append(ia.attr("job-hold-until", Tag.KEYWORD, "indefinite" if held else "no-hold"))
+        out.append(ia.attr("job-priority", Tag.INTEGER, 50))
         if job.documents:
             out.append(ia.attr("document-format-supplied", Tag.MIME_TYPE, job.documents[0].format))
         out.extend(a for a in ia.ticket_to_job_attributes(job.ticket) if a.name in _JOB_TEMPLATE_IN_JOB)
@@ -703,6 +775,18 @@ def _op_name(code: int) -> str:
         return Op(code).name.lower().replace("_", "-")
     except ValueError:
         return f"0x{code:04x}"
+
+
+async def _icon(send: Send, size: int, head: bool) -> None:
+    """printer-icons: PNGs drawn at start (no credentials, like the printer attributes)."""
+    if size not in everywhere.ICON_SIZES:
+        await _plain(send, 404, b"no such icon\n")
+        return
+    data = everywhere.icon_png(size)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(data)).encode()),
+                            (b"cache-control", b"max-age=86400")]})
+    await send({"type": "http.response.body", "body": b"" if head else data})
 
 
 async def _send_ipp(send: Send, data: bytes, close: bool) -> None:

@@ -15,14 +15,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.ipp.codec import Attribute, Group, Range, Resolution, Tag, simple
+from schemas.ipp.codec import Attribute, Collection, Group, Range, Resolution, Tag, collection, simple
 from schemas.tickets import PrintCapabilities
 
 #: Nominal values for attributes PWG 5100.12 requires but our capabilities do not carry;
 #: the cloud never rasterises, so these only let clients build their print dialog.
 NOMINAL_PAGES_PER_MINUTE = 10
 NOMINAL_RESOLUTION = Resolution(600, 600, 3)
+#: Only the versions whose ipptool suite passes: IPP/2.1 and 2.2 (PWG 5100.12) also require
+#: subscriptions, printer administration and document operations the cloud front does not have.
 IPP_VERSIONS = ("1.1", "2.0")
+#: The cloud does not know a device's unprintable margins; 4.23 mm (1/6 in) is what most
+#: office printers report, and what transforms into raster should leave blank.
+NOMINAL_MARGIN = 423
+MEDIA_SOURCES = ("auto",)
+MEDIA_TYPES = ("stationery",)
+#: job-hold-until values honoured: a job is released by Release-Job, never by the clock.
+HOLD_UNTIL = ("no-hold", "indefinite")
+MEDIA_COL_MEMBERS = ("media-bottom-margin", "media-left-margin", "media-right-margin", "media-size",
+                     "media-size-name", "media-source", "media-top-margin", "media-type")
+#: Members an ``overrides`` entry may carry besides the ticket's own attributes.
+OVERRIDE_SCOPE = ("document-copies", "document-numbers", "pages")
 
 #: Job Template attributes (RFC 8011 5.2, PWG 5100.7) whose -default/-supported/-ready
 #: printer attributes form the 'job-template' group of requested-attributes.
@@ -68,13 +81,132 @@ class PrinterInfo:
     queued_jobs: int = 0
     accepting: bool = True
     max_kbytes: int = 0
+    #: document-format-supported: what the device takes plus what the service transforms into it.
+    formats: list[str] = field(default_factory=list)
+    #: Raster the service accepts (pwg-raster-document-*, urf-supported): resolutions in dpi,
+    #: PWG raster types (black_1, sgray_8, srgb_8...).
+    raster_resolutions: list[int] = field(default_factory=lambda: [300])
+    raster_types: list[str] = field(default_factory=lambda: ["sgray_8"])
+    #: printer-icons: 48, 128 and 512 pixel PNGs (PWG 5100.14 5.1.5).
+    icons: list[str] = field(default_factory=list)
+    #: printer-supply values and their descriptions (RFC 3805 prtMarkerSupplies as IPP text).
+    supplies: list[tuple[bytes, str]] = field(default_factory=list)
+    supply_info_uri: str = ""
+    #: Unix times of the last change of the printer's configuration and of its state.
+    config_change_time: int = 0
+    state_change_time: int = 0
     extra: dict[str, Attribute] = field(default_factory=dict)
+
+
+def device_id(make_and_model: str, formats: list[str]) -> str:
+    """IEEE 1284 device ID (PWG 5107.2): what CUPS uses to match a driver and to name a queue."""
+    make, _, model = make_and_model.partition(" ")
+    commands = {"application/pdf": "PDF", "image/pwg-raster": "PWGRaster", "image/urf": "URF",
+                "image/jpeg": "JPEG", "text/plain": "TEXT", "application/postscript": "POSTSCRIPT"}
+    cmd = ",".join(dict.fromkeys(commands[f] for f in formats if f in commands)) or "PDF"
+
+    def clean(text: str) -> str:
+        return re.sub(r"[;:]", " ", text).strip() or "cloudimaging"
+
+    return f"MFG:{clean(make)};MDL:{clean(model or make)};CMD:{cmd};"
+
+
+def media_size(keyword: str) -> tuple[int, int] | None:
+    """(x, y) in hundredths of mm from a PWG 5101.1 self-describing name (``iso_a4_210x297mm``)."""
+    found = re.search(r"_([0-9]+(?:\.[0-9]+)?)x([0-9]+(?:\.[0-9]+)?)(mm|in)$", keyword)
+    if found is None:
+        return None
+    scale = 100 if found.group(3) == "mm" else 2540
+    return round(float(found.group(1)) * scale), round(float(found.group(2)) * scale)
+
+
+def media_col(keyword: str, margin: int = NOMINAL_MARGIN) -> Collection | None:
+    """The media-col of a media keyword (media-col-database, -ready, -default)."""
+    size = media_size(keyword)
+    if size is None:
+        return None
+    return collection(media_size=(Tag.BEGIN_COLLECTION, collection(x_dimension=(Tag.INTEGER, size[0]),
+                                                                   y_dimension=(Tag.INTEGER, size[1]))),
+                      media_size_name=(Tag.KEYWORD, keyword),
+                      media_bottom_margin=(Tag.INTEGER, margin), media_left_margin=(Tag.INTEGER, margin),
+                      media_right_margin=(Tag.INTEGER, margin), media_top_margin=(Tag.INTEGER, margin),
+                      media_source=(Tag.KEYWORD, MEDIA_SOURCES[0]), media_type=(Tag.KEYWORD, MEDIA_TYPES[0]))
+
+
+def _everywhere(caps: PrintCapabilities, p: PrinterInfo) -> list[Attribute]:
+    """What PWG 5100.14 (IPP Everywhere) adds to a PWG 5100.12 printer."""
+    cols = [c for c in (media_col(m) for m in caps.media_supported) if c is not None]
+    sizes = [{"media-size": c["media-size"]} for c in cols]
+    default_col = media_col(caps.media_default)
+    resolutions = [Resolution(d, d, 3) for d in p.raster_resolutions]
+    out = [
+        attr("media-col-database", Tag.BEGIN_COLLECTION, cols),
+        attr("media-col-ready", Tag.BEGIN_COLLECTION, [default_col] if default_col else cols[:1]),
+        *([attr("media-col-default", Tag.BEGIN_COLLECTION, default_col)] if default_col else []),
+        attr("media-col-supported", Tag.KEYWORD, list(MEDIA_COL_MEMBERS)),
+        attr("media-size-supported", Tag.BEGIN_COLLECTION, sizes),
+        attr("media-source-supported", Tag.KEYWORD, list(MEDIA_SOURCES)),
+        attr("media-source-default", Tag.KEYWORD, MEDIA_SOURCES[0]),
+        attr("media-type-supported", Tag.KEYWORD, list(MEDIA_TYPES)),
+        attr("media-type-default", Tag.KEYWORD, MEDIA_TYPES[0]),
+        *[attr(f"media-{side}-margin-supported", Tag.INTEGER, [NOMINAL_MARGIN])
+          for side in ("bottom", "left", "right", "top")],
+        attr("job-hold-until-default", Tag.KEYWORD, "no-hold"),
+        attr("job-hold-until-supported", Tag.KEYWORD, list(HOLD_UNTIL)),
+        attr("job-priority-default", Tag.INTEGER, 50),
+        attr("job-priority-supported", Tag.INTEGER, 1),  # one level: every priority is served in order
+        attr("job-sheets-default", Tag.KEYWORD, "none"),
+        attr("job-sheets-supported", Tag.KEYWORD, ["none"]),
+        attr("multiple-document-handling-supported", Tag.KEYWORD, ["separate-documents-uncollated-copies",
+                                                                    "separate-documents-collated-copies"]),
+        attr("overrides-supported", Tag.KEYWORD, ["document-number", "document-numbers", "pages"]),
+        attr("print-content-optimize-default", Tag.KEYWORD, "auto"),
+        attr("print-content-optimize-supported", Tag.KEYWORD, ["auto"]),
+        attr("print-rendering-intent-default", Tag.KEYWORD, "auto"),
+        attr("print-rendering-intent-supported", Tag.KEYWORD, ["auto"]),
+        attr("print-scaling-default", Tag.KEYWORD, "auto"),
+        attr("print-scaling-supported", Tag.KEYWORD, ["auto"]),
+        attr("ipp-features-supported", Tag.KEYWORD, ["ipp-everywhere"]),
+        attr("job-ids-supported", Tag.BOOLEAN, True),
+        attr("preferred-attributes-supported", Tag.BOOLEAN, False),
+        attr("multiple-operation-time-out-action", Tag.KEYWORD, "hold-job"),
+        attr("printer-config-change-date-time", Tag.DATETIME, _at(p.config_change_time)),
+        attr("printer-config-change-time", Tag.INTEGER, p.config_change_time),
+        attr("printer-state-change-date-time", Tag.DATETIME, _at(p.state_change_time)),
+        attr("printer-state-change-time", Tag.INTEGER, p.state_change_time),
+        attr("printer-device-id", Tag.TEXT, _short(device_id(p.make_and_model or "cloudimaging cloud printer",
+                                                              p.formats), 1023)),
+        attr("printer-geo-location", Tag.UNKNOWN, None),
+        attr("printer-get-attributes-supported", Tag.KEYWORD, ["document-format"]),
+        *([attr("printer-icons", Tag.URI, list(p.icons))] if p.icons else []),
+        attr("printer-organization", Tag.TEXT, [""]),
+        attr("printer-organizational-unit", Tag.TEXT, [""]),
+        *([attr("printer-supply", Tag.OCTET_STRING, [s for s, _ in p.supplies]),
+           attr("printer-supply-description", Tag.TEXT, [d for _, d in p.supplies])] if p.supplies else []),
+        *([attr("printer-supply-info-uri", Tag.URI, p.supply_info_uri)] if p.supply_info_uri else []),
+        attr("pwg-raster-document-resolution-supported", Tag.RESOLUTION, resolutions),
+        attr("pwg-raster-document-sheet-back", Tag.KEYWORD, "normal"),
+        attr("pwg-raster-document-type-supported", Tag.KEYWORD, list(p.raster_types)),
+    ]
+    if "image/urf" in p.formats:
+        # Apple raster (URF) capabilities, as AirPrint clients and CUPS read them.
+        types = {"sgray_8": "W8", "srgb_8": "SRGB24"}
+        out.append(attr("urf-supported", Tag.KEYWORD,
+                        ["V1.4", "CP1", *(types[t] for t in p.raster_types if t in types),
+                         "RS" + "-".join(str(d) for d in p.raster_resolutions),
+                         *(["DM1"] if any(s.startswith("two-sided") for s in caps.sides_supported) else [])]))
+    return out
+
+
+def _at(when: int) -> datetime:
+    return datetime.fromtimestamp(max(0, when), UTC)
 
 
 def printer_attributes(caps: PrintCapabilities, p: PrinterInfo, up_time: int,
                        operations: list[int]) -> dict[str, Attribute]:
     """All printer attributes of a service, in a stable order."""
     color = "color" in caps.print_color_mode_supported
+    formats = p.formats or list(caps.document_format_supported)
     out = [
         # Job Template (printer side)
         attr("copies-default", Tag.INTEGER, caps.copies_default),
@@ -104,8 +236,9 @@ def printer_attributes(caps: PrintCapabilities, p: PrinterInfo, up_time: int,
         attr("charset-supported", Tag.CHARSET, ["utf-8", "us-ascii"]),
         attr("color-supported", Tag.BOOLEAN, color),
         attr("compression-supported", Tag.KEYWORD, ["none"]),
-        attr("document-format-default", Tag.MIME_TYPE, caps.document_format_default),
-        attr("document-format-supported", Tag.MIME_TYPE, list(caps.document_format_supported)),
+        attr("document-format-default", Tag.MIME_TYPE, caps.document_format_default
+             if caps.document_format_default in formats else formats[0]),
+        attr("document-format-supported", Tag.MIME_TYPE, formats),
         attr("generated-natural-language-supported", Tag.LANGUAGE, ["en"]),
         attr("identify-actions-default", Tag.KEYWORD, ["display"]),
         attr("identify-actions-supported", Tag.KEYWORD, ["display", "flash", "sound", "speak"]),
@@ -113,7 +246,9 @@ def printer_attributes(caps: PrintCapabilities, p: PrinterInfo, up_time: int,
         attr("job-creation-attributes-supported", Tag.KEYWORD,
              ["copies", "finishings", "media", "media-col", "number-up", "orientation-requested",
               *(["page-ranges"] if caps.page_ranges_supported else []), "print-color-mode", "print-quality",
-              "sides", "ipp-attribute-fidelity", "job-name", "document-format", "document-name"]),
+              "sides", "ipp-attribute-fidelity", "job-name", "document-format", "document-name",
+              "job-hold-until", "job-priority", "job-sheets", "multiple-document-handling", "output-bin",
+              "overrides", "print-content-optimize", "print-rendering-intent", "print-scaling"]),
         attr("job-k-octets-supported", Tag.RANGE, Range(0, max(1, p.max_kbytes))),
         attr("multiple-document-jobs-supported", Tag.BOOLEAN, False),
         attr("multiple-operation-time-out", Tag.INTEGER, 300),
@@ -139,8 +274,9 @@ def printer_attributes(caps: PrintCapabilities, p: PrinterInfo, up_time: int,
         attr("uri-authentication-supported", Tag.KEYWORD, ["basic"]),
         attr("uri-security-supported", Tag.KEYWORD, ["tls"]),
         attr("which-jobs-supported", Tag.KEYWORD, ["completed", "not-completed", "all"]),
+        *_everywhere(caps, p),
     ]
-    result = {a.name: a for a in out}
+    result = {a.name: a for a in sorted(out, key=lambda a: a.name)}
     result.update(p.extra)
     return result
 
@@ -192,6 +328,8 @@ class TicketParse:
     ticket: dict[str, Any] = field(default_factory=dict)
     #: Attributes (or values) not supported: for the unsupported-attributes group.
     unsupported: list[Attribute] = field(default_factory=list)
+    #: job-hold-until=indefinite: the job is held until Release-Job.
+    hold: bool = False
 
 
 #: Attributes taken as-is when they ask for what happens anyway.
@@ -199,7 +337,8 @@ _NEUTRAL = {"output-bin": {"auto"}, "job-sheets": {"none"}, "job-hold-until": {"
             "multiple-document-handling": {"separate-documents-uncollated-copies",
                                            "separate-documents-collated-copies", "single-document"},
             "print-scaling": {"auto"}, "print-content-optimize": {"auto"},
-            "print-rendering-intent": {"auto"}}
+            "print-rendering-intent": {"auto"}, "media-source": set(MEDIA_SOURCES),
+            "media-type": set(MEDIA_TYPES)}
 _INT_SINGLE = {"copies": Tag.INTEGER, "number-up": Tag.INTEGER, "print-quality": Tag.ENUM,
                "orientation-requested": Tag.ENUM}
 _KEYWORD_SINGLE = {"sides", "print-color-mode"}
@@ -214,7 +353,12 @@ def ticket_from_job_attributes(group: Group | None) -> TicketParse:
     out = TicketParse()
     if group is None:
         return out
-    for name, attribute in group.attributes.items():
+    _parse_into(out, group.attributes)
+    return out
+
+
+def _parse_into(out: TicketParse, attributes: dict[str, Attribute], nested: bool = False) -> None:
+    for name, attribute in attributes.items():
         tags = [attribute.value_tag(i) for i in range(len(attribute.values))]
         values = attribute.values
         one = len(values) == 1
@@ -228,8 +372,20 @@ def ticket_from_job_attributes(group: Group | None) -> TicketParse:
             media = _media_from_col(values[0])
             if media is None:
                 out.unsupported.append(attribute)
-            else:
+            elif media:
                 out.ticket.setdefault("media", media)
+        elif name == "job-hold-until" and one and not nested and simple(attribute) in HOLD_UNTIL:
+            out.hold = simple(attribute) == "indefinite"
+        elif name == "job-priority" and one and tags[0] == Tag.INTEGER and 1 <= values[0] <= 100:
+            continue  # one priority level (job-priority-supported=1): every value means the same
+        elif name == "overrides" and not nested and all(t == Tag.BEGIN_COLLECTION for t in tags):
+            for entry in values:
+                if not _whole_job(entry):
+                    out.unsupported.append(attribute)
+                    break
+            else:
+                for entry in values:
+                    _parse_into(out, {k: v for k, v in entry.items() if k not in OVERRIDE_SCOPE}, nested=True)
         elif name == "finishings" and all(t == Tag.ENUM for t in tags):
             out.ticket["finishings"] = [int(v) for v in values if int(v) != 3] or None
             if out.ticket["finishings"] is None:
@@ -242,10 +398,29 @@ def ticket_from_job_attributes(group: Group | None) -> TicketParse:
             continue  # CUPS's spelling of document-name: the front takes it as the document's name
         else:
             out.unsupported.append(attribute)
-    return out
+
+
+def _whole_job(entry: dict[str, Attribute]) -> bool:
+    """An ``overrides`` entry that applies to the whole job (its one document, every page).
+
+    Such an entry is the same as job-level attributes, so it is honoured; one that picks some
+    pages or copies of a document would need per-page tickets, which devices do not take.
+    """
+    if "pages" in entry or "document-copies" in entry:
+        return False
+    numbers = entry.get("document-numbers")
+    return numbers is None or all(isinstance(v, Range) and v.lower <= 1 <= v.upper for v in numbers.values)
 
 
 def _media_from_col(col: dict[str, Attribute]) -> str | None:
+    """The media keyword a media-col asks for ("" for none), or None if it asks for what is not supported."""
+    for key, allowed in (("media-source", MEDIA_SOURCES), ("media-type", MEDIA_TYPES)):
+        if key in col and simple(col[key]) not in allowed:
+            return None
+    for side in ("bottom", "left", "right", "top"):
+        margin = col.get(f"media-{side}-margin")
+        if margin is not None and simple(margin) != NOMINAL_MARGIN:
+            return None
     for key in ("media-size-name", "media-key"):
         member = col.get(key)
         if member is not None and member.values and isinstance(member.values[0], str):
@@ -257,7 +432,8 @@ def _media_from_col(col: dict[str, Attribute]) -> str | None:
         y = simple(dims.get("y-dimension"))
         if isinstance(x, int) and isinstance(y, int):
             return media_for_size(x, y)
-    return None
+        return None
+    return ""  # only source, type or margins, all as supported: nothing to change
 
 
 #: PWG 5101.1 sizes by (width, height) in hundredths of millimetres.

@@ -7,6 +7,8 @@ Every change bumps ``version`` so device reports can be checked for staleness
 Transitions (RFC 8011 5.3.7, PWG 5108.01 7.2.2):
 
     pending-held --close--> pending(job-fetchable) --accept--> pending(claimed)
+    pending(fetchable) / pending-held(incoming) --hold--> pending-held(job-hold-until-specified)
+    pending-held(job-hold-until-specified) --release-hold--> pending(job-fetchable)
     pending(fetchable) --reject--> aborted
     pending(claimed) --device--> processing <--> processing-stopped
     processing / processing-stopped / pending(claimed) --device--> completed | aborted | canceled
@@ -110,6 +112,24 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Hold-Job (or job-hold-until at submit): the job waits, unfetchable, until released.
+
+    A job still taking its documents keeps taking them and is held once closed; a job a
+    device has claimed is past holding (RFC 8011 4.3.5: only pending jobs can be held).
+    """
+
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    """Release-Job: a held job becomes fetchable again (or, still incoming, will be when closed)."""
+
+    message: str | None = None
+
+
+@dataclass(frozen=True)
 class Suspend:
     """The device holding a processing job went away: processing-stopped until it returns."""
 
@@ -117,7 +137,8 @@ class Suspend:
     message: str | None = None
 
 
-Event = Close | Accept | Reject | DeviceReport | DocumentReport | Cancel | Abort | Release | Suspend
+Event = (Close | Accept | Reject | DeviceReport | DocumentReport | Cancel | Abort | Release | Suspend | Hold
+         | ReleaseHold)
 
 #: States a device may report, from each state the job can be in while the device holds it.
 _DEVICE_MOVES: dict[JobState, frozenset[JobState]] = {
@@ -158,6 +179,11 @@ class Job:
     def fetchable(self) -> bool:
         return self.state is S.PENDING and not self.claimed and Reason.JOB_FETCHABLE in self.reasons
 
+    @property
+    def held(self) -> bool:
+        """Held by Hold-Job or job-hold-until (kept in the reasons, so the store needs no column)."""
+        return self.state is S.PENDING_HELD and Reason.JOB_HOLD_UNTIL_SPECIFIED in self.reasons
+
     def document(self, number: int) -> Document | None:
         return next((d for d in self.documents if d.number == number), None)
 
@@ -176,7 +202,24 @@ class Job:
             case Close():
                 if self.state is not S.PENDING_HELD or Reason.JOB_INCOMING not in self.reasons:
                     raise InvalidTransition(self, event, "the job is not waiting for documents")
+                if self.held:
+                    return self._to(S.PENDING_HELD, (Reason.JOB_HOLD_UNTIL_SPECIFIED,), self.message)
                 return self._to(S.PENDING, (Reason.JOB_FETCHABLE,))
+            case Hold(message=message):
+                if self.held:
+                    return self
+                if self.state is S.PENDING_HELD:  # still incoming: held once closed
+                    return self._to(S.PENDING_HELD, (*self.reasons, Reason.JOB_HOLD_UNTIL_SPECIFIED), message)
+                if not self.fetchable:
+                    raise InvalidTransition(self, event, "only a pending job no device has claimed can be held")
+                return self._to(S.PENDING_HELD, (Reason.JOB_HOLD_UNTIL_SPECIFIED,), message)
+            case ReleaseHold(message=message):
+                if not self.held:
+                    raise InvalidTransition(self, event, "the job is not held")
+                if Reason.JOB_INCOMING in self.reasons:
+                    reasons = tuple(r for r in self.reasons if r != Reason.JOB_HOLD_UNTIL_SPECIFIED)
+                    return self._to(S.PENDING_HELD, reasons, message)
+                return self._to(S.PENDING, (Reason.JOB_FETCHABLE,), message)
             case Accept():
                 if not self.fetchable:
                     raise InvalidTransition(self, event, "the job is not fetchable")
