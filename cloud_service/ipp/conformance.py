@@ -2,7 +2,9 @@
 
 ``ipp-1.1.test`` names documents (document-a4.pdf, color.jpg...) that Debian's
 cups-ipp-utils does not ship, and ipptool refuses a suite whose files are missing even for
-tests it skips. This writes the two suites next to small valid stand-ins:
+tests it skips. This writes the suites (IPP/1.1, IPP/2.0, IPP Everywhere) next to small valid
+stand-ins; ``ipp-everywhere.test`` also prints PWG raster samples, which it skips when they are
+absent (the tests make them with Ghostscript, tests/support/ipptools.py):
 
     python -m cloud_service.ipp.conformance /tmp/ipp-suite
     cd /tmp/ipp-suite
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 
 IPPTOOL_DIR = Path("/usr/share/cups/ipptool")
-SUITES = ("ipp-1.1.test", "ipp-2.0.test")
+SUITES = ("ipp-1.1.test", "ipp-2.0.test", "ipp-everywhere.test")
 #: The smallest JPEG/JFIF header and end: enough for a printer that does not render.
 TINY_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"
 

@@ -147,3 +147,65 @@ async def wait_for(predicate: object, timeout: float, what: str) -> object:
             return value
         await asyncio.sleep(0.1)
     raise AssertionError(f"{what} within {timeout} s")
+
+
+# ---------------------------------------------------------------------------- IPP Everywhere samples
+
+#: The documents ipp-everywhere.test prints as PWG raster: (name, width pt, height pt, pages, photo).
+EVERYWHERE_DOCUMENTS = (("color.jpg-4x6", 288, 432, 1, True), ("gray.jpg-4x6", 288, 432, 1, True),
+                        ("document-a4", 595, 842, 3, False), ("document-letter", 612, 792, 3, False),
+                        ("onepage-a4", 595, 842, 1, False), ("onepage-letter", 612, 792, 1, False))
+#: PWG raster type -> Ghostscript's cupsColorSpace (18 sGray, 19 sRGB) for its pwgraster device.
+GS_COLOR_SPACES = {"sgray_8": 18, "srgb_8": 19}
+
+
+def photo_pdf(path: Path, width: int, height: int, gray: bool) -> None:
+    """A 4x6 photo as Pillow makes it: a JPEG (colour gradient) wrapped in a PDF page."""
+    from PIL import Image
+
+    size = (width * 2, height * 2)
+    image = Image.radial_gradient("L").resize(size)
+    if not gray:
+        image = Image.merge("RGB", (image, Image.linear_gradient("L").resize(size), image.rotate(90).resize(size)))
+    jpeg = path.with_suffix(".jpg")
+    image.save(jpeg, format="JPEG", quality=85)
+    with Image.open(jpeg) as decoded:
+        decoded.save(path, format="PDF", resolution=144)
+
+
+def everywhere_samples(work: Path, resolutions: list[int], types: list[str], gs: str) -> list[Path]:
+    """The PWG raster files ipp-everywhere.test prints (``pwg-raster-samples-300dpi/sgray-8/...``),
+    made by Ghostscript's pwgraster device from PDFs written here (text pages, Pillow photos)."""
+    from cloud_service.ipp.conformance import minimal_pdf
+
+    sources = work / "sample-sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    for name, width, height, pages, photo in EVERYWHERE_DOCUMENTS:
+        pdf = sources / f"{name}.pdf"
+        if photo:
+            photo_pdf(pdf, width, height, gray=name.startswith("gray"))
+        else:
+            pdf.write_bytes(minimal_pdf(width, height, pages))
+        for dpi in resolutions:
+            for raster_type in types:
+                dashed = raster_type.replace("_", "-")
+                out = work / f"pwg-raster-samples-{dpi}dpi" / dashed / f"{name}-{dashed}-{dpi}dpi.pwg"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                result = subprocess.run([gs, "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=pwgraster",
+                                         f"-r{dpi}", f"-dcupsColorSpace={GS_COLOR_SPACES[raster_type]}",
+                                         "-dcupsBitsPerColor=8", f"-sOutputFile={out}", str(pdf)],
+                                        capture_output=True, timeout=120, check=False)
+                assert result.returncode == 0 and out.read_bytes()[:4] == b"RaS2", result.stderr[-2000:]
+                made.append(out)
+    return made
+
+
+def ipptool_results(output: str) -> dict[str, list[str]]:
+    """Test names by outcome (PASS, FAIL, SKIP) from ``ipptool -t`` output."""
+    import re
+
+    found: dict[str, list[str]] = {"PASS": [], "FAIL": [], "SKIP": []}
+    for match in re.finditer(r"^ *(\S.*?) +\[(PASS|FAIL|SKIP)\]", output, re.MULTILINE):
+        found[match.group(2)].append(match.group(1))
+    return found
