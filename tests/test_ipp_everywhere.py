@@ -24,6 +24,7 @@ from schemas.ipp.codec import Group, Op, Range, Status, Tag, collection, simple
 from tests.support.ipptools import (
     cups_client_env,
     everywhere_samples,
+    placeholders_for_skipped,
     ipp,
     ipp_url,
     ipptool_results,
@@ -252,6 +253,7 @@ async def test_ipptool_ipp_everywhere_and_ipp_2_0(tmp_path: Path) -> None:
         dpis = [r[0] for r in printer.get("pwg-raster-document-resolution-supported").values]
         types = printer.get("pwg-raster-document-type-supported").values
         samples = everywhere_samples(work, dpis, types, gs)
+        placeholders = placeholders_for_skipped(work, "ipp-everywhere.test")
         uri = ipp_url(stack, "office", "admin", stack.token)
         for suite in ("ipp-everywhere.test", "ipp-2.0.test"):
             code, output = await run([ipptool, "-T", "30", "-V", "2.0", "-t", "-f", "document-letter.pdf", uri,
@@ -259,11 +261,16 @@ async def test_ipptool_ipp_everywhere_and_ipp_2_0(tmp_path: Path) -> None:
             shown = output.replace(stack.token, "TOKEN")
             results = ipptool_results(output)
             assert results["FAIL"] == [] and code == 0, f"{suite} failed: {results['FAIL']}\n{shown}"
+            assert "cannot be read" not in output, shown  # ipptool stopped reading the suite
             print(f"{suite}: {len(results['PASS'])} passed, {len(results['SKIP'])} skipped")
             if suite == "ipp-everywhere.test":
                 assert "PWG 5100.14 section 5.1/5.2 - Required Operations and Attributes" in results["PASS"], shown
                 raster = [n for n in results["PASS"] if n.startswith("Print ") and "dpi" in n]
-                assert len(raster) == len(samples), (raster, shown)  # every sample printed, none skipped
+                lines = [line for line in shown.splitlines() if " @ " in line and "dpi" in line]
+                assert len(raster) == len(samples), "\n".join(lines)  # every sample printed, none skipped
+                # The placeholders' tests (other resolutions and types) were all skipped, never sent.
+                skipped = [n for n in results["SKIP"] if n.startswith("Print ") and "dpi" in n]
+                assert len(skipped) == 3 * len(placeholders) + 2 * len(samples), (skipped, shown)
             assert "PWG 5100.12 section 6.2 - Required Printer Description Attributes" in results["PASS"], shown
 
         # Every raster sample is a real job that reached the device, byte for byte.

@@ -173,9 +173,19 @@ def photo_pdf(path: Path, width: int, height: int, gray: bool) -> None:
         decoded.save(path, format="PDF", resolution=144)
 
 
+def suite_files(work: Path, suite: str) -> list[str]:
+    """The documents a suite names in FILE directives (relative to its directory)."""
+    import re
+
+    text = (work / suite).read_text()
+    return [n for n in dict.fromkeys(re.findall(r"^\s*FILE\s+(\S+)", text, re.MULTILINE)) if "$" not in n]
+
+
 def everywhere_samples(work: Path, resolutions: list[int], types: list[str], gs: str) -> list[Path]:
-    """The PWG raster files ipp-everywhere.test prints (``pwg-raster-samples-300dpi/sgray-8/...``),
-    made by Ghostscript's pwgraster device from PDFs written here (text pages, Pillow photos)."""
+    """The PWG raster files ipp-everywhere.test prints (``pwg-raster-samples-300dpi/sgray-8/...``)
+    at the given resolutions and types, made by Ghostscript's pwgraster device from PDFs written
+    here (text pages, Pillow photos)."""
+    named = set(suite_files(work, "ipp-everywhere.test"))
     from cloud_service.ipp.conformance import minimal_pdf
 
     sources = work / "sample-sources"
@@ -190,7 +200,10 @@ def everywhere_samples(work: Path, resolutions: list[int], types: list[str], gs:
         for dpi in resolutions:
             for raster_type in types:
                 dashed = raster_type.replace("_", "-")
-                out = work / f"pwg-raster-samples-{dpi}dpi" / dashed / f"{name}-{dashed}-{dpi}dpi.pwg"
+                relative = f"pwg-raster-samples-{dpi}dpi/{dashed}/{name}-{dashed}-{dpi}dpi.pwg"
+                if relative not in named:
+                    continue
+                out = work / relative
                 out.parent.mkdir(parents=True, exist_ok=True)
                 result = subprocess.run([gs, "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=pwgraster",
                                          f"-r{dpi}", f"-dcupsColorSpace={GS_COLOR_SPACES[raster_type]}",
@@ -198,6 +211,23 @@ def everywhere_samples(work: Path, resolutions: list[int], types: list[str], gs:
                                         capture_output=True, timeout=120, check=False)
                 assert result.returncode == 0 and out.read_bytes()[:4] == b"RaS2", result.stderr[-2000:]
                 made.append(out)
+    return made
+
+
+def placeholders_for_skipped(work: Path, suite: str) -> list[Path]:
+    """Empty files for the samples of resolutions and types the printer does not advertise.
+
+    ipptool 2.4 stops reading a suite at the first FILE it cannot read, even in a test that
+    SKIP-IF-NOT-DEFINED skips (and still exits 0), so every named file must exist; these are
+    never sent (the caller checks that every test using one was skipped).
+    """
+    made: list[Path] = []
+    for name in suite_files(work, suite):
+        path = work / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+            made.append(path)
     return made
 
 
