@@ -124,6 +124,12 @@ async def test_everywhere_attributes_and_icons(tmp_path: Path) -> None:
         for op in (HOLD_JOB, RELEASE_JOB, Op.CANCEL_MY_JOBS):
             assert op in printer.get("operations-supported").values
         assert "urf-supported" in printer
+        # A printer that takes neither JPEG nor PWG raster is not called IPP Everywhere.
+        await stack.add_manager("plain", driver="file")
+        plain = reply(await ipp(stack, "plain", new(stack, Op.GET_PRINTER_ATTRIBUTES, "plain"), auth=None))
+        plain_printer = plain.group(Tag.PRINTER)
+        assert simple(plain_printer.get("ipp-features-supported")) == "none"
+        assert "pwg-raster-document-type-supported" not in plain_printer
         # The supply level is unknown (the device reports none), and says so.
         assert b"level=-2" in simple(printer.get("printer-supply"))
 

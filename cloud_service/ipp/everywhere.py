@@ -15,8 +15,6 @@ from schemas.tickets import PrintCapabilities
 
 #: printer-icons sizes (PWG 5100.14 5.1.5: 48x48, 128x128 and 512x512 PNG).
 ICON_SIZES = (48, 128, 512)
-#: What every IPP Everywhere printer must take (PWG 5100.14 4.4).
-EVERYWHERE_FORMATS = ("image/jpeg", "image/pwg-raster")
 
 
 def document_format_supported(caps: PrintCapabilities) -> list[str]:

@@ -1,4 +1,5 @@
-"""The IPP front: every print service is an IPP Everywhere printer at /ipp/print/NAME.
+"""The IPP front: every print service is an IPP/2.0 printer at /ipp/print/NAME (IPP Everywhere,
+PWG 5100.14, where it takes JPEG and PWG raster).
 
 Its icons (printer-icons) are served, without credentials, at /ipp/icons/SIZE.png.
 

@@ -34,6 +34,9 @@ MEDIA_TYPES = ("stationery",)
 HOLD_UNTIL = ("no-hold", "indefinite")
 MEDIA_COL_MEMBERS = ("media-bottom-margin", "media-left-margin", "media-right-margin", "media-size",
                      "media-size-name", "media-source", "media-top-margin", "media-type")
+#: What every IPP Everywhere printer must take (PWG 5100.14 4.4): the front claims
+#: ipp-everywhere in ipp-features-supported only for a printer that takes both.
+EVERYWHERE_FORMATS = ("image/jpeg", "image/pwg-raster")
 #: Members an ``overrides`` entry may carry besides the ticket's own attributes.
 OVERRIDE_SCOPE = ("document-copies", "document-numbers", "pages")
 
@@ -133,7 +136,7 @@ def media_col(keyword: str, margin: int = NOMINAL_MARGIN) -> Collection | None:
                       media_source=(Tag.KEYWORD, MEDIA_SOURCES[0]), media_type=(Tag.KEYWORD, MEDIA_TYPES[0]))
 
 
-def _everywhere(caps: PrintCapabilities, p: PrinterInfo) -> list[Attribute]:
+def _everywhere(caps: PrintCapabilities, p: PrinterInfo, formats: list[str]) -> list[Attribute]:
     """What PWG 5100.14 (IPP Everywhere) adds to a PWG 5100.12 printer."""
     cols = [c for c in (media_col(m) for m in caps.media_supported) if c is not None]
     sizes = [{"media-size": c["media-size"]} for c in cols]
@@ -166,7 +169,8 @@ def _everywhere(caps: PrintCapabilities, p: PrinterInfo) -> list[Attribute]:
         attr("print-rendering-intent-supported", Tag.KEYWORD, ["auto"]),
         attr("print-scaling-default", Tag.KEYWORD, "auto"),
         attr("print-scaling-supported", Tag.KEYWORD, ["auto"]),
-        attr("ipp-features-supported", Tag.KEYWORD, ["ipp-everywhere"]),
+        attr("ipp-features-supported", Tag.KEYWORD,
+             ["ipp-everywhere"] if all(f in formats for f in EVERYWHERE_FORMATS) else ["none"]),
         attr("job-ids-supported", Tag.BOOLEAN, True),
         attr("preferred-attributes-supported", Tag.BOOLEAN, False),
         attr("multiple-operation-time-out-action", Tag.KEYWORD, "hold-job"),
@@ -175,7 +179,7 @@ def _everywhere(caps: PrintCapabilities, p: PrinterInfo) -> list[Attribute]:
         attr("printer-state-change-date-time", Tag.DATETIME, _at(p.state_change_time)),
         attr("printer-state-change-time", Tag.INTEGER, p.state_change_time),
         attr("printer-device-id", Tag.TEXT, _short(device_id(p.make_and_model or "cloudimaging cloud printer",
-                                                              p.formats), 1023)),
+                                                              formats), 1023)),
         attr("printer-geo-location", Tag.UNKNOWN, None),
         attr("printer-get-attributes-supported", Tag.KEYWORD, ["document-format"]),
         *([attr("printer-icons", Tag.URI, list(p.icons))] if p.icons else []),
@@ -184,11 +188,12 @@ def _everywhere(caps: PrintCapabilities, p: PrinterInfo) -> list[Attribute]:
         *([attr("printer-supply", Tag.OCTET_STRING, [s for s, _ in p.supplies]),
            attr("printer-supply-description", Tag.TEXT, [d for _, d in p.supplies])] if p.supplies else []),
         *([attr("printer-supply-info-uri", Tag.URI, p.supply_info_uri)] if p.supply_info_uri else []),
-        attr("pwg-raster-document-resolution-supported", Tag.RESOLUTION, resolutions),
-        attr("pwg-raster-document-sheet-back", Tag.KEYWORD, "normal"),
-        attr("pwg-raster-document-type-supported", Tag.KEYWORD, list(p.raster_types)),
     ]
-    if "image/urf" in p.formats:
+    if "image/pwg-raster" in formats:
+        out += [attr("pwg-raster-document-resolution-supported", Tag.RESOLUTION, resolutions),
+                attr("pwg-raster-document-sheet-back", Tag.KEYWORD, "normal"),
+                attr("pwg-raster-document-type-supported", Tag.KEYWORD, list(p.raster_types))]
+    if "image/urf" in formats:
         # Apple raster (URF) capabilities, as AirPrint clients and CUPS read them.
         types = {"sgray_8": "W8", "srgb_8": "SRGB24"}
         out.append(attr("urf-supported", Tag.KEYWORD,
@@ -274,7 +279,7 @@ def printer_attributes(caps: PrintCapabilities, p: PrinterInfo, up_time: int,
         attr("uri-authentication-supported", Tag.KEYWORD, ["basic"]),
         attr("uri-security-supported", Tag.KEYWORD, ["tls"]),
         attr("which-jobs-supported", Tag.KEYWORD, ["completed", "not-completed", "all"]),
-        *_everywhere(caps, p),
+        *_everywhere(caps, p, formats),
     ]
     result = {a.name: a for a in sorted(out, key=lambda a: a.name)}
     result.update(p.extra)
