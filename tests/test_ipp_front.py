@@ -343,7 +343,6 @@ async def test_cups_prints_through_a_driverless_queue(tmp_path: Path) -> None:
             assert isinstance(job, dict) and job["owner"] == "admin" and job["documents"][0]["format"] == \
                 "application/pdf"
             assert job["ticket"].get("job-name") == "driverless test"
-            assert job["documents"][0]["name"] == "report.pdf"  # CUPS's document-name-supplied
             printed = sorted(stack.output_dir("office").glob(f"job-{job['id']}-doc-1*"))
             assert len(printed) == 1 and printed[0].read_bytes().startswith(b"%PDF")
 
