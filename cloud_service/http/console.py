@@ -26,7 +26,7 @@ from cloud_service.errors import Refusal
 from cloud_service.http.deps import Deps, current_user, get_deps, same_origin
 from cloud_service.http.params import PathName
 from cloud_service.http.responses import OrjsonResponse
-from cloud_service.passwords import MAX_LENGTH, has_password, set_password, verify_password
+from cloud_service.passwords import MAX_LENGTH, check_password, has_password, set_password, verify_password
 from cloud_service.sessions import (
     COOKIE,
     SESSION_TTL,
@@ -174,6 +174,7 @@ async def put_password(name: PathName, body: PasswordSet, request: Request, user
                        deps: Deps = Depends(get_deps)) -> dict:
     """Set a user's console password: an admin for anyone, a user for themself with the current
     one. Ends that user's sessions; their tokens stay."""
+    check_password(body.password)
     if not user.is_admin:
         if user.name != name:
             raise Refusal(403, "forbidden", "only an admin sets another user's password")
