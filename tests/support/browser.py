@@ -88,3 +88,16 @@ def page_errors(tmp: Path) -> list[str]:
     if not log.exists():
         return []
     return [line for line in log.read_text().splitlines() if line.startswith("pageerror")]
+
+
+def secure_live(tmp: Path) -> Any:
+    """A LiveStack (a background loop thread, so sync browser tests can drive it) running the
+    stack wired for device registration and revocation (tests/support/secstack.py)."""
+    from tests.support.live import LiveStack
+    from tests.support.secstack import secure_stack
+
+    class SecureLive(LiveStack):
+        async def _start(self) -> None:
+            self.stack = await self._exit.enter_async_context(secure_stack(self.tmp))
+
+    return SecureLive(tmp).start()
