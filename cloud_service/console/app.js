@@ -76,7 +76,7 @@ async function route() {
     if (err instanceof ApiError && err.status === 401) return;  // already on the way to the sign-in
     replace(view, h("h1", {}, "Cannot show this page"), errorBox(err));
   }
-  view.focus();
+  view.focus({ preventScroll: true });
 }
 
 async function boot() {

@@ -193,7 +193,7 @@ async function accountingSection() {
   }
   const perDay = [...days].sort().map(([label, value]) => ({ label, value }));
   replace(box, h("h2", { id: "acct-title" }, "Accounting"),
-    h("figure", { class: "chart-printers" }, barChart("Pages per printer", sum(accounting, "service")), h("figcaption", {}, "Pages per printer")),
+    h("figure", { class: "chart-printers" }, barChart("Pages per service", sum(accounting, "service")), h("figcaption", {}, "Pages (impressions) per printer or scanner")),
     h("figure", { class: "chart-users" }, barChart("Pages per user", sum(accounting, "user")), h("figcaption", {}, "Pages per user")),
     h("figure", { class: "chart-days" }, barChart("Pages per day", perDay), h("figcaption", {}, "Pages per day (print jobs that ended)")),
     table(["User", "Service", "Jobs", "Completed", "Impressions", "Cost"], accounting.map((r) => h("tr", {},

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from tests.support.browser import JOB_MS, new_page, page_errors, shot, sign_in
+from tests.support.browser import JOB_MS, main_page_shot, new_page, page_errors, shot, sign_in
 from tests.support.documents import make_pdf
 from tests.support.live import LiveStack
 
@@ -73,6 +73,7 @@ def test_sign_in_print_by_drop_completes_live_and_bytes_reach_printer(console: L
     page.get_by_role("heading", name="Printers, scanners and fax services").wait_for()
     page.locator("article[data-service=desk] .service-state[data-state=idle]").wait_for()
     shot(page, tmp_path, "printers")
+    assert main_page_shot(page, tmp_path).stat().st_size < 100_000
 
     page.get_by_role("link", name="Print", exact=True).click()
     page.get_by_label("Printer").select_option("desk")

@@ -101,3 +101,20 @@ def secure_live(tmp: Path) -> Any:
             self.stack = await self._exit.enter_async_context(secure_stack(self.tmp))
 
     return SecureLive(tmp).start()
+
+
+def main_page_shot(page: Any, tmp: Path) -> Path:
+    """The README's picture of the console: the visible part of the page as a small palette PNG
+    in ``tmp``, also copied to ``$CLOUDIMAGING_CONSOLE_SCREENSHOT`` when that is set (how
+    docs/console.png is made)."""
+    from PIL import Image
+
+    raw = tmp / "main-raw.png"
+    page.screenshot(path=str(raw))
+    small = tmp / "main.png"
+    with Image.open(raw) as image:
+        image.convert("RGB").quantize(colors=32).save(small, optimize=True)
+    target = os.environ.get("CLOUDIMAGING_CONSOLE_SCREENSHOT")
+    if target:
+        shutil.copyfile(small, target)
+    return small
