@@ -15,6 +15,7 @@ async function act(fn, done) {
 // ------------------------------------------------------------------------ devices (owners)
 
 function enrollmentCommand(info, deviceId, code) {
+  if (!info.ca_pem) return `cloudimaging manager enroll ${code} --url ${info.url} --config manager.json`;
   return `cat > ca.pem <<'PEM'\n${info.ca_pem.trim()}\nPEM\n` +
     `cloudimaging manager enroll ${code} --url ${info.url} --ca ca.pem --config manager.json`;
 }
@@ -68,8 +69,8 @@ export async function devicesView(view, { me }) {
     h("h2", { id: "enr-title" }, `Enroll ${deviceId}`),
     h("p", {}, `Run this on the device (the code works once, until ${when(expires)}):`),
     h("pre", { class: "command", tabindex: 0, "aria-label": "Enrollment command" }, enrollmentCommand(info, deviceId, code)),
-    h("p", {}, "The CA's SHA-256 fingerprint, to compare on the device (openssl x509 -in ca.pem -noout -fingerprint -sha256):"),
-    h("p", {}, h("code", { class: "fingerprint" }, info.ca_sha256)),
+    info.ca_sha256 ? [h("p", {}, "The CA's SHA-256 fingerprint, to compare on the device (openssl x509 -in ca.pem -noout -fingerprint -sha256):"),
+      h("p", {}, h("code", { class: "fingerprint" }, info.ca_sha256))] : "",
     h("p", {}, "Then start it: cloudimaging manager --config manager.json")));
   const form = h("form", { class: "inline", "aria-labelledby": "reg-title", onsubmit: (e) => {
     e.preventDefault();

@@ -227,17 +227,19 @@ async def retention_defaults(user: User = Depends(current_user), deps: Deps = De
 @router.get(f"{API_PREFIX}/enrollment-info", tags=["console"])
 async def enrollment_info(request: Request, user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> dict:
     """What a device needs besides its code to enroll: this service's URL and the CA that
-    signed its certificate, with the CA's SHA-256 fingerprint to compare on the device."""
+    signed its certificate, with the CA's SHA-256 fingerprint to compare on the device (None
+    for both when the service has no CA file of its own)."""
     if not user.may_register_devices:
         raise Refusal(403, "forbidden", "this needs the owner or admin role")
-    if not deps.ca_file:
-        raise Refusal(503, "unavailable", "this service has no CA file configured")
+    url = str(request.base_url).rstrip("/")
+    if not deps.ca_file:  # a certificate from a public CA: the device's system CAs verify it
+        return {"url": url, "ca_pem": None, "ca_sha256": None}
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
     pem = Path(deps.ca_file).read_bytes()
     digest = x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex().upper()
-    return {"url": str(request.base_url).rstrip("/"), "ca_pem": pem.decode("ascii"),
+    return {"url": url, "ca_pem": pem.decode("ascii"),
             "ca_sha256": ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))}
 
 
