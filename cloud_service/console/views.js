@@ -298,9 +298,12 @@ export async function jobView(view, { arg }) {
       e.state_reasons.length ? ` — ${reasonWords(e.state_reasons)}` : "", e.message ? ` — ${e.message}` : "")));
     const parts = [];
     if (j.destination_statuses) {
-      parts.push(h("h2", {}, "Destinations"), h("table", {}, h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Number"), h("th", { scope: "col" }, "Status"))),
-        h("tbody", {}, j.destination_statuses.map((d) => h("tr", {}, h("td", {}, d["destination-uri"] || d.destination_uri || ""),
-          h("td", {}, Object.entries(d).filter(([k]) => !k.startsWith("destination-uri")).map(([k, v]) => `${k}: ${v}`).join(", ")))))));
+      parts.push(h("h2", {}, "Destinations"), h("table", { class: "destinations" },
+        h("thead", {}, h("tr", {}, ["Number", "Status", "Why", "Attempts", "Pages sent"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, j.destination_statuses.map((d) => h("tr", { "data-destination": d["destination-uri"] },
+          h("td", {}, d["destination-uri"]), h("td", {}, stateBadge(d["transmission-status"])),
+          h("td", { class: "reasons" }, reasonWords(d["transmission-status-reasons"]) || "—"),
+          h("td", {}, String(d.attempts ?? 0)), h("td", {}, String(d["images-completed"] ?? 0)))))));
     }
     if (j.kind === "scan" && j.state === "completed") parts.push(scanResult(j));
     replace(extra, parts);

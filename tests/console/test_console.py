@@ -22,6 +22,7 @@ import pytest
 from pypdf import PdfReader
 
 from tests.support.browser import JOB_MS, main_page_shot, new_page, page_errors, shot, sign_in
+from tests.support.devices import modem
 from tests.support.documents import make_pdf
 from tests.support.live import LiveStack
 
@@ -43,12 +44,14 @@ def _person(live: LiveStack, name: str, role: str = "user") -> str:
 
 @pytest.fixture(scope="module")
 def console(live: LiveStack) -> Iterator[LiveStack]:
-    """The live stack plus ``desk`` (a file printer whose output the test reads), shared with
-    everyone, and ``vault``, shared with nobody."""
+    """The live stack plus ``desk`` (a file printer whose output the test reads) and ``fax1`` (a
+    simulated modem), shared with everyone, and ``vault``, shared with nobody."""
     live.call(live.stack.add_manager("desk"))
     live.call(live.stack.add_manager("vault"))
-    response = live.call(live.stack.http.post("/api/v1/devices/desk/shares", json={"everyone": True}))
-    assert response.status_code == 201, response.text
+    live.call(live.stack.add_manager("faxdev", services=[modem(live.tmp)]))
+    for device in ("desk", "faxdev"):
+        response = live.call(live.stack.http.post(f"/api/v1/devices/{device}/shares", json={"everyone": True}))
+        assert response.status_code == 201, response.text
     yield live
 
 
@@ -142,6 +145,24 @@ def test_scan_and_download_a_pdf_with_the_pages_asked_for(console: LiveStack, br
     target = tmp_path / "scan.pdf"
     info.value.save_as(target)
     assert len(PdfReader(io.BytesIO(target.read_bytes())).pages) == 4
+
+
+def test_fax_to_two_numbers_shows_each_destination(console: LiveStack, browser: Any, tmp_path: Path) -> None:
+    user = _person(console, "hal")
+    page = new_page(browser, tmp_path)
+    sign_in(page, console.url, user, PASSWORD, "/fax")
+    numbers = ["tel:+15551230001", "tel:+15551230002"]
+    page.get_by_label("Destinations").fill("\n".join(numbers))
+    page.set_input_files("input[type=file]", files=[{"name": "memo.pdf", "mimeType": "application/pdf",
+                                                     "buffer": make_pdf(2)}])
+    page.get_by_role("button", name="Send fax").click()
+    page.locator(".live-job .job-state[data-state=completed]").wait_for(timeout=JOB_MS)
+    page.locator(".live-job a").first.click()
+    for number in numbers:
+        row = page.locator(f"table.destinations tr[data-destination='{number}']")
+        row.wait_for()
+        assert "completed" in row.inner_text()
+    shot(page, tmp_path, "fax")
 
 
 def test_isolation_signed_out_redirects_and_forged_requests(console: LiveStack, browser: Any, tmp_path: Path) -> None:
