@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Float, String, delete, select
+from sqlalchemy import Float, String, delete
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloud_service.auth import User
@@ -110,7 +110,3 @@ async def close_user_sessions(store: JobStore, user: str) -> int:
         result = await s.execute(delete(SessionRow).where(SessionRow.user == user))
         return int(result.rowcount or 0)
 
-
-async def count_sessions(store: JobStore, user: str) -> int:
-    async with store.sessions() as s:
-        return len(list(await s.scalars(select(SessionRow.id_hash).where(SessionRow.user == user))))

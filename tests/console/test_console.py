@@ -21,7 +21,15 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from tests.support.browser import JOB_MS, main_page_shot, new_page, page_errors, shot, sign_in
+from tests.support.browser import (
+    JOB_MS,
+    main_page_shot,
+    new_page,
+    page_errors,
+    shot,
+    sign_in,
+    sign_in_by_keyboard,
+)
 from tests.support.devices import modem
 from tests.support.documents import make_pdf
 from tests.support.live import LiveStack
@@ -172,7 +180,16 @@ def test_isolation_signed_out_redirects_and_forged_requests(console: LiveStack, 
         bobs = client.submit(make_pdf(1), service="parked", document_name="bobs-secret.pdf",
                              document_format="application/pdf")  # stays pending
     page = new_page(browser, tmp_path)
-    sign_in(page, console.url, alice, PASSWORD)
+    sign_in_by_keyboard(page, console.url, alice, PASSWORD)
+    # Keyboard use: each view takes the focus, so Tab reaches its first control, with focus shown,
+    # and Enter follows it.
+    page.locator("article[data-service=desk]").wait_for()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent").startswith("Print on ")
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid", outline
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Print", exact=True).wait_for()
 
     # Another user's job, by URL: no owner, no document name, only what the API shows anyone.
     page.goto(f"{console.url}/jobs/{bobs.id}")

@@ -76,6 +76,17 @@ def sign_in(page: Any, base: str, user: str, password: str, path: str = "/") -> 
     page.locator("#nav:not([hidden])").wait_for()  # (no wait_for_function: the CSP forbids eval)
 
 
+def sign_in_by_keyboard(page: Any, base: str, user: str, password: str) -> None:
+    """Sign in with the keyboard alone: the user name field has focus, Tab, Enter."""
+    page.goto(f"{base}/login")
+    page.get_by_label("User name").wait_for()
+    page.keyboard.type(user)
+    page.keyboard.press("Tab")
+    page.keyboard.type(password)
+    page.keyboard.press("Enter")
+    page.locator("#nav:not([hidden])").wait_for()
+
+
 def shot(page: Any, tmp: Path, name: str) -> Path:
     """A screenshot in the test's own folder (kept for the reader of a failure)."""
     path = tmp / f"{name}.png"
