@@ -17,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Float, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from cloud_service.auth import USER_NAME_RE
 from cloud_service.db import Base, UserRow
 from cloud_service.errors import Refusal
 from cloud_service.store import JobStore
@@ -25,7 +26,9 @@ from cloud_service.store import JobStore
 MIN_LENGTH = 10
 MAX_LENGTH = 256
 
-_hasher = PasswordHasher()
+#: Argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): dear enough for a
+#: guesser, cheap enough that a busy two-core service still answers sign-ins promptly.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 #: Verified when a user has no password, so an unknown name costs as much as a wrong password.
 _DUMMY = _hasher.hash("no password is set for this user")
 
@@ -49,7 +52,11 @@ def check_password(password: str) -> str:
 
 async def set_password(store: JobStore, name: str, password: str, *, by: str) -> None:
     """Store ``password`` for the existing user ``name`` (404 if there is none)."""
-    hashed = await asyncio.to_thread(_hasher.hash, check_password(password))
+    check_password(password)
+    async with store.sessions() as s:
+        if await s.get(UserRow, name) is None:
+            raise Refusal(404, "not-found", f"no user {name!r}")
+    hashed = await asyncio.to_thread(_hasher.hash, password)
     async with store.sessions.begin() as s:
         if await s.get(UserRow, name) is None:
             raise Refusal(404, "not-found", f"no user {name!r}")
@@ -61,8 +68,9 @@ async def set_password(store: JobStore, name: str, password: str, *, by: str) ->
 
 
 async def verify_password(store: JobStore, name: str, password: str) -> bool:
-    """True if ``name`` has a password and ``password`` is it; the same work either way."""
-    if not isinstance(password, str) or len(password) > MAX_LENGTH:
+    """True if ``name`` has a password and ``password`` is it; the same work for an existing
+    user as for an unknown one (a name that can never exist costs nothing: it reveals nothing)."""
+    if not isinstance(password, str) or len(password) > MAX_LENGTH or not USER_NAME_RE.match(name or ""):
         return False
     async with store.sessions() as s:
         row = await s.get(PasswordRow, name) if name else None

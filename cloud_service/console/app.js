@@ -13,6 +13,13 @@ const ROUTES = {
   "fax": faxView, "devices": devicesView, "admin": adminView,
 };
 
+/** Where to go after signing in: a path of this origin only (no open redirect via ?next=). */
+function nextPath(next) {
+  if (!next || !next.startsWith("/")) return "/";
+  const url = new URL(next, location.origin);
+  return url.origin === location.origin ? url.pathname + url.search : "/";
+}
+
 function loginView() {
   document.title = "Sign in · cloudimaging";
   const user = h("input", { type: "text", name: "user", autocomplete: "username", required: true });
@@ -28,8 +35,7 @@ function loginView() {
     replace(message);
     try {
       await api("POST", "/session", { user: user.value, password: password.value }, { redirect: false });
-      const next = new URLSearchParams(location.search).get("next");
-      location.assign(next && next.startsWith("/") && !next.startsWith("//") ? next : "/");
+      location.assign(nextPath(new URLSearchParams(location.search).get("next")));
     } catch (err) {
       replace(message, errorBox(err instanceof ApiError && err.status === 401 ? "Wrong user name or password." : err));
       password.focus();

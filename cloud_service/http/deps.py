@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
@@ -55,12 +56,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def same_origin(request: Request) -> bool:
-    """False if the request says it comes from another origin (``Origin``, else ``Referer``)."""
+    """False if the request says it comes from another site (``Origin``, else ``Referer``, naming
+    another host than ``Host``). The host alone is compared: behind a TLS-terminating proxy the
+    service sees http while the browser says https."""
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin:
         return True
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    return origin == own or origin.startswith(own + "/")
+    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
 
 
 async def session_user(request: Request, deps: Deps) -> User:
