@@ -41,7 +41,7 @@ function shareBox(device, redraw) {
   return box;
 }
 
-export async function devicesView(view, { me }) {
+export async function devicesView(view, { me, arg }) {
   document.title = "Devices · cloudimaging";
   if (!["owner", "admin"].includes(me.role)) { replace(view, h("h1", {}, "Devices"), errorBox("Registering devices needs the owner role.")); return; }
   const info = await api("GET", "/enrollment-info");
@@ -49,7 +49,8 @@ export async function devicesView(view, { me }) {
   const shown = h("div", { "aria-live": "polite" });
   const list = h("div", { "aria-live": "polite" });
   const draw = async () => {
-    const { devices } = await api("GET", "/devices");
+    const { devices: all } = await api("GET", "/devices");
+    const devices = arg ? all.filter((d) => d.id === arg) : all;
     replace(list, devices.length ? devices.map((d) => h("section", { class: "card device", "data-device": d.id, "aria-labelledby": `dev-${d.id}` },
       h("h3", { id: `dev-${d.id}` }, d.id),
       h("p", { class: "device-health" }, d.revoked_at ? h("span", { class: "state state-revoked" }, `revoked ${when(d.revoked_at)}`)
@@ -83,6 +84,15 @@ export async function devicesView(view, { me }) {
 
 // ------------------------------------------------------------------------ admin
 
+function groupsEditor(u, redraw) {
+  const input = h("input", { type: "text", name: `groups-${u.name}`, value: u.groups.join(", "), "aria-label": `Groups of ${u.name}` });
+  return h("form", { class: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    const groups = input.value.split(",").map((g) => g.trim()).filter(Boolean);
+    act(() => api("PATCH", `/users/${encodeURIComponent(u.name)}`, { groups }), async () => { status(`Groups of ${u.name} saved.`, "ok"); await redraw(); });
+  } }, input, h("button", { type: "submit", class: "secondary", "aria-label": `Save the groups of ${u.name}` }, "Save"));
+}
+
 async function usersSection() {
   const box = h("section", { "aria-labelledby": "users-title" });
   const name = h("input", { type: "text", name: "new-user", required: true });
@@ -94,7 +104,7 @@ async function usersSection() {
     replace(list, table(["Name", "Kind", "Role", "Groups", "Status", "Password", ""], users.map((u) => {
       const pw = h("input", { type: "password", name: `password-${u.name}`, autocomplete: "new-password", "aria-label": `New password for ${u.name}` });
       return h("tr", { "data-user": u.name }, h("td", {}, u.name), h("td", {}, u.kind), h("td", {}, u.role),
-        h("td", {}, u.groups.join(", ") || "—"), h("td", {}, u.disabled ? "disabled" : "active"),
+        h("td", {}, groupsEditor(u, draw)), h("td", {}, u.disabled ? "disabled" : "active"),
         h("td", {}, h("form", { class: "inline", onsubmit: (e) => { e.preventDefault(); act(() => api("PUT", `/users/${encodeURIComponent(u.name)}/password`, { password: pw.value }), () => { pw.value = ""; status(`Password set for ${u.name}.`, "ok"); }); } },
           pw, h("button", { type: "submit", class: "secondary" }, "Set"))),
         h("td", {}, h("button", { type: "button", class: "secondary", onclick: () => act(() => api("PATCH", `/users/${encodeURIComponent(u.name)}`, { disabled: !u.disabled }), draw) },

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
+from client.errors import ApiError
 from tests.support.browser import (
     JOB_MS,
     main_page_shot,
@@ -256,4 +257,22 @@ def test_admin_accounting_chart_shows_the_pages_just_printed(console: LiveStack,
     page.locator(".security-log").wait_for()
     assert "login" in page.locator(".security-log").inner_text()
     shot(page, tmp_path, "admin")
+
+    # Groups, and a token made in the page: shown once, works for a script, then revoked.
+    page.get_by_role("textbox", name=f"Groups of {printer_user}").fill("lab, night")
+    page.get_by_role("button", name=f"Save the groups of {printer_user}").click()
+    page.get_by_text(f"Groups of {printer_user} saved.").wait_for()
+    page.get_by_label("For user").fill(printer_user)
+    page.get_by_label("Label").fill("from the console")
+    page.get_by_role("button", name="Make token").click()
+    token = page.locator("code.new-token").inner_text()
+    with console.client(token=token) as client:
+        me = client.request("GET", "/api/v1/me")
+    assert me["name"] == printer_user and me["groups"] == ["lab", "night"]
+    row = page.locator("tr[data-token]", has_text="from the console")
+    row.get_by_role("button", name="Revoke").click()
+    row.get_by_role("button", name="Revoke").wait_for(state="detached")  # listed, now revoked
+    with console.client(token=token) as client, pytest.raises(ApiError) as refused:
+        client.request("GET", "/api/v1/me")
+    assert refused.value.status == 401
     assert not page_errors(tmp_path)
