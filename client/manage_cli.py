@@ -2,6 +2,7 @@
 
     cloudimaging users add alice --group lab --with-token       # admin; prints the token once
     cloudimaging users add ci-bot --service-account --with-token
+    cloudimaging users passwd alice                         # admin; the web console password
     cloudimaging tokens new --label laptop                  # a token for yourself
     cloudimaging tokens revoke 3f2a9c0d11e4b7a8
     cloudimaging devices register printer-7                 # owner; prints the enrollment code
@@ -68,10 +69,28 @@ def cmd_users(args: argparse.Namespace) -> int:
         user = _call(args, "PATCH", f"/users/{_q(args.name)}", json=body)
         return _show(args, user, f"{clean(user['name'])}: role {user['role']}, groups "
                                  f"{','.join(user['groups']) or '-'}{', disabled' if user['disabled'] else ''}")
+    if args.action == "passwd":
+        password = _new_password(args)
+        done = _call(args, "PUT", f"/users/{_q(args.name)}/password", json={"password": password})
+        return _show(args, done, f"password set for {clean(args.name)}; {done['sessions_ended']} console "
+                                 "session(s) ended")
     listed = _call(args, "GET", "/users")["users"]
     rows = [[clean(u["name"]), u["kind"], u["role"], ",".join(u["groups"]) or "-", "yes" if u["disabled"] else "no"]
             for u in listed]
     return _show(args, {"users": listed}, table(["NAME", "KIND", "ROLE", "GROUPS", "DISABLED"], rows))
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    """The console password to set: one line of stdin (--password-stdin), else typed twice."""
+    import getpass
+    import sys
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"new console password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the two passwords differ")
+    return first
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -197,15 +216,17 @@ def add_parser(sub: Any) -> None:
     roles = ["admin", "owner", "user"]
 
     p = sub.add_parser("users", parents=common, help="list, add or change users and service accounts (admin)")
-    p.add_argument("action", nargs="?", choices=["list", "add", "set"], default="list")
-    p.add_argument("name", nargs="?", help="user name (add, set)")
+    p.add_argument("action", nargs="?", choices=["list", "add", "set", "passwd"], default="list")
+    p.add_argument("name", nargs="?", help="user name (add, set, passwd)")
     p.add_argument("--role", choices=roles, help="role (add: default user)")
     p.add_argument("--group", action="append", help="group membership (repeatable; set replaces all)")
     p.add_argument("--service-account", action="store_true", help="add a service account (a program)")
     p.add_argument("--with-token", action="store_true", help="add: also make a first token (printed once)")
     p.add_argument("--disable", action="store_true", help="set: disable the user and revoke their tokens")
     p.add_argument("--enable", action="store_true", help="set: enable the user again")
-    p.set_defaults(func=_need("name", ("add", "set"), cmd_users))
+    p.add_argument("--password-stdin", action="store_true",
+                   help="passwd: read the web console password from stdin (else it is asked twice)")
+    p.set_defaults(func=_need("name", ("add", "set", "passwd"), cmd_users))
 
     p = sub.add_parser("tokens", parents=common, help="list, make or revoke API tokens")
     p.add_argument("action", nargs="?", choices=["list", "new", "revoke"], default="list")

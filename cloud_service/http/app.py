@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_service.clf import ClfLog
-from cloud_service.http import apidocs, defaults, events, jobs, manage, objects, operators, services
+from cloud_service.http import apidocs, console, defaults, events, jobs, manage, objects, operators, services
 from cloud_service.http.deps import Deps
 from cloud_service.http.responses import OrjsonResponse, add_error_handlers
 
@@ -55,4 +55,5 @@ def create_app(deps: Deps) -> FastAPI:
     for module in (operators, services, jobs, events, objects, manage, defaults):
         app.include_router(module.router)
     apidocs.install(app)
+    app.include_router(console.router)  # last: its pages take only the paths left
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
@@ -21,6 +22,7 @@ from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
 from cloud_service.objects import LocalObjectStore
 from cloud_service.registration import Registry
+from cloud_service.sessions import COOKIE, CSRF_HEADER, find_session
 from cloud_service.store import JobStore
 
 
@@ -49,8 +51,45 @@ def get_deps(request: Request) -> Deps:
     return request.app.state.deps
 
 
+#: Methods that change nothing: a session cookie alone is enough for them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(request: Request) -> bool:
+    """False if the request says it comes from another site (``Origin``, else ``Referer``, naming
+    another host than ``Host``). The host alone is compared: behind a TLS-terminating proxy the
+    service sees http while the browser says https."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return True
+    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+
+
+async def session_user(request: Request, deps: Deps) -> User:
+    """The caller from the console's session cookie (cloud_service.sessions): a request that
+    changes something must also come from our own origin and carry the session's CSRF token."""
+    client = request.client.host if request.client else None
+    session = await find_session(deps.store, request.cookies.get(COOKIE))
+    if session is None:
+        deps.audit.event("auth-failed", outcome="denied", client=client, method=request.method,
+                         path=request.url.path, reason="unknown or expired session")
+        raise Refusal(401, "unauthorized", "not signed in, or the session has expired")
+    if request.method not in SAFE_METHODS and (
+            not same_origin(request) or not session.csrf_ok(request.headers.get(CSRF_HEADER))):
+        deps.audit.event("csrf-refused", outcome="denied", actor=session.user.name, client=client,
+                         method=request.method, path=request.url.path,
+                         reason="foreign origin" if not same_origin(request) else "missing or wrong CSRF token")
+        raise Refusal(403, "csrf", "this request needs the page's CSRF token (X-CSRF-Token) and our own origin")
+    request.scope.setdefault("state", {})["user"] = session.user.name
+    return session.user
+
+
 async def current_user(request: Request, deps: Deps = Depends(get_deps)) -> User:
-    """The caller, from ``Authorization: Bearer <token>``; 401 (and an audit event) otherwise."""
+    """The caller, from ``Authorization: Bearer <token>`` or else the console's session cookie;
+    401 (and an audit event) otherwise. Both give the same ``User``, so every permission check
+    treats the page exactly as a script holding a token of that user."""
+    if "authorization" not in request.headers and COOKIE in request.cookies:
+        return await session_user(request, deps)
     credentials = parse_authorization(request.headers.get("authorization", ""))
     client = request.client.host if request.client else None
     if credentials is None or credentials.scheme != "bearer":
