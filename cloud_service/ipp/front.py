@@ -41,6 +41,7 @@ from cloud_service.db import JobRow, ServiceRow
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
 from cloud_service.store import JobStore
+from cloud_service.transform import advertised_capabilities
 from schemas.api import JobInfo
 from schemas.enums import JobState, ServiceKind
 from schemas.ipp import attributes as ia
@@ -335,7 +336,7 @@ class IppFront:
         # A revoked device's printer says so and refuses jobs, so CUPS stops retrying.
         status = service_overlay(service.state, service.state_reasons, service.state_message, online, revoked)
         uri = self.printer_uri(service.name)
-        caps = PrintCapabilities.model_validate(service.capabilities)
+        caps = PrintCapabilities.model_validate(advertised_capabilities(service.capabilities))
         info = ia.PrinterInfo(
             name=service.name, uri=uri, more_info=f"{self.https_base()}/api/v1/services/print/{service.name}",
             uuid=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, uri)}", state_enum=status.state.ipp,

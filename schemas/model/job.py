@@ -51,7 +51,11 @@ class InvalidTransition(Exception):
 
 @dataclass(frozen=True)
 class Close:
-    """All documents are in: the job becomes fetchable (Close-Job / Send-Document last)."""
+    """All documents are in: the job becomes fetchable (Close-Job / Send-Document last).
+
+    ``message`` says what the service did to the documents first (a transform and its cost)."""
+
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class Job:
             case Close():
                 if self.state is not S.PENDING_HELD or Reason.JOB_INCOMING not in self.reasons:
                     raise InvalidTransition(self, event, "the job is not waiting for documents")
-                return self._to(S.PENDING, (Reason.JOB_FETCHABLE,))
+                return self._to(S.PENDING, (Reason.JOB_FETCHABLE,), event.message)
             case Accept():
                 if not self.fetchable:
                     raise InvalidTransition(self, event, "the job is not fetchable")
