@@ -252,14 +252,15 @@ class _RasterCounter(_Counter):
                     return pos
                 head = bytes(buf[pos:pos + size])
                 if self._pwg:
-                    self._width, self._height = _u32(head, 372), _u32(head, 376)
-                    self._bpp = _u32(head, 388)
+                    width, self._height, self._bpp = _u32(head, 372), _u32(head, 376), _u32(head, 388)
                 else:
-                    self._bpp, self._width, self._height = head[0], _u32(head, 12), _u32(head, 16)
+                    self._bpp, width, self._height = head[0], _u32(head, 12), _u32(head, 16)
                 pos += size
-                if not (self._width and self._height and self._bpp and self._bpp % 8 == 0):
+                if not (width and self._height and self._bpp in (1, 2, 4, 8, 16, 24, 32, 40, 48, 64)):
                     self._bad = True
                     return n
+                # Runs count pixels of 8 bits or more, bytes of packed pixels below that.
+                self._width = (width * self._bpp + 7) // 8 // max(1, self._bpp // 8)
                 self._count += 1
                 self._state, self._y = "line", 0
             elif self._state == "line":
@@ -272,7 +273,7 @@ class _RasterCounter(_Counter):
                 pos += 1
                 self._state, self._x = "run", 0
             else:  # run
-                step = self._bpp // 8
+                step = max(1, self._bpp // 8)
                 while self._x < self._width:
                     if n - pos < 1:
                         return pos
