@@ -14,7 +14,8 @@ from cloud_service.transform.page import FORMAT_ERROR, UNPRINTABLE, SourcePage, 
 
 
 class PdfSource:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, color: bool = True) -> None:
+        self.color = color
         try:
             self.doc = pdfium.PdfDocument(str(path))
         except pdfium.PdfiumError as exc:
@@ -29,17 +30,18 @@ class PdfSource:
             width, height = page.get_size()
             if width <= 0 or height <= 0:
                 raise TransformError(UNPRINTABLE, f"page {index + 1} of the PDF has no size")
-            yield SourcePage(width, height, _renderer(page, width, height))
+            yield SourcePage(width, height, _renderer(page, width, height, self.color))
 
     def close(self) -> None:
         self.doc.close()
 
 
-def _renderer(page: pdfium.PdfPage, width: float, height: float):  # type: ignore[no-untyped-def]
+def _renderer(page: pdfium.PdfPage, width: float, height: float, color: bool):  # type: ignore[no-untyped-def]
     def render(box_width: int, box_height: int) -> Image.Image:
         scale = min(box_width / width, box_height / height)
         try:
-            bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255), may_draw_forms=True)
+            bitmap = page.render(scale=scale, fill_color=(255, 255, 255, 255), may_draw_forms=True,
+                                 grayscale=not color)
             return bitmap.to_pil()
         except pdfium.PdfiumError as exc:
             raise TransformError(UNPRINTABLE, f"a page of the PDF cannot be rendered ({exc})") from None

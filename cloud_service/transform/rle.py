@@ -28,11 +28,13 @@ def encode_page(pixels: np.ndarray) -> bytes:
         keys = (pixels[:, :, 0].astype(np.uint32) << 16) | (pixels[:, :, 1].astype(np.uint32) << 8) \
             | pixels[:, :, 2].astype(np.uint32)
     rows = pixels.reshape(height, width * depth)
+    # same[y]: line y + 1 equals line y (one vectorised pass, not a comparison per line pair).
+    same = np.all(keys[1:] == keys[:-1], axis=1).tolist() if height > 1 else []
     out = bytearray()
     y = 0
     while y < height:
         repeat = 0
-        while repeat < 255 and y + repeat + 1 < height and np.array_equal(keys[y + repeat + 1], keys[y]):
+        while repeat < 255 and y + repeat < height - 1 and same[y + repeat]:
             repeat += 1
         out.append(repeat)
         _encode_line(keys[y], rows[y].tobytes(), depth, width, out)

@@ -42,7 +42,7 @@ def transform_file(source: Path, source_format: str, target: Path, target_format
 def _open(source: Path, source_format: str, layout: Layout):  # type: ignore[no-untyped-def]
     if source_format == "application/pdf":
         from cloud_service.transform.pdf import PdfSource
-        return PdfSource(source)
+        return PdfSource(source, layout.color)
     if source_format in ("image/jpeg", "image/png"):
         from cloud_service.transform.image import ImageSource
         return ImageSource(source)
