@@ -210,3 +210,27 @@ def test_layout_from_capabilities_and_ticket() -> None:
                               {"print-color-mode": "color"}).color
     assert Layout.for_job(caps, {"media": "na_letter_8.5x11in"}).sheet_pixels == (2550, 3300)
     assert media_size_inches("iso_a5_148x210mm") == pytest.approx((148 / 25.4, 210 / 25.4))
+
+
+# ---------------------------------------------------------------------------- the run-length coder
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_run_length_coding_round_trips(depth: int) -> None:
+    """Random mixtures of runs, literals, repeated lines and runs longer than 128 pixels."""
+    import numpy as np
+
+    from cloud_service.transform.rle import decode_page, encode_page
+
+    rng = np.random.default_rng(5102)
+    for trial in range(150):
+        height, width = int(rng.integers(1, 40)), int(rng.integers(1, 400))
+        image = rng.integers(0, 3, size=(height, width, depth), dtype=np.uint8) * 100
+        if trial % 3 == 0:
+            image[:, : width // 2] = 255
+        if trial % 5 == 0:
+            image[height // 2:] = image[:1]
+        data = encode_page(image if depth == 3 else image[:, :, 0])
+        decoded, used = decode_page(data, width, height, depth)
+        assert used == len(data) and np.array_equal(decoded, image), trial
+    assert encode_page(np.full((300, 300), 255, np.uint8))[:7] == bytes([255, 127, 255, 127, 255, 43, 255])
