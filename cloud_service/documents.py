@@ -34,7 +34,7 @@ from cloud_service.errors import Refusal
 from cloud_service.objects import ObjectStore, ObjectTooLarge, StoredObject
 from cloud_service.store import JobNotFound, JobStore
 from cloud_service.transform import target_format
-from cloud_service.transform.page import FORMAT_ERROR, UNPRINTABLE, Layout
+from cloud_service.transform.page import UNPRINTABLE, Layout
 from cloud_service.transform.service import Transformer
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind
 from schemas.model.formats import FormatError, FormatSniffer
@@ -280,8 +280,10 @@ class Documents:
                 continue
             try:
                 target = target_format(doc.format, device_formats)
-            except ValueError as exc:
-                raise TransformFailed(FORMAT_ERROR, f"document {doc.number} ({doc.format}): {exc}") from None
+            except ValueError:
+                # Nothing the service writes fits (the device's formats changed since the job was
+                # accepted): the device checks the job again and refuses it with its reason.
+                continue
             if target is None:
                 continue
             notes.append(await self._transform(job, doc, target, Layout.for_job(capabilities, job.ticket or {})))
