@@ -24,10 +24,11 @@ from cloud_service.store import JobStore
 from cloud_service.transform.service import Transformer
 from manager.drivers.simulated import RASTER_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
+from schemas.ipp.codec import Op, Status, Tag, simple
 from schemas.model.formats import FormatError, FormatSniffer, sniff
 from schemas.model.pages import PageCounter
 from tests.support.inprocess import service_parts
-from tests.support.ipptools import need_tool
+from tests.support.ipptools import ipp, need_tool, new, reply
 from tests.support.rasterdocs import alpha_png, numbered_pdf, photo_jpeg
 from tests.support.stack import running_stack
 
@@ -245,3 +246,29 @@ async def test_a_pdf_prints_on_a_raster_only_printer_through_the_manager(tmp_pat
         job = await stack.wait_job(response.json()["id"], timeout=120)
         assert job["state"] == "completed", job
         assert job["impressions_completed"] == 72  # the device counted 36 raster pages, twice
+
+
+async def test_mismatched_and_executable_documents_are_refused_on_http_and_ipp(tmp_path: Path) -> None:
+    png = alpha_png(tmp_path / "a.png").read_bytes()
+    async with running_stack(tmp_path) as stack:
+        await stack.add_manager("office", driver="file")
+        refused = await stack.submit(png, service="office", fmt="application/pdf")
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "document-format-error" and "image/png" in error["message"]
+        refused = await stack.submit(b"\x7fELF\x02\x01\x01" + bytes(300), service="office",
+                                     fmt="application/octet-stream", name="a.out")
+        assert refused.status_code == 400 and "executable" in refused.json()["error"]["message"]
+        for data, fmt, words in ((png, "application/pdf", "image/png"),
+                                 (b"MZ\x90\x00" + bytes(300), "application/octet-stream", "executable")):
+            msg = new(stack, Op.PRINT_JOB, "office", document_format=(Tag.MIME_TYPE, fmt))
+            answer = reply(await ipp(stack, "office", msg, data=data))
+            assert answer.code == Status.CLIENT_ERROR_DOCUMENT_FORMAT_NOT_SUPPORTED, hex(answer.code)
+            assert words in str(simple(answer.operation().get("status-message")))
+        # octet-stream with a PNG inside is taken as the PNG it is.
+        msg = new(stack, Op.PRINT_JOB, "office", document_format=(Tag.MIME_TYPE, "application/octet-stream"))
+        answer = reply(await ipp(stack, "office", msg, data=png))
+        assert answer.code == Status.OK, hex(answer.code)
+        jobs = (await stack.http.get("/api/v1/jobs", params={"all": "true"})).json()["jobs"]
+        formats = {job["documents"][0]["format"] for job in jobs if job["state"] != "aborted"}
+        assert formats == {"image/png"}
