@@ -40,6 +40,7 @@ def transform_file(source: Path, source_format: str, target: Path, target_format
 
 
 def _open(source: Path, source_format: str, layout: Layout):  # type: ignore[no-untyped-def]
+    source_format = source_format.split(";", 1)[0].strip().lower()  # text/plain; charset=utf-8
     if source_format == "application/pdf":
         from cloud_service.transform.pdf import PdfSource
         return PdfSource(source, layout.color)
