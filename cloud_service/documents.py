@@ -327,6 +327,21 @@ def object_keys(doc: DocumentRow) -> list[str]:
     return [doc.object_key, made] if made else [doc.object_key]
 
 
+#: Ticket attributes a transform applies to the pages it makes: the device must not apply them again.
+APPLIED_BY_TRANSFORM = ("page-ranges", "number-up", "orientation-requested")
+
+
+def device_ticket(ticket: dict[str, Any], docs: list[DocumentRow]) -> dict[str, Any]:
+    """The job ticket as the device gets it: ``document-format`` is the format it is given, and
+    the page layout a transform already applied is left out."""
+    out = dict(ticket)
+    out["document-format"] = device_copy(docs[0]).format
+    if any(doc.transformed for doc in docs):
+        for name in APPLIED_BY_TRANSFORM:
+            out.pop(name, None)
+    return out
+
+
 def device_copy(doc: DocumentRow) -> DocumentRow:
     """The document as its device gets it: the transformed copy if one was made, else itself."""
     made = doc.transformed

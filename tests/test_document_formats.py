@@ -272,3 +272,18 @@ async def test_mismatched_and_executable_documents_are_refused_on_http_and_ipp(t
         jobs = (await stack.http.get("/api/v1/jobs", params={"all": "true"})).json()["jobs"]
         formats = {job["documents"][0]["format"] for job in jobs if job["state"] != "aborted"}
         assert formats == {"image/png"}
+
+
+def test_the_device_ticket_names_the_copy_and_leaves_out_what_the_transform_applied() -> None:
+    from cloud_service.db import DocumentRow
+    from cloud_service.documents import device_ticket
+
+    def doc(transformed: dict | None) -> DocumentRow:
+        return DocumentRow(job_id=1, number=1, name=None, format="application/pdf", size=10, sha256="0" * 64,
+                           object_key="jobs/1/doc-1", state="pending", impressions_completed=0, pages=3,
+                           transformed=transformed)
+
+    ticket = {"copies": 2, "number-up": 2, "page-ranges": [[1, 3]], "orientation-requested": 4}
+    assert device_ticket(ticket, [doc(None)]) == {**ticket, "document-format": "application/pdf"}
+    made = {"format": "image/pwg-raster", "object_key": "jobs/1/doc-1-device", "size": 5, "sha256": "1" * 64}
+    assert device_ticket(ticket, [doc(made)]) == {"copies": 2, "document-format": "image/pwg-raster"}
