@@ -6,6 +6,7 @@ database and the object store, so a restart (or a second replica) picks up where
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import socket
@@ -34,6 +35,7 @@ from cloud_service.registration import Registry
 from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
+from cloud_service.transform.service import Transformer
 
 log = logging.getLogger("cloudimaging.service")
 
@@ -82,7 +84,7 @@ class CloudService:
         signer = UrlSigner(load_or_create_secret(cfg.data_dir / "objects.key"), self.url)
         self.objects = LocalObjectStore(cfg.objects_dir, signer)
         self.clf = ClfLog(cfg.logs_dir / "access.log")
-        self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl)
+        self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl, Transformer())
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
                                       max_services=cfg.max_services_per_device)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
@@ -131,6 +133,8 @@ class CloudService:
             await self.engine.dispose()
         if hasattr(self, "clf"):
             self.clf.close()
+        if hasattr(self, "documents"):
+            await asyncio.to_thread(self.documents.transformer.close)  # its worker processes
         if self._socket is not None:
             self._socket.close()
 

@@ -144,6 +144,9 @@ class DocumentRow(Base):
     #: Schema 3: pages counted while the bytes were stored (schemas.model.pages.PageCounter), so
     #: quotas and prices never read a document twice; NULL for documents stored before.
     pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The copy the device is given when it does not take ``format`` (cloud_service.transform):
+    #: its format, object key, size, SHA-256, pages and the transform's cost; NULL: none made.
+    transformed: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEventRow(Base):

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from cloud_service.clf import ClfLog
 from cloud_service.db import JobRow
-from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents
+from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents, device_ticket
 from cloud_service.store import JobNotFound, JobStore
 from schemas import topics
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind
@@ -241,7 +241,7 @@ class DeviceProtocol:
         docs = await self.store.documents(row.id)
         ticket = dict(row.ticket)
         if docs and row.kind != ServiceKind.SCAN.value:  # a scan job's documents are its output
-            ticket["document-format"] = docs[0].format
+            ticket = device_ticket(ticket, docs)  # the format it gets; what a transform applied
         reply = Reply(re=msg.id, ok=True, code="ok", job_id=row.id, state=state, version=row.version,
                       reasons=row.state_reasons, service=row.service_name,
                       kind=None if row.kind == ServiceKind.PRINT.value else ServiceKind(row.kind),

@@ -25,6 +25,7 @@ from cloud_service.errors import Refusal
 from cloud_service.objects import StoredObject
 from cloud_service.sharing import Access, check_service, owns
 from cloud_service.store import JobNotFound, JobStore
+from cloud_service.transform import advertised_capabilities
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
 from schemas.model.fax import parse_fax_ticket, validate_fax_ticket
@@ -66,7 +67,9 @@ def _validated(service: ServiceRow, raw: dict[str, Any], document_format: str | 
         validate_fax_ticket(fax, FaxOutCapabilities.model_validate(service.capabilities), document_format)
         return fax.wire()
     ticket = parse_print_ticket(raw)
-    validate_print_ticket(ticket, PrintCapabilities.model_validate(service.capabilities), document_format)
+    # Formats the service transforms count as supported (cloud_service.transform).
+    caps = PrintCapabilities.model_validate(advertised_capabilities(service.capabilities))
+    validate_print_ticket(ticket, caps, document_format)
     return ticket.wire()
 
 
@@ -161,8 +164,10 @@ class JobOperations:
                 with contextlib.suppress(InvalidTransition):
                     await self.store.transition(job_id, Abort(Reason.ABORTED_BY_SYSTEM, refusal.message))
                 raise
+        # Transforms run before the job becomes fetchable (cloud_service.transform).
+        note = await self.documents.make_printable(row, row.kind, service.capabilities) if service else None
         try:
-            result = await self.store.transition(job_id, Close())
+            result = await self.store.transition(job_id, Close(note))
         except InvalidTransition as exc:
             raise Refusal(409, "job-not-incoming", str(exc)) from None
         row = result.row

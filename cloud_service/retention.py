@@ -29,6 +29,7 @@ from sqlalchemy import select
 from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import JobRow, ServicePolicyRow
+from cloud_service.documents import object_keys
 from cloud_service.objects import ObjectStore
 from cloud_service.store import JobStore
 from schemas.enums import JobState
@@ -101,14 +102,16 @@ class Sweeper:
 
     async def _discard_documents(self, row: JobRow, now: float) -> None:
         for doc in await self.store.documents(row.id):
-            with contextlib.suppress(KeyError, OSError):
-                await self.objects.delete(doc.object_key)
+            for key in object_keys(doc):
+                with contextlib.suppress(KeyError, OSError):
+                    await self.objects.delete(key)
         await self.store.mark_documents_discarded(row.id, now)
 
     async def _delete_job(self, row: JobRow) -> None:
         for doc in await self.store.documents(row.id):
-            with contextlib.suppress(KeyError, OSError):
-                await self.objects.delete(doc.object_key)
+            for key in object_keys(doc):
+                with contextlib.suppress(KeyError, OSError):
+                    await self.objects.delete(key)
         await self.store.delete_job(row.id)
 
     def start(self) -> None:

@@ -25,7 +25,7 @@ from cloud_service.auth import authenticate
 from cloud_service.config import ServiceConfig
 from manager.drivers.fax import SIMULATED_MODEM_CAPABILITIES
 from manager.drivers.scanner import SIMULATED_SCANNER_CAPABILITIES
-from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
+from manager.drivers.simulated import RASTER_PRINTER_CAPABILITIES
 
 PRINTER_ID = "sim-printer"
 
@@ -155,8 +155,8 @@ class EmbeddedStack:
             "services": [{
                 "kind": "print", "name": PRINTER_ID, "driver": "file",
                 "driver_options": {"output_dir": str(device_dir / "output")},
-                "capabilities": SIMULATED_PRINTER_CAPABILITIES,
-                "info": "Simulated printer (writes each job to a folder)",
+                "capabilities": RASTER_PRINTER_CAPABILITIES,
+                "info": "Simulated printer taking PWG raster and JPEG (writes each job to a folder)",
                 "location": str(device_dir / "output"),
                 "make_and_model": "cloudimaging simulated printer",
             }, {

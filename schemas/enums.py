@@ -101,6 +101,7 @@ class Reason:
     UNSUPPORTED_ATTRIBUTES = "unsupported-attributes-or-values"
     DOCUMENT_ACCESS_ERROR = "document-access-error"
     DOCUMENT_FORMAT_ERROR = "document-format-error"
+    DOCUMENT_UNPRINTABLE_ERROR = "document-unprintable-error"
     # printer-state-reasons
     OFFLINE = "offline-report"
     MEDIA_EMPTY = "media-empty"

@@ -94,6 +94,14 @@ class PrintCapabilities(IppModel):
     finishings_default: list[int] = [3]
     document_format_supported: list[MimeType] = ["application/pdf"]
     document_format_default: MimeType = "application/pdf"
+    #: The formats the device itself takes, where the service transforms others into them
+    #: (``document-format-supported`` is then what the service takes). Set by the service.
+    document_format_device_supported: list[MimeType] | None = None
+    #: Resolutions (dots per inch) the device takes raster at (PWG 5100.14); transforms use them.
+    pwg_raster_document_resolution_supported: list[Annotated[int, Field(ge=72, le=2400)]] | None = None
+    #: How the device wants duplex back sides of raster (PWG 5100.14): normal, flipped, rotated,
+    #: manual-tumble.
+    pwg_raster_document_sheet_back: Keyword | None = None
 
     @model_validator(mode="after")
     def _defaults_supported(self) -> PrintCapabilities:

@@ -204,13 +204,13 @@ async def test_unsupported_attribute_is_rejected_with_its_name(make_rig: RigFact
     rig = await make_rig()
     # Accepted by the service when the device's capabilities were wider; the device checks again.
     two = await rig.side.add_job([(make_pdf(1), PDF)], {"sides": "two-sided-long-edge"})
-    png = await rig.side.add_job([(b"\x89PNG", "image/png")])
+    png = await rig.side.add_job([(b"II*\x00", "image/tiff")])  # a format the service cannot transform
     rig.connect()
     await until(lambda: rig.finished(two) and rig.finished(png))
     (ack2,) = rig.link.of(AcknowledgeJob, two)
     assert not ack2.accept and ack2.reason == "unsupported-attributes-or-values" and "sides" in ack2.message
     (ack3,) = rig.link.of(AcknowledgeJob, png)
-    assert ack3.reason == "unsupported-document-format" and "image/png" in ack3.message
+    assert ack3.reason == "unsupported-document-format" and "image/tiff" in ack3.message
     assert await rig.side.state(two) == JobState.ABORTED
     assert not list(rig.output.iterdir())
 

@@ -10,6 +10,7 @@ from cloud_service.http.deps import Deps, current_user, get_deps
 from cloud_service.http.params import PathName
 from cloud_service.http.responses import OrjsonResponse
 from cloud_service.sharing import Access
+from cloud_service.transform import advertised_capabilities
 from schemas.api import API_PREFIX, ServiceInfo, TicketCheck
 from schemas.enums import ServiceKind
 from schemas.model.service import service_overlay
@@ -35,10 +36,16 @@ async def service_info(deps: Deps, kind: str | None, name: str | None = None,
                                state=status.state, state_reasons=list(status.reasons),
                                state_message=status.message, info=svc.info, location=svc.location,
                                make_and_model=svc.make_and_model, online=dev.online,
-                               last_seen=dev.last_seen, queued_jobs=queued, capabilities=svc.capabilities,
+                               last_seen=dev.last_seen, queued_jobs=queued,
+                               capabilities=_capabilities(svc.kind, svc.capabilities),
                                ipp_uri=f"{ipp_base()}/ipp/print/{svc.name}"  # the IPP front serves print only
                                if ipp_base and svc.kind == ServiceKind.PRINT.value else None))
     return out
+
+
+def _capabilities(kind: str, capabilities: dict) -> dict:
+    """A print service offers its device's formats and those the service transforms into them."""
+    return advertised_capabilities(capabilities) if kind == ServiceKind.PRINT.value else capabilities
 
 
 @router.get(f"{API_PREFIX}/services", tags=["services"])

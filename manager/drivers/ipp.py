@@ -46,7 +46,7 @@ from manager.drivers.base import (
 )
 from schemas.enums import JobState, Reason
 from schemas.ipp import attributes as ia
-from schemas.ipp.codec import Group, IppParseError, Message, Op, Status, Tag, decode, request, simple
+from schemas.ipp.codec import Group, IppParseError, Message, Op, Resolution, Status, Tag, decode, request, simple
 from schemas.model.pages import count_pages
 from schemas.tickets import PrintCapabilities
 
@@ -216,7 +216,7 @@ class IppDriver(PrintDriver):
             self._last_discovery = asyncio.get_running_loop().time()
         changed_caps = False
         if full and self.options.discover:
-            caps = ia.capabilities_from_printer(group)
+            caps = with_raster_details(ia.capabilities_from_printer(group), group)
             changed_caps = caps != self.discovered
             self.discovered = caps
         status = printer_status(group)
@@ -521,3 +521,18 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def with_raster_details(caps: PrintCapabilities, group: Group) -> PrintCapabilities:
+    """The printer's PWG raster resolutions and back-side orientation (PWG 5100.14), which the
+    service needs to transform documents into the raster this printer takes."""
+    extra: dict[str, object] = {}
+    found = group.get("pwg-raster-document-resolution-supported")
+    dpis = sorted({v.x for v in (found.values if found else [])
+                   if isinstance(v, Resolution) and v.x == v.y and v.units == 3 and 72 <= v.x <= 2400})
+    if dpis:
+        extra["pwg_raster_document_resolution_supported"] = dpis
+    back = simple(group.get("pwg-raster-document-sheet-back"))
+    if isinstance(back, str) and back in ("normal", "flipped", "rotated", "manual-tumble"):
+        extra["pwg_raster_document_sheet_back"] = back
+    return caps.model_copy(update=extra) if extra else caps

@@ -61,6 +61,16 @@ SIMULATED_PRINTER_CAPABILITIES: dict[str, Any] = {
     "document-format-supported": ["application/pdf", "image/jpeg", "image/png", "text/plain"],
 }
 
+#: The printer of ``cloudimaging up``: like many IPP Everywhere printers it takes only PWG raster
+#: and JPEG, so a PDF, PNG or text document reaches it transformed by the service.
+RASTER_PRINTER_CAPABILITIES: dict[str, Any] = {
+    **SIMULATED_PRINTER_CAPABILITIES,
+    "document-format-supported": ["image/pwg-raster", "image/jpeg"],
+    "document-format-default": "image/pwg-raster",
+    "pwg-raster-document-resolution-supported": [150, 300],
+    "pwg-raster-document-sheet-back": "normal",
+}
+
 
 class ScriptEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -110,6 +120,8 @@ class SimulatedDriver(PrintDriver):
         job_id = task.job.job_id
         canceled = self._cancel_event(job_id)
         pages = await asyncio.to_thread(count_pages, path, task.document_format)
+        log.info("job %d document %d received: %s, %d page(s)%s", job_id, task.document_number,
+                 task.document_format, pages, await asyncio.to_thread(raster_geometry, path, task.document_format))
         impressions = pages * task.job.copies
         page_time = 1.0 / self.options.pages_per_second
         for done in range(impressions):
@@ -154,6 +166,22 @@ class SimulatedDriver(PrintDriver):
 
     async def identify(self, actions: Sequence[str], message: str | None) -> None:
         self.identified.append((tuple(actions), message))
+
+
+def raster_geometry(path: Path, document_format: str) -> str:
+    """", W x H pixels at R dpi" from the first page header of PWG raster or URF (else "")."""
+    with path.open("rb") as f:
+        head = f.read(4 + 1796)
+    if document_format == "image/pwg-raster" and head[:4] == b"RaS2" and len(head) >= 4 + 1796:
+        header = head[4:]
+        width, height = (int.from_bytes(header[o:o + 4], "big") for o in (372, 376))
+        dpi = int.from_bytes(header[276:280], "big")
+        return f", {width} x {height} pixels at {dpi} dpi"
+    if document_format == "image/urf" and head[:8] == b"UNIRAST\0" and len(head) >= 44:
+        header = head[12:44]
+        width, height, dpi = (int.from_bytes(header[o:o + 4], "big") for o in (12, 16, 20))
+        return f", {width} x {height} pixels at {dpi} dpi"
+    return ""
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:

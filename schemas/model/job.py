@@ -53,7 +53,11 @@ class InvalidTransition(Exception):
 
 @dataclass(frozen=True)
 class Close:
-    """All documents are in: the job becomes fetchable (Close-Job / Send-Document last)."""
+    """All documents are in: the job becomes fetchable (Close-Job / Send-Document last).
+
+    ``message`` says what the service did to the documents first (a transform and its cost)."""
+
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,8 @@ class Job:
                 if self.state is not S.PENDING_HELD or Reason.JOB_INCOMING not in self.reasons:
                     raise InvalidTransition(self, event, "the job is not waiting for documents")
                 if self.held:
-                    return self._to(S.PENDING_HELD, (Reason.JOB_HOLD_UNTIL_SPECIFIED,), self.message)
-                return self._to(S.PENDING, (Reason.JOB_FETCHABLE,))
+                    return self._to(S.PENDING_HELD, (Reason.JOB_HOLD_UNTIL_SPECIFIED,), event.message or self.message)
+                return self._to(S.PENDING, (Reason.JOB_FETCHABLE,), event.message)
             case Hold(message=message):
                 if self.held:
                     return self

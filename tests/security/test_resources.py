@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from cloud_service import registration
+from cloud_service.ipp.conformance import minimal_pdf
 from schemas.ipp.codec import Op, Tag
 from tests.support import flood
 from tests.support.documents import pdf_bytes
@@ -255,7 +256,7 @@ async def test_cloudimaging_up_keeps_its_data_private_under_umask_022(tmp_path: 
                    "document_name": "a.pdf"}
             created = await http.post("/api/v1/jobs", files={
                 "job": (None, json.dumps(job), "application/json"),
-                "document": ("a.pdf", pdf_bytes(1, 2000), "application/pdf")})
+                "document": ("a.pdf", minimal_pdf(), "application/pdf")})  # renderable: it is transformed
             assert created.status_code == 201, created.text
             deadline = time.monotonic() + 30
             while (await http.get(f"/api/v1/jobs/{created.json()['id']}")).json()["state"] != "completed":

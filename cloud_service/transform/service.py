@@ -1,0 +1,77 @@
+"""Running transforms off the event loop: a pool of worker processes with bounded concurrency.
+
+Rendering holds the GIL for part of its time and can take seconds per page, so it runs in
+separate processes ("spawn": a forked copy of an asyncio process with threads is not safe),
+never in the service's event loop or its threads. A semaphore bounds the transforms in flight
+(each holds one page of pixels in memory); a worker that dies (a crash in a C library on a
+hostile document) fails only its own job, and the pool is made again for the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from cloud_service.transform.page import UNPRINTABLE, Layout
+from cloud_service.transform.run import Outcome, transform_file
+
+log = logging.getLogger("cloudimaging.transform")
+
+#: Longest one transform may take before its job is aborted (a 1000-page document at 600 dpi).
+TIMEOUT = 1800.0
+
+
+class Transformer:
+    """Runs transforms in at most ``workers`` processes at a time (made on first use)."""
+
+    def __init__(self, workers: int | None = None, timeout: float = TIMEOUT) -> None:
+        self.workers = workers or max(1, min(2, os.cpu_count() or 1))
+        self.timeout = timeout
+        self._pool: ProcessPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        """The bound on transforms in flight, for the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._slots, self._loop = asyncio.Semaphore(self.workers), loop
+        return self._slots
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def run(self, source: Path, source_format: str, target: Path, target_format: str,
+                  layout: Layout) -> Outcome:
+        async with self._semaphore():
+            loop = asyncio.get_running_loop()
+            try:
+                future = loop.run_in_executor(self._executor(), transform_file, source, source_format, target,
+                                              target_format, layout)
+                return await asyncio.wait_for(future, self.timeout)
+            except TimeoutError:
+                self._reset()
+                return Outcome(reason=UNPRINTABLE, message=f"the transform took longer than {self.timeout:.0f} s")
+            except BrokenProcessPool:
+                log.error("a transform worker died on a %s document; the pool is made again", source_format)
+                self._reset()
+                return Outcome(reason=UNPRINTABLE, message="the document crashed the transform")
+
+    def _reset(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()  # only our own workers
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
