@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from cloud_service.ipp import conformance
+from cloud_service.transform import advertised_capabilities
 from schemas.ipp import attributes as ia
 from schemas.ipp.codec import Group, Op, Range, Status, Tag, collection, simple
 from tests.support.ipptools import (
@@ -110,8 +111,10 @@ async def test_everywhere_attributes_and_icons(tmp_path: Path) -> None:
                   requested_attributes=(Tag.KEYWORD, ["all", "media-col-database"]))
         printer = reply(await ipp(stack, "office", msg, auth=None)).group(Tag.PRINTER)
         assert printer is not None
-        assert printer.get("document-format-supported").values == EVERYWHERE_CAPABILITIES[
+        # What the device takes, then what the service transforms into it (docs/formats.md).
+        assert printer.get("document-format-supported").values == advertised_capabilities(EVERYWHERE_CAPABILITIES)[
             "document-format-supported"]
+        assert {"image/png", "text/plain"} <= set(printer.get("document-format-supported").values)
         assert printer.get("ipp-versions-supported").values == ["1.1", "2.0"]
         assert simple(printer.get("ipp-features-supported")) == "ipp-everywhere"
         assert printer.get("pwg-raster-document-type-supported").values == ["sgray_8", "srgb_8"]
