@@ -20,6 +20,7 @@ without a session, so callers read them as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -28,7 +29,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, Engine, Update, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import configure_mappers
 
@@ -59,6 +60,7 @@ _docs = DocumentRow.__table__
 _devices = DeviceRow.__table__
 _services = ServiceRow.__table__
 _events = JobEventRow.__table__
+_TABLES = {t.name: t for t in (_jobs, _docs, _devices, _services)}
 _TERMINAL = [s.value for s in JobState if s.terminal]
 
 # Built once: SQLAlchemy caches each one's compiled form, so a call costs its parameters only.
@@ -70,9 +72,39 @@ _SELECT_ACTIVE = select(_jobs).where(_jobs.c.device_id == bindparam("device_id")
 _SELECT_FETCHABLE = (select(_jobs).where(_jobs.c.device_id == bindparam("device_id"),
                                          _jobs.c.state == JobState.PENDING.value, _jobs.c.claimed.is_(False))
                      .order_by(_jobs.c.id).limit(bindparam("limit")))
+_SELECT_JOBS = select(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
+_SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
+_SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
+_SERVICE_OWNER = select(_services.c.device_id).where(_services.c.kind == bindparam("kind"),
+                                                     _services.c.name == bindparam("name"))
+_DEVICE_SERVICES = select(_services).where(_services.c.device_id == bindparam("device_id"))
+_LOCK_DEVICE = select(_devices.c.id).where(_devices.c.id == bindparam("device_id")).with_for_update()
+_INSERT_JOB = insert(_jobs)
+_INSERT_DOC = insert(_docs)
+_INSERT_DEVICE = insert(_devices)
+_INSERT_SERVICE = insert(_services)
 _INSERT_EVENT = insert(_events)
 _UPDATE_DOC = (update(_docs).where(_docs.c.job_id == bindparam("b_job_id"), _docs.c.number == bindparam("b_number"))
                .values(state=bindparam("b_state"), impressions_completed=bindparam("b_impressions")))
+
+
+@functools.lru_cache(maxsize=256)
+def _updater(table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> Update:
+    """``UPDATE table SET k = :v_k ... WHERE c = :w_c ...``, built once per set of columns.
+
+    Building a statement costs several times executing a cached one, and the hot path updates
+    the same few column sets over and over.
+    """
+    t = _TABLES[table]
+    return (update(t).where(*(t.c[c] == bindparam(f"w_{c}") for c in columns))
+            .values({k: bindparam(f"v_{k}") for k in keys}))
+
+
+def _update(conn: Connection, table: str, where: Mapping[str, Any], values: Mapping[str, Any]) -> CursorResult[Any]:
+    statement = _updater(table, tuple(sorted(values)), tuple(sorted(where)))
+    params = {f"v_{k}": v for k, v in values.items()}
+    params.update({f"w_{c}": v for c, v in where.items()})
+    return conn.execute(statement, params)
 
 
 def _detached(cls: type[R], values: Mapping[str, Any]) -> R:
@@ -233,10 +265,10 @@ class JobStore:
         del values["id"]
 
         def work(conn: Connection) -> JobRow:
-            job_id = conn.execute(insert(_jobs).values(**values)).inserted_primary_key[0]
+            job_id = conn.execute(_INSERT_JOB, values).inserted_primary_key[0]
             if documents:
                 assert key_for is not None
-                conn.execute(insert(_docs), [
+                conn.execute(_INSERT_DOC, [
                     {"job_id": job_id, "number": number, "name": doc.get("name"), "format": doc["format"],
                      "size": doc.get("size"), "sha256": doc.get("sha256"), "object_key": key_for(job_id, number),
                      "state": DocumentState.PENDING.value, "impressions_completed": 0, "pages": None}
@@ -273,21 +305,19 @@ class JobStore:
                            object_key: str) -> DocumentRow:
         """Document ``number`` of a job, added if it is not there yet (idempotent)."""
         def work(conn: Connection) -> DocumentRow:
-            found = conn.execute(select(_docs).where(_docs.c.job_id == job_id, _docs.c.number == number)
-                                 ).mappings().first()
+            found = conn.execute(_SELECT_DOC, {"job_id": job_id, "number": number}).mappings().first()
             if found is not None:
                 return _detached(DocumentRow, found)
             values = {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": None,
                       "sha256": None, "object_key": object_key, "state": DocumentState.PENDING.value,
                       "impressions_completed": 0, "pages": None}
-            conn.execute(insert(_docs).values(**values))
+            conn.execute(_INSERT_DOC, values)
             return _detached(DocumentRow, values)
 
         return await self.run(work)
 
     async def set_document(self, job_id: int, number: int, **values: object) -> None:
-        await self.run(lambda conn: conn.execute(update(_docs).where(_docs.c.job_id == job_id,
-                                                                      _docs.c.number == number).values(**values)))
+        await self.run(lambda conn: _update(conn, "documents", {"job_id": job_id, "number": number}, values))
 
     async def transition(self, job_id: int,
                          event: Event | Callable[[Job, JobRow], Event | Verdict | None],
@@ -316,8 +346,7 @@ class JobStore:
 
     async def set_impressions_estimated(self, job_id: int, estimate: int) -> None:
         """What a job counts against quotas until its device reports (cloud_service.accounting)."""
-        await self.run(lambda conn: conn.execute(update(_jobs).where(_jobs.c.id == job_id)
-                                                 .values(impressions_estimated=estimate)))
+        await self.run(lambda conn: _update(conn, "jobs", {"id": job_id}, {"impressions_estimated": estimate}))
 
     async def mark_documents_discarded(self, job_id: int, at: float) -> None:
         async with self.sessions.begin() as s:
@@ -445,8 +474,7 @@ class JobStore:
 
     async def service(self, kind: str, name: str) -> ServiceRow | None:
         def work(conn: Connection) -> ServiceRow | None:
-            found = conn.execute(select(_services).where(_services.c.kind == kind, _services.c.name == name)
-                                 ).mappings().first()
+            found = conn.execute(_SELECT_SERVICE, {"kind": kind, "name": name}).mappings().first()
             return None if found is None else _detached(ServiceRow, found)
 
         return await self.run(work)
@@ -479,7 +507,7 @@ class JobStore:
 
 
 def _jobs_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, JobRow]:
-    rows = conn.execute(select(_jobs).where(_jobs.c.id.in_(list(ids)))).mappings()
+    rows = conn.execute(_SELECT_JOBS, {"ids": list(ids)}).mappings()
     return {m["id"]: _job_row(m) for m in rows}
 
 
@@ -519,8 +547,7 @@ def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job
             values["completed_at"] = now
     if extra:
         values.update(extra(row))
-    result = conn.execute(update(_jobs).where(_jobs.c.id == job_id, _jobs.c.version == before.version)
-                          .values(**values))
+    result = _update(conn, "jobs", {"id": job_id, "version": before.version}, values)
     if result.rowcount != 1:
         return None
     if len(after.history) > len(before.history):  # the job's state moved (not only a document)
@@ -546,22 +573,21 @@ def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | N
         row.update(online=False, created_at=time.time())
         row.update(values)
         row["id"] = device_id
-        conn.execute(insert(_devices).values(**row))
+        conn.execute(_INSERT_DEVICE, row)
     elif any(found[key] != value for key, value in values.items()):
-        conn.execute(update(_devices).where(_devices.c.id == device_id).values(**values))
+        _update(conn, "devices", {"id": device_id}, values)
 
 
 def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str, str, dict]],
                      cap: int) -> ServicesRefused | None:
-    conn.execute(select(_devices.c.id).where(_devices.c.id == device_id).with_for_update())
+    conn.execute(_LOCK_DEVICE, {"device_id": device_id})
     owned = {(m["kind"], m["name"]): m for m in
-             conn.execute(select(_services).where(_services.c.device_id == device_id)).mappings()}
+             conn.execute(_DEVICE_SERVICES, {"device_id": device_id}).mappings()}
     new: list[tuple[str, str, dict]] = []
     for kind, name, values in services:
         if (kind, name) in owned:
             continue
-        other = conn.execute(select(_services.c.device_id).where(_services.c.kind == kind,
-                                                                 _services.c.name == name)).scalar()
+        other = conn.execute(_SERVICE_OWNER, {"kind": kind, "name": name}).scalar()
         if other is not None:
             return ServicesRefused("not-yours", f"service name {name!r} belongs to another device")
         if all((kind, name) != (k, n) for k, n, _ in new):
@@ -575,10 +601,9 @@ def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str,
     for kind, name, values in services:
         found = owned.get((kind, name))
         if found is None and (kind, name) not in written:
-            conn.execute(insert(_services).values(device_id=device_id, kind=kind, name=name, updated_at=now,
-                                                  **values))
+            conn.execute(_INSERT_SERVICE, {**values, "device_id": device_id, "kind": kind, "name": name,
+                                           "updated_at": now})
         else:
-            conn.execute(update(_services).where(_services.c.kind == kind, _services.c.name == name)
-                         .values(updated_at=now, **values))
+            _update(conn, "services", {"kind": kind, "name": name}, {**values, "updated_at": now})
         written.add((kind, name))
     return None
