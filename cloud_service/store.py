@@ -79,6 +79,7 @@ _SERVICE_OWNER = select(_services.c.device_id).where(_services.c.kind == bindpar
                                                      _services.c.name == bindparam("name"))
 _DEVICE_SERVICES = select(_services).where(_services.c.device_id == bindparam("device_id"))
 _LOCK_DEVICE = select(_devices.c.id).where(_devices.c.id == bindparam("device_id")).with_for_update()
+_SELECT_EVENTS = select(_events).where(_events.c.job_id == bindparam("job_id")).order_by(_events.c.id)
 _INSERT_JOB = insert(_jobs)
 _INSERT_DOC = insert(_docs)
 _INSERT_DEVICE = insert(_devices)
@@ -419,21 +420,21 @@ class JobStore:
         return await self.run(work)
 
     async def job_info(self, row: JobRow, with_history: bool = True) -> JobInfo:
-        docs = await self.documents(row.id)
-        history: list[JobEvent] = []
-        if with_history:
-            async with self.sessions() as s:
-                events = await s.scalars(select(JobEventRow).where(JobEventRow.job_id == row.id)
-                                         .order_by(JobEventRow.id))
-                history = [JobEvent(at=e.at, version=e.version, state=JobState(e.state),
-                                    state_reasons=e.state_reasons, message=e.message) for e in events]
+        def work(conn: Connection) -> tuple[list[DocumentRow], list[Any], DeviceRow | None]:
+            docs = _doc_rows(conn, row.id)
+            events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
+            found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
+                     if row.state == JobState.PENDING.value else None)
+            return docs, events, None if found is None else _detached(DeviceRow, found)
+
+        docs, events, device = await self.run(work)  # one hop for the documents, history and device
+        history = [JobEvent(at=e["at"], version=e["version"], state=JobState(e["state"]),
+                            state_reasons=e["state_reasons"], message=e["message"]) for e in events]
         reasons, message = list(row.state_reasons), row.state_message
-        if row.state == JobState.PENDING.value:
+        if device is not None and not device.online:
             # Waiting for a device that is away: say so (the stored state is unchanged; this
             # is what a client reads, like the offline overlay on service states).
-            device = await self.device(row.device_id)
-            if device is not None and not device.online:
-                reasons, message = job_overlay(row.state, reasons, message, device.online, device.last_seen)
+            reasons, message = job_overlay(row.state, reasons, message, device.online, device.last_seen)
         return JobInfo(id=row.id, uuid=row.uuid, kind=ServiceKind(row.kind), service=row.service_name,
                        device_id=row.device_id, owner=row.owner, state=JobState(row.state),
                        state_reasons=reasons, state_message=message, version=row.version,
