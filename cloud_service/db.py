@@ -345,8 +345,9 @@ def make_thread_engine(engine: AsyncEngine) -> Engine | None:
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") \
             or url.database.startswith("file:"):
         return None
-    # Used by the store's one database thread; closed by whichever thread disposes of it.
-    thread_engine = create_engine(url.set(drivername="sqlite+pysqlite"), pool_pre_ping=True,
+    # Used by the store's one database thread (closed by whichever thread disposes of it); a
+    # local file needs no ping before each transaction.
+    thread_engine = create_engine(url.set(drivername="sqlite+pysqlite"),
                                   connect_args={"check_same_thread": False})
     _sqlite_pragmas(thread_engine)
     return thread_engine
