@@ -21,6 +21,9 @@ from schemas.messages import (
     AcknowledgeJob,
     Attributes,
     DocumentStatus,
+    FetchJob,
+    HeldJob,
+    Hello,
     JobStatus,
     Message,
     PrintServiceAttributes,
@@ -145,3 +148,29 @@ async def test_document_reports_are_job_events(service: Service) -> None:
 async def _history(store: JobStore, job_id: int) -> list[tuple[str, tuple[str, ...]]]:
     info = await store.job_info(await store.get_job(job_id), with_history=True)
     return [(e.state, tuple(e.state_reasons)) for e in info.history]
+
+
+async def test_each_device_message_is_one_hop_to_the_database(service: Service,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report is read, judged and written in one transaction; fetch-job and hello are each
+    answered from one read: one call of ``JobStore.run`` each (one thread hop on SQLite)."""
+    job_id = await service.claimed_job()
+    store = service.store
+    version = (await store.get_job(job_id)).version
+    hops: list[str] = []
+    real_run = store.run
+
+    async def counted(work):  # type: ignore[no-untyped-def]
+        hops.append(getattr(work, "__qualname__", "work"))
+        return await real_run(work)
+
+    monkeypatch.setattr(store, "run", counted)
+    report = await service.send(JobStatus(job_id=job_id, version=version, state=JobState.PROCESSING))
+    assert report.code == "ok" and len(hops) == 1, hops
+    hops.clear()
+    fetched = await service.send(FetchJob(job_id=job_id))
+    assert fetched.code == "ok" and len(hops) == 1, hops
+    hops.clear()
+    held = HeldJob(job_id=job_id, version=report.version, state=JobState.PROCESSING)
+    synced = await service.devices.handle(DEVICE, "up", encode(Hello(software="test 1.0", jobs=[held])))
+    assert len(synced) == 1 and len(hops) == 1, hops
