@@ -2,8 +2,17 @@
 
 The file is the hand-off between processes: the Cloud Service (or an operator) adds a device's
 password and the running broker sees it on the next CONNECT, because every lookup checks whether
-the file changed. Hashes are scrypt by default; Mosquitto's ``$7$`` PBKDF2-SHA512 format is read
-and, on request, written too, so one file can serve Mosquitto as well (send it SIGHUP).
+the file changed.
+
+Two kinds of secret, two hashes. A device's password is a 192-bit random token
+(``generate_password``): nobody can guess it, so a slow hash buys nothing against a stolen file
+and costs the broker ~50 ms of CPU on every CONNECT (2,000 devices reconnecting: over a minute
+of a core). Tokens are stored as ``hmac-sha256$salt$mac`` (HMAC-SHA256 keyed by a per-entry
+salt; a microsecond to check, compared in constant time). Anything that does not look like such
+a token (a password a person chose) is stored with scrypt, whose cost is what stands between a
+stolen file and a dictionary. Entries written before (scrypt) stay valid, and Mosquitto's
+``$7$`` PBKDF2-SHA512 format is read and, on request, written too, so one file can serve
+Mosquitto as well (send it SIGHUP). docs/security.md gives the reasoning.
 """
 
 from __future__ import annotations
@@ -15,12 +24,15 @@ import hashlib
 import hmac
 import os
 import secrets
+import string
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-Scheme = Literal["scrypt", "pbkdf2-sha512"]
+Scheme = Literal["scrypt", "pbkdf2-sha512", "hmac-sha256"]
+#: ``auto``: hmac-sha256 for a random token, scrypt for anything else (see is_random_token).
+StoreScheme = Literal["auto", "scrypt", "pbkdf2-sha512"]
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -33,9 +45,28 @@ PBKDF2_ITERATIONS = 101
 CACHE_LIMIT = 100_000
 
 
+#: generate_password's length: 24 random bytes, URL-safe base64.
+TOKEN_CHARS = 32
+_TOKEN_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
+#: A random 32-character token has ~25 distinct characters; fewer than this reads as typed.
+_TOKEN_MIN_DISTINCT = 16
+
+
 def generate_password() -> str:
     """A fresh random password for a device (192 bits, URL-safe)."""
     return secrets.token_urlsafe(24)
+
+
+def is_random_token(password: str) -> bool:
+    """Whether ``password`` has the shape of generate_password's tokens (>= 32 URL-safe
+    characters, >= 192 bits if random) and does not look typed (too few distinct characters).
+
+    Only a guard: the fast hash is for secrets a machine made; a person's password that
+    happened to pass would still need 2^100+ guesses only if it were random, which is why
+    people's passwords should be set with scheme scrypt explicitly.
+    """
+    return (len(password) >= TOKEN_CHARS and set(password) <= _TOKEN_ALPHABET
+            and len(set(password)) >= _TOKEN_MIN_DISTINCT)
 
 
 def _b64(data: bytes) -> str:
@@ -43,7 +74,14 @@ def _b64(data: bytes) -> str:
 
 
 def hash_password(password: str, scheme: Scheme = "scrypt") -> str:
-    """Encode `password` as ``scrypt$N$r$p$salt$hash`` or Mosquitto's ``$7$iter$salt$hash``."""
+    """Encode `password` as ``scrypt$N$r$p$salt$hash``, ``hmac-sha256$salt$mac`` (random tokens
+    only: ValueError for anything else) or Mosquitto's ``$7$iter$salt$hash``."""
+    if scheme == "hmac-sha256":
+        if not is_random_token(password):
+            raise ValueError("hmac-sha256 is for random tokens (generate_password); use scrypt")
+        salt = secrets.token_bytes(16)
+        mac = hmac.new(salt, password.encode(), hashlib.sha256).digest()
+        return f"hmac-sha256${_b64(salt)}${_b64(mac)}"
     if scheme == "scrypt":
         salt = secrets.token_bytes(16)
         digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
@@ -59,6 +97,10 @@ def check_password(password: str, encoded: str) -> bool:
     """Verify `password` against an encoded hash; False (never an exception) for malformed hashes."""
     try:
         parts = encoded.split("$")
+        if parts[0] == "hmac-sha256" and len(parts) == 3:
+            salt, want = base64.b64decode(parts[1]), base64.b64decode(parts[2])
+            got = hmac.new(salt, password.encode(), hashlib.sha256).digest()
+            return len(want) == 32 and hmac.compare_digest(got, want)
         if parts[0] == "scrypt" and len(parts) == 6:
             n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
             salt, want = base64.b64decode(parts[4]), base64.b64decode(parts[5])
@@ -82,15 +124,15 @@ def _check_username(username: str) -> None:
 class CredentialStore:
     """A password file that reloads itself when another process changes it.
 
-    Thread-safe, so the broker can verify in a worker thread (scrypt costs ~50 ms) without blocking
-    its event loop. Successful verifications are cached in memory keyed by (username,
-    sha256(password)) so a reconnect storm costs one hash per device, not one per attempt; the cache
-    is dropped whenever the file changes.
+    Thread-safe, so the broker can verify in a worker thread (scrypt costs ~50 ms; a token's
+    HMAC a microsecond) without blocking its event loop. Successful verifications are cached in
+    memory keyed by (username, sha256(password)) so a reconnect storm costs one hash per device,
+    not one per attempt; the cache is dropped whenever the file changes.
     """
 
-    def __init__(self, path: Path, scheme: Scheme = "scrypt") -> None:
+    def __init__(self, path: Path, scheme: StoreScheme = "auto") -> None:
         self.path = Path(path)
-        self.scheme: Scheme = scheme
+        self.scheme: StoreScheme = scheme
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, str] = {}
@@ -154,11 +196,14 @@ class CredentialStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def set(self, username: str, password: str) -> None:
-        """Add `username` or change its password (atomic file replace, mode 0600)."""
+        """Add `username` or change its password (atomic file replace, mode 0600); with scheme
+        ``auto``, a random token is stored as hmac-sha256 and any other password with scrypt."""
         _check_username(username)
         if not password:
             raise ValueError("empty password")
-        encoded = hash_password(password, self.scheme)
+        token = is_random_token(password)
+        scheme: Scheme = ("hmac-sha256" if token else "scrypt") if self.scheme == "auto" else self.scheme
+        encoded = hash_password(password, scheme)
         with self._file_lock():
             lines = self._read_lines()
             out, found = [], False

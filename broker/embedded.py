@@ -309,6 +309,10 @@ class EmbeddedBroker:
 
     def _protocol(self, admission: Admission) -> asyncio.BaseProtocol:
         """What asyncio.start_server would make, told which admission it serves."""
+        # MQTT packets are small: Nagle's algorithm would hold each reply back for the peer's
+        # delayed ACK (~40 ms). asyncio sets this too; here it holds from the TLS handshake on.
+        with contextlib.suppress(OSError):
+            admission.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = asyncio.StreamReader(limit=2**16)
         return asyncio.StreamReaderProtocol(reader, functools.partial(self._on_connection, admission=admission))
 

@@ -129,6 +129,8 @@ class CloudService:
         if hasattr(self, "mqtt"):
             await self.supervisor.stop()
             await self.mqtt.stop()
+        if hasattr(self, "store"):
+            await self.store.close()
         if hasattr(self, "engine"):
             await self.engine.dispose()
         if hasattr(self, "clf"):

@@ -48,8 +48,8 @@ from schemas.messages import (
     decode_presence,
     decode_up,
 )
-from schemas.model.job import Abort, InvalidTransition, Release
-from schemas.model.reports import Report, judge
+from schemas.model.job import Abort, Event, InvalidTransition, Job, Release
+from schemas.model.reports import Report, Verdict, judge
 from schemas.text import check_name, is_keyword
 from schemas.tickets import ticket_model
 
@@ -59,6 +59,9 @@ Outgoing = list[tuple[str, Message]]
 
 #: Seconds between two writes of a device's ``last_seen`` while it stays online.
 LAST_SEEN_EVERY = 10.0
+
+#: A report on a job of another device: refused without a word about that job.
+NOT_YOURS = Verdict("not-yours", "the job is not assigned to this device")
 
 
 class DeviceProtocol:
@@ -152,11 +155,12 @@ class DeviceProtocol:
 
     async def _hello(self, device_id: str, hello: Hello) -> Outgoing:
         """Update-Active-Jobs + Get-Jobs(fetchable): reconcile what the device holds."""
-        await self.store.set_device(device_id, software=hello.software)
         stop: list[StopJob] = []
         unknown: list[int] = []
         held = {j.job_id for j in hello.jobs}
-        rows = await self.store.get_jobs(held)  # one query, however many jobs the hello lists
+        # One hop, however many jobs the hello lists: its software, the held jobs, the device's
+        # claimed and fetchable jobs.
+        rows, active, fetchable_rows = await self.store.hello_view(device_id, held, hello.software)
         for held_job in hello.jobs:
             row = rows.get(held_job.job_id)
             if row is None or row.device_id != device_id or not row.claimed:
@@ -164,7 +168,8 @@ class DeviceProtocol:
             elif JobState(row.state).terminal or row.cancel_requested:
                 stop.append(StopJob(job_id=row.id, version=row.version, state=JobState(row.state)))
         # Claimed jobs the device no longer holds: it lost them (e.g. restarted without state).
-        for row in await self.store.active_for(device_id):
+        released = False
+        for row in active:
             if row.id in held:
                 continue
             if row.claim_ts is not None and row.claim_ts >= hello.ts:
@@ -175,7 +180,8 @@ class DeviceProtocol:
                                                      "the device restarted and no longer holds the job"))
             else:
                 await self._transition(row.id, Release("the device restarted before printing; fetchable"))
-        fetchable = [r.id for r in await self.store.fetchable_for(device_id)]
+                released = True
+        fetchable = [r.id for r in (await self.store.fetchable_for(device_id) if released else fetchable_rows)]
         return [(device_id, Sync(re=hello.id, fetchable=fetchable, stop=stop, unknown=unknown))]
 
     async def _attributes(self, device_id: str, msg: Attributes) -> Outgoing:
@@ -219,12 +225,20 @@ class DeviceProtocol:
         try:
             row = await self.store.get_job(job_id)
         except JobNotFound:
-            return Reply(re=msg.id, ok=False, code="not-found", job_id=job_id, message="no such job")
+            return self._not_found(msg, job_id)
         if row.device_id != device_id:
-            log.warning("device %s named job %s of another device", device_id, job_id)
-            return Reply(re=msg.id, ok=False, code="not-yours", job_id=job_id,
-                         message="the job is not assigned to this device")
+            return self._not_yours(device_id, msg, job_id)
         return row
+
+    @staticmethod
+    def _not_found(msg: Message, job_id: int) -> Reply:
+        return Reply(re=msg.id, ok=False, code="not-found", job_id=job_id, message="no such job")
+
+    @staticmethod
+    def _not_yours(device_id: str, msg: Message, job_id: int) -> Reply:
+        log.warning("device %s named job %s of another device", device_id, job_id)
+        return Reply(re=msg.id, ok=False, code="not-yours", job_id=job_id,
+                     message="the job is not assigned to this device")
 
     @staticmethod
     def _current(msg: Message, row: JobRow, code: str, text: str | None = None, ok: bool = False) -> Reply:
@@ -232,13 +246,15 @@ class DeviceProtocol:
                      reasons=[r for r in row.state_reasons if is_keyword(r)], version=row.version)
 
     async def _fetch_job(self, device_id: str, msg: FetchJob) -> Outgoing:
-        row = await self._own_job(device_id, msg, msg.job_id)
-        if isinstance(row, Reply):
-            return [(device_id, row)]
+        try:
+            row, docs = await self.store.job_with_documents(msg.job_id)
+        except JobNotFound:
+            return [(device_id, self._not_found(msg, msg.job_id))]
+        if row.device_id != device_id:
+            return [(device_id, self._not_yours(device_id, msg, msg.job_id))]
         state = JobState(row.state)
         if state.terminal or not ("job-fetchable" in row.state_reasons or row.claimed):
             return [(device_id, self._current(msg, row, "not-fetchable", "the job is not fetchable"))]
-        docs = await self.store.documents(row.id)
         ticket = dict(row.ticket)
         if docs and row.kind != ServiceKind.SCAN.value:  # a scan job's documents are its output
             ticket = device_ticket(ticket, docs)  # the format it gets; what a transform applied
@@ -272,16 +288,26 @@ class DeviceProtocol:
 
     async def _apply_report(self, device_id: str, msg: Report,
                             extra: dict | None = None) -> tuple[JobRow, str, str | None, bool] | Reply:
-        """Judge and apply a report in one optimistic transaction: (row, code, text, ok) or a refusal."""
-        row = await self._own_job(device_id, msg, msg.job_id)
-        if isinstance(row, Reply):
-            return row
+        """Judge and apply a report in one optimistic transaction: (row, code, text, ok) or a refusal.
+
+        Whether the job is the device's is checked in that same transaction, on the row the
+        write is conditioned on (one read of the job, not two).
+        """
+        def decide(job: Job, current: JobRow) -> Event | Verdict:
+            if current.device_id != device_id:
+                return NOT_YOURS
+            return judge(job, current.applied_ids, msg)
+
         try:
-            done = await self.store.transition(row.id, lambda job, current: judge(job, current.applied_ids, msg),
-                                               msg.id, extra=(lambda _row: extra) if extra else None)
+            done = await self.store.transition(msg.job_id, decide, msg.id,
+                                               extra=(lambda _row: extra) if extra else None)
+        except JobNotFound:
+            return self._not_found(msg, msg.job_id)
         except InvalidTransition as exc:
-            row = await self.store.get_job(row.id)
+            row = await self.store.get_job(msg.job_id)
             return self._current(msg, row, "invalid-transition", str(exc)[:1000])
+        if done.verdict is NOT_YOURS:
+            return self._not_yours(device_id, msg, msg.job_id)
         if done.verdict is not None:
             return done.row, done.verdict.code, done.verdict.message, done.verdict.ok
         return done.row, "ok", None, True

@@ -19,6 +19,7 @@ broker.limits.CappedListener accepts for it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from typing import Any
@@ -108,6 +109,11 @@ class HttpsServer:
         self._task: asyncio.Task[None] | None = None
 
     def _protocol(self, admission: Admission) -> asyncio.BaseProtocol:
+        # Requests and responses are small writes: without TCP_NODELAY, Nagle's algorithm holds
+        # each one back for the peer's delayed ACK (~40 ms). asyncio sets it as well, once the
+        # transport exists; here it holds from the TLS handshake on.
+        with contextlib.suppress(OSError):
+            admission.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return HeaderTimeoutProtocol(self.config, self.server.server_state, self.server.lifespan.state,
                                      admission=admission, header_timeout=self.header_timeout)
 

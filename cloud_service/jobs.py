@@ -132,7 +132,9 @@ class JobOperations:
                                           columns=admitted)
         if chunks is not None:
             await self.store_document(row.id, chunks)
-            row = await self.close(user, row.id)
+            # Just made, by this user, on this service, with its one document stored: close it
+            # without reading all that back.
+            row = await self._close(user, row, service)
         return row
 
     async def create_scan(self, user: User, service_name: str | None, ticket: dict[str, Any],
@@ -156,7 +158,10 @@ class JobOperations:
         docs = await self.store.documents(job_id)
         if any(d.sha256 is None for d in docs):
             raise Refusal(409, "document-missing", "upload the document before closing the job")
-        service = await self.store.service(row.kind, row.service_name)
+        return await self._close(user, row, await self.store.service(row.kind, row.service_name))
+
+    async def _close(self, user: User, row: JobRow, service: ServiceRow | None) -> JobRow:
+        job_id = row.id
         if service is not None and row.state == JobState.PENDING_HELD.value:
             try:
                 await self.admission.on_close(user, row, service)

@@ -7,22 +7,41 @@ Every change to a job goes through ``JobStore.transition``: load the row, rebuil
 ``Job``, apply the event, write back ``WHERE version = old``; if another writer (another
 replica, another handler) got there first, reload and try again. So the database stays the
 single truth with no in-memory locks.
+
+The hot path (every device message, every submit) is written as SQLAlchemy Core statements
+run as one unit (``JobStore.run``): read, judge and write in one transaction and one hop to the
+database. On SQLite that hop is one call to a dedicated database thread with the plain
+``sqlite3`` driver (aiosqlite hops to its thread and back once per statement, and that hop,
+not SQLite, cost most of a job's CPU); on PostgreSQL it is one ``run_sync`` on the async
+connection. Rows come back as detached ORM objects (``JobRow``, ``DocumentRow``, ...) built
+without a session, so callers read them as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, CursorResult, Engine, Update, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import configure_mappers
 
-from cloud_service.db import DeviceRow, DocumentRow, JobDestinationsRow, JobEventRow, JobRow, ServiceRow
+from cloud_service.db import (
+    DeviceRow,
+    DocumentRow,
+    JobDestinationsRow,
+    JobEventRow,
+    JobRow,
+    ServiceRow,
+    make_thread_engine,
+)
 from schemas.api import DocumentInfo, JobEvent, JobInfo
 from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.model.document import Document
@@ -32,6 +51,87 @@ from schemas.model.service import job_overlay
 
 #: How many recent device message ids a job remembers for duplicate detection.
 APPLIED_IDS_KEPT = 16
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_jobs = JobRow.__table__
+_docs = DocumentRow.__table__
+_devices = DeviceRow.__table__
+_services = ServiceRow.__table__
+_events = JobEventRow.__table__
+_TABLES = {t.name: t for t in (_jobs, _docs, _devices, _services)}
+_TERMINAL = [s.value for s in JobState if s.terminal]
+
+# Built once: SQLAlchemy caches each one's compiled form, so a call costs its parameters only.
+_SELECT_JOB = select(_jobs).where(_jobs.c.id == bindparam("job_id"))
+_SELECT_DOCS = select(_docs).where(_docs.c.job_id == bindparam("job_id")).order_by(_docs.c.number)
+_SELECT_DEVICE = select(_devices).where(_devices.c.id == bindparam("device_id"))
+_SELECT_ACTIVE = select(_jobs).where(_jobs.c.device_id == bindparam("device_id"), _jobs.c.claimed.is_(True),
+                                     _jobs.c.state.not_in(_TERMINAL))
+_SELECT_FETCHABLE = (select(_jobs).where(_jobs.c.device_id == bindparam("device_id"),
+                                         _jobs.c.state == JobState.PENDING.value, _jobs.c.claimed.is_(False))
+                     .order_by(_jobs.c.id).limit(bindparam("limit")))
+_SELECT_JOBS = select(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
+_SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
+_SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
+_SERVICE_OWNER = select(_services.c.device_id).where(_services.c.kind == bindparam("kind"),
+                                                     _services.c.name == bindparam("name"))
+_DEVICE_SERVICES = select(_services).where(_services.c.device_id == bindparam("device_id"))
+_LOCK_DEVICE = select(_devices.c.id).where(_devices.c.id == bindparam("device_id")).with_for_update()
+_SELECT_EVENTS = select(_events).where(_events.c.job_id == bindparam("job_id")).order_by(_events.c.id)
+_INSERT_JOB = insert(_jobs)
+_INSERT_DOC = insert(_docs)
+_INSERT_DEVICE = insert(_devices)
+_INSERT_SERVICE = insert(_services)
+_INSERT_EVENT = insert(_events)
+_UPDATE_DOC = (update(_docs).where(_docs.c.job_id == bindparam("b_job_id"), _docs.c.number == bindparam("b_number"))
+               .values(state=bindparam("b_state"), impressions_completed=bindparam("b_impressions")))
+
+
+@functools.lru_cache(maxsize=256)
+def _updater(table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> Update:
+    """``UPDATE table SET k = :v_k ... WHERE c = :w_c ...``, built once per set of columns.
+
+    Building a statement costs several times executing a cached one, and the hot path updates
+    the same few column sets over and over.
+    """
+    t = _TABLES[table]
+    return (update(t).where(*(t.c[c] == bindparam(f"w_{c}") for c in columns))
+            .values({k: bindparam(f"v_{k}") for k in keys}))
+
+
+def _update(conn: Connection, table: str, where: Mapping[str, Any], values: Mapping[str, Any]) -> CursorResult[Any]:
+    statement = _updater(table, tuple(sorted(values)), tuple(sorted(where)))
+    params = {f"v_{k}": v for k, v in values.items()}
+    params.update({f"w_{c}": v for c, v in where.items()})
+    return conn.execute(statement, params)
+
+
+def _detached(cls: type[R], values: Mapping[str, Any]) -> R:
+    """An ORM object of ``cls`` holding ``values`` (every column), made without a session.
+
+    What a session's loader does, less its identity map and events: a few microseconds where
+    a query through the ORM costs a few hundred. Callers read it like any detached row.
+    """
+    obj = cls._sa_class_manager.new_instance()  # type: ignore[attr-defined]
+    obj.__dict__.update(values)
+    return obj  # type: ignore[no-any-return]
+
+
+def _job_row(values: Mapping[str, Any]) -> JobRow:
+    return _detached(JobRow, values)
+
+
+def _doc_rows(conn: Connection, job_id: int) -> list[DocumentRow]:
+    return [_detached(DocumentRow, m) for m in conn.execute(_SELECT_DOCS, {"job_id": job_id}).mappings()]
+
+
+def _read_job(conn: Connection, job_id: int) -> JobRow:
+    found = conn.execute(_SELECT_JOB, {"job_id": job_id}).mappings().first()
+    if found is None:
+        raise JobNotFound(job_id)
+    return _job_row(found)
 
 
 class JobNotFound(Exception):
@@ -63,6 +163,8 @@ class Transition:
     row: JobRow
     #: Set when the chosen outcome was a verdict (the report is answered, nothing written).
     verdict: Verdict | None = None
+    #: True when the row was written (a state change or a remembered message id).
+    written: bool = False
 
     @property
     def changed(self) -> bool:
@@ -109,6 +211,36 @@ class JobStore:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.feed = ChangeFeed()
+        configure_mappers()  # _detached rows need the mappers' attribute machinery set up
+        #: SQLite: the same database through the plain driver, used by one thread of our own.
+        self._thread_engine: Engine | None = make_thread_engine(engine)
+        self._thread = (ThreadPoolExecutor(1, thread_name_prefix="db") if self._thread_engine is not None
+                        else None)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` as one transaction in one hop to the database; its result.
+
+        ``work`` is plain synchronous code (Core statements, the model's judgement): it runs on
+        the database thread (SQLite) or inside the async connection's greenlet (PostgreSQL),
+        so it must not touch the event loop. Committed if it returns, rolled back if it raises.
+        """
+        if self._thread is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, self._run_here, work)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    def _run_here(self, work: Callable[[Connection], T]) -> T:
+        assert self._thread_engine is not None
+        with self._thread_engine.begin() as conn:
+            return work(conn)
+
+    async def close(self) -> None:
+        """Release the database thread and its connections (the async engine is the caller's)."""
+        if self._thread is not None:
+            if self._thread_engine is not None:  # its connections belong to the database thread
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._thread_engine.dispose)
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     # ------------------------------------------------------------------ jobs
 
@@ -124,31 +256,37 @@ class JobStore:
             raise ValueError("documents need key_for to name their objects")
         core = Job.created(with_documents)
         now = time.time()
-        async with self.sessions.begin() as s:
-            row = JobRow(uuid=f"urn:uuid:{uuid.uuid4()}", kind=kind.value, service_id=service.id,
-                         service_name=service.name, device_id=service.device_id, owner=owner,
-                         state=core.state.value, state_reasons=list(core.reasons), state_message=None,
-                         version=core.version, claimed=False, cancel_requested=False, started=False,
-                         impressions_completed=0, ticket=ticket, applied_ids=[], created_at=now,
-                         updated_at=now, completed_at=None, **(columns or {}))
-            s.add(row)
-            await s.flush()
-            for number, doc in enumerate(documents, start=1):
+        values: dict[str, Any] = {c.key: None for c in _jobs.columns}
+        values.update(uuid=f"urn:uuid:{uuid.uuid4()}", kind=kind.value, service_id=service.id,
+                      service_name=service.name, device_id=service.device_id, owner=owner,
+                      state=core.state.value, state_reasons=list(core.reasons), state_message=None,
+                      version=core.version, claimed=False, cancel_requested=False, started=False,
+                      impressions_completed=0, ticket=ticket, applied_ids=[], created_at=now,
+                      updated_at=now, completed_at=None, **(columns or {}))
+        del values["id"]
+
+        def work(conn: Connection) -> JobRow:
+            job_id = conn.execute(_INSERT_JOB, values).inserted_primary_key[0]
+            if documents:
                 assert key_for is not None
-                s.add(DocumentRow(job_id=row.id, number=number, name=doc.get("name"), format=doc["format"],
-                                  size=doc.get("size"), sha256=doc.get("sha256"),
-                                  object_key=key_for(row.id, number),
-                                  state=DocumentState.PENDING.value, impressions_completed=0))
-            s.add(JobEventRow(job_id=row.id, version=core.version, at=now, state=core.state.value,
-                              state_reasons=list(core.reasons), message=None))
-        return row
+                conn.execute(_INSERT_DOC, [
+                    {"job_id": job_id, "number": number, "name": doc.get("name"), "format": doc["format"],
+                     "size": doc.get("size"), "sha256": doc.get("sha256"), "object_key": key_for(job_id, number),
+                     "state": DocumentState.PENDING.value, "impressions_completed": 0, "pages": None}
+                    for number, doc in enumerate(documents, start=1)])
+            conn.execute(_INSERT_EVENT, {"job_id": job_id, "version": core.version, "at": now,
+                                         "state": core.state.value, "state_reasons": list(core.reasons),
+                                         "message": None})
+            return _job_row({**values, "id": job_id})
+
+        return await self.run(work)
 
     async def get_job(self, job_id: int) -> JobRow:
-        async with self.sessions() as s:
-            row = await s.get(JobRow, job_id)
-            if row is None:
-                raise JobNotFound(job_id)
-            return row
+        return await self.run(lambda conn: _read_job(conn, job_id))
+
+    async def job_with_documents(self, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
+        """A job and its documents (by number) in one hop; JobNotFound if there is no such job."""
+        return await self.run(lambda conn: (_read_job(conn, job_id), _doc_rows(conn, job_id)))
 
     async def get_jobs(self, job_ids: list[int] | set[int]) -> dict[int, JobRow]:
         """The jobs among ``job_ids`` that exist, by id, in one query.
@@ -159,31 +297,28 @@ class JobStore:
         ids = sorted(set(job_ids))
         if not ids:
             return {}
-        async with self.sessions() as s:
-            return {row.id: row for row in await s.scalars(select(JobRow).where(JobRow.id.in_(ids)))}
+        return await self.run(lambda conn: _jobs_by_id(conn, ids))
 
     async def documents(self, job_id: int) -> list[DocumentRow]:
-        async with self.sessions() as s:
-            result = await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id)
-                                     .order_by(DocumentRow.number))
-            return list(result)
+        return await self.run(lambda conn: _doc_rows(conn, job_id))
 
     async def add_document(self, job_id: int, number: int, *, name: str | None, document_format: str,
                            object_key: str) -> DocumentRow:
         """Document ``number`` of a job, added if it is not there yet (idempotent)."""
-        async with self.sessions.begin() as s:
-            row = await s.get(DocumentRow, (job_id, number))
-            if row is None:
-                row = DocumentRow(job_id=job_id, number=number, name=name, format=document_format, size=None,
-                                  sha256=None, object_key=object_key, state=DocumentState.PENDING.value,
-                                  impressions_completed=0)
-                s.add(row)
-        return row
+        def work(conn: Connection) -> DocumentRow:
+            found = conn.execute(_SELECT_DOC, {"job_id": job_id, "number": number}).mappings().first()
+            if found is not None:
+                return _detached(DocumentRow, found)
+            values = {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": None,
+                      "sha256": None, "object_key": object_key, "state": DocumentState.PENDING.value,
+                      "impressions_completed": 0, "pages": None}
+            conn.execute(_INSERT_DOC, values)
+            return _detached(DocumentRow, values)
+
+        return await self.run(work)
 
     async def set_document(self, job_id: int, number: int, **values: object) -> None:
-        async with self.sessions.begin() as s:
-            await s.execute(update(DocumentRow).where(DocumentRow.job_id == job_id,
-                                                      DocumentRow.number == number).values(**values))
+        await self.run(lambda conn: _update(conn, "documents", {"job_id": job_id, "number": number}, values))
 
     async def transition(self, job_id: int,
                          event: Event | Callable[[Job, JobRow], Event | Verdict | None],
@@ -195,64 +330,24 @@ class JobStore:
         write is conditioned on: if another writer changes the job between the judgement and
         the write, the write fails and the job is read and judged again. A ``Verdict`` or None
         writes nothing. The job's documents are part of the model: their changes are written
-        in the same transaction as the job's.
+        in the same transaction as the job's. Each attempt (read, judge, write) is one
+        transaction in one hop to the database; the callback runs there, so it must be plain
+        code that does no I/O.
 
         Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
         for _ in range(attempts):
-            async with self.sessions() as s:
-                row = await s.get(JobRow, job_id)
-                if row is None:
-                    raise JobNotFound(job_id)
-                docs = list(await s.scalars(select(DocumentRow).where(DocumentRow.job_id == job_id)
-                                            .order_by(DocumentRow.number)))
-            before = core_job(row, docs)
-            chosen = event(before, row) if callable(event) else event
-            if chosen is None:
-                return Transition(before, before, row)
-            if isinstance(chosen, Verdict):
-                return Transition(before, before, row, verdict=chosen)
-            after = before.apply(chosen)
-            values: dict = {}
-            if message_id:
-                values["applied_ids"] = [*row.applied_ids, message_id][-APPLIED_IDS_KEPT:]
-            if after.version == before.version and not values:
-                return Transition(before, after, row)
-            now = time.time()
-            if after.version != before.version:
-                values.update(state=after.state.value, state_reasons=list(after.reasons),
-                              state_message=after.message, version=after.version, claimed=after.claimed,
-                              cancel_requested=after.cancel_requested, started=after.started,
-                              impressions_completed=after.impressions_completed, updated_at=now)
-                if after.terminal:
-                    values["completed_at"] = now
-            if extra:
-                values.update(extra(row))
-            async with self.sessions.begin() as s:
-                result = await s.execute(update(JobRow).where(JobRow.id == job_id,
-                                                              JobRow.version == before.version)
-                                         .values(**values))
-                if result.rowcount != 1:
-                    continue
-                if len(after.history) > len(before.history):  # the job's state moved (not only a document)
-                    s.add(JobEventRow(job_id=job_id, version=after.version, at=now, state=after.state.value,
-                                      state_reasons=list(after.reasons), message=after.message))
-                for old, new in zip(before.documents, after.documents, strict=True):
-                    if new != old:
-                        await s.execute(update(DocumentRow).where(DocumentRow.job_id == job_id,
-                                                                  DocumentRow.number == new.number)
-                                        .values(state=new.state.value,
-                                                impressions_completed=new.impressions_completed))
-            for key, value in values.items():
-                setattr(row, key, value)
-            self.feed.notify(job_id)
-            return Transition(before, after, row)
+            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra))
+            if done is None:
+                continue  # another writer got there first: read and judge again
+            if done.written:
+                self.feed.notify(job_id)
+            return done
         raise ConcurrentUpdate(f"job {job_id} changed {attempts} times while updating it")
 
     async def set_impressions_estimated(self, job_id: int, estimate: int) -> None:
         """What a job counts against quotas until its device reports (cloud_service.accounting)."""
-        async with self.sessions.begin() as s:
-            await s.execute(update(JobRow).where(JobRow.id == job_id).values(impressions_estimated=estimate))
+        await self.run(lambda conn: _update(conn, "jobs", {"id": job_id}, {"impressions_estimated": estimate}))
 
     async def mark_documents_discarded(self, job_id: int, at: float) -> None:
         async with self.sessions.begin() as s:
@@ -306,37 +401,40 @@ class JobStore:
             return list(await s.scalars(query))
 
     async def fetchable_for(self, device_id: str, limit: int = 200) -> list[JobRow]:
-        async with self.sessions() as s:
-            rows = await s.scalars(select(JobRow).where(JobRow.device_id == device_id,
-                                                        JobRow.state == JobState.PENDING.value,
-                                                        JobRow.claimed.is_(False))
-                                   .order_by(JobRow.id).limit(limit))
-            return [r for r in rows if "job-fetchable" in r.state_reasons]
+        return await self.run(lambda conn: _fetchable(conn, device_id, limit))
 
     async def active_for(self, device_id: str) -> list[JobRow]:
         """Non-terminal jobs claimed by ``device_id``."""
-        async with self.sessions() as s:
-            rows = await s.scalars(select(JobRow).where(
-                JobRow.device_id == device_id, JobRow.claimed.is_(True),
-                JobRow.state.not_in([s.value for s in JobState if s.terminal])))
-            return list(rows)
+        return await self.run(lambda conn: _active(conn, device_id))
+
+    async def hello_view(self, device_id: str, held: Iterable[int], software: str | None
+                         ) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
+        """What a device's ``hello`` is answered from, read in one hop: records its software,
+        then (the held jobs that exist by id, its claimed active jobs, its fetchable jobs)."""
+        ids = sorted(set(held))
+
+        def work(conn: Connection) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
+            _set_device(conn, device_id, None, {"software": software})
+            return (_jobs_by_id(conn, ids) if ids else {}), _active(conn, device_id), _fetchable(conn, device_id, 200)
+
+        return await self.run(work)
 
     async def job_info(self, row: JobRow, with_history: bool = True) -> JobInfo:
-        docs = await self.documents(row.id)
-        history: list[JobEvent] = []
-        if with_history:
-            async with self.sessions() as s:
-                events = await s.scalars(select(JobEventRow).where(JobEventRow.job_id == row.id)
-                                         .order_by(JobEventRow.id))
-                history = [JobEvent(at=e.at, version=e.version, state=JobState(e.state),
-                                    state_reasons=e.state_reasons, message=e.message) for e in events]
+        def work(conn: Connection) -> tuple[list[DocumentRow], list[Any], DeviceRow | None]:
+            docs = _doc_rows(conn, row.id)
+            events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
+            found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
+                     if row.state == JobState.PENDING.value else None)
+            return docs, events, None if found is None else _detached(DeviceRow, found)
+
+        docs, events, device = await self.run(work)  # one hop for the documents, history and device
+        history = [JobEvent(at=e["at"], version=e["version"], state=JobState(e["state"]),
+                            state_reasons=e["state_reasons"], message=e["message"]) for e in events]
         reasons, message = list(row.state_reasons), row.state_message
-        if row.state == JobState.PENDING.value:
+        if device is not None and not device.online:
             # Waiting for a device that is away: say so (the stored state is unchanged; this
             # is what a client reads, like the offline overlay on service states).
-            device = await self.device(row.device_id)
-            if device is not None and not device.online:
-                reasons, message = job_overlay(row.state, reasons, message, device.online, device.last_seen)
+            reasons, message = job_overlay(row.state, reasons, message, device.online, device.last_seen)
         return JobInfo(id=row.id, uuid=row.uuid, kind=ServiceKind(row.kind), service=row.service_name,
                        device_id=row.device_id, owner=row.owner, state=JobState(row.state),
                        state_reasons=reasons, state_message=message, version=row.version,
@@ -351,21 +449,16 @@ class JobStore:
     # ------------------------------------------------------------------ devices and services
 
     async def device(self, device_id: str) -> DeviceRow | None:
-        async with self.sessions() as s:
-            return await s.get(DeviceRow, device_id)
+        def work(conn: Connection) -> DeviceRow | None:
+            found = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).mappings().first()
+            return None if found is None else _detached(DeviceRow, found)
+
+        return await self.run(work)
 
     async def set_device(self, device_id: str, check: Callable[[DeviceRow | None], None] | None = None,
                          **values: object) -> None:
         """Create or update a device row; ``check(row)`` may refuse (raise) inside the transaction."""
-        async with self.sessions.begin() as s:
-            row = await s.get(DeviceRow, device_id)
-            if check is not None:
-                check(row)
-            if row is None:
-                s.add(DeviceRow(id=device_id, created_at=time.time(), **values))
-            else:
-                for key, value in values.items():
-                    setattr(row, key, value)
+        await self.run(lambda conn: _set_device(conn, device_id, check, values))
 
     async def services(self, kind: str | None = None) -> list[tuple[ServiceRow, DeviceRow, int]]:
         """Services with their device and the count of their not-ended jobs."""
@@ -381,8 +474,11 @@ class JobStore:
             return [(svc, dev, int(n)) for svc, dev, n in (await s.execute(query)).all()]
 
     async def service(self, kind: str, name: str) -> ServiceRow | None:
-        async with self.sessions() as s:
-            return await s.scalar(select(ServiceRow).where(ServiceRow.kind == kind, ServiceRow.name == name))
+        def work(conn: Connection) -> ServiceRow | None:
+            found = conn.execute(_SELECT_SERVICE, {"kind": kind, "name": name}).mappings().first()
+            return None if found is None else _detached(ServiceRow, found)
+
+        return await self.run(work)
 
     async def upsert_service(self, device_id: str, kind: str, name: str, values: dict) -> bool:
         """Create or update a service; False if the name belongs to another device."""
@@ -406,35 +502,109 @@ class JobStore:
         first come, first served: the device that registered one keeps it until an operator
         deletes the device), or if the device would hold more than ``cap`` services. The
         device's row is locked (``FOR UPDATE`` where the database has it) so two replicas
-        cannot both pass the count.
+        cannot both pass the count. One transaction, one hop.
         """
-        async with self.sessions.begin() as s:
-            await s.scalar(select(DeviceRow.id).where(DeviceRow.id == device_id).with_for_update())
-            owned = {(row.kind, row.name): row for row in
-                     await s.scalars(select(ServiceRow).where(ServiceRow.device_id == device_id))}
-            new: list[tuple[str, str, dict]] = []
-            for kind, name, values in services:
-                if (kind, name) in owned:
-                    continue
-                other = await s.scalar(select(ServiceRow.device_id).where(ServiceRow.kind == kind,
-                                                                          ServiceRow.name == name))
-                if other is not None:
-                    return ServicesRefused("not-yours", f"service name {name!r} belongs to another device")
-                if all((kind, name) != (k, n) for k, n, _ in new):
-                    new.append((kind, name, values))
-            if len(owned) + len(new) > cap:
-                return ServicesRefused("too-many-services",
-                                       f"a device may register at most {cap} services; it has {len(owned)} "
-                                       f"and this message adds {len(new)}")
-            now = time.time()
-            for kind, name, values in services:
-                row = owned.get((kind, name))
-                if row is None:
-                    row = ServiceRow(device_id=device_id, kind=kind, name=name, updated_at=now, **values)
-                    owned[(kind, name)] = row
-                    s.add(row)
-                    continue
-                for key, value in values.items():
-                    setattr(row, key, value)
-                row.updated_at = now
+        return await self.run(lambda conn: _upsert_services(conn, device_id, services, cap))
+
+
+def _jobs_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, JobRow]:
+    rows = conn.execute(_SELECT_JOBS, {"ids": list(ids)}).mappings()
+    return {m["id"]: _job_row(m) for m in rows}
+
+
+def _fetchable(conn: Connection, device_id: str, limit: int) -> list[JobRow]:
+    rows = conn.execute(_SELECT_FETCHABLE, {"device_id": device_id, "limit": limit}).mappings()
+    return [_job_row(m) for m in rows if "job-fetchable" in m["state_reasons"]]
+
+
+def _active(conn: Connection, device_id: str) -> list[JobRow]:
+    return [_job_row(m) for m in conn.execute(_SELECT_ACTIVE, {"device_id": device_id}).mappings()]
+
+
+def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job, JobRow], Event | Verdict | None],
+                     message_id: str | None, extra: Callable[[JobRow], dict] | None) -> Transition | None:
+    """One attempt of JobStore.transition inside one transaction; None if the version moved."""
+    row = _read_job(conn, job_id)
+    docs = _doc_rows(conn, job_id)
+    before = core_job(row, docs)
+    chosen = event(before, row) if callable(event) else event
+    if chosen is None:
+        return Transition(before, before, row)
+    if isinstance(chosen, Verdict):
+        return Transition(before, before, row, verdict=chosen)
+    after = before.apply(chosen)
+    values: dict = {}
+    if message_id:
+        values["applied_ids"] = [*row.applied_ids, message_id][-APPLIED_IDS_KEPT:]
+    if after.version == before.version and not values:
+        return Transition(before, after, row)
+    now = time.time()
+    if after.version != before.version:
+        values.update(state=after.state.value, state_reasons=list(after.reasons),
+                      state_message=after.message, version=after.version, claimed=after.claimed,
+                      cancel_requested=after.cancel_requested, started=after.started,
+                      impressions_completed=after.impressions_completed, updated_at=now)
+        if after.terminal:
+            values["completed_at"] = now
+    if extra:
+        values.update(extra(row))
+    result = _update(conn, "jobs", {"id": job_id, "version": before.version}, values)
+    if result.rowcount != 1:
         return None
+    if len(after.history) > len(before.history):  # the job's state moved (not only a document)
+        conn.execute(_INSERT_EVENT, {"job_id": job_id, "version": after.version, "at": now,
+                                     "state": after.state.value, "state_reasons": list(after.reasons),
+                                     "message": after.message})
+    changed = [{"b_job_id": job_id, "b_number": new.number, "b_state": new.state.value,
+                "b_impressions": new.impressions_completed}
+               for old, new in zip(before.documents, after.documents, strict=True) if new != old]
+    if changed:
+        conn.execute(_UPDATE_DOC, changed)
+    row.__dict__.update(values)
+    return Transition(before, after, row, written=True)
+
+
+def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | None], None] | None,
+                values: Mapping[str, object]) -> None:
+    found = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).mappings().first()
+    if check is not None:
+        check(None if found is None else _detached(DeviceRow, found))
+    if found is None:
+        row = {c.key: None for c in _devices.columns}
+        row.update(online=False, created_at=time.time())
+        row.update(values)
+        row["id"] = device_id
+        conn.execute(_INSERT_DEVICE, row)
+    elif any(found[key] != value for key, value in values.items()):
+        _update(conn, "devices", {"id": device_id}, values)
+
+
+def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str, str, dict]],
+                     cap: int) -> ServicesRefused | None:
+    conn.execute(_LOCK_DEVICE, {"device_id": device_id})
+    owned = {(m["kind"], m["name"]): m for m in
+             conn.execute(_DEVICE_SERVICES, {"device_id": device_id}).mappings()}
+    new: list[tuple[str, str, dict]] = []
+    for kind, name, values in services:
+        if (kind, name) in owned:
+            continue
+        other = conn.execute(_SERVICE_OWNER, {"kind": kind, "name": name}).scalar()
+        if other is not None:
+            return ServicesRefused("not-yours", f"service name {name!r} belongs to another device")
+        if all((kind, name) != (k, n) for k, n, _ in new):
+            new.append((kind, name, values))
+    if len(owned) + len(new) > cap:
+        return ServicesRefused("too-many-services",
+                               f"a device may register at most {cap} services; it has {len(owned)} "
+                               f"and this message adds {len(new)}")
+    now = time.time()
+    written: set[tuple[str, str]] = set()
+    for kind, name, values in services:
+        found = owned.get((kind, name))
+        if found is None and (kind, name) not in written:
+            conn.execute(_INSERT_SERVICE, {**values, "device_id": device_id, "kind": kind, "name": name,
+                                           "updated_at": now})
+        else:
+            _update(conn, "services", {"kind": kind, "name": name}, {**values, "updated_at": now})
+        written.add((kind, name))
+    return None

@@ -4,13 +4,15 @@ and JobStore (SQLite in tmp_path, no broker): the device's messages go through
 
 from __future__ import annotations
 
-import sys
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from cloud_service import devices as devices_module
+from cloud_service.db import make_engine
 from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import DocumentKey
 from cloud_service.store import JobStore
@@ -19,6 +21,9 @@ from schemas.messages import (
     AcknowledgeJob,
     Attributes,
     DocumentStatus,
+    FetchJob,
+    HeldJob,
+    Hello,
     JobStatus,
     Message,
     PrintServiceAttributes,
@@ -27,6 +32,7 @@ from schemas.messages import (
     encode,
 )
 from schemas.model.job import Cancel
+from schemas.model.reports import Verdict, judge
 from tests.support.inprocess import service_parts
 
 DEVICE = "dev-1"
@@ -65,29 +71,37 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
         yield svc
 
 
-async def test_a_cancel_landing_between_judgement_and_write_makes_the_report_stale(service: Service) -> None:
-    """The race: the device's report is judged current, then a user's cancel commits, then the
-    report's write would land on top of it. The write is conditioned on the judged version, so it
-    fails, the job is read and judged again, and the device is told ``stale`` with the state to
-    adopt (processing-to-stop-point), instead of its report overwriting the cancel."""
+async def test_a_cancel_landing_between_judgement_and_write_makes_the_report_stale(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race: the device's report is judged current, then a cancel commits (through another
+    JobStore on the same database, as another replica would), then the report's write would land
+    on top of it. The write is conditioned on the judged version, so it fails, the job is read
+    and judged again, and the device is told ``stale`` with the state to adopt
+    (processing-to-stop-point), instead of its report overwriting the cancel."""
     job_id = await service.claimed_job()
     store = service.store
     version = (await store.get_job(job_id)).version
-    real = store.sessions.begin
+    replica = JobStore(make_engine(str(store.engine.url)))
+    loop = asyncio.get_running_loop()
     raced = []
 
-    def begin_with_a_cancel_first():  # the report's write transaction opens: a cancel gets there first
-        if not raced and sys._getframe(1).f_code.co_name == "transition":
-            raced.append(True)
-            return _CancelThenBegin(store, job_id, real)
-        return real()
+    def judge_then_cancel(job, applied_ids, message):  # type: ignore[no-untyped-def]
+        verdict = judge(job, applied_ids, message)
+        if not raced:  # judged, not written yet: the other replica's cancel commits now
+            raced.append(verdict)
+            asyncio.run_coroutine_threadsafe(replica.transition(job_id, Cancel()), loop).result(timeout=30)
+        return verdict
 
-    store.sessions.begin = begin_with_a_cancel_first  # type: ignore[method-assign]
+    monkeypatch.setattr(devices_module, "judge", judge_then_cancel)
     report = JobStatus(job_id=job_id, version=version, state=JobState.PROCESSING, impressions_completed=1)
-    reply = await service.send(report)
-    store.sessions.begin = real  # type: ignore[method-assign]
+    try:
+        reply = await service.send(report)
+    finally:
+        await replica.close()
+        await replica.engine.dispose()
+    monkeypatch.undo()
 
-    assert raced, "the write transaction was never opened"
+    assert raced and not isinstance(raced[0], Verdict), "the report was never judged current"
     assert reply.code == "stale" and not reply.ok
     assert reply.version == version + 1 and Reason.PROCESSING_TO_STOP_POINT in reply.reasons
     row = await store.get_job(job_id)
@@ -96,23 +110,6 @@ async def test_a_cancel_landing_between_judgement_and_write_makes_the_report_sta
     # Re-sent on the adopted version, the device's next report applies.
     again = await service.send(JobStatus(job_id=job_id, version=reply.version, state=JobState.CANCELED))
     assert again.code == "ok" and again.state is JobState.CANCELED
-
-
-class _CancelThenBegin:
-    """An ``async with sessions.begin()`` that first commits a cancel in a transaction of its own."""
-
-    def __init__(self, store: JobStore, job_id: int, begin: object) -> None:
-        self.store, self.job_id, self.begin = store, job_id, begin
-        self.inner: object = None
-
-    async def __aenter__(self) -> object:
-        self.store.sessions.begin = self.begin  # type: ignore[method-assign]
-        await self.store.transition(self.job_id, Cancel())
-        self.inner = self.begin()  # type: ignore[operator]
-        return await self.inner.__aenter__()  # type: ignore[attr-defined]
-
-    async def __aexit__(self, *exc: object) -> object:
-        return await self.inner.__aexit__(*exc)  # type: ignore[attr-defined]
 
 
 async def test_document_reports_are_job_events(service: Service) -> None:
@@ -151,3 +148,29 @@ async def test_document_reports_are_job_events(service: Service) -> None:
 async def _history(store: JobStore, job_id: int) -> list[tuple[str, tuple[str, ...]]]:
     info = await store.job_info(await store.get_job(job_id), with_history=True)
     return [(e.state, tuple(e.state_reasons)) for e in info.history]
+
+
+async def test_each_device_message_is_one_hop_to_the_database(service: Service,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report is read, judged and written in one transaction; fetch-job and hello are each
+    answered from one read: one call of ``JobStore.run`` each (one thread hop on SQLite)."""
+    job_id = await service.claimed_job()
+    store = service.store
+    version = (await store.get_job(job_id)).version
+    hops: list[str] = []
+    real_run = store.run
+
+    async def counted(work):  # type: ignore[no-untyped-def]
+        hops.append(getattr(work, "__qualname__", "work"))
+        return await real_run(work)
+
+    monkeypatch.setattr(store, "run", counted)
+    report = await service.send(JobStatus(job_id=job_id, version=version, state=JobState.PROCESSING))
+    assert report.code == "ok" and len(hops) == 1, hops
+    hops.clear()
+    fetched = await service.send(FetchJob(job_id=job_id))
+    assert fetched.code == "ok" and len(hops) == 1, hops
+    hops.clear()
+    held = HeldJob(job_id=job_id, version=report.version, state=JobState.PROCESSING)
+    synced = await service.devices.handle(DEVICE, "up", encode(Hello(software="test 1.0", jobs=[held])))
+    assert len(synced) == 1 and len(hops) == 1, hops

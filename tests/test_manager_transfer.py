@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from broker.pki import Pki
-from manager.transfer import CHUNK, DownloadError, download
+from manager import transfer
+from manager.transfer import CHUNK, DOWNLOAD_BUFFER, DownloadError, download
 from tests.support.docserver import DocServer
 
 
@@ -84,7 +86,33 @@ def test_signatures_stay_out_of_the_log(
     docs: DocServer, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url, size, sha = docs.put("doc", b"data")
-    with caplog.at_level(logging.INFO, logger="httpx"):
+    with caplog.at_level(logging.INFO):
         download(url + "?exp=1&sig=SECRET", tmp_path / "doc", size=size, sha256=sha, verify=_ctx(pki), timeout=5)
     assert "HTTP Request" in caplog.text and "/doc" in caplog.text
     assert "SECRET" not in caplog.text
+
+
+def test_a_large_download_is_hashed_on_the_way_and_renamed_into_place(
+        docs: DocServer, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several read buffers, not a multiple of one: the bytes land in ``.part`` in one pass and
+    the verified file is renamed to its name (never copied); a wrong digest renames nothing."""
+    data = os.urandom(2 * DOWNLOAD_BUFFER + 12345)
+    url, size, sha = docs.put("big", data)
+    dest = tmp_path / "big"
+    renames: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def replace(src: Path, dst: Path) -> None:
+        assert Path(src).stat().st_size == size and not Path(dst).exists()  # complete, and not there yet
+        renames.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(transfer.os, "replace", replace)
+    download(url, dest, size=size, sha256=sha, verify=_ctx(pki), timeout=10)
+    assert renames == [(tmp_path / "big.part", dest)]
+    assert dest.read_bytes() == data and sorted(tmp_path.iterdir()) == [dest]
+
+    with pytest.raises(DownloadError) as err:
+        download(url, tmp_path / "again", size=size, sha256="0" * 64, verify=_ctx(pki), timeout=10)
+    assert err.value.kind == "mismatch" and len(renames) == 1
+    assert sorted(tmp_path.iterdir()) == [dest]
