@@ -26,6 +26,7 @@ from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import Documents
 from cloud_service.http import Deps, create_app
 from cloud_service.httpserver import HttpsServer
+from cloud_service.instance import database_instance
 from cloud_service.ipp.front import IppFront
 from cloud_service.jobs import JobOperations
 from cloud_service.mqtt import MqttAdapter, take_over_session
@@ -34,6 +35,7 @@ from cloud_service.registration import Registry
 from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
+from schemas.messages import JobFetchable, Message
 
 log = logging.getLogger("cloudimaging.service")
 
@@ -85,9 +87,10 @@ class CloudService:
         self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl)
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
                                       max_services=cfg.max_services_per_device)
+        self.devices.instance = self.instance = await database_instance(self.engine)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit)
-        self.jobs = JobOperations(self.store, self.documents, self.mqtt.publish, Admission(self.store, cfg))
+        self.jobs = JobOperations(self.store, self.documents, self._notify, Admission(self.store, cfg))
         # Security (docs/security.md): audit log, registration, retention sweeper.
         self.clock = Clock()
         self.audit = AuditLog(cfg.logs_dir / "security.log")
@@ -98,7 +101,7 @@ class CloudService:
         self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
                                                                   cfg.step_timeout, cfg.redeliver_after),
-                                     self.mqtt.publish)
+                                     self._notify)
         self.app = create_app(Deps(store=self.store, jobs=self.jobs, objects=self.objects, clf=self.clf,
                                    audit=self.audit, config=cfg, registry=self.registry, ca_file=str(ca),
                                    ipp_base=self.ipp_base,
@@ -117,6 +120,12 @@ class CloudService:
         await self.registry.start()
         self.sweeper.start()
         log.info("cloud service at %s (broker %s)", self.url, cfg.broker_url)
+
+    def _notify(self, device_id: str, message: Message) -> None:
+        """Publish to a device; doorbells name the database their job id belongs to."""
+        if isinstance(message, JobFetchable) and message.instance is None:
+            message = message.model_copy(update={"instance": self.instance})
+        self.mqtt.publish(device_id, message)
 
     async def stop(self) -> None:
         if self._server is not None:
