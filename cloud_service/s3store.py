@@ -35,6 +35,8 @@ from cloud_service.objects import KEY_RE, ObjectTooLarge, StoredObject, UrlSigne
 
 log = logging.getLogger("cloudimaging.objects")
 
+#: Seconds to wait for S3's answer; completing a multipart upload of gigabytes takes a while.
+READ_TIMEOUT = 300
 #: Read size of a download stream.
 CHUNK = 256 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -56,7 +58,8 @@ class S3ObjectStore:
             "endpoint_url": endpoint_url, "region_name": region,
             "aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key,
             "config": Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                             retries={"max_attempts": 3, "mode": "standard"}),
+                             retries={"max_attempts": 3, "mode": "standard"},
+                             connect_timeout=10, read_timeout=READ_TIMEOUT),
         }
         self._session = aioboto3.Session()
         self._stack = AsyncExitStack()
@@ -68,10 +71,14 @@ class S3ObjectStore:
         self._client = await self._stack.enter_async_context(self._session.client("s3", **self._options))
         if self.create_bucket:
             try:
-                await self._client.head_bucket(Bucket=self.bucket)
-            except ClientError:
-                await self._client.create_bucket(Bucket=self.bucket)
-                log.info("created bucket %s", self.bucket)
+                try:
+                    await self._client.head_bucket(Bucket=self.bucket)
+                except ClientError:
+                    await self._client.create_bucket(Bucket=self.bucket)
+                    log.info("created bucket %s", self.bucket)
+            except BaseException:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -124,8 +131,8 @@ class S3ObjectStore:
                     answer = await self._client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
                                                             PartNumber=number, Body=bytes(buffer))
                     parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-                await self._client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
-                                                             MultipartUpload={"Parts": parts})
+                await self._complete(name, upload_id, parts, size)
+                upload_id = None  # completed: nothing to abort
         except BaseException:
             if upload_id is not None:
                 try:
@@ -135,6 +142,20 @@ class S3ObjectStore:
                                 "incomplete uploads removes it)", name)
             raise
         return StoredObject(key, size, digest.hexdigest())
+
+    async def _complete(self, name: str, upload_id: str, parts: list[dict[str, Any]], size: int) -> None:
+        """CompleteMultipartUpload. Assembling a large object can outlast a read timeout; a
+        retry of a completion that in fact succeeded is answered NoSuchUpload, and then the
+        object is there with the size that was sent."""
+        try:
+            await self._client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in {"NoSuchUpload", "500", "InternalError"}:
+                raise
+            if await self.size(name) != size:
+                raise
+            log.info("multipart upload of %s was completed by an earlier attempt", name)
 
     async def read_stream(self, key: str) -> AsyncIterator[bytes]:
         answer = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
