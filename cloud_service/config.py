@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ENV_PREFIX = "CLOUDIMAGING_"
 #: Fields whose values are credentials: the table says so, and they are never printed.
@@ -156,6 +156,12 @@ class ServiceConfig(BaseModel):
     header_timeout: float = 10.0
     #: An idle keep-alive connection is closed after this many seconds.
     keep_alive_timeout: float = 5.0
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> ServiceConfig:
+        if self.object_store == "s3" and not self.s3_bucket:
+            raise ValueError("object_store is s3: set s3_bucket (CLOUDIMAGING_S3_BUCKET)")
+        return self
 
     @property
     def db_url(self) -> str:

@@ -55,6 +55,7 @@ def test_environment_overrides_file_and_converts_types(tmp_path: Path) -> None:
         "CLOUDIMAGING_BROKER_RELOAD_COMMAND": '["systemctl", "reload", "mosquitto"]',
         "CLOUDIMAGING_DATA_DIR": str(tmp_path / "d"),
         "CLOUDIMAGING_OBJECT_STORE": "s3",
+        "CLOUDIMAGING_S3_BUCKET": "documents",
         "CLOUDIMAGING_PUBLIC_URL": "",  # empty: None
         "CLOUDIMAGING_URL": "https://client-side-variable/",  # the client's: not a service field
     }
@@ -71,6 +72,8 @@ def test_environment_overrides_file_and_converts_types(tmp_path: Path) -> None:
     assert config.public_url is None
     with pytest.raises(ValueError):
         ServiceConfig.from_sources(None, {"CLOUDIMAGING_OBJECT_STORE": "ftp"})
+    with pytest.raises(ValueError, match="s3_bucket"):
+        ServiceConfig.from_sources(None, {"CLOUDIMAGING_OBJECT_STORE": "s3"})
     with pytest.raises(ConfigError, match="JSON"):
         ServiceConfig.from_sources(None, {"CLOUDIMAGING_BROKER_RELOAD_COMMAND": "systemctl reload"})
 
