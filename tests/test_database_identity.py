@@ -154,6 +154,7 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
             caplog.clear()
             async with serving(Stack, tmp_path / "b", b, service_password) as new:
                 assert new.service.instance != instance_a
+                new_instance = new.service.instance
                 # The Manager stayed connected to the broker, so B learns of its printer by
                 # asking for its status (the operator's refresh); the doorbells of B's jobs
                 # then name database B, and the Manager sends hello to resync.
@@ -166,5 +167,8 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
                 assert sorted(_printed(out)) == ["1", "1", "2", "2"]
             messages = [r.getMessage() for r in caplog.records]
             assert any("the service's database changed" in m for m in messages), messages
+            # B's doorbells named database B: the Manager resynced rather than judge job 1
+            # against the ids of A.
+            assert any("of database " + new_instance in m and "sending hello again" in m for m in messages), messages
         finally:
             await asyncio.to_thread(printer.stop, 10.0)
