@@ -13,6 +13,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sqlalchemy import text
+
 from broker.limits import connection_budget
 from broker.pki import ensure_pki
 from broker.private import private_dir
@@ -27,17 +29,21 @@ from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import Documents
 from cloud_service.http import Deps, create_app
 from cloud_service.httpserver import HttpsServer
+from cloud_service.instance import database_instance
 from cloud_service.ipp.front import IppFront
 from cloud_service.jobs import JobOperations
 from cloud_service.mqtt import MqttAdapter, take_over_session
-from cloud_service.objects import LocalObjectStore, UrlSigner, load_or_create_secret
+from cloud_service.objects import LocalObjectStore, ObjectStore, UrlSigner, load_or_create_secret
 from cloud_service.registration import Registry
 from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
 from cloud_service.transform.service import Transformer
+from schemas.messages import JobFetchable, Message
 
 log = logging.getLogger("cloudimaging.service")
+#: A readiness probe of the object store gives up after this long (seconds).
+READY_TIMEOUT = 5.0
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -82,14 +88,15 @@ class CloudService:
         self._socket = _bind(cfg.http_host, cfg.http_port)
         self.port = self._socket.getsockname()[1]
         signer = UrlSigner(load_or_create_secret(cfg.data_dir / "objects.key"), self.url)
-        self.objects = LocalObjectStore(cfg.objects_dir, signer)
+        self.objects = await self._object_store(signer)
         self.clf = ClfLog(cfg.logs_dir / "access.log")
         self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl, Transformer())
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
                                       max_services=cfg.max_services_per_device)
+        self.devices.instance = self.instance = await database_instance(self.engine)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit)
-        self.jobs = JobOperations(self.store, self.documents, self.mqtt.publish, Admission(self.store, cfg))
+        self.jobs = JobOperations(self.store, self.documents, self._notify, Admission(self.store, cfg))
         # Security (docs/security.md): audit log, registration, retention sweeper.
         self.clock = Clock()
         self.audit = AuditLog(cfg.logs_dir / "security.log")
@@ -100,10 +107,10 @@ class CloudService:
         self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
                                                                   cfg.step_timeout, cfg.redeliver_after),
-                                     self.mqtt.publish)
+                                     self._notify)
         self.app = create_app(Deps(store=self.store, jobs=self.jobs, objects=self.objects, clf=self.clf,
                                    audit=self.audit, config=cfg, registry=self.registry, ca_file=str(ca),
-                                   ipp_base=self.ipp_base,
+                                   ipp_base=self.ipp_base, readiness=self.readiness,
                                    request_status=lambda device_id: self.devices.request_status(
                                        device_id, self.mqtt.publish, cfg.status_timeout)))
         self.app.mount("/ipp", IppFront(store=self.store, jobs=self.jobs, https_base=lambda: self.url,
@@ -120,6 +127,43 @@ class CloudService:
         self.sweeper.start()
         log.info("cloud service at %s (broker %s)", self.url, cfg.broker_url)
 
+    async def _object_store(self, signer: UrlSigner) -> ObjectStore:
+        cfg = self.config
+        if cfg.object_store == "local":
+            return LocalObjectStore(cfg.objects_dir, signer)
+        from cloud_service.s3store import S3ObjectStore
+
+        if not cfg.s3_bucket:
+            raise ValueError("object_store is s3 but s3_bucket is not set")
+        store = S3ObjectStore(cfg.s3_bucket, signer, endpoint_url=cfg.s3_endpoint_url, region=cfg.s3_region,
+                              access_key_id=cfg.s3_access_key_id, secret_access_key=cfg.s3_secret_access_key,
+                              part_bytes=cfg.s3_part_bytes, create_bucket=cfg.s3_create_bucket)
+        await store.start()
+        return store
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency -> "ok" or why it is not reachable now (``/readyz``)."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        checks["broker"] = "ok" if self.mqtt.connected.is_set() else "not connected"
+        try:
+            await asyncio.wait_for(self.objects.check(), READY_TIMEOUT)
+            checks["objects"] = "ok"
+        except Exception as exc:
+            checks["objects"] = f"unreachable: {type(exc).__name__}"
+        return checks
+
+    def _notify(self, device_id: str, message: Message) -> None:
+        """Publish to a device; doorbells name the database their job id belongs to."""
+        if isinstance(message, JobFetchable) and message.instance is None:
+            message = message.model_copy(update={"instance": self.instance})
+        self.mqtt.publish(device_id, message)
+
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop()
@@ -131,6 +175,8 @@ class CloudService:
             await self.mqtt.stop()
         if hasattr(self, "store"):
             await self.store.close()
+        if hasattr(self, "objects") and hasattr(self.objects, "close"):
+            await self.objects.close()
         if hasattr(self, "engine"):
             await self.engine.dispose()
         if hasattr(self, "clf"):

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from broker.limits import RateLimitFilter, raise_open_files_limit
 from broker.private import private_dir, private_umask
-from cloud_service.config import ServiceConfig
+from cloud_service.config import SECRET_FIELDS, ConfigError, ServiceConfig, env_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     service = subparsers.add_parser("service", help="run the Cloud Service (HTTPS API + MQTT dispatcher)")
-    service.add_argument("--config", type=Path, help="JSON file of ServiceConfig fields")
+    service.add_argument("--config", type=Path,
+                         help="JSON file of ServiceConfig fields; CLOUDIMAGING_* variables override it")
     service.add_argument("--data-dir", type=Path, help="data directory (default .cloudimaging)")
     service.add_argument("--broker-url", help="mqtts://host:port of the broker")
     service.add_argument("--port", type=int, help="HTTPS port (default 8443)")
     service.add_argument("--new-token", metavar="USER", dest="new_token",
                          help="print a new admin token for USER and exit")
+    service.add_argument("--show-config", choices=["env", "effective"], dest="show_config",
+                         help="print the table of CLOUDIMAGING_* variables (env) or the configuration this "
+                              "command would run with, secrets hidden (effective), and exit")
     service.set_defaults(func=run_service)
 
     up = subparsers.add_parser("up", help="run the embedded stack: broker + service + a simulated printer")
@@ -34,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _service_config(args: argparse.Namespace) -> ServiceConfig:
-    config = ServiceConfig.load(args.config) if args.config else ServiceConfig()
+    config = ServiceConfig.from_sources(args.config)
     updates = {}
     if args.data_dir:
         updates["data_dir"] = args.data_dir
@@ -48,9 +55,23 @@ def _service_config(args: argparse.Namespace) -> ServiceConfig:
 def run_service(args: argparse.Namespace) -> int:
     from cloud_service.app import CloudService
 
+    if args.show_config == "env":
+        print(env_table(), end="")
+        return 0
+    try:
+        config = _service_config(args)
+    except (ConfigError, ValidationError) as exc:
+        print(f"cloudimaging service: configuration: {exc}")
+        return 2
+    if args.show_config == "effective":
+        shown = config.model_dump(mode="json")
+        for name in SECRET_FIELDS:
+            if shown.get(name):
+                shown[name] = "(set)"
+        print(json.dumps(shown, indent=2))
+        return 0
     private_umask()  # documents, database, logs and keys: this account's alone
     raise_open_files_limit()  # the connection budget is taken from it (broker.limits)
-    config = _service_config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     RateLimitFilter.install()
 

@@ -1,12 +1,35 @@
-"""Configuration of the Cloud Service: one pydantic model, from a JSON file or built in code."""
+"""Configuration of the Cloud Service: one pydantic model, from a JSON file, the environment or
+built in code.
+
+Every field ``name`` is also ``CLOUDIMAGING_NAME`` in the environment (containers are configured
+that way), and its value may come from a file named by ``CLOUDIMAGING_NAME_FILE`` (Docker and
+Kubernetes secrets are mounted as files). The environment wins over the file, the file over the
+defaults. ``env_table()`` renders the one table of docs/operations.md from this model, so the
+document cannot drift from the code (a test compares them).
+"""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
+import os
+import textwrap
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ENV_PREFIX = "CLOUDIMAGING_"
+#: Fields whose values are credentials: the table says so, and they are never printed.
+SECRET_FIELDS = frozenset({"broker_password", "database_url", "s3_access_key_id", "s3_secret_access_key"})
+
+
+class ConfigError(ValueError):
+    """The environment or the file names a value the model cannot take."""
 
 
 class ServiceConfig(BaseModel):
@@ -14,18 +37,26 @@ class ServiceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: Where the SQLite database, local objects, logs and generated keys live.
     data_dir: Path = Path(".cloudimaging")
     #: SQLAlchemy async URL; default: SQLite in the data directory. PostgreSQL:
     #: ``postgresql+asyncpg://user@host/db``.
     database_url: str | None = None
+    #: The MQTT broker (TLS only): ``mqtts://host:port``.
     broker_url: str = "mqtts://127.0.0.1:8883"
+    #: The service's user name at the broker.
     broker_username: str = "cloud-service"
+    #: The service's password at the broker.
     broker_password: str = ""
     #: PEM CA used to verify the broker and presented to clients for verifying us.
     ca_file: Path | None = None
+    #: PEM certificate of the HTTPS server; default: one made in DATA/pki.
     tls_cert: Path | None = None
+    #: PEM private key of ``tls_cert``.
     tls_key: Path | None = None
+    #: Address the HTTPS server binds.
     http_host: str = "127.0.0.1"
+    #: Port of the HTTPS server (0: any free port).
     http_port: int = 8443
     #: Base URL of this service as devices and clients reach it (presigned URLs use it);
     #: default ``https://{http_host}:{port}``.
@@ -34,13 +65,33 @@ class ServiceConfig(BaseModel):
     max_document_bytes: int = 256 * 1024 * 1024
     #: Lifetime of presigned URLs (seconds); short, minted when a device claims a job.
     url_ttl: float = 300.0
-    #: Devices waiting for a reply: how long a fetch-job reply's URLs etc. stay valid.
+    #: MQTT keepalive of the service's broker connection (seconds).
     keepalive: int = 30
     #: How often SSE streams re-read the job from the database (covers other replicas).
     event_poll_interval: float = 2.0
     #: Fetch of document_uri: allow plain http and private hosts (tests only).
     allow_insecure_document_uri: bool = False
+    #: Python logging level of the service's log.
     log_level: str = "INFO"
+
+    # -- object store (docs/operations.md, "Object store") --------------------------------------
+    #: "local": files under DATA/objects, served by the service with its own signed URLs
+    #: (replicas must share that directory); "s3": an S3 bucket, URLs presigned by S3 itself.
+    object_store: Literal["local", "s3"] = "local"
+    #: S3 endpoint (https in production); default: AWS's endpoint for ``s3_region``.
+    s3_endpoint_url: str | None = None
+    #: The bucket that holds documents (required with ``object_store`` "s3").
+    s3_bucket: str | None = None
+    #: The bucket's region.
+    s3_region: str = "us-east-1"
+    #: S3 access key; default: the AWS credential chain (instance role, AWS_* variables).
+    s3_access_key_id: str | None = None
+    #: S3 secret key (with ``s3_access_key_id``).
+    s3_secret_access_key: str | None = None
+    #: Create the bucket at start-up if it is missing (tests and local clusters).
+    s3_create_bucket: bool = False
+    #: Multipart part size for uploads to S3 (bytes, at least 5 MiB); memory per upload.
+    s3_part_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
 
     # -- devices (docs/security.md, "Hardening: devices") --------------------------------------
     #: Messages of one device waiting to be handled; beyond this its newest are dropped (it
@@ -75,6 +126,7 @@ class ServiceConfig(BaseModel):
     sweep_interval: float = 30.0
     #: Defaults when neither the service's policy nor the job chooses.
     document_retention: Literal["discard-after-processing", "after-duration", "keep"] = "after-duration"
+    #: How long documents are kept under "after-duration" (seconds).
     document_retention_seconds: float = 86400.0
     #: Jobs (their history) are deleted this long after they ended; None keeps them.
     history_retention_seconds: float | None = None
@@ -105,6 +157,12 @@ class ServiceConfig(BaseModel):
     #: An idle keep-alive connection is closed after this many seconds.
     keep_alive_timeout: float = 5.0
 
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> ServiceConfig:
+        if self.object_store == "s3" and not self.s3_bucket:
+            raise ValueError("object_store is s3: set s3_bucket (CLOUDIMAGING_S3_BUCKET)")
+        return self
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'service.db').resolve()}"
@@ -130,9 +188,126 @@ class ServiceConfig(BaseModel):
     def load(cls, path: Path) -> ServiceConfig:
         return cls.model_validate(json.loads(path.read_text()))
 
+    @classmethod
+    def from_sources(cls, path: Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+        """Defaults, then the JSON file (if any), then ``CLOUDIMAGING_*`` from the environment."""
+        values: dict[str, Any] = json.loads(path.read_text()) if path is not None else {}
+        values.update(env_values(os.environ if environ is None else environ))
+        return cls.model_validate(values)
+
     def base_url(self, port: int | None = None) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = self.http_host if ":" not in self.http_host else f"[{self.http_host}]"
         return f"https://{host}:{port or self.http_port}"
 
+
+
+# -- the environment ----------------------------------------------------------------------------
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def env_file_name(field: str) -> str:
+    """The variable naming a file that holds the value. ``X_FILE`` unless that is already the
+    name of another field (``broker_password_file`` is Mosquitto's password file): then
+    ``X_SECRET_FILE``."""
+    if f"{field}_file" in ServiceConfig.model_fields:
+        return env_name(field) + "_SECRET_FILE"
+    return env_name(field) + "_FILE"
+
+
+def _is_structured(annotation: Any) -> bool:
+    """Lists and mappings are given as JSON in the environment."""
+    for arg in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(arg) in (list, dict) or arg in (list, dict):
+            return True
+    return False
+
+
+def _allows_none(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation)
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The fields set in ``environ``: raw strings (pydantic converts them), JSON for lists, and
+    the empty string as None where None is allowed. Setting a field both ways is an error."""
+    values: dict[str, Any] = {}
+    for field, info in ServiceConfig.model_fields.items():
+        direct, by_file = env_name(field), env_file_name(field)
+        if direct in environ and by_file in environ:
+            raise ConfigError(f"{direct} and {by_file} are both set; set one")
+        if direct in environ:
+            raw = environ[direct]
+        elif by_file in environ:
+            try:
+                raw = Path(environ[by_file]).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{by_file}: cannot read {environ[by_file]}: {exc.strerror}") from None
+        else:
+            continue
+        if raw == "" and _allows_none(info.annotation):
+            values[field] = None
+        elif _is_structured(info.annotation):
+            try:
+                values[field] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{direct} must be JSON ({exc})") from None
+        else:
+            values[field] = raw
+    return values
+
+
+def field_docs() -> dict[str, str]:
+    """The ``#:`` comment above each field, read from this module's source (one place to write
+    what a field means: the code, which the table is made from)."""
+    source = textwrap.dedent(inspect.getsource(ServiceConfig))
+    lines = source.splitlines()
+    docs: dict[str, str] = {}
+    for node in ast.parse(source).body[0].body:  # type: ignore[attr-defined]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            comment: list[str] = []
+            row = node.lineno - 2
+            while row >= 0 and lines[row].strip().startswith("#:"):
+                comment.insert(0, lines[row].strip()[2:].strip())
+                row -= 1
+            docs[node.target.id] = " ".join(comment)
+    return docs
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(arg) for arg in typing.get_args(annotation))
+    text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
+    for noise in ("typing.", "pathlib.", "<class '", "'>"):
+        text = text.replace(noise, "")
+    return text
+
+
+def _default(field: str) -> str:
+    info = ServiceConfig.model_fields[field]
+    if info.default is None:
+        return "(none)"
+    if isinstance(info.default, Path):
+        return f"`{info.default}`"
+    if isinstance(info.default, str):
+        return f"`{info.default}`" if info.default else '`""`'
+    return f"`{json.dumps(info.default)}`"
+
+
+def env_table() -> str:
+    """The Markdown table of every setting: variable, the file variable, type, default, meaning."""
+    docs = field_docs()
+    rows = ["| variable (JSON field) | type | default | meaning |", "|---|---|---|---|"]
+    for field, info in ServiceConfig.model_fields.items():
+        meaning = docs.get(field, "").replace("|", "\\|")
+        if field in SECRET_FIELDS:
+            meaning = ("**Secret**: prefer `" + env_file_name(field) + "`. " + meaning).strip()
+        kind = _type_name(info.annotation).replace("|", "\\|")
+        if _is_structured(info.annotation):
+            kind += " (JSON)"
+        rows.append(f"| `{env_name(field)}` (`{field}`) | {kind} | {_default(field)} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -73,6 +73,8 @@ class DeviceProtocol:
         self.clf = clf
         #: Called with (device_id, online) so the HTTP side can react; optional.
         self.on_presence: Callable[[str, bool], Awaitable[None]] | None = None
+        #: The database's instance id, sent in every sync (cloud_service.instance).
+        self.instance: str | None = None
         #: device id -> monotonic time this replica last recorded it online.
         self._seen: dict[str, float] = {}
 
@@ -182,7 +184,8 @@ class DeviceProtocol:
                 await self._transition(row.id, Release("the device restarted before printing; fetchable"))
                 released = True
         fetchable = [r.id for r in (await self.store.fetchable_for(device_id) if released else fetchable_rows)]
-        return [(device_id, Sync(re=hello.id, fetchable=fetchable, stop=stop, unknown=unknown))]
+        return [(device_id, Sync(re=hello.id, fetchable=fetchable, stop=stop, unknown=unknown,
+                                 instance=self.instance))]
 
     async def _attributes(self, device_id: str, msg: Attributes) -> Outgoing:
         refused = await self.store.upsert_services(device_id, [(svc.kind.value, svc.name, {

@@ -2,8 +2,8 @@
 
 ``ObjectStore`` is the interface; ``LocalObjectStore`` keeps files in the data directory and
 is served by the service itself under ``/objects/{key}`` through HMAC-signed URLs that expire
-and are scoped to one object and one method (GET or PUT). An S3 implementation (aioboto3,
-presigned by S3) fits behind the same interface.
+and are scoped to one object and one method (GET or PUT). ``cloud_service.s3store`` keeps them
+in an S3 bucket behind the same interface (``object_store`` = "s3").
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class ObjectStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
     def presign(self, key: str, method: str, ttl: float) -> tuple[str, float]: ...
+
+    async def check(self) -> None:
+        """Raises unless the store is reachable and usable now (``/readyz``)."""
+        ...
 
 
 class UrlSigner:
@@ -150,3 +154,7 @@ class LocalObjectStore:
     def presign(self, key: str, method: str, ttl: float) -> tuple[str, float]:
         self._path(key)
         return self.signer.sign(key, method, ttl)
+
+    async def check(self) -> None:
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+            raise OSError(f"{self.root} is not a writable directory")

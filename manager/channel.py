@@ -188,6 +188,8 @@ class JobChannel:
         """
         record = self.record
         for _ in range(MAX_STALE_ROUNDS):
+            if not self.held:  # closed out meanwhile (another database): never report it
+                raise JobGone(None, "the job is no longer held here")
             message = build(record.version)
             reply = await self._requester.request(message, attempts=None if persistent else 0)
             code = reply.code

@@ -3,7 +3,9 @@
 JobBook is the one place job records change hands, so the durable journal
 (manager/journal.py, SQLite) plugs in by overriding ``save`` and ``forget`` and by loading
 records at start; the runner never keeps job state anywhere else. "Finished recently" is what makes duplicated or
-late doorbells harmless: a job id in it is never fetched again.
+late doorbells harmless: a job id in it is never fetched again. Job ids are those of one
+service database (``instance``): when the service reports another, ``rebase`` closes the old
+database's jobs out and starts a fresh memory.
 """
 
 from __future__ import annotations
@@ -215,6 +217,9 @@ class JobBook:
     """Held jobs by id, plus a bounded memory of finished ones."""
 
     def __init__(self, recent_limit: int = 10_000, recent_seconds: float = 24 * 3600) -> None:
+        #: The service database these job ids belong to (Sync.instance); None until a service
+        #: that sends one answered.
+        self.instance: str | None = None
         self._jobs: dict[int, JobRecord] = {}
         self._recent: OrderedDict[int, tuple[JobState | None, float]] = OrderedDict()
         self._recent_limit = recent_limit
@@ -264,6 +269,21 @@ class JobBook:
     def load(self) -> list[JobRecord]:
         """Records that survived a restart (a journal's); the in-memory book has none."""
         return []
+
+    def set_instance(self, instance: str) -> None:
+        """Record the database the book's job ids belong to (first time: nothing else changes)."""
+        self.instance = instance
+
+    def rebase(self, instance: str) -> list[JobRecord]:
+        """The service now runs on another database: its job ids are fresh. Every held record
+        is taken out of the book (returned, for the caller to stop and log) and the memory of
+        finished ids is cleared, so job 1 of the new database is not mistaken for job 1 of
+        the old one."""
+        closed = self.records()
+        self._jobs.clear()
+        self._recent.clear()
+        self.instance = instance
+        return closed
 
     def forget(self, job_id: int, state: JobState | None = None, remember: bool = True) -> None:
         """Remove a job; with ``remember`` its id is kept so it is never fetched again."""

@@ -6,6 +6,10 @@ Manager acts on it or reports it. After a crash or SIGKILL the Manager reloads t
 lists the jobs in its Hello, and finishes each one by the policy in docs/reliability.md, so
 a job is never silently printed again in full.
 
+Job ids belong to one service database: the journal records which (``meta.instance``, from
+Sync.instance) and, when the service reports another, closes the old database's jobs out
+(kept in ``closed_out`` for the operator) and forgets its finished ids in one transaction.
+
 WAL with synchronous=NORMAL: a committed write survives the process being killed (the
 operating system has it); only a power loss can lose the last transactions.
 """
@@ -28,6 +32,8 @@ from schemas.tickets import DestinationStatus, ticket_model
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS finished (job_id INTEGER PRIMARY KEY, state TEXT, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS closed_out (instance TEXT, job_id INTEGER, data TEXT NOT NULL, at REAL NOT NULL);
 """
 #: Finished job ids are kept this long so late doorbells for them are ignored after a restart.
 FINISHED_KEEP_SECONDS = 7 * 24 * 3600
@@ -92,7 +98,10 @@ class JournalJobBook(JobBook):
         self._db.executescript(SCHEMA)
         cutoff = time.time() - FINISHED_KEEP_SECONDS
         with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            self.instance = row[0] if row else None
             self._db.execute("DELETE FROM finished WHERE at < ?", (cutoff,))
+            self._db.execute("DELETE FROM closed_out WHERE at < ?", (cutoff,))
             for job_id, state, _at in self._db.execute("SELECT job_id, state, at FROM finished ORDER BY at"):
                 super().forget(job_id, JobState(state) if state else None, remember=True)
 
@@ -109,6 +118,27 @@ class JournalJobBook(JobBook):
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO jobs (job_id, data, updated) VALUES (?, ?, ?)",
                              (record.job_id, _dump(record), time.time()))
+
+    def set_instance(self, instance: str) -> None:
+        super().set_instance(instance)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('instance', ?)", (instance,))
+
+    def rebase(self, instance: str) -> list[JobRecord]:
+        """As JobBook.rebase, in one transaction; the closed-out records are kept aside (table
+        ``closed_out``, a week) for the operator, never loaded again."""
+        old = self.instance
+        closed = super().rebase(instance)
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO closed_out (instance, job_id, data, at) VALUES (?, ?, ?, ?)",
+                                 [(old, r.job_id, _dump(r), now) for r in closed])
+            self._db.execute("DELETE FROM jobs")
+            self._db.execute("DELETE FROM finished")
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('instance', ?)", (instance,))
+            self._db.execute("COMMIT")
+        return closed
 
     def forget(self, job_id: int, state: JobState | None = None, remember: bool = True) -> None:
         super().forget(job_id, state, remember)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 from collections import deque
@@ -89,6 +90,9 @@ class Runner:
         #: Ids of recent Attributes messages: their replies are expected but have no waiter.
         self._attributes_sent: deque[str] = deque(maxlen=32)
         self._sync_seen = asyncio.Event()
+        #: Set by the first Sync: recovered jobs wait for it, so that nothing is reported for
+        #: them before the service's database is known to be theirs.
+        self._first_sync = asyncio.Event()
         self._last_attributes: object = None
         self._closing = False
         #: Set while connected and subscribed (threading: tests wait on it from outside).
@@ -124,12 +128,20 @@ class Runner:
                 continue
             if isinstance(decision, recovery.Finish):
                 log.info("job %d: recovered; %s", record.job_id, decision.why)
-                coro = self._finish(record, *decision.outcome)
+                work = functools.partial(self._finish, record, *decision.outcome)
             else:
                 log.info("job %d: recovered; printing the documents not yet done", record.job_id)
                 record.resume()
-                coro = self._run_claimed(record)
-            record.task = loop.create_task(coro, name=f"job-{record.job_id}-recovered")
+                work = functools.partial(self._run_claimed, record)
+            record.task = loop.create_task(self._after_first_sync(record, work),
+                                           name=f"job-{record.job_id}-recovered")
+
+    async def _after_first_sync(self, record: JobRecord, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a recovered job once the service answered (and its database is known to be
+        the journal's: another one closes the job out instead)."""
+        await self._first_sync.wait()
+        if self._still_held(record):
+            await work()
 
     async def shutdown(self) -> None:
         """Stop all jobs without reporting them, then close the drivers.
@@ -178,6 +190,12 @@ class Runner:
         self.requester.set_online(True)
         self._session = session
         self._send_presence("online")
+        self._resync()
+        self._publish_attributes(force=True)
+        self.connected.set()
+
+    def _resync(self) -> None:
+        """Send Hello (the jobs held) and repeat it until a Sync answers."""
         if self._hello_task and not self._hello_task.done():
             self._hello_task.cancel()
         jobs = [r.held() for r in self.book.held()][:MAX_JOBS_PER_HELLO]
@@ -185,8 +203,6 @@ class Runner:
         self._sync_seen.clear()
         self._send(self._hello)
         self._hello_task = asyncio.get_running_loop().create_task(self._repeat_hello(self._hello))
-        self._publish_attributes(force=True)
-        self.connected.set()
 
     def on_disconnected(self) -> None:
         self.requester.set_online(False)
@@ -264,7 +280,14 @@ class Runner:
             case Sync():
                 self._on_sync(message)
             case JobFetchable():
-                self._intake(message.job_id)
+                if message.instance is not None and self.book.instance not in (None, message.instance):
+                    # A doorbell from another database: its job ids are not ours to judge
+                    # until a Sync has closed the old ones out.
+                    log.warning("doorbell for job %d of database %s (ours: %s): sending hello again",
+                                message.job_id, message.instance, self.book.instance)
+                    self._resync()
+                else:
+                    self._intake(message.job_id)
             case JobCanceled():
                 self._on_job_canceled(message)
             case StatusRequest():
@@ -273,6 +296,9 @@ class Runner:
                 self._on_identify(message)
 
     def _on_sync(self, sync: Sync) -> None:
+        if sync.instance is not None and sync.instance != self.book.instance:
+            self._change_database(sync.instance)
+        self._first_sync.set()
         if sync.re is None or self._hello is None or sync.re == self._hello.id:
             self._sync_seen.set()  # else it answers an older Hello: act on it, keep repeating ours
             self.synced.set()
@@ -296,6 +322,34 @@ class Runner:
             self._drop(record, None, "the cloud does not know the job")
         for job_id in sorted(sync.fetchable):
             self._intake(job_id)
+
+    def _change_database(self, instance: str) -> None:
+        """Job ids belong to one service database (Sync.instance). The first one seen is
+        recorded; another one means a new or swapped database: the old one's jobs are closed
+        out here (stopped, never reported to the new one, never printed again; each logged and
+        kept aside in the journal) and its finished ids forgotten, so the new database's jobs
+        1, 2, ... are fetched as the new jobs they are."""
+        old = self.book.instance
+        if old is None:
+            log.info("service database %s", instance)
+            self.book.set_instance(instance)
+            return
+        closed = self.book.rebase(instance)
+        log.warning("the service's database changed (%s -> %s): %d job(s) of the old one closed out, "
+                    "its finished job ids forgotten", old, instance, len(closed))
+        for record in closed:
+            log.warning("job %d of database %s closed out (phase %s, state %s, %d impression(s)): the service "
+                        "no longer knows it", record.job_id, old, record.phase, record.state,
+                        record.impressions_completed)
+            record.stop.set()
+            record.wakeup.set()
+            service = self.services.get(record.service or "")
+            if service is not None and record.phase is Phase.PRINTING:
+                service.driver.cancel(record.job_id)
+            if record.task is not None and not record.task.done():
+                record.task.cancel()
+        with self.changed:
+            self.changed.notify_all()
 
     def _on_job_canceled(self, message: JobCanceled) -> None:
         record = self.book.get(message.job_id)

@@ -249,11 +249,20 @@ class StopJob(BaseModel):
     state: JobState
 
 
+#: A service database's instance id (see Sync).
+Instance = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class Sync(Message):
     """Answer to Hello. INFRA: Update-Active-Jobs response plus Get-Jobs which-jobs=fetchable.
 
     ``unknown`` lists held jobs the cloud does not know or that are not assigned to this
     device (the unsupported group of Update-Active-Jobs): the device drops them.
+
+    ``instance`` names the service's database (a random id made with it): job ids are unique
+    only within one database, so a device that sees it change closes out the jobs of the
+    old one and starts a fresh memory of job ids (docs/protocol.md). Absent from older
+    services.
     """
 
     type: Literal["sync"] = "sync"
@@ -261,13 +270,19 @@ class Sync(Message):
     stop: list[StopJob] = []
     unknown: list[JobId] = []
     server_time: float = Field(default_factory=time.time)
+    instance: Instance | None = None
 
 
 class JobFetchable(Message):
-    """Doorbell: there is a job for you. INFRA: the job-fetchable event."""
+    """Doorbell: there is a job for you. INFRA: the job-fetchable event.
+
+    ``instance`` is the database the job id belongs to (as in Sync): a device that knows
+    another one sends Hello again instead of judging the id against the wrong database.
+    """
 
     type: Literal["job-fetchable"] = "job-fetchable"
     job_id: JobId
+    instance: Instance | None = None
 
 
 class JobCanceled(Message):

@@ -20,7 +20,7 @@ from cloud_service.config import ServiceConfig
 from cloud_service.credentials import parse_authorization, user_for
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
-from cloud_service.objects import LocalObjectStore
+from cloud_service.objects import ObjectStore
 from cloud_service.registration import Registry
 from cloud_service.sessions import COOKIE, CSRF_HEADER, find_session
 from cloud_service.store import JobStore
@@ -32,12 +32,13 @@ class Deps:
 
     ``ipp_base()`` gives ``ipps://host:port`` for the services' IPP URIs (None: no IPP front);
     ``request_status(device_id)`` asks a device for its status now and says whether it answered;
-    ``ca_file`` is trusted, besides the system's CAs, when fetching a job's document-uri.
+    ``ca_file`` is trusted, besides the system's CAs, when fetching a job's document-uri;
+``readiness()`` probes the dependencies for ``/readyz``.
     """
 
     store: JobStore
     jobs: JobOperations
-    objects: LocalObjectStore
+    objects: ObjectStore
     clf: ClfLog
     audit: AuditLog
     config: ServiceConfig
@@ -45,6 +46,8 @@ class Deps:
     ca_file: str | None = None
     ipp_base: Callable[[], str] | None = None
     request_status: Callable[[str], Awaitable[bool]] | None = None
+    #: Each dependency ("database", "broker", "objects") -> "ok" or why not, for /readyz.
+    readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
 
 
 def get_deps(request: Request) -> Deps:

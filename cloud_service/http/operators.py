@@ -14,7 +14,21 @@ router = APIRouter(default_response_class=OrjsonResponse)
 
 @router.get("/healthz", tags=["operators"])
 async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. It never looks at the dependencies (a restart would not
+    bring them back)."""
     return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operators"], responses={503: {"description": "a dependency is not reachable"}})
+async def readyz(deps: Deps = Depends(get_deps)) -> Response:
+    """Readiness: 200 once the database, the broker and the object store are all reachable,
+    else 503 naming each one that is not, so a load balancer sends this replica no traffic."""
+    if deps.readiness is None:
+        return OrjsonResponse({"status": "ready", "checks": {}})
+    checks = await deps.readiness()
+    ready = all(value == "ok" for value in checks.values())
+    return OrjsonResponse({"status": "ready" if ready else "not-ready", "checks": checks},
+                          status_code=200 if ready else 503)
 
 
 @router.get("/metrics", tags=["operators"], response_class=Response)

@@ -1,0 +1,174 @@
+"""A database is an identity: job ids are unique only within one service database, and the
+Manager never confuses the jobs of two. The exact case: a Manager prints jobs 1 and 2 on
+database A; the service restarts on a new database B whose jobs are 1 and 2 again: both print.
+A restored backup of A (same instance id, older state: jobs 1 and 2 pending again) does not make
+the Manager print either of them a second time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.credentials import generate_password
+from cloud_service.db import make_engine
+from cloud_service.instance import database_instance
+from manager.jobbook import JobRecord, Phase
+from manager.journal import JournalJobBook
+from schemas.enums import JobState
+from tests.support.brokers import embedded_broker
+from tests.support.documents import pdf_bytes
+from tests.support.stack import Stack, serving
+
+DEVICE = "identity-printer"
+
+
+def test_journal_rebase_closes_out_and_forgets_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    book = JournalJobBook(path)
+    assert book.instance is None
+    book.set_instance("a" * 32)
+    book.add(JobRecord(3, claimed=True, phase=Phase.QUEUED, service="p"))
+    book.add(JobRecord(1, claimed=True, phase=Phase.QUEUED, service="p"))
+    book.forget(1, JobState.COMPLETED)
+    book.close()
+
+    again = JournalJobBook(path)
+    assert again.instance == "a" * 32 and again.seen(1)
+    again.load()
+    closed = again.rebase("b" * 32)
+    assert [r.job_id for r in closed] == [3]
+    assert not again.seen(1) and not again.seen(3) and again.instance == "b" * 32
+    again.close()
+
+    third = JournalJobBook(path)
+    assert third.instance == "b" * 32 and third.load() == [] and not third.seen(1)
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # kept aside for the operator, never loaded again
+        assert db.execute("SELECT instance, job_id FROM closed_out").fetchall() == [("a" * 32, 3)]
+    third.close()
+
+
+async def test_instance_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    from cloud_service.db import create_schema
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'service.db'}")
+    await create_schema(engine)
+    first, again = await asyncio.gather(database_instance(engine), database_instance(engine))
+    assert first == again and len(first) == 32
+    assert await database_instance(engine) == first
+    await engine.dispose()
+    other = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
+    await create_schema(other)
+    assert await database_instance(other) != first
+    await other.dispose()
+
+
+def _printed(out: Path) -> list[str]:
+    log = out / "printed.log"
+    return log.read_text().split() if log.exists() else []
+
+
+async def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+@pytest.mark.timeout(240)
+async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from manager.app import Manager
+    from manager.config import ManagerConfig
+    from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
+
+    caplog.set_level(logging.INFO, logger="cloudimaging.manager")
+    service_password, device_password = generate_password(), generate_password()
+    out = tmp_path / "device" / "output"
+    async with embedded_broker(tmp_path / "broker") as b:
+        await asyncio.to_thread(b.add_user, "cloud-service", service_password)
+        await asyncio.to_thread(b.add_user, DEVICE, device_password)
+        config = ManagerConfig.model_validate({
+            "device_id": DEVICE, "broker_url": b.url, "password": device_password, "ca_file": str(b.pki.ca_cert),
+            "state_dir": str(tmp_path / "device" / "state"), "keepalive": 5, "request_timeout": 3.0,
+            "services": [{"kind": "print", "name": DEVICE, "driver": "simulated",
+                          "driver_options": {"output_dir": str(out)},
+                          "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "test printer"}]})
+
+        def manager() -> Manager:
+            return Manager(config)
+
+        async def submit_two(stack: Stack) -> list[int]:
+            ids = []
+            for _ in range(2):
+                response = await stack.submit(pdf_bytes(pages=1, size=10), {}, service=DEVICE)
+                assert response.status_code in (200, 201), response.text
+                ids.append(response.json()["id"])
+            return ids
+
+        # Database A: the device registers its printer, then goes away; jobs 1 and 2 wait.
+        first = manager()
+        async with serving(Stack, tmp_path / "a", b, service_password) as a:
+            instance_a = a.service.instance
+            await asyncio.to_thread(first.start)
+            await a.wait_service(DEVICE)
+            await asyncio.to_thread(first.stop, 10.0)
+            ids_a = await submit_two(a)
+            assert ids_a == [1, 2]
+        # The backup of A is taken now (service stopped: the files are consistent).
+        shutil.copytree(tmp_path / "a" / "service", tmp_path / "backup" / "service")
+
+        printer = manager()
+        try:
+            async with serving(Stack, tmp_path / "a", b, service_password) as a:
+                await asyncio.to_thread(printer.start)
+                for job_id in ids_a:
+                    assert (await a.wait_job(job_id, timeout=60))["state"] == "completed"
+            assert sorted(_printed(out)) == ["1", "2"]
+
+            # The restored backup: same instance id, jobs 1 and 2 pending again.
+            caplog.clear()
+            async with serving(Stack, tmp_path / "backup", b, service_password, redeliver_after=1.0,
+                               supervise_interval=0.5) as restored:
+                assert restored.service.instance == instance_a
+                assert (await restored.wait_job(1, timeout=5, until=lambda j: True))["state"] == "pending"
+                # The restored database last saw the device offline; once it answers a status
+                # request the supervisor rings the doorbells of jobs 1 and 2 again, and the
+                # Manager ignores them: it finished them already for this same database.
+                assert await restored.service.devices.request_status(DEVICE, restored.service.mqtt.publish, 20.0)
+                await _wait(lambda: {r.getMessage() for r in caplog.records} >= {
+                    "   job 1 already held or finished; doorbell ignored",
+                    "   job 2 already held or finished; doorbell ignored"}, 60, "the Manager judged jobs 1 and 2")
+                await asyncio.sleep(1.0)
+                assert sorted(_printed(out)) == ["1", "2"], "a restored database made a job print twice"
+
+            # A new database B: jobs 1 and 2 again, and both print.
+            caplog.clear()
+            async with serving(Stack, tmp_path / "b", b, service_password) as new:
+                assert new.service.instance != instance_a
+                new_instance = new.service.instance
+                # The Manager stayed connected to the broker, so B learns of its printer by
+                # asking for its status (the operator's refresh); the doorbells of B's jobs
+                # then name database B, and the Manager sends hello to resync.
+                assert await new.service.devices.request_status(DEVICE, new.service.mqtt.publish, 20.0)
+                await new.wait_service(DEVICE, timeout=60)
+                ids_b = await submit_two(new)
+                assert ids_b == [1, 2]
+                for job_id in ids_b:
+                    assert (await new.wait_job(job_id, timeout=60))["state"] == "completed"
+                assert sorted(_printed(out)) == ["1", "1", "2", "2"]
+            messages = [r.getMessage() for r in caplog.records]
+            assert any("the service's database changed" in m for m in messages), messages
+            # B's doorbells named database B: the Manager resynced rather than judge job 1
+            # against the ids of A.
+            assert any("of database " + new_instance in m and "sending hello again" in m for m in messages), messages
+        finally:
+            await asyncio.to_thread(printer.stop, 10.0)
