@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -27,6 +28,7 @@ from schemas.enums import JobState, ServiceKind
 from schemas.messages import JobFetchable, Message
 from schemas.model.job import Accept, DeviceReport, Job, Release
 from tests.support import pg
+from tests.support.stack import running_stack
 
 #: Generous bounds (a loaded 2-core machine): the figures themselves are printed.
 MOVE_BOUND = 20.0
@@ -274,3 +276,46 @@ async def test_only_the_lease_holder_supervises(replicas: tuple[Replica, Replica
             await supervisor.stop()
         for lease in leases.values():
             await lease.stop()
+
+
+# ------------------------------------------------------------------ two real services
+
+
+async def test_a_stream_on_one_service_sees_a_change_made_through_another(tmp_path: Path, pg_database: str) -> None:
+    """Two service replicas (each with its own broker: no device takes part) on one database:
+    a client streams a job's events from A while the job is canceled through B's API."""
+    async with running_stack(tmp_path / "a", database_url=pg_database) as a, \
+            running_stack(tmp_path / "b", database_url=pg_database) as b:
+        assert a.service.feed is not None and b.service.feed is not None
+        heard_before = a.service.feed.heard
+        delays, answered = [], []
+        for _ in range(100):
+            job_id = await fetchable_job(a.service.store)
+            async with a.http.stream("GET", f"/api/v1/jobs/{job_id}/events") as response:
+                lines = response.aiter_lines()
+                first = await _next_event(lines)
+                assert first["state"] == "pending"
+                started = time.perf_counter()
+                canceled = await b.http.post(f"/api/v1/jobs/{job_id}/cancel")
+                answered.append(time.perf_counter() - started)
+                assert canceled.status_code == 200, canceled.text
+                event = await asyncio.wait_for(_next_event(lines), CHANGE_BOUND)
+                delays.append(time.perf_counter() - started)
+                assert event["state"] == "canceled", event
+        after_answer = sorted(max(0.0, total - answer) for total, answer in zip(delays, answered, strict=True))
+        for label, figures in (("cancel sent to B to event on A", sorted(delays)),
+                               ("B's answer to event on A", after_answer)):
+            print(f"\nSSE on replica A, cancel through replica B's API, {label}, {len(figures)} changes: p50 "
+                  f"{statistics.median(figures) * 1000:.1f} ms, p99 {figures[98] * 1000:.1f} ms, "
+                  f"max {figures[-1] * 1000:.1f} ms")
+        # The wake-ups came from B's announcements, not from A's periodic re-read.
+        assert a.service.feed.heard - heard_before >= 100
+
+
+async def _next_event(lines: AsyncIterator[str]) -> dict:
+    import orjson
+
+    async for line in lines:
+        if line.startswith("data: "):
+            return orjson.loads(line[6:])
+    raise AssertionError("the event stream ended")
