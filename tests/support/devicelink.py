@@ -237,13 +237,14 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 @contextlib.asynccontextmanager
 async def service_side(directory: Path, pki: Pki, device_id: str, *, url_ttl: float = 300.0,
-                       docs: DocServer | None = None) -> AsyncIterator[ServiceSide]:
+                       docs: DocServer | None = None, database_url: str | None = None) -> AsyncIterator[ServiceSide]:
     """The service's store, object store and DeviceProtocol, and its HTTPS app serving objects.
 
-    With ``docs``, presigned URLs point at that DocServer instead (it can fail on purpose).
+    With ``docs``, presigned URLs point at that DocServer instead (it can fail on purpose). The
+    store is SQLite in ``directory`` unless ``database_url`` names another database.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(f"sqlite+aiosqlite:///{directory / 'service.sqlite'}")
+    engine = make_engine(database_url or f"sqlite+aiosqlite:///{directory / 'service.sqlite'}")
     await create_schema(engine)
     store = JobStore(engine)
     sock = socket.socket()
