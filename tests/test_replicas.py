@@ -1,7 +1,8 @@
 """Several replicas on one PostgreSQL database (each replica: its own engine, store, feed and
 lease, as each ``cloudimaging service`` process has): concurrent writes settle through the
 optimistic versions, a change on one replica wakes waiters on another, and exactly one replica
-holds the lease for periodic work, which moves when its holder goes away."""
+holds the lease for periodic work (the supervisor, the retention sweeper), which moves when its
+holder goes away."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ import pytest
 from sqlalchemy import func, select
 
 from cloud_service.changes import ReplicatedFeed
+from cloud_service.clock import Clock
+from cloud_service.config import ServiceConfig
 from cloud_service.db import JobEventRow, create_schema, make_engine
 from cloud_service.lease import AdvisoryLease, lock_key
+from cloud_service.objects import LocalObjectStore, UrlSigner
+from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
 from schemas.enums import JobState, ServiceKind
@@ -319,3 +324,38 @@ async def _next_event(lines: AsyncIterator[str]) -> dict:
         if line.startswith("data: "):
             return orjson.loads(line[6:])
     raise AssertionError("the event stream ended")
+
+
+async def test_only_the_lease_holder_sweeps_retention(replicas: tuple[Replica, Replica], pg_database: str,
+                                                      tmp_path: Path) -> None:
+    a, b = replicas
+    config = ServiceConfig(sweep_interval=0.1)
+    leases = {"a": AdvisoryLease(pg_database, retry=0.2), "b": AdvisoryLease(pg_database, retry=0.2)}
+    await leases["a"].start()
+    await asyncio.wait_for(leases["a"].acquired.wait(), MOVE_BOUND)
+    await leases["b"].start()
+    swept = {"a": 0, "b": 0}
+    sweepers = {}
+    for who, replica in (("a", a), ("b", b)):
+        sweeper = Sweeper(replica.store, LocalObjectStore(tmp_path / who, UrlSigner(b"k" * 32, "https://127.0.0.1:1")),
+                          config, Clock(), leases[who])
+
+        async def counted(sweep=sweeper.sweep, who: str = who) -> dict[str, int]:  # type: ignore[no-untyped-def]
+            swept[who] += 1
+            return await sweep()
+
+        sweeper.sweep = counted  # type: ignore[method-assign]
+        sweeper.start()
+        sweepers[who] = sweeper
+    try:
+        await wait_until(lambda: swept["a"] >= 3)
+        assert swept["b"] == 0
+        await leases["a"].stop()
+        before = swept["a"]
+        await wait_until(lambda: swept["b"] >= 3)
+        assert swept["a"] <= before + 1
+    finally:
+        for sweeper in sweepers.values():
+            await sweeper.stop()
+        for lease in leases.values():
+            await lease.stop()
