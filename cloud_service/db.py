@@ -1,7 +1,9 @@
 """The database: the truth of the service (SQLAlchemy 2 async; SQLite or PostgreSQL by URL).
 
 Nothing here is SQLite-specific: JSON columns, integer keys, no raw SQL. Concurrent writers
-(several service replicas) are kept apart by optimistic concurrency on ``jobs.version``.
+(several service replicas) are kept apart by optimistic concurrency on ``jobs.version``. The
+tables are created and changed only by the Alembic revisions in cloud_service/migrations: a
+change to a model here comes with a new revision there (tests/test_migrations.py compares).
 """
 
 from __future__ import annotations
