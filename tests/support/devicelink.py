@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from sqlalchemy import text
 
 from broker.pki import Pki
 from cloud_service.accounting import Admission
@@ -246,6 +247,13 @@ async def service_side(directory: Path, pki: Pki, device_id: str, *, url_ttl: fl
     directory.mkdir(parents=True, exist_ok=True)
     engine = make_engine(database_url or f"sqlite+aiosqlite:///{directory / 'service.sqlite'}")
     await create_schema(engine)
+    if engine.dialect.name == "postgresql":
+        # A running service has its pool's connections open; a first request that had to open
+        # them would be slow enough, on a loaded machine, to be resent by the Manager.
+        async with contextlib.AsyncExitStack() as opened:
+            for _ in range(4):
+                conn = await opened.enter_async_context(engine.connect())
+                await conn.execute(text("SELECT 1"))
     store = JobStore(engine)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
