@@ -21,6 +21,7 @@ from broker.private import private_dir
 from cloud_service.accounting import Admission
 from cloud_service.audit import AuditLog
 from cloud_service.auth import create_token
+from cloud_service.changes import replicated_feed
 from cloud_service.clf import ClfLog
 from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
@@ -32,6 +33,7 @@ from cloud_service.httpserver import HttpsServer
 from cloud_service.instance import database_instance
 from cloud_service.ipp.front import IppFront
 from cloud_service.jobs import JobOperations
+from cloud_service.lease import lease_for
 from cloud_service.mqtt import MqttAdapter, take_over_session
 from cloud_service.objects import LocalObjectStore, ObjectStore, UrlSigner, load_or_create_secret
 from cloud_service.registration import Registry
@@ -85,6 +87,14 @@ class CloudService:
         self.engine = make_engine(cfg.db_url)
         await create_schema(self.engine)
         self.store = JobStore(self.engine)
+        # Replicas on PostgreSQL: job changes cross replicas (LISTEN/NOTIFY), and one replica at
+        # a time does the periodic work (an advisory-lock lease). On SQLite both are no-ops.
+        self.feed = replicated_feed(cfg.db_url)
+        if self.feed is not None:
+            self.store.feed = self.feed
+            await self.feed.start()
+        self.lease = lease_for(cfg.db_url)
+        await self.lease.start()
         self._socket = _bind(cfg.http_host, cfg.http_port)
         self.port = self._socket.getsockname()[1]
         signer = UrlSigner(load_or_create_secret(cfg.data_dir / "objects.key"), self.url)
@@ -104,10 +114,10 @@ class CloudService:
         self.registry = Registry(self.store, cfg, self.audit, self.clock, self.url,
                                  functools.partial(take_over_session, cfg.device_broker_url or cfg.broker_url,
                                                    cfg.ca_file))
-        self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock)
+        self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock, self.lease)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
                                                                   cfg.step_timeout, cfg.redeliver_after),
-                                     self._notify)
+                                     self._notify, self.lease)
         self.app = create_app(Deps(store=self.store, jobs=self.jobs, objects=self.objects, clf=self.clf,
                                    audit=self.audit, config=cfg, registry=self.registry, ca_file=str(ca),
                                    ipp_base=self.ipp_base, readiness=self.readiness,
@@ -177,6 +187,10 @@ class CloudService:
             await self.store.close()
         if hasattr(self, "objects") and hasattr(self.objects, "close"):
             await self.objects.close()
+        if getattr(self, "feed", None) is not None:
+            await self.feed.stop()
+        if hasattr(self, "lease"):
+            await self.lease.stop()
         if hasattr(self, "engine"):
             await self.engine.dispose()
         if hasattr(self, "clf"):

@@ -29,6 +29,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                          help="print the table of CLOUDIMAGING_* variables (env) or the configuration this "
                               "command would run with, secrets hidden (effective), and exit")
     service.set_defaults(func=run_service)
+    verbs = service.add_subparsers(dest="service_verb", metavar="{db}")
+    db = verbs.add_parser("db", help="the service's database: schema revision and upgrades (Alembic)")
+    db.add_argument("action", choices=["upgrade", "current", "history"],
+                    help="upgrade: migrate to the newest revision; current: the database's revision; "
+                         "history: the revisions this software knows")
+    db.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="JSON file of ServiceConfig fields")
+    db.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="data directory (SQLite default)")
+    db.add_argument("--database-url", default=argparse.SUPPRESS,
+                    help="SQLAlchemy URL, e.g. postgresql+asyncpg://user@host/db (default: the config's)")
+    db.set_defaults(func=run_db)
 
     up = subparsers.add_parser("up", help="run the embedded stack: broker + service + a simulated printer")
     up.add_argument("--data-dir", type=Path, default=Path(".cloudimaging"),
@@ -41,15 +51,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _service_config(args: argparse.Namespace) -> ServiceConfig:
-    config = ServiceConfig.from_sources(args.config)
+    config = ServiceConfig.from_sources(getattr(args, "config", None))
     updates = {}
-    if args.data_dir:
+    if getattr(args, "data_dir", None):
         updates["data_dir"] = args.data_dir
-    if args.broker_url:
+    if getattr(args, "broker_url", None):
         updates["broker_url"] = args.broker_url
-    if args.port is not None:
+    if getattr(args, "port", None) is not None:
         updates["http_port"] = args.port
     return config.model_copy(update=updates)
+
+
+def run_db(args: argparse.Namespace) -> int:
+    """``cloudimaging service db upgrade|current|history``: what the service does at start-up
+    (upgrade), ahead of a rolling deployment, or a look at where the database stands."""
+    from cloud_service import migrations
+    from cloud_service.db import create_schema, make_engine, schema_revision
+
+    config = _service_config(args)
+    if getattr(args, "database_url", None):
+        config = config.model_copy(update={"database_url": args.database_url})
+    if args.action == "history":
+        for revision in migrations.history():
+            print(f"{revision['revision']}  {revision['doc']}")
+        return 0
+
+    async def main() -> int:
+        if config.db_url.startswith("sqlite"):
+            private_dir(config.data_dir)
+        engine = make_engine(config.db_url)
+        try:
+            if args.action == "upgrade":
+                before, _ = await schema_revision(engine)
+                after = await create_schema(engine)
+                print(f"database at revision {after}" + (" (unchanged)" if before == after else f" (was {before})"))
+                return 0
+            at, head = await schema_revision(engine)
+            state = "up to date" if at == head else f"behind: `cloudimaging service db upgrade` goes to {head}"
+            print(f"database at revision {at or 'none'} ({state})")
+            return 0 if at == head else 1
+        except RuntimeError as exc:
+            print(f"cloudimaging: error: {exc}")
+            return 1
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
 
 
 def run_service(args: argparse.Namespace) -> int:

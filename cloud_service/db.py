@@ -1,7 +1,9 @@
 """The database: the truth of the service (SQLAlchemy 2 async; SQLite or PostgreSQL by URL).
 
 Nothing here is SQLite-specific: JSON columns, integer keys, no raw SQL. Concurrent writers
-(several service replicas) are kept apart by optimistic concurrency on ``jobs.version``.
+(several service replicas) are kept apart by optimistic concurrency on ``jobs.version``. The
+tables are created and changed only by the Alembic revisions in cloud_service/migrations: a
+change to a model here comes with a new revision there (tests/test_migrations.py compares).
 """
 
 from __future__ import annotations
@@ -21,20 +23,20 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
-    inspect,
-    select,
     text,
 )
 from sqlalchemy.engine import Engine, create_engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from broker.private import create_private, private_dir
+from cloud_service import migrations
 
-#: 2: users, sharing, registration, enrollment, certificates, policies, quotas, credits.
-#: 3: documents.pages (counted while the bytes stream in).
-#: 4: user_defaults (each user's default service per kind, used when a job names none).
-SCHEMA_VERSION = 4
+#: ``meta.schema_version`` (older releases check it and refuse a larger number). 2: users,
+#: sharing, registration, enrollment, certificates, policies, quotas, credits. 3: documents.pages.
+#: 4: user_defaults. 5: the schema is managed by Alembic from here on (cloud_service/migrations),
+#: and this number no longer changes.
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -356,43 +358,22 @@ def make_thread_engine(engine: AsyncEngine) -> Engine | None:
     return thread_engine
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables; refuse a database written by a newer schema."""
+#: The advisory lock key that serializes migrations on PostgreSQL ("cloudimaging-schema"): two
+#: replicas starting together must not both create the tables.
+MIGRATION_LOCK = 0x636C6F7564696D67
+
+
+async def create_schema(engine: AsyncEngine) -> str:
+    """Bring the database to the newest schema (Alembic, cloud_service/migrations); returns the
+    revision. Refuses a database written by newer software. On PostgreSQL a transaction-scoped
+    advisory lock makes concurrent starts take turns: the second finds the work done."""
     async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-        await conn.run_sync(_add_missing_columns)
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    async with sessions.begin() as session:
-        row = await session.get(Meta, "schema_version")
-        if row is None:
-            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-        elif int(row.value) > SCHEMA_VERSION:
-            raise RuntimeError(f"database schema {row.value} is newer than this software ({SCHEMA_VERSION})")
-        elif int(row.value) < SCHEMA_VERSION:
-            row.value = str(SCHEMA_VERSION)
-        await session.execute(select(Meta.key).limit(1))
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        return await conn.run_sync(migrations.upgrade, Base.metadata)
 
 
-#: Indexes on columns of tables that existed before schema 2 (create_all skips existing tables).
-_EXTRA_INDEXES: tuple[tuple[str, str, str], ...] = (("ix_devices_owner", "devices", "owner"),)
-
-
-def _add_missing_columns(conn) -> None:  # type: ignore[no-untyped-def]
-    """Upgrade a database made by an older schema in place: add the columns it lacks.
-
-    Columns added after a table first shipped are all nullable, so ``ALTER TABLE ... ADD
-    COLUMN`` works on SQLite and PostgreSQL alike and old rows read as NULL.
-    """
-    inspector = inspect(conn)
-    existing_tables = set(inspector.get_table_names())
-    for table in Base.metadata.sorted_tables:
-        if table.name not in existing_tables:
-            continue
-        have = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have:
-                continue
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-    for name, table_name, column_name in _EXTRA_INDEXES:
-        conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table_name} ({column_name})"))
+async def schema_revision(engine: AsyncEngine) -> tuple[str | None, str]:
+    """The database's revision (None: not created yet) and the newest this software knows."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(migrations.current), migrations.head()

@@ -14,7 +14,8 @@ sleeping. A presigned URL never outlives its object: URLs are only minted while 
 under way, object GETs are refused once the job has ended, a deleted object answers 404, and
 a job id (and so an object key) can only be reused by the database after the job's row is
 gone, which the sweeper never does before every URL ever minted for it has expired
-(``MIN_HISTORY_SECONDS``).
+(``MIN_HISTORY_SECONDS``). With several replicas only the holder of the periodic lease
+(cloud_service.lease) sweeps; a sweep repeated by a second one would delete nothing twice.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import JobRow, ServicePolicyRow
 from cloud_service.documents import object_keys
+from cloud_service.lease import AlwaysHeld, Lease
 from cloud_service.objects import ObjectStore
 from cloud_service.store import JobStore
 from schemas.enums import JobState
@@ -74,8 +76,10 @@ def describe(row: JobRow, config: ServiceConfig) -> dict[str, Any]:
 class Sweeper:
     """Deletes document bytes and old jobs as their policies say; ``sweep()`` is one pass."""
 
-    def __init__(self, store: JobStore, objects: ObjectStore, config: ServiceConfig, clock: Clock) -> None:
+    def __init__(self, store: JobStore, objects: ObjectStore, config: ServiceConfig, clock: Clock,
+                 lease: Lease | None = None) -> None:
         self.store = store
+        self.lease: Lease = lease or AlwaysHeld()
         self.objects = objects
         self.config = config
         self.clock = clock
@@ -126,6 +130,8 @@ class Sweeper:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval)
+            if not self.lease.held:
+                continue
             try:
                 await self.sweep()
             except Exception:

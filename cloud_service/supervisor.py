@@ -13,6 +13,8 @@ the rules of docs/reliability.md:
 
 Every change goes through the core and the store's optimistic versions, so several service
 replicas may sweep at once without harm, and a restart loses nothing (all state is in the DB).
+With several replicas only the holder of the periodic lease (cloud_service.lease) sweeps, so
+doorbells are not rung once per replica and the database is not swept N times over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from cloud_service.db import DeviceRow, JobRow
+from cloud_service.lease import AlwaysHeld, Lease
 from cloud_service.store import ConcurrentUpdate, JobNotFound, JobStore
 from schemas.enums import JobState, Reason
 from schemas.messages import JobFetchable, Message
@@ -51,8 +54,10 @@ class SweepReport:
 
 
 class Supervisor:
-    def __init__(self, store: JobStore, policy: SupervisorPolicy, notify: Callable[[str, Message], None]) -> None:
+    def __init__(self, store: JobStore, policy: SupervisorPolicy, notify: Callable[[str, Message], None],
+                 lease: Lease | None = None) -> None:
         self.store = store
+        self.lease: Lease = lease or AlwaysHeld()
         self.policy = policy
         self.notify = notify
         self._task: asyncio.Task[None] | None = None
@@ -70,6 +75,8 @@ class Supervisor:
     async def _loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            if not self.lease.held:
+                continue
             try:
                 report = await self.sweep(time.time())
                 if report.suspended or report.released or report.aborted or report.rung:

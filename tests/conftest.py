@@ -52,3 +52,29 @@ def user_client(live: LiveStack, user_token: str) -> Iterator[CloudImagingClient
     client = live.client(token=user_token)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> None:
+    """The machine's PostgreSQL (tests/support/pg.py): skip without it, fail under CI=true."""
+    from tests.support import pg
+
+    pg.require()
+
+
+@pytest.fixture
+def pg_database(postgres: None) -> Iterator[str]:
+    """A new PostgreSQL database of this test alone (its SQLAlchemy URL), dropped after."""
+    from tests.support import pg
+
+    name = pg.create_database()
+    yield pg.url(name)
+    pg.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The service's database_url, once on SQLite (a file of its own) and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'service.db'}"
+    return request.getfixturevalue("pg_database")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -46,8 +45,8 @@ def test_malformed_empty_and_other_schemes(header: str) -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+async def store(database_url: str) -> AsyncIterator[JobStore]:
+    engine = make_engine(database_url)
     await create_schema(engine)
     yield JobStore(engine)
     await engine.dispose()

@@ -48,8 +48,8 @@ def clf_lines(stack: Stack) -> list[str]:
     return (stack.service.config.logs_dir / "access.log").read_text().splitlines()
 
 
-async def test_claim_versions_duplicates_and_urls(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_claim_versions_duplicates_and_urls(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await raw_device(stack, "raw-1")
         data = b"%PDF-1.4\n" + os.urandom(100_000)
         job = (await stack.submit(data, {"copies": 2}, service="raw-1")).json()
@@ -108,8 +108,8 @@ async def test_claim_versions_duplicates_and_urls(tmp_path: Path) -> None:
         await asyncio.to_thread(dev.close)
 
 
-async def test_bad_input_is_refused_logged_and_harmless(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_bad_input_is_refused_logged_and_harmless(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await raw_device(stack, "raw-bad")
         other = await raw_device(stack, "raw-other")
         job = (await stack.submit(b"%PDF-1.4 other", service="raw-other")).json()
@@ -161,8 +161,8 @@ async def test_bad_input_is_refused_logged_and_harmless(tmp_path: Path) -> None:
         await asyncio.to_thread(other.close)
 
 
-async def test_http_refuses_unauthenticated_and_bad_tokens(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_http_refuses_unauthenticated_and_bad_tokens(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         async with httpx.AsyncClient(base_url=stack.service.url, verify=str(stack.ca)) as anon:
             for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eDp5"}):
                 response = await anon.get("/api/v1/services", headers=headers)
@@ -176,8 +176,8 @@ async def test_http_refuses_unauthenticated_and_bad_tokens(tmp_path: Path) -> No
         assert any('"GET /api/v1/services HTTP/1.1" 401' in line for line in clf_lines(stack))
 
 
-async def test_plain_tcp_mqtt_is_refused(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_plain_tcp_mqtt_is_refused(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         password = generate_password()
         await stack.add_user("plain-dev", password)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain-dev")

@@ -63,8 +63,8 @@ class Service:
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[Service]:
-    async with service_parts(tmp_path) as parts:
+async def service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    async with service_parts(tmp_path, database_url=database_url) as parts:
         svc = Service(parts.store, parts.devices())
         reply = await svc.send(Attributes(services=[PrintServiceAttributes(name="office")]))
         assert reply.ok

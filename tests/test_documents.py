@@ -96,8 +96,8 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with service_parts(tmp_path, max_bytes=1_000_000) as parts:
+async def rig(tmp_path: Path, database_url: str) -> AsyncIterator[Rig]:
+    async with service_parts(tmp_path, max_bytes=1_000_000, database_url=database_url) as parts:
         store = parts.store
         await store.set_device("dev", online=True, last_seen=time.time())
         assert await store.upsert_service("dev", ServiceKind.PRINT.value, "office", {

@@ -30,11 +30,11 @@ class Parts:
 
 
 @pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
+async def parts(tmp_path: Path, database_url: str) -> AsyncIterator[Parts]:
     async def notify(*_: object) -> None:
         raise AssertionError("these routes publish nothing")
 
-    async with service_parts(tmp_path, url_ttl=ServiceConfig().url_ttl) as service:
+    async with service_parts(tmp_path, url_ttl=ServiceConfig().url_ttl, database_url=database_url) as service:
         audit = AuditLog(tmp_path / "security.log")
         deps = Deps(store=service.store, jobs=service.jobs(notify), objects=service.objects, clf=service.clf,
                     audit=audit, config=service.config, ipp_base=lambda: "ipps://cloud.example:8443")

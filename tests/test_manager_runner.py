@@ -87,7 +87,7 @@ RigFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def make_rig(tmp_path: Path, pki: Pki, docs: DocServer) -> Any:
+async def make_rig(tmp_path: Path, pki: Pki, docs: DocServer, database_url: str) -> Any:
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(
@@ -99,6 +99,8 @@ async def make_rig(tmp_path: Path, pki: Pki, docs: DocServer) -> Any:
             failing_docs: bool = False,
             other_services: tuple[str, ...] = (),
         ) -> Rig:
+            if database_url.startswith("postgresql"):
+                timeout *= 2  # a round trip over a socket per statement: slower than SQLite's file
             caps = {
                 "document-format-supported": ["application/pdf", "text/plain"],
                 "copies-supported": [1, 10],
@@ -120,7 +122,8 @@ async def make_rig(tmp_path: Path, pki: Pki, docs: DocServer) -> Any:
                 ],
             )
             side = await stack.enter_async_context(
-                service_side(tmp_path / "service", pki, DEVICE, url_ttl=url_ttl, docs=docs if failing_docs else None)
+                service_side(tmp_path / "service", pki, DEVICE, url_ttl=url_ttl, docs=docs if failing_docs else None,
+                             database_url=database_url)
             )
             drivers = {"office": make_driver(driver, "office", options or {}, config.state_dir)}
             runner = Runner(config, drivers, side.link.publish)

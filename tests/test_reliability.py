@@ -50,8 +50,8 @@ async def go_offline(stack: Stack, dev: RawDevice) -> None:
     await stack.wait_service(dev.device_id, online=False)
 
 
-async def test_offline_device_jobs_stop_then_abort(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_offline_device_jobs_stop_then_abort(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await raw_device(stack, "wanderer")
         printing = (await stack.submit(b"%PDF-1.4 a", service="wanderer")).json()
         waiting = (await stack.submit(b"%PDF-1.4 b", service="wanderer")).json()
@@ -85,8 +85,8 @@ async def test_offline_device_jobs_stop_then_abort(tmp_path: Path) -> None:
         await asyncio.to_thread(dev.close)
 
 
-async def test_device_returns_and_resync_decides(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_device_returns_and_resync_decides(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await raw_device(stack, "returner")
         job = (await stack.submit(b"%PDF-1.4 r", service="returner")).json()
         version = await claim(stack, dev, job["id"])
@@ -112,8 +112,8 @@ async def test_device_returns_and_resync_decides(tmp_path: Path) -> None:
         await asyncio.to_thread(dev.close)
 
 
-async def test_step_timeout_releases_unstarted_and_aborts_started(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_step_timeout_releases_unstarted_and_aborts_started(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await raw_device(stack, "staller")
         job = (await stack.submit(b"%PDF-1.4 s", service="staller")).json()
         await asyncio.to_thread(dev.next)  # the doorbell
@@ -136,8 +136,8 @@ async def test_step_timeout_releases_unstarted_and_aborts_started(tmp_path: Path
         await asyncio.to_thread(dev.close)
 
 
-async def test_status_request_answered_or_unreachable(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_status_request_answered_or_unreachable(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("answering")
         response = await stack.http.post("/api/v1/services/print/answering/status-request")
         assert response.status_code == 200 and response.json()["online"]
@@ -151,8 +151,8 @@ async def test_status_request_answered_or_unreachable(tmp_path: Path) -> None:
         await asyncio.to_thread(dev.close)
 
 
-async def test_service_restart_loses_nothing(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_service_restart_loses_nothing(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("steady")
         before = [(await stack.submit(pdf_bytes(1, 10), {}, service="steady")).json()["id"] for _ in range(3)]
         for job_id in before:
@@ -170,8 +170,8 @@ async def test_service_restart_loses_nothing(tmp_path: Path) -> None:
         assert (await stack.wait_job(after["id"]))["state"] == "completed"
 
 
-async def test_lost_doorbell_rings_again(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_lost_doorbell_rings_again(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await raw_device(stack, "deaf")
         job = (await stack.submit(b"%PDF-1.4 d", service="deaf")).json()
         await asyncio.to_thread(dev.next)  # the first doorbell, "lost" by this device
@@ -185,8 +185,8 @@ async def test_lost_doorbell_rings_again(tmp_path: Path) -> None:
         await asyncio.to_thread(dev.close)
 
 
-async def test_late_hello_does_not_take_back_a_newer_claim(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_late_hello_does_not_take_back_a_newer_claim(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await raw_device(stack, "laggard")
         job = (await stack.submit(b"%PDF-1.4 l", service="laggard")).json()
         old_hello = Hello(software="raw", jobs=[], ts=time.time() - 5)  # written before the claim

@@ -35,8 +35,8 @@ async def device(stack: Stack, device_id: str, scanner: str) -> RawDevice:
     return raw
 
 
-async def test_upload_scan_output_by_the_rules(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_upload_scan_output_by_the_rules(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await device(stack, "mfd-a", "scan-a")
         other = await device(stack, "mfd-b", "scan-b")
         created = (await stack.http.post("/api/v1/jobs", json={"kind": "scan", "service": "scan-a",
@@ -98,8 +98,8 @@ async def test_upload_scan_output_by_the_rules(tmp_path: Path) -> None:
         await asyncio.to_thread(other.close)
 
 
-async def test_request_upload_is_for_scan_jobs_only(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_request_upload_is_for_scan_jobs_only(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         dev = await device(stack, "mfd-c", "scan-c")
         response = await stack.submit(b"%PDF-1.4\n", service="mfd-c-p")
         assert response.status_code == 201, response.text

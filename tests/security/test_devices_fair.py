@@ -171,8 +171,8 @@ class Service:
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[Service]:
-    async with service_parts(tmp_path) as parts:
+async def service(tmp_path: Path, database_url: str) -> AsyncIterator[Service]:
+    async with service_parts(tmp_path, database_url=database_url) as parts:
         yield Service(parts.store, parts.devices())
 
 

@@ -184,8 +184,9 @@ async def test_a_schema_3_database_gains_the_defaults_table(tmp_path: Path) -> N
         await create_schema(engine)
     finally:
         await engine.dispose()
-    with sqlite3.connect(path) as conn:  # what schema 3 had: no defaults table
+    with sqlite3.connect(path) as conn:  # what schema 3 had: no defaults table, no Alembic
         conn.execute("DROP TABLE IF EXISTS user_defaults")
+        conn.execute("DROP TABLE IF EXISTS alembic_version")
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     engine = make_engine(f"sqlite+aiosqlite:///{path}")
     try:

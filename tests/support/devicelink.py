@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from sqlalchemy import text
 
 from broker.pki import Pki
 from cloud_service.accounting import Admission
@@ -237,14 +238,22 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 @contextlib.asynccontextmanager
 async def service_side(directory: Path, pki: Pki, device_id: str, *, url_ttl: float = 300.0,
-                       docs: DocServer | None = None) -> AsyncIterator[ServiceSide]:
+                       docs: DocServer | None = None, database_url: str | None = None) -> AsyncIterator[ServiceSide]:
     """The service's store, object store and DeviceProtocol, and its HTTPS app serving objects.
 
-    With ``docs``, presigned URLs point at that DocServer instead (it can fail on purpose).
+    With ``docs``, presigned URLs point at that DocServer instead (it can fail on purpose). The
+    store is SQLite in ``directory`` unless ``database_url`` names another database.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(f"sqlite+aiosqlite:///{directory / 'service.sqlite'}")
+    engine = make_engine(database_url or f"sqlite+aiosqlite:///{directory / 'service.sqlite'}")
     await create_schema(engine)
+    if engine.dialect.name == "postgresql":
+        # A running service has its pool's connections open; a first request that had to open
+        # them would be slow enough, on a loaded machine, to be resent by the Manager.
+        async with contextlib.AsyncExitStack() as opened:
+            for _ in range(4):
+                conn = await opened.enter_async_context(engine.connect())
+                await conn.execute(text("SELECT 1"))
     store = JobStore(engine)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

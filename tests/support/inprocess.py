@@ -1,5 +1,5 @@
 """The service's own parts in process, without a broker or a server: a store on SQLite in a
-test's directory, the local object store, the Document object and the CLF log.
+test's directory (or the given database_url), the local object store, the Document object and the CLF log.
 
 For tests that drive the real DeviceProtocol, JobOperations or HTTP routers directly; closes
 what it opened.
@@ -44,8 +44,9 @@ class ServiceParts:
 
 @contextlib.asynccontextmanager
 async def service_parts(directory: Path, *, max_bytes: int = 1 << 20, url_ttl: float = 60.0,
-                        config: ServiceConfig | None = None) -> AsyncIterator[ServiceParts]:
-    engine = make_engine(f"sqlite+aiosqlite:///{directory / 'service.db'}")
+                        config: ServiceConfig | None = None,
+                        database_url: str | None = None) -> AsyncIterator[ServiceParts]:
+    engine = make_engine(database_url or f"sqlite+aiosqlite:///{directory / 'service.db'}")
     await create_schema(engine)
     store = JobStore(engine)
     objects = LocalObjectStore(directory / "objects", UrlSigner(b"k" * 32, BASE_URL))

@@ -119,7 +119,8 @@ S = TypeVar("S", bound=Stack)
 
 
 @contextlib.asynccontextmanager
-async def running_stack(tmp: Path, broker: str = "embedded") -> AsyncIterator[Stack]:
+async def running_stack(tmp: Path, broker: str = "embedded", **config: Any) -> AsyncIterator[Stack]:
+    """``config``: more ServiceConfig fields, e.g. ``database_url``."""
     from tests.support.brokers import embedded_broker, mosquitto_broker
 
     service_password = generate_password()
@@ -131,7 +132,7 @@ async def running_stack(tmp: Path, broker: str = "embedded") -> AsyncIterator[St
         broker_cm = async_wrap(mosquitto_broker(tmp / "mosquitto", ensure_pki(tmp / "pki")))
     async with broker_cm as b:
         await asyncio.to_thread(b.add_user, "cloud-service", service_password)
-        async with serving(Stack, tmp, b, service_password) as stack:
+        async with serving(Stack, tmp, b, service_password, **config) as stack:
             yield stack
 
 
