@@ -5,6 +5,7 @@ and JobStore (SQLite in tmp_path, no broker): the device's messages go through
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,24 +82,30 @@ async def test_a_cancel_landing_between_judgement_and_write_makes_the_report_sta
     job_id = await service.claimed_job()
     store = service.store
     version = (await store.get_job(job_id)).version
-    replica = JobStore(make_engine(str(store.engine.url)))
-    loop = asyncio.get_running_loop()
+    url = str(store.engine.url.render_as_string(hide_password=False))
     raced = []
+
+    async def cancel_on_replica() -> None:
+        replica = JobStore(make_engine(url))
+        try:
+            await replica.transition(job_id, Cancel())
+        finally:
+            await replica.close()
+            await replica.engine.dispose()
 
     def judge_then_cancel(job, applied_ids, message):  # type: ignore[no-untyped-def]
         verdict = judge(job, applied_ids, message)
         if not raced:  # judged, not written yet: the other replica's cancel commits now
             raced.append(verdict)
-            asyncio.run_coroutine_threadsafe(replica.transition(job_id, Cancel()), loop).result(timeout=30)
+            # The other replica runs on a loop and thread of its own: the judgement may be running
+            # on this test's loop (PostgreSQL) or on the store's database thread (SQLite).
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, cancel_on_replica()).result(timeout=30)
         return verdict
 
     monkeypatch.setattr(devices_module, "judge", judge_then_cancel)
     report = JobStatus(job_id=job_id, version=version, state=JobState.PROCESSING, impressions_completed=1)
-    try:
-        reply = await service.send(report)
-    finally:
-        await replica.close()
-        await replica.engine.dispose()
+    reply = await service.send(report)
     monkeypatch.undo()
 
     assert raced and not isinstance(raced[0], Verdict), "the report was never judged current"
