@@ -86,7 +86,9 @@ class CloudService:
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
                                       max_services=cfg.max_services_per_device)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
-                                self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit)
+                                self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit,
+                                client_id=cfg.mqtt_client_id, shared_group=cfg.mqtt_shared_group,
+                                session_expiry=cfg.mqtt_session_expiry)
         self.jobs = JobOperations(self.store, self.documents, self.mqtt.publish, Admission(self.store, cfg))
         # Security (docs/security.md): audit log, registration, retention sweeper.
         self.clock = Clock()

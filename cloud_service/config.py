@@ -105,6 +105,18 @@ class ServiceConfig(BaseModel):
     #: An idle keep-alive connection is closed after this many seconds.
     keep_alive_timeout: float = 5.0
 
+    # -- MQTT at scale (docs/brokers.md, "Several replicas") --------------------------------------
+    #: The service's MQTT client id; None: ``cloud-service-<host>-<random>``, unique per process
+    #: (two connections with one id knock each other off). A stable id resumes its session.
+    mqtt_client_id: str | None = None
+    #: None: plain subscriptions over MQTT 3.1.1 (one replica; the embedded broker). A name: MQTT 5
+    #: shared subscriptions ``$share/<name>/ci/v1/dev/+/up`` and ``.../presence``, so each device
+    #: message reaches one replica of the group.
+    mqtt_shared_group: str | None = Field(default=None, pattern=r"^[^/+#]+$")
+    #: MQTT 5 session expiry (seconds) of a stable ``mqtt_client_id``: messages in flight to a
+    #: replica that comes back within it are redelivered. A generated id always starts clean.
+    mqtt_session_expiry: int = Field(default=0, ge=0)
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'service.db').resolve()}"
