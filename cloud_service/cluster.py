@@ -197,6 +197,8 @@ class LocalCluster:
     service_overrides: dict[str, Any] = field(default_factory=dict)
     #: Extra Manager config fields for every device.
     manager_overrides: dict[str, Any] = field(default_factory=dict)
+    #: More broker users (device ids) to give passwords to (tests drive devices by hand).
+    broker_users: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     procs: dict[str, Process] = field(default_factory=dict)
     token: str = ""
@@ -272,7 +274,7 @@ class LocalCluster:
 
     def _passwords(self) -> dict[str, str]:
         """Broker passwords of the service users and devices, kept in 0600 files across runs."""
-        names = [self.service_user(i) for i in range(self.replicas)] + self.device_ids
+        names = [self.service_user(i) for i in range(self.replicas)] + self.device_ids + self.broker_users
         return {name: _secret(self.root / "secrets" / f"{name}.broker") for name in names}
 
     def service_user(self, index: int) -> str:

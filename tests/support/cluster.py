@@ -1,0 +1,90 @@
+"""The local cluster (cloud_service.cluster) for tests: a database of its own per run, dropped
+at the end; every process stopped. Missing tools (mosquitto, haproxy, PostgreSQL): skip with the
+reason, or fail under CI=true."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_service.cluster import LocalCluster, find_tool
+
+POSTGRES = ("127.0.0.1", 5432)
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
+    print(f"SKIP: {reason}")
+    pytest.skip(reason)
+
+
+def require_cluster_tools() -> None:
+    """Mosquitto, HAProxy, asyncpg and a PostgreSQL on 127.0.0.1:5432, or skip/fail."""
+    if find_tool("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") is None:
+        _missing("mosquitto is needed (apt-get install mosquitto)")
+    if find_tool("haproxy", "/usr/sbin/haproxy") is None:
+        _missing("haproxy is needed (apt-get install haproxy)")
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        _missing("asyncpg is needed (pip install asyncpg)")
+    try:
+        with socket.create_connection(POSTGRES, timeout=2):
+            pass
+    except OSError:
+        _missing(f"no PostgreSQL on {POSTGRES[0]}:{POSTGRES[1]}")
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(tmp_path: Path, **kw: Any) -> AsyncIterator[LocalCluster]:
+    """A started LocalCluster on ephemeral ports and a fresh database; stopped and dropped after."""
+    require_cluster_tools()
+    name = f"ci_cluster_test_{os.getpid()}_{secrets.token_hex(4)}"
+    cluster = LocalCluster(tmp_path / "data", http_port=0, broker_port=0,
+                           database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+                           drop_database=True, **kw)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+_RECV = re.compile(r'^\S+ - (?P<user>\S+) \[[^]]+\] "MQTT-RECV \S+ (?P<kind>\S+)" ')
+
+
+def received(cluster: LocalCluster, index: int, device_id: str, kind: str) -> int:
+    """How many ``kind`` messages of ``device_id`` replica ``index`` logged (its CLF log)."""
+    path = cluster.access_log(index)
+    if not path.exists():
+        return 0
+    count = 0
+    for line in path.read_text(errors="replace").splitlines():
+        m = _RECV.match(line)
+        if m and m["user"] == device_id and m["kind"] == kind:
+            count += 1
+    return count
+
+
+def received_by_replica(cluster: LocalCluster, device_id: str, kind: str) -> Counter[int]:
+    return Counter({i: received(cluster, i, device_id, kind) for i in range(cluster.replicas)})
+
+
+def printed(cluster: LocalCluster) -> Counter[int]:
+    """Job ids in the simulated printers' printed.log files (one line per print)."""
+    counts: Counter[int] = Counter()
+    for device_id in cluster.device_ids:
+        log = cluster.output_dir(device_id) / "printed.log"
+        if log.exists():
+            counts.update(int(line) for line in log.read_text().split())
+    return counts
