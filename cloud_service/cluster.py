@@ -193,6 +193,8 @@ class LocalCluster:
     s3: str = "auto"
     #: The simulated devices' print driver: "file" (one PDF per job) or "simulated" (printed.log).
     driver: str = "file"
+    #: More options of that driver (e.g. the simulated printer's ``pages_per_second``).
+    driver_options: dict[str, Any] = field(default_factory=dict)
     #: Extra ServiceConfig fields for every replica (timers of the fault tests, log level...).
     service_overrides: dict[str, Any] = field(default_factory=dict)
     #: Extra Manager config fields for every device.
@@ -512,7 +514,7 @@ class LocalCluster:
             "ca_file": str(self.pki.ca_cert), "state_dir": str(directory / "state"),
             "services": [{
                 "kind": "print", "name": device_id, "driver": self.driver,
-                "driver_options": {"output_dir": str(self.output_dir(device_id))},
+                "driver_options": {"output_dir": str(self.output_dir(device_id)), **self.driver_options},
                 "info": f"Simulated printer of the local cluster ({self.driver} driver)",
                 "location": str(self.output_dir(device_id)),
                 "make_and_model": "cloudimaging simulated printer",
