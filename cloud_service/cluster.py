@@ -671,3 +671,56 @@ def haproxy_config(host: str, port: int, stats_port: int, servers: list[tuple[st
         "    stats refresh 2s",
     ]
     return "\n".join(lines) + "\n"
+
+
+# -- Compose: the one-shot set-up container ---------------------------------------------------------
+
+#: The uid of the service image's user (deploy/Dockerfile) and of the eclipse-mosquitto image's.
+SERVICE_UID = 10001
+MOSQUITTO_UID = 1883
+
+
+def compose_init(pki_dir: Path, mosquitto_dir: Path, replicas: int, service_password: str,
+                 hostnames: list[str]) -> None:
+    """What deploy/compose.yaml's ``setup`` container does before the others start: the CA and
+    a server certificate naming the Compose hosts (the replicas own it), and for Mosquitto its
+    own copy of the certificate and key, a password file with one user per replica and the ACL.
+    Idempotent: a second run keeps the CA."""
+    from broker.pki import ensure_pki
+
+    pki = ensure_pki(pki_dir, hostnames)
+    mosquitto_dir.mkdir(parents=True, exist_ok=True)
+    for source in (pki.ca_cert, pki.server_cert, pki.server_key):
+        (mosquitto_dir / source.name).write_bytes(source.read_bytes())
+    users = [f"{SERVICE_USER_PREFIX}{i + 1}" for i in range(replicas)]
+    credentials = CredentialStore(mosquitto_dir / "passwd", scheme="pbkdf2-sha512")
+    for user in users:
+        credentials.set(user, service_password)
+    (mosquitto_dir / "acl").write_text(mosquitto_acl(users))
+    values = {
+        "BIND_HOST": "0.0.0.0", "PORT": "8883", "CAFILE": f"/mosquitto/config/{pki.ca_cert.name}",
+        "CERTFILE": f"/mosquitto/config/{pki.server_cert.name}", "KEYFILE": f"/mosquitto/config/{pki.server_key.name}",
+        "PASSWORD_FILE": "/mosquitto/config/passwd", "ACL_FILE": "/mosquitto/config/acl", "RUN_AS_USER": "mosquitto",
+    }
+    (mosquitto_dir / "mosquitto.conf").write_text(
+        string.Template((DEPLOY / "mosquitto" / "mosquitto.conf.template").read_text()).substitute(values))
+    if os.geteuid() == 0:
+        for path in [pki_dir, *pki_dir.iterdir()]:
+            os.chown(path, SERVICE_UID, SERVICE_UID)
+        for path in [mosquitto_dir, *mosquitto_dir.iterdir()]:
+            os.chown(path, MOSQUITTO_UID, MOSQUITTO_UID)
+
+
+def _compose_init_main() -> None:
+    """``python -m cloud_service.cluster compose-init``: compose_init from the environment."""
+    env = os.environ
+    compose_init(Path(env.get("CLOUDIMAGING_PKI_DIR", "/etc/cloudimaging/pki")),
+                 Path(env.get("MOSQUITTO_CONFIG_DIR", "/mosquitto/config")),
+                 int(env.get("REPLICAS", "3")), env["CLOUDIMAGING_BROKER_PASSWORD"],
+                 env.get("TLS_HOSTNAMES", "localhost,127.0.0.1,mosquitto").split(","))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["compose-init"]:
+        sys.exit("usage: python -m cloud_service.cluster compose-init")
+    _compose_init_main()
