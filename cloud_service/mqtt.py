@@ -86,10 +86,11 @@ class MqttAdapter:
     ``$share/<group>/...`` subscriptions, so each device message goes to one replica.
 
     Session: a generated client id (``client_id`` None) starts clean every time, since no later
-    process will ever resume it. A configured, stable client id resumes its session: MQTT 3.1.1
-    ``clean_session=False``; MQTT 5 clean start on the first connect only and
+    process will ever resume it. A configured, stable client id resumes its session, also after a
+    restart of the process: MQTT 3.1.1 ``clean_session=False``; MQTT 5 no clean start and
     ``session_expiry`` seconds of session after a disconnect, so QoS 1 messages in flight to it
-    are redelivered when it reconnects in time. Whatever is lost otherwise is recovered by the
+    (and, on Mosquitto, its share of what comes meanwhile) are delivered when it reconnects in
+    time. Whatever is lost otherwise is recovered by the
     Manager (it resends a request without a reply and says ``hello`` again on reconnect).
     """
 
@@ -114,7 +115,7 @@ class MqttAdapter:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
             self._connect_properties = Properties(PacketTypes.CONNECT)
             self._connect_properties.SessionExpiryInterval = session_expiry if stable else 0
-            self._clean_start = mqtt.MQTT_CLEAN_START_FIRST_ONLY if stable else True
+            self._clean_start = not stable  # a stable id resumes its session, also after a restart
         else:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                       clean_session=not stable, protocol=mqtt.MQTTv311)
