@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cloud_service.cluster import LocalCluster
-from tests.support.cluster import lease_holder, local_cluster, printed
+from tests.support.cluster import lease_holder, lease_lines, local_cluster, printed
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -64,8 +64,9 @@ async def _states(http: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
 
 
 async def _kill_and_restart(cluster: LocalCluster, index: int) -> tuple[float, float | None]:
-    """SIGKILL replica ``index``, restart it after DOWN_FOR: (healthy again, printing went on, after
-    how many seconds from the kill; None: nothing printed meanwhile)."""
+    """SIGKILL replica ``index`` and restart it after DOWN_FOR. Returns, in seconds from the kill,
+    when it was healthy again and when the printers printed again (None: not within 30 s of
+    the restart)."""
     before = sum(printed(cluster).values())
     cluster.procs[cluster.replica_name(index)].kill()
     killed = time.monotonic()
@@ -87,6 +88,19 @@ async def _kill_and_restart(cluster: LocalCluster, index: int) -> tuple[float, f
         await asyncio.wait_for(asyncio.shield(watcher), 30)
     watcher.cancel()
     return healthy, printing
+
+
+async def _lease_moves(cluster: LocalCluster, holder: int, lines_before: int, killed: float,
+                       timeout: float = 60.0) -> float | None:
+    """Seconds until a replica other than ``holder`` logs taking the lease; None if none did
+    (or the service has no lease: nothing was logged before)."""
+    if not lines_before:
+        return None
+    while time.monotonic() - killed < timeout:
+        if any(index != holder for _, index in lease_lines(cluster)[lines_before:]):
+            return time.monotonic() - killed
+        await asyncio.sleep(0.1)
+    return None
 
 
 async def test_cluster_survives_replica_and_lease_holder_kills(tmp_path: Path) -> None:
@@ -120,10 +134,20 @@ async def test_cluster_survives_replica_and_lease_holder_kills(tmp_path: Path) -
 
             await asyncio.wait_for(milestones[LEASE_KILL_AT].wait(), 180)
             holder, how = lease_holder(cluster)
+            if holder is None:
+                # A service without leases: every replica runs the periodic work; kill another one.
+                holder, how = 0, how + "; every replica runs the periodic work, so replica-1 stands in"
+            lines_before = len(lease_lines(cluster))
+            kill_at = time.monotonic()
+            lease_task = asyncio.create_task(_lease_moves(cluster, holder, lines_before, kill_at))
             healthy, printing = await _kill_and_restart(cluster, holder)
             assert printing is not None, "nothing printed within 30 s of the lease holder's restart"
             print(f"lease holder {cluster.replica_name(holder)} ({how}) SIGKILLed after {len(submitted)} jobs: "
                   f"printing went on {printing:.2f} s after the kill; back {healthy:.1f} s after it")
+            moved = await lease_task
+            if lines_before:
+                assert moved is not None, "no other replica took the lease within 60 s of the holder's death"
+                print(f"the lease moved to another replica {moved:.1f} s after the kill")
             await asyncio.wait_for(asyncio.gather(*burst), 300)
             burst_done = time.monotonic()
 

@@ -90,24 +90,32 @@ def printed(cluster: LocalCluster) -> Counter[int]:
     return counts
 
 
-#: How a replica says it took the singletons' lease (supervisor, retention sweeper).
-LEASE_LINE = re.compile(r"\blease\b.*\b(acquired|taken|took|holds?|won)\b", re.IGNORECASE)
+#: How a replica says it took the singletons' lease (supervisor, retention sweeper), e.g.
+#: "lease periodic-work: held by this replica" (cloud_service.lease, at INFO).
+LEASE_LINE = re.compile(r"\blease\b.*\b(held|acquired|taken|took|holds?|won)\b", re.IGNORECASE)
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
-def lease_holder(cluster: LocalCluster) -> tuple[int, str]:
-    """(replica index, how it was found): the replica whose log announced taking the lease most
-    recently. With no lease in the service (every replica runs the periodic work, idempotently),
-    no replica says so: replica 1 then, and the answer says it."""
-    latest: tuple[str, int] | None = None
+def lease_lines(cluster: LocalCluster) -> list[tuple[str, int]]:
+    """(timestamp, replica index) of every lease-taking line in the replicas' logs, oldest first."""
+    found: list[tuple[str, int]] = []
     for index in range(cluster.replicas):
         log = cluster.logs / f"{cluster.replica_name(index)}.log"
         if not log.exists():
             continue
         for line in log.read_text(errors="replace").splitlines():
             stamp = _STAMP.match(line)
-            if stamp and LEASE_LINE.search(line) and (latest is None or stamp[1] >= latest[0]):
-                latest = (stamp[1], index)
-    if latest is None:
-        return 0, "no replica logged a lease: every replica runs the periodic work; killing replica-1"
-    return latest[1], f"its log line at {latest[0]} says it holds the lease"
+            if stamp and LEASE_LINE.search(line):
+                found.append((stamp[1], index))
+    return sorted(found)
+
+
+def lease_holder(cluster: LocalCluster) -> tuple[int | None, str]:
+    """(replica index, how it was found): the replica whose log announced taking the lease most
+    recently. None when no replica says so (a service without leases, where every replica runs
+    the periodic work, idempotently)."""
+    lines = lease_lines(cluster)
+    if not lines:
+        return None, "no replica logged a lease"
+    stamp, index = lines[-1]
+    return index, f"its log says at {stamp} that it holds the lease"
