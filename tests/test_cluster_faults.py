@@ -31,8 +31,10 @@ DOWN_FOR = 3.0
 SETTLE_TIMEOUT = 240.0
 TERMINAL = ("completed", "aborted", "canceled")
 
+# No device dies here, so no step timeout should fire: each printer has a backlog of about 125
+# claimed jobs, which on a loaded machine wait longer than a short step timeout before they print.
 SERVICE = {"keepalive": 5, "supervise_interval": 1.0, "redeliver_after": 5.0, "offline_grace": 10.0,
-           "step_timeout": 60.0, "offline_abort_after": 300.0}
+           "step_timeout": 900.0, "offline_abort_after": 900.0}
 MANAGER = {"keepalive": 5, "request_timeout": 3.0}
 
 
@@ -171,8 +173,10 @@ async def test_cluster_survives_replica_and_lease_holder_kills(tmp_path: Path) -
             problems += [i for i, s in states.items() if s == "completed" and prints[i] != 1]
             problems += [i for i, n in prints.items() if n > 1]
             problems += [i for i, s in states.items() if s == "aborted"]  # no device died: nothing to abort
+            unknown = sorted(set(prints) - set(submitted))
             print(f"CLUSTER FAULTS: {len(submitted)} jobs on {len(devices)} devices through HAProxy: {counts}; "
-                  f"printed {sum(prints.values())} times for {len(prints)} jobs; all terminal "
+                  f"printed {sum(prints.values())} times for {len(prints)} jobs ({len(unknown)} of them created by a "
+                  f"resubmission whose first response was lost with a replica: {unknown}); all terminal "
                   f"{settled - burst_done:.1f} s after the last submission; total {time.monotonic() - started:.1f} s")
             if problems:
                 for job_id in sorted(set(problems))[:20]:
