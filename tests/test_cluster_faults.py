@@ -161,14 +161,16 @@ async def test_cluster_survives_replica_and_lease_holder_kills(tmp_path: Path) -
                 except (httpx.HTTPError, ValueError):
                     await asyncio.sleep(0.5)
                     continue
-                if all(jobs.get(i, {}).get("state") in TERMINAL for i in submitted):
+                if all(jobs.get(i, {}).get("state") in TERMINAL for i in {*submitted, *jobs}):
                     break
                 await asyncio.sleep(0.5)
             settled = time.monotonic()
 
             prints = printed(cluster)
-            states = {i: jobs.get(i, {}).get("state", "LOST") for i in submitted}
-            counts = {s: sum(1 for v in states.values() if v == s) for s in sorted(set(states.values()))}
+            # Every job the service has, including one a resubmission made twice, and every one submitted.
+            states = {i: jobs.get(i, {}).get("state", "LOST") for i in {*submitted, *jobs}}
+            counts = {s: sum(1 for i, v in states.items() if v == s and i in submitted)
+                      for s in sorted(set(states.values()))}
             problems = [i for i, s in states.items() if s not in TERMINAL]
             problems += [i for i, s in states.items() if s == "completed" and prints[i] != 1]
             problems += [i for i, n in prints.items() if n > 1]
