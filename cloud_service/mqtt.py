@@ -90,8 +90,8 @@ class MqttAdapter:
     restart of the process: MQTT 3.1.1 ``clean_session=False``; MQTT 5 no clean start and
     ``session_expiry`` seconds of session after a disconnect, so QoS 1 messages in flight to it
     (and, on Mosquitto, its share of what comes meanwhile) are delivered when it reconnects in
-    time. Whatever is lost otherwise is recovered by the
-    Manager (it resends a request without a reply and says ``hello`` again on reconnect).
+    time. Whatever is lost otherwise is recovered by the Manager (it resends a request without
+    a reply and says ``hello`` again on reconnect).
     """
 
     def __init__(self, url: str, username: str, password: str, ca_file: Path | None, protocol: DeviceProtocol,
