@@ -99,7 +99,8 @@ class CloudService:
                                                    cfg.ca_file))
         self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
-                                                                  cfg.step_timeout, cfg.redeliver_after),
+                                                                  cfg.step_timeout, cfg.redeliver_after,
+                                                                  cfg.incoming_timeout),
                                      self.mqtt.publish)
         self.app = create_app(Deps(store=self.store, jobs=self.jobs, objects=self.objects, clf=self.clf,
                                    audit=self.audit, config=cfg, registry=self.registry, ca_file=str(ca),

@@ -116,6 +116,10 @@ class ServiceConfig(BaseModel):
     #: MQTT 5 session expiry (seconds) of a stable ``mqtt_client_id``: messages in flight to a
     #: replica that comes back within it are redelivered. A generated id always starts clean.
     mqtt_session_expiry: int = Field(default=0, ge=0)
+    #: A job still waiting for its document (pending-held, job-incoming) this long after its
+    #: last change is aborted (IPP's multiple-operation-time-out): the upload died with its
+    #: client or with the replica that was receiving it.
+    incoming_timeout: float = Field(default=3600.0, gt=0)
 
     @property
     def db_url(self) -> str:
