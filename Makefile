@@ -17,6 +17,11 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/cloudimaging up
 
+# A local cluster (docs/operations.md): Mosquitto, PostgreSQL, S3, 3 replicas behind HAProxy.
+.PHONY: cluster
+cluster: $(STAMP)
+	$(BIN)/cloudimaging cluster
+
 # The suite on two workers (its tests mostly wait on sockets and processes), then the
 # fault-injection tests alone, since they time real processes being killed. Exit code 5 is
 # pytest's "no test selected" (PYTEST_ARGS may name files without fault tests).

@@ -105,7 +105,9 @@ class CloudService:
                                       max_services=cfg.max_services_per_device)
         self.devices.instance = self.instance = await database_instance(self.engine)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
-                                self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit)
+                                self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit,
+                                client_id=cfg.mqtt_client_id, shared_group=cfg.mqtt_shared_group,
+                                session_expiry=cfg.mqtt_session_expiry)
         self.jobs = JobOperations(self.store, self.documents, self._notify, Admission(self.store, cfg))
         # Security (docs/security.md): audit log, registration, retention sweeper.
         self.clock = Clock()
@@ -116,7 +118,8 @@ class CloudService:
                                                    cfg.ca_file))
         self.sweeper = Sweeper(self.store, self.objects, cfg, self.clock, self.lease)
         self.supervisor = Supervisor(self.store, SupervisorPolicy(cfg.offline_grace, cfg.offline_abort_after,
-                                                                  cfg.step_timeout, cfg.redeliver_after),
+                                                                  cfg.step_timeout, cfg.redeliver_after,
+                                                                  cfg.incoming_timeout),
                                      self._notify, self.lease)
         self.app = create_app(Deps(store=self.store, jobs=self.jobs, objects=self.objects, clf=self.clf,
                                    audit=self.audit, config=cfg, registry=self.registry, ca_file=str(ca),

@@ -1,9 +1,11 @@
-"""Sub-commands of the service side: ``cloudimaging service`` and ``cloudimaging up``."""
+"""Sub-commands of the service side: ``cloudimaging service``, ``cloudimaging up`` and
+``cloudimaging cluster``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -48,6 +50,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     up.add_argument("--no-printer", action="store_true", help="do not start the simulated printer")
     up.add_argument("-v", "--verbose", action="store_true", help="log every message")
     up.set_defaults(func=run_up)
+
+    cluster = subparsers.add_parser(
+        "cluster", help="run a local cluster: Mosquitto, PostgreSQL, S3, N replicas behind HAProxy, a device")
+    cluster.add_argument("--data-dir", type=Path, default=Path(".cloudimaging"),
+                         help="client.json goes here, the cluster's state under DATA/cluster (default .cloudimaging)")
+    cluster.add_argument("--replicas", type=int, default=3, help="service replicas (default 3)")
+    cluster.add_argument("--devices", type=int, default=1, help="simulated printers (default 1)")
+    cluster.add_argument("--http-port", type=int, default=8443,
+                         help="HAProxy's HTTPS port; taken: any free port (default 8443)")
+    cluster.add_argument("--broker-port", type=int, default=8883,
+                         help="Mosquitto's TLS port; taken: any free port (default 8883)")
+    cluster.add_argument("--database-url", default=None,
+                         help="PostgreSQL database of the cluster, created if missing (default "
+                              "postgresql+asyncpg://postgres@127.0.0.1:5432/cloudimaging_cluster)")
+    cluster.add_argument("--no-s3", action="store_true", help="share an objects directory instead of S3")
+    cluster.set_defaults(func=run_cluster)
 
 
 def _service_config(args: argparse.Namespace) -> ServiceConfig:
@@ -177,6 +195,50 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     except OSError as exc:
+        print(f"cloudimaging: error: {exc}")
+        return 1
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from cloud_service.cluster import DEFAULT_DATABASE_URL, ClusterError, LocalCluster
+
+    private_umask()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.replicas < 1 or args.devices < 0:
+        print("cloudimaging: error: --replicas must be at least 1 and --devices at least 0")
+        return 2
+
+    async def main() -> None:
+        cluster = LocalCluster(args.data_dir, replicas=args.replicas, devices=args.devices,
+                               http_port=args.http_port, broker_port=args.broker_port,
+                               database_url=args.database_url or DEFAULT_DATABASE_URL,
+                               s3="off" if args.no_s3 else "auto")
+        print("starting the cluster...", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.create_task(cluster.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # Ctrl-C while starting: start() stops what it started
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        starting.result()
+        print(cluster.banner(), flush=True)
+        try:
+            await stopping
+        finally:
+            print("\nstopping...", flush=True)
+            await cluster.stop()
+            print("stopped.", flush=True)
+
+    try:
+        asyncio.run(main())
+    except (ClusterError, OSError) as exc:
         print(f"cloudimaging: error: {exc}")
         return 1
     return 0

@@ -157,6 +157,22 @@ class ServiceConfig(BaseModel):
     #: An idle keep-alive connection is closed after this many seconds.
     keep_alive_timeout: float = 5.0
 
+    # -- MQTT at scale (docs/brokers.md, "Several replicas") --------------------------------------
+    #: The service's MQTT client id; None: ``cloud-service-<host>-<random>``, unique per process
+    #: (two connections with one id knock each other off). A stable id resumes its session.
+    mqtt_client_id: str | None = None
+    #: None: plain subscriptions over MQTT 3.1.1 (one replica; the embedded broker). A name: MQTT 5
+    #: shared subscriptions ``$share/<name>/ci/v1/dev/+/up`` and ``.../presence``, so each device
+    #: message reaches one replica of the group.
+    mqtt_shared_group: str | None = Field(default=None, pattern=r"^[^/+#]+$")
+    #: MQTT 5 session expiry (seconds) of a stable ``mqtt_client_id``: messages in flight to a
+    #: replica that comes back within it are redelivered. A generated id always starts clean.
+    mqtt_session_expiry: int = Field(default=0, ge=0)
+    #: A job still waiting for its document (pending-held, job-incoming) this long after its
+    #: last change is aborted (IPP's multiple-operation-time-out): the upload died with its
+    #: client or with the replica that was receiving it.
+    incoming_timeout: float = Field(default=3600.0, gt=0)
+
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> ServiceConfig:
         if self.object_store == "s3" and not self.s3_bucket:

@@ -6,12 +6,22 @@ loop at once (never blocking paho's callbacks, which would delay PUBACKs and kee
 queued per device (``DeviceInbox``): one device's messages are handled one at a time, in the
 order they were sent, while the workers serve the devices with work in turn, so a device that
 floods the service waits behind itself only, and only its own excess is dropped.
+
+Several replicas share the device traffic through an MQTT 5 shared subscription
+(``$share/<group>/ci/v1/dev/+/up``): the broker hands each message to one member of the group.
+Each replica then needs its own client id (two connections with one id knock each other off),
+unique by default. One device's messages may then be handled by different replicas at the
+same time: docs/protocol.md ("Several replicas") says why the protocol does not depend on
+their order. Without a group (the embedded amqtt broker speaks MQTT 3.1.1 only) the service
+subscribes plainly, as one replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 import socket
 import ssl
 import tempfile
@@ -27,6 +37,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud_service.clf import ClfLog
 from cloud_service.devices import DeviceProtocol
@@ -46,10 +58,46 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 8883
 
 
+def default_client_id(prefix: str = topics.SERVICE_USERNAME) -> str:
+    """``cloud-service-<host>-<random>``: unique per process, readable in broker logs, and still
+    starting with the service's username (the embedded broker's client-id rule)."""
+    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:24] or "host"
+    return f"{prefix}-{host}-{secrets.token_hex(4)}"
+
+
+def shared_filter(group: str, topic_filter: str) -> str:
+    """``$share/<group>/<filter>`` (MQTT 5.0, 4.8.2); the group name may not hold / + #."""
+    if not group or any(ch in group for ch in "/+#"):
+        raise ValueError(f"invalid shared-subscription group {group!r}")
+    return f"$share/{group}/{topic_filter}"
+
+
+def service_subscriptions(group: str | None) -> list[str]:
+    """The topic filters the service subscribes to: plain, or behind ``$share/<group>/``."""
+    if group is None:
+        return list(topics.SERVICE_SUBSCRIPTIONS)
+    return [shared_filter(group, t) for t in topics.SERVICE_SUBSCRIPTIONS]
+
+
 class MqttAdapter:
+    """The service's broker session.
+
+    ``shared_group`` None: MQTT 3.1.1 and plain subscriptions (one replica). Set: MQTT 5 and
+    ``$share/<group>/...`` subscriptions, so each device message goes to one replica.
+
+    Session: a generated client id (``client_id`` None) starts clean every time, since no later
+    process will ever resume it. A configured, stable client id resumes its session, also after a
+    restart of the process: MQTT 3.1.1 ``clean_session=False``; MQTT 5 no clean start and
+    ``session_expiry`` seconds of session after a disconnect, so QoS 1 messages in flight to it
+    (and, on Mosquitto, its share of what comes meanwhile) are delivered when it reconnects in
+    time. Whatever is lost otherwise is recovered by the Manager (it resends a request without
+    a reply and says ``hello`` again on reconnect).
+    """
+
     def __init__(self, url: str, username: str, password: str, ca_file: Path | None, protocol: DeviceProtocol,
-                 clf: ClfLog, client_id: str = "cloud-service", keepalive: int = 30, workers: int = 4,
-                 device_queue_limit: int = 256) -> None:
+                 clf: ClfLog, client_id: str | None = None, keepalive: int = 30, workers: int = 4,
+                 device_queue_limit: int = 256, shared_group: str | None = None,
+                 session_expiry: int = 0) -> None:
         self.host, self.port = parse_broker_url(url)
         self.protocol = protocol
         self.clf = clf
@@ -57,8 +105,20 @@ class MqttAdapter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inbox = DeviceInbox(self._handle, workers=workers, limit=device_queue_limit)
         self._keepalive = keepalive
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                                  protocol=mqtt.MQTTv311)
+        stable = client_id is not None
+        self.client_id = client_id if client_id is not None else default_client_id()
+        self.subscriptions = service_subscriptions(shared_group)
+        self.mqtt5 = shared_group is not None
+        self._connect_properties: Properties | None = None
+        self._clean_start: bool | int = True
+        if self.mqtt5:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+            self._connect_properties = Properties(PacketTypes.CONNECT)
+            self._connect_properties.SessionExpiryInterval = session_expiry if stable else 0
+            self._clean_start = not stable  # a stable id resumes its session, also after a restart
+        else:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                      clean_session=not stable, protocol=mqtt.MQTTv311)
         self.client.username_pw_set(username, password)
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         self.client.tls_set_context(context)
@@ -67,12 +127,17 @@ class MqttAdapter:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     async def start(self, wait: float = 10.0) -> None:
         """Connect (retrying in the background if the broker is not up yet)."""
         self._loop = asyncio.get_running_loop()
         self.inbox.start()
-        self.client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        if self.mqtt5:
+            self.client.connect_async(self.host, self.port, keepalive=self._keepalive, clean_start=self._clean_start,
+                                      properties=self._connect_properties)
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=self._keepalive)
         self.client.loop_start()
         try:
             await asyncio.wait_for(self.connected.wait(), wait)
@@ -94,10 +159,17 @@ class MqttAdapter:
         sock = client.socket()  # small messages: no Nagle delay (~40 ms) against delayed ACKs
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.subscribe([(t, 1) for t in topics.SERVICE_SUBSCRIPTIONS])
-        log.info("connected to broker %s:%s", self.host, self.port)
+        client.subscribe([(t, 1) for t in self.subscriptions])
+        log.info("connected to broker %s:%s as %s; subscribing to %s", self.host, self.port, self.client_id,
+                 " ".join(self.subscriptions))
         if self._loop:
             self._loop.call_soon_threadsafe(self.connected.set)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reason_codes: list[object],
+                      _properties: object) -> None:
+        refused = [str(code) for code in reason_codes if getattr(code, "is_failure", False)]
+        if refused:
+            log.error("broker refused the service's subscriptions %s: %s", self.subscriptions, ", ".join(refused))
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason_code: object,
                        _properties: object) -> None:

@@ -9,7 +9,10 @@ the rules of docs/reliability.md:
 - a claim with no report for ``step_timeout`` on an online device: released (fetchable
   again) if printing never started, aborted otherwise; processing-stopped jobs are exempt
   while their device is online (a jam or an empty tray can take long and is being reported);
-- a job fetchable for ``redeliver_after`` on an online device: its doorbell rings again.
+- a job fetchable for ``redeliver_after`` on an online device: its doorbell rings again;
+- a job waiting for its document (pending-held, job-incoming) for ``incoming_timeout``: aborted
+  (IPP's multiple-operation-time-out); its upload died with the client, or with the replica
+  that was receiving it.
 
 Every change goes through the core and the store's optimistic versions, so several service
 replicas may sweep at once without harm, and a restart loses nothing (all state is in the DB).
@@ -43,6 +46,7 @@ class SupervisorPolicy:
     offline_abort_after: float = 3600.0
     step_timeout: float = 600.0
     redeliver_after: float = 30.0
+    incoming_timeout: float = 3600.0
 
 
 @dataclass
@@ -95,7 +99,20 @@ class Supervisor:
                     await self._apply(row, event, report)
             if device.online:
                 await self._ring_again(device.id, now, report)
+        await self._expire_incoming(now, report)
         return report
+
+    async def _expire_incoming(self, now: float, report: SweepReport) -> None:
+        """Abort jobs whose document never arrived (they belong to no device yet)."""
+        limit = self.policy.incoming_timeout
+        async with self.store.sessions() as s:
+            rows = list(await s.scalars(select(JobRow).where(JobRow.state == JobState.PENDING_HELD.value,
+                                                             JobRow.updated_at <= now - limit)))
+        for row in rows:
+            if Reason.JOB_INCOMING in row.state_reasons:
+                await self._apply(row, Abort(Reason.ABORTED_BY_SYSTEM,
+                                             f"no document arrived within {limit:.0f} s "
+                                             "(multiple-operation-time-out)"), report)
 
     async def _ring_again(self, device_id: str, now: float, report: SweepReport) -> None:
         """Ring the doorbell again for jobs fetchable for a while: a doorbell may have been
