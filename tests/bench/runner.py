@@ -293,7 +293,7 @@ class StackRun:
                     raise BenchError(f"service {name} not online within {timeout:.0f} s")
                 await asyncio.sleep(0.1)
 
-    async def wait_active_empty(self, timeout: float) -> None:
+    async def wait_active_empty(self, timeout: float, interval: float = 0.05) -> None:
         deadline = time.monotonic() + timeout
         while True:
             jobs = (await self.http.get("/api/v1/jobs", params={"limit": 5000})).json()["jobs"]
@@ -302,7 +302,7 @@ class StackRun:
             if time.monotonic() > deadline:
                 raise BenchError(f"{len(jobs)} jobs still active after {timeout:.0f} s: "
                                  f"{sorted({j['state'] for j in jobs})}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(interval)
 
     async def count_ended(self, job_ids: list[int]) -> dict[str, int]:
         jobs = (await self.http.get("/api/v1/jobs", params={"all": "true", "limit": 5000})).json()["jobs"]
