@@ -60,8 +60,11 @@ async def bench(args: argparse.Namespace, out: Path) -> list[Row]:
         try:
             rows += await run.run()
         except Exception as exc:  # a stack that cannot start: say why, run the next one
+            from tests.bench.procs import Unavailable
+
             rows += run.rows
-            rows.append(skipped(kind, "stack", f"{kind} stack", f"could not run: {type(exc).__name__}: {exc}"))
+            reason = str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
+            rows.append(skipped(kind, "stack", f"{kind} stack", reason, unavailable=isinstance(exc, Unavailable)))
             say(f"[{kind}] stack failed: {type(exc).__name__}: {exc}")
     return rows
 

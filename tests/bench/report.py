@@ -53,8 +53,9 @@ def row(stack: str, group: str, figure: str, value: float | None, unit: str, *,
     return Row(stack, group, figure, value, unit, baseline, baseline_label, ratio, goal, passed, note, extra)
 
 
-def skipped(stack: str, group: str, figure: str, reason: str) -> Row:
-    return Row(stack, group, figure, None, "", note=f"not measured: {reason}")
+def skipped(stack: str, group: str, figure: str, reason: str, unavailable: bool = False) -> Row:
+    """A figure that could not be measured: ``unavailable`` (a tool is missing) or failed."""
+    return Row(stack, group, figure, None, "", note=f"{'unavailable' if unavailable else 'failed'}: {reason}")
 
 
 def _num(value: float | None, unit: str = "") -> str:

@@ -250,12 +250,14 @@ class StackRun:
         if group not in self.groups:
             return
         self.say(f"[{self.kind}] {group} ...")
+        began = time.monotonic()
         try:
             await body()
+            self.say(f"[{self.kind}] {group}: {time.monotonic() - began:.1f} s")
         except Unavailable as exc:
-            self.add(skipped(self.kind, group, figure, str(exc)))
+            self.add(skipped(self.kind, group, figure, str(exc), unavailable=True))
         except (BenchError, httpx.HTTPError, OSError, RuntimeError, TimeoutError) as exc:
-            self.add(skipped(self.kind, group, figure, f"failed: {type(exc).__name__}: {exc}"))
+            self.add(skipped(self.kind, group, figure, f"{type(exc).__name__}: {exc}"))
 
     def meter(self, **extra: list[int]) -> CpuMeter:
         pids = {"service": [self.service.pid], "broker": [self.broker.pid], **extra}

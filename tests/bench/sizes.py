@@ -29,9 +29,9 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size("tiny", onehop_messages=100, msgrate_messages=1000, managers=(1, 2), jobs_per_manager_round=6,
+    "tiny": Size("tiny", onehop_messages=100, msgrate_messages=500, managers=(1,), jobs_per_manager_round=6,
                  idle_jobs=3, idle_rate=4.0, doorbell_jobs=10, doorbell_rate=50.0,
-                 fleet_devices={"embedded": 20, "mosquitto": 20}, fleet_jobs=30, fleet_active=16,
+                 fleet_devices={"embedded": 20, "mosquitto": 20}, fleet_jobs=16, fleet_active=16,
                  big_bytes=8 * MiB, ipp_jobs=2, submit_concurrency=8),
     "small": Size("small", onehop_messages=500, msgrate_messages=5000, managers=(1, 4, 16), jobs_per_manager_round=40,
                   idle_jobs=10, idle_rate=1.0, doorbell_jobs=100, doorbell_rate=50.0,
