@@ -403,6 +403,9 @@ class StackRun:
 
             stop_process(proc, signal.SIGINT, 60)
             self.say(f"  profile of the {self.kind} service: {out} (open it in https://www.speedscope.app)")
+            with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+                for line in profile_summary(out):
+                    self.say(f"    {line}")
 
         self.exits.callback(stop)
 
@@ -643,6 +646,25 @@ class StackRun:
 
         for r in await measure_ipp(self):
             self.add(r)
+
+
+def profile_summary(path: Path, top: int = 12) -> list[str]:
+    """The functions where the profiled process spent most samples (self time, all threads)."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    own: dict[int, int] = {}
+    total = 0
+    for profile in data["profiles"]:
+        for stack in profile.get("samples", []):
+            if stack:
+                own[stack[-1]] = own.get(stack[-1], 0) + 1
+                total += 1
+    out = [f"top functions by own samples ({total} samples, all threads):"]
+    for index, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        frame = frames[index]
+        where = f"{Path(frame.get('file', '?')).name}:{frame.get('line', '?')}"
+        out.append(f"{100 * count / max(total, 1):5.1f}%  {frame.get('name', '?')}  ({where})")
+    return out
 
 
 def math_nan() -> float:
