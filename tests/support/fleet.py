@@ -41,6 +41,7 @@ from schemas.messages import (
     Message,
     Presence,
     PrintServiceAttributes,
+    ProtocolError,
     Reply,
     Sync,
     decode_down,
@@ -260,7 +261,10 @@ class FleetDevice:
             self._pending.pop(message.id, None)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        message = decode_down(payload)
+        try:
+            message = decode_down(payload)
+        except ProtocolError:
+            return  # not ours to judge here; the Manager logs such a message and drops it
         re = getattr(message, "re", None)
         if re is not None and re in self._pending:
             future = self._pending[re]
