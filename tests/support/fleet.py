@@ -243,8 +243,9 @@ class FleetDevice:
             task.cancel()
         await self.session.close()
 
-    async def request(self, message: Message, attempts: int = 3) -> Message:
-        """Send and wait for the answer (``re`` = its id), resending the same message on timeout."""
+    async def request(self, message: Message, attempts: int = 10) -> Message:
+        """Send and wait for the answer (``re`` = its id), resending the same message on timeout
+        (a saturated service answers late, not never; the bound keeps a lost one finite)."""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[message.id] = future
         payload = encode(message)
