@@ -123,7 +123,7 @@ async def measure_big(run: StackRun, manager: ManagerProc) -> list[Row]:
         used = meter.stop()
         written = target.stat().st_size
         target.unlink(missing_ok=True)
-        await run.wait_active_empty(60)
+        await run.wait_ended([job["id"]], 60)
         mb = size / 1e6
         note = "" if written == size else f"wrote {written} of {size} bytes"
         sink_rate, cp_rate = mb / sink_elapsed, mb / cp_elapsed

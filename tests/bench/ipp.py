@@ -250,7 +250,7 @@ async def measure_ipp(run: StackRun) -> list[Row]:
             started = time.monotonic()
             pdf = document.read_bytes()
             job_ids = [(await run.submit(name, pdf))[0] for _ in range(jobs)]
-            await run.wait_active_empty(60 + jobs * 15, interval=0.5)
+            await run.wait_ended(job_ids, 60 + jobs * 15, interval=0.5)
             elapsed = time.monotonic() - started
             used = meter.stop()
             states = await run.count_ended(job_ids)

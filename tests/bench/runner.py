@@ -301,15 +301,18 @@ class StackRun:
                     raise BenchError(f"service {name} not online within {timeout:.0f} s")
                 await asyncio.sleep(0.1)
 
-    async def wait_active_empty(self, timeout: float, interval: float = 0.05) -> None:
+    async def wait_ended(self, job_ids: list[int] | set[int], timeout: float, interval: float = 0.05) -> None:
+        """Until none of ``job_ids`` is active (jobs left over by an earlier figure do not count)."""
+        wanted = set(job_ids)
         deadline = time.monotonic() + timeout
         while True:
             jobs = (await self.http.get("/api/v1/jobs", params={"limit": 5000})).json()["jobs"]
-            if not jobs:
+            active = [j for j in jobs if j["id"] in wanted]
+            if not active:
                 return
             if time.monotonic() > deadline:
-                raise BenchError(f"{len(jobs)} jobs still active after {timeout:.0f} s: "
-                                 f"{sorted({j['state'] for j in jobs})}")
+                raise BenchError(f"{len(active)} jobs still active after {timeout:.0f} s: "
+                                 f"{sorted({j['state'] for j in active})}")
             await asyncio.sleep(interval)
 
     async def count_ended(self, job_ids: list[int]) -> dict[str, int]:
@@ -616,7 +619,7 @@ class StackRun:
                 if time.monotonic() > deadline:
                     raise BenchError(f"only {self._printed(managers, wanted)} of {n} jobs printed in time")
                 await asyncio.sleep(0.02)
-            await self.wait_active_empty(60)
+            await self.wait_ended(wanted, 60)
             elapsed = time.monotonic() - started
             used = meter.stop()
             states = await self.count_ended(job_ids)
