@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.credentials import CredentialStore, generate_password, hash_password
-from broker.pki import Pki, ensure_pki
+from broker.pki import Pki
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas import topics
 
@@ -153,16 +153,28 @@ class BrokerProc:
             self.proc, self.port = self.mosquitto.process, self.mosquitto.port
 
     def add_users(self, users: dict[str, str]) -> None:
-        """Write many users at once (the service writes one at a time; a fleet needs thousands):
-        the embedded broker rereads its file on change, Mosquitto on SIGHUP."""
-        scheme = "scrypt" if self.kind == "embedded" else "pbkdf2-sha512"
-        store = CredentialStore(self.passwd, scheme)
-        lines = [line for line in store._read_lines() if line.split(":", 1)[0] not in users]
-        lines += [f"{name}:{hash_password(password, scheme)}" for name, password in users.items()]
-        store._write_lines(lines)
+        """Write many users at once (the service adds one at a time; a fleet needs thousands), in
+        the scheme each broker is given in production: the CredentialStore's default for the
+        embedded broker (it rereads the file when it changes), Mosquitto's ``$7$`` (then SIGHUP)."""
+        scheme = CredentialStore(self.passwd).scheme if self.kind == "embedded" else "pbkdf2-sha512"
+        kept = []
+        if self.passwd.exists():
+            kept = [line for line in self.passwd.read_text().splitlines()
+                    if line.strip() and line.split(":", 1)[0] not in users]
+        lines = kept + [f"{name}:{hash_password(password, scheme)}" for name, password in users.items()]
+        self.passwd.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.passwd.with_name(f".{self.passwd.name}.bench.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(f"{line}\n" for line in lines))
+        os.replace(tmp, self.passwd)
         if self.kind == "mosquitto" and self.proc is not None:
+            from tests.support.brokers import connect_code, wait_until
+
             self.proc.send_signal(signal.SIGHUP)
-            time.sleep(0.5)
+            name, password = next(reversed(users.items()))
+            if not wait_until(lambda: connect_code(self, name, password) == 0, timeout=30, interval=0.2):
+                raise RuntimeError("Mosquitto did not take the new password file")
 
     def stop(self) -> None:
         if self.mosquitto is not None:
@@ -288,7 +300,3 @@ def new_users(prefix: str, count: int) -> dict[str, str]:
 
 
 SERVICE_USER = topics.SERVICE_USERNAME
-
-
-def make_pki(directory: Path) -> Pki:
-    return ensure_pki(directory)
