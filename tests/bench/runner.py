@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -704,10 +703,3 @@ def profile_summary(path: Path, top: int = 12) -> list[str]:
 def math_nan() -> float:
     return float("nan")
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
