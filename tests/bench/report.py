@@ -98,9 +98,20 @@ def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
         "meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": uname.node,
                  "machine": f"{uname.system} {uname.release} {uname.machine}", "cpus": _cpus(),
                  "python": platform.python_version(), **meta},
-        "rows": [asdict(r) for r in rows],
+        "rows": [_finite(asdict(r)) for r in rows],
     }
-    path.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True))
+    path.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a percentile of nothing) as null: strict JSON for any reader."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _cpus() -> int:
