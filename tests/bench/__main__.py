@@ -26,7 +26,7 @@ from tests.bench.sizes import GROUPS, SIZES, STACKS
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="small",
-                   help="tiny (< 1 min, proves it works), small (a few minutes), full (the goals' sizes)")
+                   help="tiny (proves it works; 1-2 min), small (usable figures), full (the goals' sizes)")
     p.add_argument("--only", default="", help=f"comma-separated figure groups: {','.join(GROUPS)}")
     p.add_argument("--stacks", default=",".join(STACKS), help=f"comma-separated: {','.join(STACKS)}")
     p.add_argument("--profile", action="store_true",
