@@ -44,3 +44,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cloudimaging build *.egg-info
+
+# Performance figures, each with its baseline from the same run and its goal (docs/bench.md):
+# SIZE=tiny|small|full; BENCH_ARGS passes the rest (--only GROUPS, --stacks, --profile).
+SIZE ?= small
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench --size $(SIZE) $(BENCH_ARGS)
