@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.credentials import CredentialStore, generate_password, hash_password
+from broker.credentials import CredentialStore, generate_password, hash_password, is_random_token
 from broker.pki import Pki
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas import topics
@@ -156,12 +156,18 @@ class BrokerProc:
         """Write many users at once (the service adds one at a time; a fleet needs thousands), in
         the scheme each broker is given in production: the CredentialStore's default for the
         embedded broker (it rereads the file when it changes), Mosquitto's ``$7$`` (then SIGHUP)."""
-        scheme = CredentialStore(self.passwd).scheme if self.kind == "embedded" else "pbkdf2-sha512"
+        def scheme(password: str) -> str:
+            if self.kind != "embedded":
+                return "pbkdf2-sha512"
+            chosen = CredentialStore(self.passwd).scheme
+            if chosen == "auto":  # as CredentialStore.set: random tokens by HMAC, the rest by scrypt
+                return "hmac-sha256" if is_random_token(password) else "scrypt"
+            return chosen
         kept = []
         if self.passwd.exists():
             kept = [line for line in self.passwd.read_text().splitlines()
                     if line.strip() and line.split(":", 1)[0] not in users]
-        lines = kept + [f"{name}:{hash_password(password, scheme)}" for name, password in users.items()]
+        lines = kept + [f"{name}:{hash_password(password, scheme(password))}" for name, password in users.items()]
         self.passwd.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.passwd.with_name(f".{self.passwd.name}.bench.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
