@@ -14,7 +14,7 @@ database. On SQLite that hop is one call to a dedicated database thread with the
 ``sqlite3`` driver (aiosqlite hops to its thread and back once per statement, and that hop,
 not SQLite, cost most of a job's CPU); on PostgreSQL it is one ``run_sync`` on the async
 connection. Rows come back as detached ORM objects (``JobRow``, ``DocumentRow``, ...) built
-without a session, so callers read them as before.
+without a session (``detached``), so callers read them as before.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _update(conn: Connection, table: str, where: Mapping[str, Any], values: Mapp
     return conn.execute(statement, params)
 
 
-def _detached(cls: type[R], values: Mapping[str, Any]) -> R:
+def detached(cls: type[R], values: Mapping[str, Any]) -> R:
     """An ORM object of ``cls`` holding ``values`` (every column), made without a session.
 
     What a session's loader does, less its identity map and events: a few microseconds where
@@ -120,11 +120,11 @@ def _detached(cls: type[R], values: Mapping[str, Any]) -> R:
 
 
 def _job_row(values: Mapping[str, Any]) -> JobRow:
-    return _detached(JobRow, values)
+    return detached(JobRow, values)
 
 
 def _doc_rows(conn: Connection, job_id: int) -> list[DocumentRow]:
-    return [_detached(DocumentRow, m) for m in conn.execute(_SELECT_DOCS, {"job_id": job_id}).mappings()]
+    return [detached(DocumentRow, m) for m in conn.execute(_SELECT_DOCS, {"job_id": job_id}).mappings()]
 
 
 def _read_job(conn: Connection, job_id: int) -> JobRow:
@@ -308,12 +308,12 @@ class JobStore:
         def work(conn: Connection) -> DocumentRow:
             found = conn.execute(_SELECT_DOC, {"job_id": job_id, "number": number}).mappings().first()
             if found is not None:
-                return _detached(DocumentRow, found)
+                return detached(DocumentRow, found)
             values = {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": None,
                       "sha256": None, "object_key": object_key, "state": DocumentState.PENDING.value,
                       "impressions_completed": 0, "pages": None}
             conn.execute(_INSERT_DOC, values)
-            return _detached(DocumentRow, values)
+            return detached(DocumentRow, values)
 
         return await self.run(work)
 
@@ -425,7 +425,7 @@ class JobStore:
             events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
             found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
                      if row.state == JobState.PENDING.value else None)
-            return docs, events, None if found is None else _detached(DeviceRow, found)
+            return docs, events, None if found is None else detached(DeviceRow, found)
 
         docs, events, device = await self.run(work)  # one hop for the documents, history and device
         history = [JobEvent(at=e["at"], version=e["version"], state=JobState(e["state"]),
@@ -451,7 +451,7 @@ class JobStore:
     async def device(self, device_id: str) -> DeviceRow | None:
         def work(conn: Connection) -> DeviceRow | None:
             found = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).mappings().first()
-            return None if found is None else _detached(DeviceRow, found)
+            return None if found is None else detached(DeviceRow, found)
 
         return await self.run(work)
 
@@ -476,7 +476,7 @@ class JobStore:
     async def service(self, kind: str, name: str) -> ServiceRow | None:
         def work(conn: Connection) -> ServiceRow | None:
             found = conn.execute(_SELECT_SERVICE, {"kind": kind, "name": name}).mappings().first()
-            return None if found is None else _detached(ServiceRow, found)
+            return None if found is None else detached(ServiceRow, found)
 
         return await self.run(work)
 
@@ -568,7 +568,7 @@ def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | N
                 values: Mapping[str, object]) -> None:
     found = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).mappings().first()
     if check is not None:
-        check(None if found is None else _detached(DeviceRow, found))
+        check(None if found is None else detached(DeviceRow, found))
     if found is None:
         row = {c.key: None for c in _devices.columns}
         row.update(online=False, created_at=time.time())
