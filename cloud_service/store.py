@@ -74,6 +74,12 @@ _SELECT_ACTIVE = select(_jobs).where(_jobs.c.device_id == bindparam("device_id")
 _SELECT_FETCHABLE = (select(_jobs).where(_jobs.c.device_id == bindparam("device_id"),
                                          _jobs.c.state == JobState.PENDING.value, _jobs.c.claimed.is_(False))
                      .order_by(_jobs.c.id).limit(bindparam("limit")))
+#: A job and its documents in one statement (one row per document, one with NULLs if none).
+_SELECT_JOB_DOCS = (select(_jobs, _docs).select_from(_jobs.outerjoin(_docs, _docs.c.job_id == _jobs.c.id))
+                    .where(_jobs.c.id == bindparam("job_id")).order_by(_docs.c.number))
+_JOB_KEYS = tuple(c.key for c in _jobs.columns)
+_DOC_KEYS = tuple(c.key for c in _docs.columns)
+_DOC_JOB_ID = len(_JOB_KEYS) + _DOC_KEYS.index("job_id")
 _SELECT_JOBS = select(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
 _SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
 _SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
@@ -127,6 +133,18 @@ def _job_row(values: Mapping[str, Any]) -> JobRow:
 
 def _doc_rows(conn: Connection, job_id: int) -> list[DocumentRow]:
     return [detached(DocumentRow, m) for m in conn.execute(_SELECT_DOCS, {"job_id": job_id}).mappings()]
+
+
+def _read_job_docs(conn: Connection, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
+    """A job and its documents (by number) in one statement; JobNotFound if there is no such job."""
+    rows = conn.execute(_SELECT_JOB_DOCS, {"job_id": job_id}).all()
+    if not rows:
+        raise JobNotFound(job_id)
+    split = len(_JOB_KEYS)
+    job = _job_row(dict(zip(_JOB_KEYS, rows[0][:split], strict=True)))
+    docs = [detached(DocumentRow, dict(zip(_DOC_KEYS, r[split:], strict=True))) for r in rows
+            if r[_DOC_JOB_ID] is not None]
+    return job, docs
 
 
 def _read_job(conn: Connection, job_id: int) -> JobRow:
@@ -338,7 +356,7 @@ class JobStore:
 
     async def job_with_documents(self, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
         """A job and its documents (by number) in one hop; JobNotFound if there is no such job."""
-        return await self.run(lambda conn: (_read_job(conn, job_id), _doc_rows(conn, job_id)))
+        return await self.run(lambda conn: _read_job_docs(conn, job_id))
 
     async def get_jobs(self, job_ids: list[int] | set[int]) -> dict[int, JobRow]:
         """The jobs among ``job_ids`` that exist, by id, in one query.
@@ -576,8 +594,7 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
 def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job, JobRow], Event | Verdict | None],
                      message_id: str | None, extra: Callable[[JobRow], dict] | None) -> Transition | None:
     """One attempt of JobStore.transition inside one transaction; None if the version moved."""
-    row = _read_job(conn, job_id)
-    docs = _doc_rows(conn, job_id)
+    row, docs = _read_job_docs(conn, job_id)
     before = core_job(row, docs)
     chosen = event(before, row) if callable(event) else event
     if chosen is None:
