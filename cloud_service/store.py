@@ -20,7 +20,6 @@ without a session (``detached``), so callers read them as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import queue
 import threading
@@ -238,14 +237,18 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 class DatabaseThread:
     """One thread that runs whole transactions for the event loops that hand it work.
 
-    The least a hop can cost: the work goes on a plain queue, the answer comes back with one
-    ``call_soon_threadsafe`` (an executor adds a concurrent future, a condition and a chained
-    asyncio future on top, about a third of the hop).
+    The least a hop can cost: the work goes on a plain queue, and answers go back in batches:
+    one wake-up of the loop (``call_soon_threadsafe``, a write to its self-pipe) carries every
+    answer finished before the loop got round to it (an executor adds a concurrent future, a
+    condition and a chained asyncio future per call on top).
     """
 
     def __init__(self, name: str = "db") -> None:
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.AbstractEventLoop,
                                              asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        #: loop -> answers not handed over yet; a wake-up is scheduled while a list exists.
+        self._done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        self._lock = threading.Lock()
         # A daemon: a store nobody closed must not keep the process alive at exit.
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
@@ -262,8 +265,23 @@ class DatabaseThread:
                 result = work()
             except BaseException as exc:  # handed to the caller, as an executor would
                 error = exc
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_settle, future, result, error)
+            with self._lock:
+                waiting = self._done.get(loop)
+                if waiting is not None:
+                    waiting.append((future, result, error))  # the scheduled wake-up takes it too
+                    continue
+                self._done[loop] = [(future, result, error)]
+            try:
+                loop.call_soon_threadsafe(self._deliver, loop)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                with self._lock:
+                    self._done.pop(loop, None)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            answers = self._done.pop(loop, [])
+        for future, result, error in answers:
+            _settle(future, result, error)
 
     async def call(self, work: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
