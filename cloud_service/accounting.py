@@ -21,17 +21,29 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from cloud_service import retention as retention_rules
 from cloud_service.auth import User
 from cloud_service.config import ServiceConfig
 from cloud_service.db import CreditRow, DeviceRow, DocumentRow, JobRow, QuotaRow, ServicePolicyRow, ServiceRow
 from cloud_service.errors import Refusal
-from cloud_service.store import JobStore
+from cloud_service.store import JobStore, detached
 from schemas.enums import JobState
 
 TERMINAL = tuple(s.value for s in JobState if s.terminal)
+
+_policies = ServicePolicyRow.__table__
+_quotas = QuotaRow.__table__
+_docs = DocumentRow.__table__
+_SELECT_POLICY = select(_policies).where(_policies.c.device_id == bindparam("device_id"),
+                                         _policies.c.service_name == bindparam("service"))
+_SELECT_USER_QUOTAS = select(_quotas).where(_quotas.c.device_id == bindparam("device_id"),
+                                            _quotas.c.service_name == bindparam("service"),
+                                            _quotas.c.user.in_(bindparam("users", expanding=True)))
+_HAS_QUOTAS = select(func.count()).select_from(_quotas).where(_quotas.c.device_id == bindparam("device_id"),
+                                                              _quotas.c.service_name == bindparam("service"))
+_PAGES = select(_docs.c.pages).where(_docs.c.job_id == bindparam("job_id"))
 
 
 @dataclass(frozen=True)
@@ -125,13 +137,16 @@ async def used(store: JobStore, user: str, device_id: str, service: str, since: 
         return sum(job_impressions(r) for r in await s.scalars(query))
 
 
+def _user_quotas(conn: Connection, user: User, service: ServiceRow) -> list[QuotaRow]:
+    return [detached(QuotaRow, m) for m in conn.execute(_SELECT_USER_QUOTAS, {
+        "device_id": service.device_id, "service": service.name, "users": [user.name, "*"]}).mappings()]
+
+
 async def check(store: JobStore, user: User, service: ServiceRow, impressions: int, price: int | None,
-                exclude_job: int | None = None) -> None:
-    """Refuse (403) a job of ``impressions`` that would exceed a quota or the user's balance."""
-    async with store.sessions() as s:
-        rows = list(await s.scalars(select(QuotaRow).where(
-            QuotaRow.device_id == service.device_id, QuotaRow.service_name == service.name,
-            QuotaRow.user.in_([user.name, "*"]))))
+                exclude_job: int | None = None, quota_rows: list[QuotaRow] | None = None) -> None:
+    """Refuse (403) a job of ``impressions`` that would exceed a quota or the user's balance.
+    ``quota_rows``: the user's quotas on the service, when the caller has read them already."""
+    rows = quota_rows if quota_rows is not None else await store.run(lambda conn: _user_quotas(conn, user, service))
     # A user's own quota replaces the "each user" one.
     chosen = next((r for r in rows if r.user == user.name), None) or next(iter(rows), None)
     if chosen is not None:
@@ -192,11 +207,17 @@ class Admission:
 
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
                         retention: dict[str, Any] | None) -> dict[str, Any]:
-        """Column values for the new job; refuses at once if even one page would not fit."""
-        rules = await policy(self.store, service.device_id, service.name)
+        """Column values for the new job; refuses at once if even one page would not fit.
+        The service's policy and the user's quotas are read in one hop."""
+        def work(conn: Connection) -> tuple[ServicePolicyRow | None, list[QuotaRow]]:
+            found = conn.execute(_SELECT_POLICY, {"device_id": service.device_id,
+                                                  "service": service.name}).mappings().first()
+            return (None if found is None else detached(ServicePolicyRow, found)), _user_quotas(conn, user, service)
+
+        rules, quota_rows = await self.store.run(work)
         price = rules.price_per_impression if rules is not None else None
         copies = int(ticket.get("copies") or 1)
-        await check(self.store, user, service, copies, price)
+        await check(self.store, user, service, copies, price, quota_rows=quota_rows)
         values = {"price": price, "impressions_estimated": copies}
         values.update(retention_rules.columns(retention_rules.resolve(self.config, rules, retention)))
         return values
@@ -218,13 +239,17 @@ class Admission:
         stored before pages were counted counts as one page.
         """
         copies = int((row.ticket or {}).get("copies") or 1)
-        async with self.store.sessions() as s:
-            docs = list(await s.scalars(select(DocumentRow).where(DocumentRow.job_id == row.id)))
-            has_rules = await s.scalar(select(func.count()).select_from(QuotaRow).where(
-                QuotaRow.device_id == service.device_id, QuotaRow.service_name == service.name))
-        if not has_rules and not row.price:
-            return  # nothing to count against
-        pages = sum(doc.pages or 1 for doc in docs)
+
+        def work(conn: Connection) -> list[int | None] | None:
+            has_rules = conn.execute(_HAS_QUOTAS, {"device_id": service.device_id, "service": service.name}).scalar()
+            if not has_rules and not row.price:
+                return None  # nothing to count against
+            return list(conn.execute(_PAGES, {"job_id": row.id}).scalars())
+
+        counted = await self.store.run(work)
+        if counted is None:
+            return
+        pages = sum(p or 1 for p in counted)
         estimate = copies * max(pages, 1)
         await self.store.set_impressions_estimated(row.id, estimate)
         await check(self.store, user, service, estimate, row.price, exclude_job=row.id)

@@ -4,6 +4,11 @@ A token belongs to a user (a person or a service account, cloud_service.users); 
 role and groups decide what it may do, so changing a role takes effect on the next request.
 Tokens may expire and may be revoked; their public handle is ``token_id`` (a prefix of the
 hash), which is safe to show, log and type.
+
+Every API request authenticates, so a token's user is remembered for ``TOKEN_CACHE_SECONDS``
+(per replica, per store): a revocation, a disabled user or a changed role made through this
+replica forgets the user's entries at once; one made through another replica takes effect here
+within that bound (docs/security.md). Expiry is checked on every request, remembered or not.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import hashlib
 import re
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from cloud_service.db import TokenRow, UserRow
 from cloud_service.store import JobStore
@@ -50,6 +56,60 @@ class TokenNotFound(Exception):
     pass
 
 
+#: How long a replica trusts a token's user without asking the database again.
+TOKEN_CACHE_SECONDS = 5.0
+#: Entries kept at most (all dropped at once beyond it: a flood of tokens cannot grow memory).
+TOKEN_CACHE_MAX = 10_000
+
+_tokens = TokenRow.__table__
+_users = UserRow.__table__
+_SELECT_TOKEN = (select(_tokens.c.user, _tokens.c.role, _tokens.c.revoked_at, _tokens.c.expires_at,
+                        _users.c.name, _users.c.role.label("user_role"), _users.c.groups, _users.c.kind,
+                        _users.c.disabled)
+                 .select_from(_tokens.outerjoin(_users, _users.c.name == _tokens.c.user))
+                 .where(_tokens.c.token_hash == bindparam("token_hash")))
+
+
+class TokenCache:
+    """token hash -> (user, the token's expiry, when remembered), for one store."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[User, float | None, float]] = {}
+
+    def get(self, hashed: str, now: float) -> tuple[User, float | None] | None:
+        found = self.entries.get(hashed)
+        if found is None:
+            return None
+        user, expires_at, at = found
+        if not (at <= now < at + TOKEN_CACHE_SECONDS):
+            del self.entries[hashed]
+            return None
+        return user, expires_at
+
+    def put(self, hashed: str, user: User, expires_at: float | None, now: float) -> None:
+        if len(self.entries) >= TOKEN_CACHE_MAX:
+            self.entries.clear()
+        self.entries[hashed] = (user, expires_at, now)
+
+    def forget(self, hashed: str | None = None, user: str | None = None) -> None:
+        """Drop one token's entry, or every entry of ``user``."""
+        if hashed is not None:
+            self.entries.pop(hashed, None)
+        if user is not None:
+            for key in [k for k, (u, _, _) in self.entries.items() if u.name == user]:
+                del self.entries[key]
+
+
+_caches: weakref.WeakKeyDictionary[JobStore, TokenCache] = weakref.WeakKeyDictionary()
+
+
+def token_cache(store: JobStore) -> TokenCache:
+    cache = _caches.get(store)
+    if cache is None:
+        cache = _caches[store] = TokenCache()
+    return cache
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -78,6 +138,7 @@ async def ensure_user(store: JobStore, name: str, role: str = "user", *, kind: s
         elif promote:
             row.role = role
             row.disabled = False
+    token_cache(store).forget(user=name)
 
 
 async def create_token(store: JobStore, user: str, role: str = "user", *, label: str | None = None,
@@ -98,18 +159,29 @@ async def authenticate(store: JobStore, token: str, now: float | None = None) ->
     """The user a bearer token stands for, or None (unknown, revoked, expired, user disabled)."""
     if not token or len(token) > 200:
         return None
-    async with store.sessions() as s:
-        row = await s.scalar(select(TokenRow).where(TokenRow.token_hash == token_hash(token)))
-        if row is None or row.revoked_at is not None:
+    now = now if now is not None else time.time()
+    hashed = token_hash(token)
+    cache = token_cache(store)
+    found = cache.get(hashed, now)
+    if found is None:
+        def work(conn: Connection) -> tuple[User, float | None] | None:
+            row = conn.execute(_SELECT_TOKEN, {"token_hash": hashed}).mappings().first()
+            if row is None or row["revoked_at"] is not None:
+                return None
+            if row["name"] is None:  # a token made before users existed (schema 1): its own role stands
+                return User(row["user"], row["role"]), row["expires_at"]
+            if row["disabled"]:
+                return None
+            return User(row["name"], row["user_role"], tuple(row["groups"] or ()), row["kind"]), row["expires_at"]
+
+        found = await store.run(work)
+        if found is None:
             return None
-        if row.expires_at is not None and row.expires_at <= (now if now is not None else time.time()):
-            return None
-        user = await s.get(UserRow, row.user)
-    if user is None:  # a token made before users existed (schema 1): its own role stands
-        return User(row.user, row.role)
-    if user.disabled:
+        cache.put(hashed, found[0], found[1], now)
+    user, expires_at = found
+    if expires_at is not None and expires_at <= now:
         return None
-    return User(user.name, user.role, tuple(user.groups or ()), user.kind)
+    return user
 
 
 async def list_tokens(store: JobStore, user: str | None = None) -> list[TokenRow]:
@@ -136,6 +208,7 @@ async def revoke_token(store: JobStore, tid: str, now: float | None = None) -> T
     async with store.sessions.begin() as s:
         await s.execute(update(TokenRow).where(TokenRow.token_hash == row.token_hash, TokenRow.revoked_at.is_(None))
                         .values(revoked_at=now or time.time()))
+    token_cache(store).forget(hashed=row.token_hash)
     return await find_token(store, tid)
 
 
@@ -143,4 +216,5 @@ async def revoke_user_tokens(store: JobStore, user: str, now: float | None = Non
     async with store.sessions.begin() as s:
         result = await s.execute(update(TokenRow).where(TokenRow.user == user, TokenRow.revoked_at.is_(None))
                                  .values(revoked_at=now or time.time()))
-        return int(result.rowcount or 0)
+    token_cache(store).forget(user=user)
+    return int(result.rowcount or 0)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from cloud_service.clf import ClfLog
-from cloud_service.db import JobRow
+from cloud_service.db import DocumentRow, JobRow
 from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents, device_ticket
 from cloud_service.store import JobNotFound, JobStore
 from schemas import topics
@@ -268,14 +268,15 @@ class DeviceProtocol:
                       document_count=0 if row.kind == ServiceKind.SCAN.value else len(docs))
         return [(device_id, reply)]
 
-    async def _document_urls(self, row: JobRow, number: int | None = None) -> list[DocumentAccess]:
+    async def _document_urls(self, row: JobRow, number: int | None = None,
+                             docs: list[DocumentRow] | None = None) -> list[DocumentAccess]:
         """The documents' GET URLs as the wire carries them (ValidationError if one cannot be).
 
         A stored name the wire's ``Name`` refuses (a row written before the edges checked names)
         is left out: the name only labels the document, and without it the job still prints.
         """
         out = []
-        for u in await self.documents.urls(row.id, "GET", number):
+        for u in await self.documents.urls(row.id, "GET", number, docs):
             name = u.document.name
             if name is not None:
                 try:
@@ -322,11 +323,14 @@ class DeviceProtocol:
         device message can describe is aborted instead (no device could ever take it)."""
         documents: list[DocumentAccess] = []
         if msg.accept:
-            own = await self._own_job(device_id, msg, msg.job_id)
-            if isinstance(own, Reply):
-                return [(device_id, own)]
+            try:  # the job and its documents in one hop
+                own, docs = await self.store.job_with_documents(msg.job_id)
+            except JobNotFound:
+                return [(device_id, self._not_found(msg, msg.job_id))]
+            if own.device_id != device_id:
+                return [(device_id, self._not_yours(device_id, msg, msg.job_id))]
             try:
-                documents = await self._document_urls(own)
+                documents = await self._document_urls(own, docs=docs)
             except ValidationError as exc:
                 log.error("job %s: its documents cannot be sent to a device (%s); aborting it",
                           own.id, exc.errors()[0]["msg"])
@@ -344,12 +348,15 @@ class DeviceProtocol:
         return [(device_id, reply)]
 
     async def _fetch_document(self, device_id: str, msg: FetchDocument) -> Outgoing:
-        row = await self._own_job(device_id, msg, msg.job_id)
-        if isinstance(row, Reply):
-            return [(device_id, row)]
+        try:  # the job and its documents in one hop
+            row, rows = await self.store.job_with_documents(msg.job_id)
+        except JobNotFound:
+            return [(device_id, self._not_found(msg, msg.job_id))]
+        if row.device_id != device_id:
+            return [(device_id, self._not_yours(device_id, msg, msg.job_id))]
         if not row.claimed or JobState(row.state).terminal:
             return [(device_id, self._current(msg, row, "not-fetchable", "the job is not yours to print"))]
-        docs = await self._document_urls(row, msg.document_number)
+        docs = await self._document_urls(row, msg.document_number, rows)
         if not docs:
             return [(device_id, self._current(msg, row, "not-found", "no such document"))]
         return [(device_id, self._current(msg, row, "ok", ok=True).model_copy(update={"documents": docs}))]

@@ -227,15 +227,17 @@ class Documents:
         return await self.store.add_document(job.id, number, name=name, document_format=document_format,
                                              object_key=str(DocumentKey(job.id, number, output=True)))
 
-    async def urls(self, job_id: int, method: str, number: int | None = None) -> list[DocumentUrl]:
+    async def urls(self, job_id: int, method: str, number: int | None = None,
+                   documents: list[DocumentRow] | None = None) -> list[DocumentUrl]:
         """Presigned ``method`` (GET or PUT) URLs for the job's documents (or document ``number``).
 
         GET is for the device: a document transformed for it is given as its transformed copy
         (format, size and digest of that copy). A client's PUT of an input document lasts at
-        least ``MIN_UPLOAD_TTL``; every other URL lasts ``url_ttl``.
+        least ``MIN_UPLOAD_TTL``; every other URL lasts ``url_ttl``. ``documents``: the job's
+        rows when the caller has just read them (no second read).
         """
         out = []
-        for doc in await self.store.documents(job_id):
+        for doc in documents if documents is not None else await self.store.documents(job_id):
             if number is not None and doc.number != number:
                 continue
             slow_client = method == "PUT" and not DocumentKey.parse(doc.object_key).output

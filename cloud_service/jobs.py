@@ -23,7 +23,7 @@ from cloud_service.defaults import choose_service
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.objects import StoredObject
-from cloud_service.sharing import Access, check_service, owns
+from cloud_service.sharing import Access, check_service, owns, usable_in
 from cloud_service.store import JobNotFound, JobStore
 from cloud_service.transform import advertised_capabilities
 from schemas.enums import JobState, Reason, ServiceKind
@@ -98,9 +98,16 @@ class JobOperations:
         return await choose_service(self.store, kind, user)
 
     async def usable_service(self, user: User, kind: ServiceKind, name: str | None) -> ServiceRow:
-        """resolve_service for a new job: also refuses services whose device is revoked."""
-        service = await self.resolve_service(kind, name, user)
-        device = await self.store.device(service.device_id)
+        """resolve_service for a new job: also refuses services whose device is revoked.
+        A named service, its device and the user's access to it are read in one hop."""
+        if name:
+            found = await self.store.run(lambda conn: usable_in(conn, user, kind.value, name))
+            if found is None:
+                raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
+            service, device = found
+        else:
+            service = await self.resolve_service(kind, name, user)
+            device = await self.store.device(service.device_id)
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
             raise Refusal(409, "service-unavailable",
                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")

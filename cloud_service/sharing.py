@@ -18,14 +18,22 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 
 from cloud_service.auth import User
 from cloud_service.db import DeviceRow, ServiceRow, ShareRow
 from cloud_service.errors import Refusal
-from cloud_service.store import JobStore
+from cloud_service.store import JobStore, detached
 
 PRINCIPAL_KINDS = ("user", "group", "everyone")
+
+_shares = ShareRow.__table__
+_SERVICES = ServiceRow.__table__
+_DEVICES = DeviceRow.__table__
+_SHARES_OF = select(_shares).where(_shares.c.device_id == bindparam("device_id"))
+_SERVICE_AND_DEVICE = (select(_SERVICES, _DEVICES)
+                       .select_from(_SERVICES.outerjoin(_DEVICES, _DEVICES.c.id == _SERVICES.c.device_id))
+                       .where(_SERVICES.c.kind == bindparam("kind"), _SERVICES.c.name == bindparam("name")))
 ALL_SERVICES = "*"
 EVERYONE = "*"
 
@@ -86,6 +94,15 @@ class Access:
             rows = list(await s.scalars(select(ShareRow)))
         return cls(user, rows)
 
+    @classmethod
+    def of_device(cls, conn: Connection, user: User, device: DeviceRow) -> Access:
+        """Inside a ``store.run`` transaction: enough to judge ``sees`` for this one device
+        (its shares only, none read when the user is an admin or its owner)."""
+        if user.is_admin or (device.owner is not None and device.owner == user.name):
+            return cls(user, ())
+        rows = conn.execute(_SHARES_OF, {"device_id": device.id}).mappings()
+        return cls(user, [detached(ShareRow, m) for m in rows])
+
     def sees(self, device: DeviceRow, service_name: str) -> bool:
         if self.user.is_admin:
             return True
@@ -104,6 +121,23 @@ async def check_service(store: JobStore, user: User, service: ServiceRow) -> Dev
     if device is None or not access.sees(device, service.name):
         raise Refusal(404, "not-found", f"no {service.kind} service named {service.name!r}")
     return device
+
+
+def usable_in(conn: Connection, user: User | None, kind: str, name: str
+              ) -> tuple[ServiceRow, DeviceRow | None] | None:
+    """Inside a ``store.run`` transaction: the service ``kind``/``name`` and its device, or None
+    if there is none or ``user`` may not see it (the same answer: names of private services
+    do not leak). One query for both rows, one more for the device's shares if needed."""
+    found = conn.execute(_SERVICE_AND_DEVICE, {"kind": kind, "name": name}).first()
+    if found is None:
+        return None
+    values = found._mapping
+    service = detached(ServiceRow, {c.key: values[c] for c in _SERVICES.columns})
+    device = (None if values[_DEVICES.c.id] is None
+              else detached(DeviceRow, {c.key: values[c] for c in _DEVICES.columns}))
+    if user is not None and (device is None or not Access.of_device(conn, user, device).sees(device, name)):
+        return None
+    return service, device
 
 
 async def owned_device(store: JobStore, user: User, device_id: str) -> DeviceRow:

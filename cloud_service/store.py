@@ -14,17 +14,18 @@ database. On SQLite that hop is one call to a dedicated database thread with the
 ``sqlite3`` driver (aiosqlite hops to its thread and back once per statement, and that hop,
 not SQLite, cost most of a job's CPU); on PostgreSQL it is one ``run_sync`` on the async
 connection. Rows come back as detached ORM objects (``JobRow``, ``DocumentRow``, ...) built
-without a session, so callers read them as before.
+without a session (``detached``), so callers read them as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import queue
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -72,6 +73,12 @@ _SELECT_ACTIVE = select(_jobs).where(_jobs.c.device_id == bindparam("device_id")
 _SELECT_FETCHABLE = (select(_jobs).where(_jobs.c.device_id == bindparam("device_id"),
                                          _jobs.c.state == JobState.PENDING.value, _jobs.c.claimed.is_(False))
                      .order_by(_jobs.c.id).limit(bindparam("limit")))
+#: A job and its documents in one statement (one row per document, one with NULLs if none).
+_SELECT_JOB_DOCS = (select(_jobs, _docs).select_from(_jobs.outerjoin(_docs, _docs.c.job_id == _jobs.c.id))
+                    .where(_jobs.c.id == bindparam("job_id")).order_by(_docs.c.number))
+_JOB_KEYS = tuple(c.key for c in _jobs.columns)
+_DOC_KEYS = tuple(c.key for c in _docs.columns)
+_DOC_JOB_ID = len(_JOB_KEYS) + _DOC_KEYS.index("job_id")
 _SELECT_JOBS = select(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
 _SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
 _SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
@@ -108,7 +115,7 @@ def _update(conn: Connection, table: str, where: Mapping[str, Any], values: Mapp
     return conn.execute(statement, params)
 
 
-def _detached(cls: type[R], values: Mapping[str, Any]) -> R:
+def detached(cls: type[R], values: Mapping[str, Any]) -> R:
     """An ORM object of ``cls`` holding ``values`` (every column), made without a session.
 
     What a session's loader does, less its identity map and events: a few microseconds where
@@ -120,11 +127,23 @@ def _detached(cls: type[R], values: Mapping[str, Any]) -> R:
 
 
 def _job_row(values: Mapping[str, Any]) -> JobRow:
-    return _detached(JobRow, values)
+    return detached(JobRow, values)
 
 
 def _doc_rows(conn: Connection, job_id: int) -> list[DocumentRow]:
-    return [_detached(DocumentRow, m) for m in conn.execute(_SELECT_DOCS, {"job_id": job_id}).mappings()]
+    return [detached(DocumentRow, m) for m in conn.execute(_SELECT_DOCS, {"job_id": job_id}).mappings()]
+
+
+def _read_job_docs(conn: Connection, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
+    """A job and its documents (by number) in one statement; JobNotFound if there is no such job."""
+    rows = conn.execute(_SELECT_JOB_DOCS, {"job_id": job_id}).all()
+    if not rows:
+        raise JobNotFound(job_id)
+    split = len(_JOB_KEYS)
+    job = _job_row(dict(zip(_JOB_KEYS, rows[0][:split], strict=True)))
+    docs = [detached(DocumentRow, dict(zip(_DOC_KEYS, r[split:], strict=True))) for r in rows
+            if r[_DOC_JOB_ID] is not None]
+    return job, docs
 
 
 def _read_job(conn: Connection, job_id: int) -> JobRow:
@@ -206,6 +225,76 @@ class ChangeFeed:
                     del self._waiters[job_id]
 
 
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return  # the caller gave up waiting; the work was done (or not) all the same
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class DatabaseThread:
+    """One thread that runs whole transactions for the event loops that hand it work.
+
+    The least a hop can cost: the work goes on a plain queue, and answers go back in batches:
+    one wake-up of the loop (``call_soon_threadsafe``, a write to its self-pipe) carries every
+    answer finished before the loop got round to it (an executor adds a concurrent future, a
+    condition and a chained asyncio future per call on top).
+    """
+
+    def __init__(self, name: str = "db") -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.AbstractEventLoop,
+                                             asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        #: loop -> answers not handed over yet; a wake-up is scheduled while a list exists.
+        self._done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        self._lock = threading.Lock()
+        # A daemon: a store nobody closed must not keep the process alive at exit.
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            work, loop, future = item
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = work()
+            except BaseException as exc:  # handed to the caller, as an executor would
+                error = exc
+            with self._lock:
+                waiting = self._done.get(loop)
+                if waiting is not None:
+                    waiting.append((future, result, error))  # the scheduled wake-up takes it too
+                    continue
+                self._done[loop] = [(future, result, error)]
+            try:
+                loop.call_soon_threadsafe(self._deliver, loop)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                with self._lock:
+                    self._done.pop(loop, None)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            answers = self._done.pop(loop, [])
+        for future, result, error in answers:
+            _settle(future, result, error)
+
+    async def call(self, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((work, loop, future))
+        return await future
+
+    def stop(self) -> None:
+        """Finish the work queued so far, then end the thread (waits for it)."""
+        self._queue.put(None)
+        self._thread.join()
+
+
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -214,8 +303,7 @@ class JobStore:
         configure_mappers()  # _detached rows need the mappers' attribute machinery set up
         #: SQLite: the same database through the plain driver, used by one thread of our own.
         self._thread_engine: Engine | None = make_thread_engine(engine)
-        self._thread = (ThreadPoolExecutor(1, thread_name_prefix="db") if self._thread_engine is not None
-                        else None)
+        self._thread = DatabaseThread() if self._thread_engine is not None else None
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(connection)`` as one transaction in one hop to the database; its result.
@@ -225,7 +313,7 @@ class JobStore:
         so it must not touch the event loop. Committed if it returns, rolled back if it raises.
         """
         if self._thread is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, self._run_here, work)
+            return await self._thread.call(lambda: self._run_here(work))
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
@@ -238,9 +326,9 @@ class JobStore:
         """Release the database thread and its connections (the async engine is the caller's)."""
         if self._thread is not None:
             if self._thread_engine is not None:  # its connections belong to the database thread
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._thread_engine.dispose)
-            self._thread.shutdown(wait=True)
-            self._thread = None
+                await self._thread.call(self._thread_engine.dispose)
+            thread, self._thread = self._thread, None
+            await asyncio.to_thread(thread.stop)
 
     # ------------------------------------------------------------------ jobs
 
@@ -286,7 +374,7 @@ class JobStore:
 
     async def job_with_documents(self, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
         """A job and its documents (by number) in one hop; JobNotFound if there is no such job."""
-        return await self.run(lambda conn: (_read_job(conn, job_id), _doc_rows(conn, job_id)))
+        return await self.run(lambda conn: _read_job_docs(conn, job_id))
 
     async def get_jobs(self, job_ids: list[int] | set[int]) -> dict[int, JobRow]:
         """The jobs among ``job_ids`` that exist, by id, in one query.
@@ -308,12 +396,12 @@ class JobStore:
         def work(conn: Connection) -> DocumentRow:
             found = conn.execute(_SELECT_DOC, {"job_id": job_id, "number": number}).mappings().first()
             if found is not None:
-                return _detached(DocumentRow, found)
+                return detached(DocumentRow, found)
             values = {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": None,
                       "sha256": None, "object_key": object_key, "state": DocumentState.PENDING.value,
                       "impressions_completed": 0, "pages": None}
             conn.execute(_INSERT_DOC, values)
-            return _detached(DocumentRow, values)
+            return detached(DocumentRow, values)
 
         return await self.run(work)
 
@@ -425,7 +513,7 @@ class JobStore:
             events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
             found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
                      if row.state == JobState.PENDING.value else None)
-            return docs, events, None if found is None else _detached(DeviceRow, found)
+            return docs, events, None if found is None else detached(DeviceRow, found)
 
         docs, events, device = await self.run(work)  # one hop for the documents, history and device
         history = [JobEvent(at=e["at"], version=e["version"], state=JobState(e["state"]),
@@ -451,7 +539,7 @@ class JobStore:
     async def device(self, device_id: str) -> DeviceRow | None:
         def work(conn: Connection) -> DeviceRow | None:
             found = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).mappings().first()
-            return None if found is None else _detached(DeviceRow, found)
+            return None if found is None else detached(DeviceRow, found)
 
         return await self.run(work)
 
@@ -476,7 +564,7 @@ class JobStore:
     async def service(self, kind: str, name: str) -> ServiceRow | None:
         def work(conn: Connection) -> ServiceRow | None:
             found = conn.execute(_SELECT_SERVICE, {"kind": kind, "name": name}).mappings().first()
-            return None if found is None else _detached(ServiceRow, found)
+            return None if found is None else detached(ServiceRow, found)
 
         return await self.run(work)
 
@@ -524,8 +612,7 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
 def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job, JobRow], Event | Verdict | None],
                      message_id: str | None, extra: Callable[[JobRow], dict] | None) -> Transition | None:
     """One attempt of JobStore.transition inside one transaction; None if the version moved."""
-    row = _read_job(conn, job_id)
-    docs = _doc_rows(conn, job_id)
+    row, docs = _read_job_docs(conn, job_id)
     before = core_job(row, docs)
     chosen = event(before, row) if callable(event) else event
     if chosen is None:
@@ -568,7 +655,7 @@ def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | N
                 values: Mapping[str, object]) -> None:
     found = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).mappings().first()
     if check is not None:
-        check(None if found is None else _detached(DeviceRow, found))
+        check(None if found is None else detached(DeviceRow, found))
     if found is None:
         row = {c.key: None for c in _devices.columns}
         row.update(online=False, created_at=time.time())

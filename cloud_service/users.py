@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from cloud_service.auth import ROLES, USER_KINDS, check_user_name, revoke_user_tokens
+from cloud_service.auth import ROLES, USER_KINDS, check_user_name, revoke_user_tokens, token_cache
 from cloud_service.db import UserRow
 from cloud_service.errors import Refusal
 from cloud_service.store import JobStore
@@ -103,6 +103,7 @@ async def update_user(store: JobStore, name: str, *, role: str | None = None, gr
             row.groups = _groups(groups)
         if disabled is not None:
             row.disabled = disabled
+    token_cache(store).forget(user=name)  # the new role, groups or flag count from the next request
     if disabled:
         await revoke_user_tokens(store, name)
     return await get_user(store, name)

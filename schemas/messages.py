@@ -11,6 +11,8 @@ docs/protocol.md.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -42,8 +44,23 @@ MessageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z
 Reasons = Annotated[list[Keyword], Field(max_length=32)]
 
 
+#: A random prefix per process and a counter: unique like a UUID4 per message (64 random bits
+#: name the process), without a system call for randomness on every message.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    """A forked child is another process: it must not repeat its parent's ids."""
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX, _ID_COUNTER = uuid.uuid4().hex[:16], itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
 
 
 class Message(BaseModel):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from cloud_service.auth import create_token, revoke_token, token_hash, token_id
+from cloud_service.auth import TOKEN_CACHE_SECONDS, authenticate, create_token, revoke_token, token_hash, token_id
 from cloud_service.credentials import Credentials, parse_authorization, user_for
 from cloud_service.db import create_schema, make_engine
 from cloud_service.store import JobStore
+from cloud_service.users import update_user
 
 
 def _basic(text: str) -> str:
@@ -64,3 +66,30 @@ async def test_lookup_to_a_user(store: JobStore) -> None:
     assert await user_for(store, None) is None
     await revoke_token(store, token_id(token_hash(token)))
     assert await user_for(store, parse_authorization(f"Bearer {token}")) is None
+
+
+async def test_remembered_users_follow_changes(store: JobStore, database_url: str) -> None:
+    """A token's user is remembered per replica: a revocation, a disabled user or a new role
+    made through this replica counts on the next request; another replica (a second store on
+    the same database) keeps its remembered answer only until it is TOKEN_CACHE_SECONDS old."""
+    token = await create_token(store, "carol", "owner")
+    other = JobStore(make_engine(database_url))
+    try:
+        now = time.time()
+        assert (await authenticate(store, token, now)).role == "owner"
+        assert (await authenticate(other, token, now)).role == "owner"
+        await update_user(store, "carol", role="user")
+        assert (await authenticate(store, token, now)).role == "user"  # this replica: at once
+        assert (await authenticate(other, token, now)).role == "owner"  # the other: remembered...
+        later = now + TOKEN_CACHE_SECONDS + 0.1
+        assert (await authenticate(other, token, later)).role == "user"  # ...within the bound
+        await revoke_token(store, token_id(token_hash(token)))
+        assert await authenticate(store, token, later) is None
+        assert await authenticate(other, token, later + TOKEN_CACHE_SECONDS + 0.1) is None
+        # Expiry is checked on every request, remembered or not.
+        expiring = await create_token(store, "carol", "user", expires_at=later + 1)
+        assert await authenticate(store, expiring, later) is not None
+        assert await authenticate(store, expiring, later + 1) is None
+    finally:
+        await other.close()
+        await other.engine.dispose()

@@ -50,7 +50,9 @@ class Deps:
     readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
 
 
-def get_deps(request: Request) -> Deps:
+async def get_deps(request: Request) -> Deps:
+    """``async`` on purpose: FastAPI runs a plain ``def`` dependency on a worker thread, a
+    thread hop per request for one attribute read."""
     return request.app.state.deps
 
 
