@@ -519,6 +519,8 @@ class LocalCluster:
                 "location": str(self.output_dir(device_id)),
                 "make_and_model": "cloudimaging simulated printer",
             }],
+            # The local S3 server (moto) serves plain http on loopback; a real S3 is https.
+            "allow_http_documents": bool(self.s3_url and self.s3_url.startswith("http://")),
             **self.manager_overrides,
         }
 

@@ -1,5 +1,6 @@
 """End to end over TLS on loopback: HTTP submit -> doorbell -> the real Manager fetches,
-downloads by presigned URL and prints -> completed. With the embedded broker and Mosquitto."""
+downloads by presigned URL and prints -> completed. With the embedded broker and Mosquitto, on SQLite
+and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def states(job: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-async def test_print_end_to_end(tmp_path: Path, broker: str) -> None:
-    async with running_stack(tmp_path, broker) as stack:
+async def test_print_end_to_end(tmp_path: Path, database_url: str, broker: str) -> None:
+    async with running_stack(tmp_path, broker, database_url=database_url) as stack:
         await stack.add_manager("printer-a")
         data = pdf_bytes()
         response = await stack.submit(data, {"copies": 2, "sides": "two-sided-long-edge"}, service="printer-a",
@@ -64,8 +65,8 @@ async def test_print_end_to_end(tmp_path: Path, broker: str) -> None:
         assert second["state"] == "completed"
 
 
-async def test_refusals(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_refusals(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("printer-b")
         response = await stack.submit(b"%PDF-1.4", {"media": "iso_a0_841x1189mm"}, service="printer-b")
         assert response.status_code == 400
@@ -89,8 +90,8 @@ async def test_refusals(tmp_path: Path) -> None:
         assert final["state_message"]
 
 
-async def test_cancel_pending_and_processing(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_cancel_pending_and_processing(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         # Pending: the printer is offline, so the job waits; cancel ends it at once.
         await stack.add_manager("sleepy")
         await stack.stop_manager("sleepy")
@@ -118,10 +119,10 @@ async def test_cancel_pending_and_processing(tmp_path: Path) -> None:
         assert not printed_log.exists() or str(job["id"]) not in printed_log.read_text().split()
 
 
-async def test_sse_events_follow_the_job(tmp_path: Path) -> None:
+async def test_sse_events_follow_the_job(tmp_path: Path, database_url: str) -> None:
     import orjson
 
-    async with running_stack(tmp_path) as stack:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("printer-e")
         job = (await stack.submit(pdf_bytes(1, 100), {}, service="printer-e")).json()
         seen: list[str] = []
@@ -133,8 +134,8 @@ async def test_sse_events_follow_the_job(tmp_path: Path) -> None:
         assert seen[-1] == "completed" and len(seen) >= 2
 
 
-async def test_service_listing_shows_capabilities(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_service_listing_shows_capabilities(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("printer-l")
         services = (await stack.http.get("/api/v1/services", params={"kind": "print"})).json()["services"]
         assert [s["name"] for s in services] == ["printer-l"]

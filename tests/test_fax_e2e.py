@@ -15,8 +15,8 @@ from tests.support.stack import running_stack
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_fax_to_two_numbers_writes_bilevel_tiffs(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_fax_to_two_numbers_writes_bilevel_tiffs(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[modem(tmp_path)])
         job = await submit(stack, {"destination-uris": dests("tel:+15551234567", "tel:+442079460000"),
                                    "printer-resolution": [204, 196]})
@@ -32,8 +32,8 @@ async def test_fax_to_two_numbers_writes_bilevel_tiffs(tmp_path: Path) -> None:
             assert tiff.size == (1728, round(11.69 * 196))
 
 
-async def test_text_document_at_standard_resolution(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_text_document_at_standard_resolution(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[modem(tmp_path)])
         text = "\n".join(f"line {n}" for n in range(90)).encode()
         final = await stack.wait_job((await submit(stack, {"destination-uris": dests("tel:+15551234567")},
@@ -43,8 +43,8 @@ async def test_text_document_at_standard_resolution(tmp_path: Path) -> None:
         assert getattr(tiff, "n_frames", 1) == 2 and tuple(round(v) for v in tiff.info["dpi"]) == (204, 98)
 
 
-async def test_busy_and_no_answer_are_retried_then_reported(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_busy_and_no_answer_are_retried_then_reported(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[modem(tmp_path)])
         job = await submit(stack, {"destination-uris": dests("tel:+15551234567", BUSY, SILENT),
                                    "number-of-retries": 2})
@@ -58,8 +58,8 @@ async def test_busy_and_no_answer_are_retried_then_reported(tmp_path: Path) -> N
         assert not (tmp_path / "faxes" / f"job-{final['id']}-+15555550100.tiff").exists()
 
 
-async def test_busy_once_then_sent_on_retry(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_busy_once_then_sent_on_retry(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[modem(tmp_path, fail_attempts=1)])
         final = await stack.wait_job((await submit(stack, {"destination-uris": dests(BUSY)}))["id"])
         assert final["state"] == "completed", final
@@ -67,8 +67,8 @@ async def test_busy_once_then_sent_on_retry(tmp_path: Path) -> None:
         assert status["transmission-status"] == "completed" and status["attempts"] == 2
 
 
-async def test_every_destination_failing_aborts_the_job(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_every_destination_failing_aborts_the_job(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[modem(tmp_path)])
         final = await stack.wait_job((await submit(stack, {"destination-uris": dests(BUSY),
                                                            "number-of-retries": 0}))["id"])
@@ -99,8 +99,8 @@ async def test_bad_destinations_and_tickets_are_refused(tmp_path: Path, ticket: 
         assert response.json()["error"]["attribute"] == attribute
 
 
-async def test_cancel_mid_fax(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_cancel_mid_fax(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[modem(tmp_path, seconds_per_page=1.0)])
         text = "\n".join(f"line {n}" for n in range(600)).encode()  # 10 pages, 1 s each
         job = await submit(stack, {"destination-uris": dests("tel:+15551234567", "tel:+15551234568")},

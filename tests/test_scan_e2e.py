@@ -17,8 +17,8 @@ from tests.support.stack import running_stack
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_scan_pdf_from_the_adf_duplex(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_scan_pdf_from_the_adf_duplex(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[scanner()])
         created = await scan(stack, {"input-source": "adf", "input-sides": "two-sided-long-edge",
                                      "input-resolution": 75, "input-color-mode": "monochrome",
@@ -42,8 +42,9 @@ async def test_scan_pdf_from_the_adf_duplex(tmp_path: Path) -> None:
     ("bi-level", "1", "image/png", "PNG"),
     ("color", "RGB", "image/jpeg", "JPEG"),
 ])
-async def test_scan_images_one_per_page(tmp_path: Path, mode: str, pil_mode: str, fmt: str, suffix: str) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_scan_images_one_per_page(tmp_path: Path, database_url: str, mode: str, pil_mode: str, fmt: str,
+                                        suffix: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[scanner()])
         job = await stack.wait_job((await scan(stack, {"input-source": "adf", "input-resolution": 150,
                                                       "input-color-mode": mode, "document-format": fmt}))["id"])
@@ -56,8 +57,8 @@ async def test_scan_images_one_per_page(tmp_path: Path, mode: str, pil_mode: str
             assert round(image.info["dpi"][0]) == 150
 
 
-async def test_scan_region_from_the_platen(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_scan_region_from_the_platen(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[scanner()])
         region = {"x-origin": 1000, "y-origin": 1000, "x-dimension": 10160, "y-dimension": 5080}  # 4 x 2 in
         job = await stack.wait_job((await scan(stack, {"input-resolution": 100, "input-scan-regions": [region],
@@ -85,8 +86,8 @@ async def test_bad_scan_tickets_are_refused_at_submit(tmp_path: Path, ticket: di
         assert response.json()["error"]["attribute"] == attribute
 
 
-async def test_cancel_mid_scan(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_cancel_mid_scan(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[scanner(pages_per_second=2, adf_sheets=20)])
         job = await scan(stack, {"input-source": "adf"})
         await stack.wait_job(job["id"], lambda j: j["state"] == "processing")
@@ -98,16 +99,16 @@ async def test_cancel_mid_scan(tmp_path: Path) -> None:
         assert "job-canceled-by-user" in final["state_reasons"]
 
 
-async def test_scanner_fault_aborts_with_a_reason(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_scanner_fault_aborts_with_a_reason(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd1", services=[scanner(fail_at_page=2)])
         final = await stack.wait_job((await scan(stack, {"input-source": "adf"}))["id"])
         assert final["state"] == "aborted" and "media-jam" in final["state_reasons"]
         assert "scan failed" in final["state_message"]
 
 
-async def test_only_print_services_have_an_ipp_uri(tmp_path: Path) -> None:
-    async with running_stack(tmp_path) as stack:
+async def test_only_print_services_have_an_ipp_uri(tmp_path: Path, database_url: str) -> None:
+    async with running_stack(tmp_path, database_url=database_url) as stack:
         await stack.add_manager("mfd-ipp", services=[scanner()])
         await stack.add_manager("printer-ipp")
         scanners = (await stack.http.get("/api/v1/services", params={"kind": "scan"})).json()["services"]
