@@ -356,6 +356,10 @@ class Reply(Message):
     documents: list[DocumentAccess] = []
     uploads: list[UploadAccess] = []
     document_count: int | None = None
+    #: fetch-job: when the job was created at the service. With the job id and the database
+    #: instance it names one job: a restored database offers a job the device finished again
+    #: under the same id and creation time, a new job reusing the id has another.
+    created_at: float | None = None
 
     @model_validator(mode="before")
     @classmethod
