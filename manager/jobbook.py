@@ -7,8 +7,8 @@ late doorbells harmless: a job id in it is never claimed again. Job ids are thos
 service database (``instance``): when the service reports another, ``rebase`` closes the old
 database's jobs out and starts a fresh memory. Within one database the same id may still name
 two jobs (a backup restored restarts the id sequence), so each finished id is kept with the
-job's creation time at the service (``created``): the runner tells a restored copy of a job it
-finished (same creation: its final state is reported again) from a new job (printed).
+job's ``job-uuid`` (``uuid``): the runner tells a restored copy of a job it finished (same
+uuid: its final state is reported again) from a new job (printed).
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ class JobRecord:
     #: FaxOut: each destination's outcome so far (journaled: never dialled again once sent).
     destination_statuses: list[DestinationStatus] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
-    #: When the job was created at the service (fetch-job): with the id, the job's identity.
-    created: float | None = None
+    #: The job's job-uuid at the service (fetch-job): which job of that id this is.
+    uuid: str | None = None
     #: The final state this device already gave the job, being reported again to a restored
     #: database that offers the job anew: the job is claimed only to end it, never printed.
     replay: JobState | None = None
@@ -111,13 +111,13 @@ class JobRecord:
             self.version = version
 
     def fetched(self, kind: str, ticket: PrintJobTicket | ScanJobTicket | FaxOutJobTicket, document_count: int,
-                service: str | None, created: float | None = None) -> None:
-        """What fetch-job told: the job's kind, ticket, document count, service and creation time."""
+                service: str | None, uuid: str | None = None) -> None:
+        """What fetch-job told: the job's kind, ticket, document count, service and uuid."""
         if self.phase is not Phase.FETCHING:
             raise PhaseError(f"job {self.job_id}: fetched while {self.phase}")
         self.kind, self.ticket, self.service = kind, ticket, service
         self.document_count = max(1, document_count)
-        self.created = created
+        self.uuid = uuid
 
     def rewind_version(self, version: int) -> None:
         """Take a lower version from the service: its database was restored from a backup
@@ -211,8 +211,8 @@ class Finished:
 
     #: The final state it reported (None: dropped without one, e.g. the cloud did not know it).
     state: JobState | None
-    #: The job's creation time at the service (None: unknown, e.g. an older service).
-    created: float | None = None
+    #: The job's job-uuid (None: unknown, e.g. an older service or journal).
+    uuid: str | None = None
     impressions: int = 0
     #: Something of it was output before it was let go.
     on_paper: bool = False

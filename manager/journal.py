@@ -9,10 +9,10 @@ a job is never silently printed again in full.
 Job ids belong to one service database: the journal records which (``meta.instance``, from
 Sync.instance) and, when the service reports another, closes the old database's jobs out
 (kept in ``closed_out`` for the operator) and forgets its finished ids in one transaction.
-Each finished id is kept with the job's creation time at the service, its impressions and
+Each finished id is kept with the job's job-uuid at the service, its impressions and
 whether anything was output, so a restored copy of the database can be told apart from a new job
 reusing the id (manager.runner). Journals written before those columns existed gain them at open
-(unknown creation: such an id is judged as before, a doorbell for it ignored).
+(unknown uuid: such an id is judged as before, a doorbell for it ignored).
 
 WAL with synchronous=NORMAL: a committed write survives the process being killed (the
 operating system has it); only a power loss can lose the last transactions.
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS closed_out (instance TEXT, job_id INTEGER, data TEXT NOT NULL, at REAL NOT NULL);
 """
 #: Columns added to ``finished`` after its first release: (name, declaration).
-FINISHED_COLUMNS = (("created", "REAL"), ("impressions", "INTEGER NOT NULL DEFAULT 0"),
+FINISHED_COLUMNS = (("uuid", "TEXT"), ("impressions", "INTEGER NOT NULL DEFAULT 0"),
                     ("on_paper", "INTEGER NOT NULL DEFAULT 0"))
 #: Finished job ids are kept this long so late doorbells for them are ignored after a restart.
 FINISHED_KEEP_SECONDS = 7 * 24 * 3600
@@ -57,7 +57,7 @@ def _dump(record: JobRecord) -> str:
         "impressions_completed": record.impressions_completed, "claimed": record.claimed,
         "cancel_requested": record.cancel_requested, "documents_done": sorted(record.documents_done),
         "printing_document": record.printing_document, "message": record.message,
-        "created_at": record.created_at, "created": record.created,
+        "created_at": record.created_at, "uuid": record.uuid,
         "replay": record.replay.value if record.replay else None,
     })
 
@@ -76,7 +76,7 @@ def _load(job_id: int, text: str) -> JobRecord:
         impressions_completed=data["impressions_completed"], claimed=data["claimed"],
         cancel_requested=data["cancel_requested"], documents_done=set(data["documents_done"]),
         printing_document=data["printing_document"], message=data["message"], created_at=data["created_at"],
-        created=data.get("created"), replay=JobState(data["replay"]) if data.get("replay") else None,
+        uuid=data.get("uuid"), replay=JobState(data["replay"]) if data.get("replay") else None,
     )
 
 
@@ -112,9 +112,9 @@ class JournalJobBook(JobBook):
             self.instance = row[0] if row else None
             self._db.execute("DELETE FROM finished WHERE at < ?", (cutoff,))
             self._db.execute("DELETE FROM closed_out WHERE at < ?", (cutoff,))
-            for job_id, state, created, impressions, on_paper in self._db.execute(
-                    "SELECT job_id, state, created, impressions, on_paper FROM finished ORDER BY at"):
-                entry = Finished(JobState(state) if state else None, created, impressions, bool(on_paper))
+            for job_id, state, uuid, impressions, on_paper in self._db.execute(
+                    "SELECT job_id, state, uuid, impressions, on_paper FROM finished ORDER BY at"):
+                entry = Finished(JobState(state) if state else None, uuid, impressions, bool(on_paper))
                 super().forget(job_id, entry.state, remember=True, finished=entry)
 
     def _migrate(self) -> None:
@@ -168,9 +168,9 @@ class JournalJobBook(JobBook):
             self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             if remember:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO finished (job_id, state, at, created, impressions, on_paper) "
+                    "INSERT OR REPLACE INTO finished (job_id, state, at, uuid, impressions, on_paper) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, entry.state.value if entry.state else None, time.time(), entry.created,
+                    (job_id, entry.state.value if entry.state else None, time.time(), entry.uuid,
                      entry.impressions, int(entry.on_paper)))
             self._db.execute("COMMIT")
 

@@ -433,7 +433,7 @@ class Runner:
     async def _reconcile(self, record: JobRecord, finished: Finished) -> None:
         """The service offers a job id this device let go already. Usually a late or duplicated
         doorbell (fetch-job refuses it: nothing to do). When the job is fetchable again the
-        creation time tells which job it is: the same (a database restored from a backup taken
+        job-uuid tells which job it is: the same (a database restored from a backup taken
         before the job ended) is claimed only to report again the final state this device gave
         it, never printed a second time; another (the restored database's id sequence gave the
         id to a new job) or one never output here is a job to do, printed as any other."""
@@ -448,13 +448,13 @@ class Runner:
         except Exception:
             log.exception("job %d: failed while fetching it", job_id)
             reply = None
-        if reply is None or reply.created_at is None or finished.created is None:
-            # Not fetchable (ended there too), or no creation time to judge by: the old rule.
+        if reply is None or reply.job_uuid is None or finished.uuid is None:
+            # Not fetchable (ended there too), or no job-uuid to judge by: the old rule.
             log.info("   job %d already finished; doorbell ignored", job_id)
             self._forget(record, None, remember=False)
             return
-        if reply.created_at != finished.created or (finished.state is None and not finished.on_paper):
-            why = ("a new job with the id of one finished here" if reply.created_at != finished.created
+        if reply.job_uuid != finished.uuid or (finished.state is None and not finished.on_paper):
+            why = ("a new job with the id of one finished here" if reply.job_uuid != finished.uuid
                    else "offered again and never output here")
             log.warning("job %d: %s: running it", job_id, why)
             self._forget(record, None, remember=False)
@@ -466,7 +466,7 @@ class Runner:
                     "impression(s)): reporting that again, not printing it", job_id, state, finished.impressions)
         kind = reply.kind.value if reply.kind else "print"
         record.fetched(kind, reply.ticket or ticket_model(kind)(), reply.document_count or 1, reply.service,
-                       reply.created_at)
+                       reply.job_uuid)
         record.replay = state
         record.progress(finished.impressions)
         self.book.save(record)
@@ -515,7 +515,7 @@ class Runner:
             if len(self._checked) > 10_000:
                 self._checked.clear()
         if self.book.get(record.job_id) is record:
-            finished = Finished(state, record.created, record.impressions_completed, record.on_paper)
+            finished = Finished(state, record.uuid, record.impressions_completed, record.on_paper)
             self.book.forget(record.job_id, state, remember, finished)
         with self.changed:
             self.changed.notify_all()

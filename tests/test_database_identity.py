@@ -2,7 +2,9 @@
 Manager never confuses the jobs of two. The exact case: a Manager prints jobs 1 and 2 on
 database A; the service restarts on a new database B whose jobs are 1 and 2 again: both print.
 A restored backup of A (same instance id, older state: jobs 1 and 2 pending again) does not make
-the Manager print either of them a second time."""
+the Manager print either of them a second time: it reports again the state it gave them, so they
+end there too; and a new job of the restored database that reuses an id the Manager finished
+(the id sequence went back with the backup) is told apart by its job-uuid and prints."""
 
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ async def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[n
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from manager.app import Manager
@@ -106,9 +108,9 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
         def manager() -> Manager:
             return Manager(config)
 
-        async def submit_two(stack: Stack) -> list[int]:
+        async def submit(stack: Stack, count: int) -> list[int]:
             ids = []
-            for _ in range(2):
+            for _ in range(count):
                 response = await stack.submit(pdf_bytes(pages=1, size=10), {}, service=DEVICE)
                 assert response.status_code in (200, 201), response.text
                 ids.append(response.json()["id"])
@@ -121,8 +123,7 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
             await asyncio.to_thread(first.start)
             await a.wait_service(DEVICE)
             await asyncio.to_thread(first.stop, 10.0)
-            ids_a = await submit_two(a)
-            assert ids_a == [1, 2]
+            assert await submit(a, 2) == [1, 2]
         # The backup of A is taken now (service stopped: the files are consistent).
         shutil.copytree(tmp_path / "a" / "service", tmp_path / "backup" / "service")
 
@@ -130,25 +131,45 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
         try:
             async with serving(Stack, tmp_path / "a", b, service_password) as a:
                 await asyncio.to_thread(printer.start)
+                ids_a = [1, 2, *await submit(a, 1)]  # job 3 is made after the backup
+                assert ids_a == [1, 2, 3]
+                uuids_a = {}
                 for job_id in ids_a:
-                    assert (await a.wait_job(job_id, timeout=60))["state"] == "completed"
-            assert sorted(_printed(out)) == ["1", "2"]
+                    job = await a.wait_job(job_id, timeout=60)
+                    assert job["state"] == "completed"
+                    uuids_a[job_id] = job["uuid"]
+            assert sorted(_printed(out)) == ["1", "2", "3"]
 
-            # The restored backup: same instance id, jobs 1 and 2 pending again.
+            # The restored backup: same instance id, jobs 1 and 2 pending again, no job 3.
             caplog.clear()
             async with serving(Stack, tmp_path / "backup", b, service_password, redeliver_after=1.0,
                                supervise_interval=0.5) as restored:
                 assert restored.service.instance == instance_a
                 assert (await restored.wait_job(1, timeout=5, until=lambda j: True))["state"] == "pending"
                 # The restored database last saw the device offline; once it answers a status
-                # request the supervisor rings the doorbells of jobs 1 and 2 again, and the
-                # Manager ignores them: it finished them already for this same database.
+                # request the supervisor rings the doorbells of jobs 1 and 2 again. The Manager
+                # finished them for this same database: the same job-uuid tells it they
+                # are the same jobs, so it reports again what it reported then, printing nothing.
                 assert await restored.service.devices.request_status(DEVICE, restored.service.mqtt.publish, 20.0)
-                await _wait(lambda: {r.getMessage() for r in caplog.records} >= {
-                    "   job 1 already held or finished; doorbell ignored",
-                    "   job 2 already held or finished; doorbell ignored"}, 60, "the Manager judged jobs 1 and 2")
+                for job_id in (1, 2):
+                    job = await restored.wait_job(job_id, timeout=90)
+                    assert job["state"] == "completed" and job["uuid"] == uuids_a[job_id], job
+                    assert "before the service's database was restored" in job["state_message"], job
+                assert sorted(_printed(out)) == ["1", "2", "3"], "a restored database made a job print twice"
+                # A new job of the restored database takes id 3 again (the sequence went back
+                # with the backup): another job-uuid, so it is a new job, and it prints.
+                assert await submit(restored, 1) == [3]
+                job = await restored.wait_job(3, timeout=90)
+                assert job["state"] == "completed" and job["uuid"] != uuids_a[3], job
+                assert "restored" not in (job["state_message"] or ""), job
+                assert sorted(_printed(out)) == ["1", "2", "3", "3"]
                 await asyncio.sleep(1.0)
-                assert sorted(_printed(out)) == ["1", "2"], "a restored database made a job print twice"
+                assert sorted(_printed(out)) == ["1", "2", "3", "3"]
+            messages = [r.getMessage() for r in caplog.records]
+            for job_id in (1, 2):
+                assert any(m.startswith(f"job {job_id}: offered again by a restored database") for m in messages), \
+                    messages
+            assert any(m.startswith("job 3: a new job with the id of one finished here") for m in messages), messages
 
             # A new database B: jobs 1 and 2 again, and both print.
             caplog.clear()
@@ -160,11 +181,11 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
                 # then name database B, and the Manager sends hello to resync.
                 assert await new.service.devices.request_status(DEVICE, new.service.mqtt.publish, 20.0)
                 await new.wait_service(DEVICE, timeout=60)
-                ids_b = await submit_two(new)
+                ids_b = await submit(new, 2)
                 assert ids_b == [1, 2]
                 for job_id in ids_b:
                     assert (await new.wait_job(job_id, timeout=60))["state"] == "completed"
-                assert sorted(_printed(out)) == ["1", "1", "2", "2"]
+                assert sorted(_printed(out)) == ["1", "1", "2", "2", "3", "3"]
             messages = [r.getMessage() for r in caplog.records]
             assert any("the service's database changed" in m for m in messages), messages
             # B's doorbells named database B: the Manager resynced rather than judge job 1
