@@ -193,3 +193,105 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
             assert any("of database " + new_instance in m and "sending hello again" in m for m in messages), messages
         finally:
             await asyncio.to_thread(printer.stop, 10.0)
+
+
+def test_journal_keeps_job_uuids_and_migrates_an_old_journal(tmp_path: Path) -> None:
+    import sqlite3
+
+    from manager import recovery
+    from manager.jobbook import Finished
+
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as db:  # a journal of the release before job uuids were kept
+        db.executescript("""
+            CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL);
+            CREATE TABLE finished (job_id INTEGER PRIMARY KEY, state TEXT, at REAL NOT NULL);
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """)
+        db.execute("INSERT INTO finished (job_id, state, at) VALUES (4, 'completed', ?)", (time.time(),))
+    book = JournalJobBook(path)
+    assert book.finished(4) == Finished(JobState.COMPLETED, None, 0, False)  # uuid unknown: judged as before
+    uuid = "urn:uuid:6b1a1bde-7d0b-4f3e-9c1e-0d9b0f4f2a11"
+    book.forget(5, JobState.ABORTED, finished=Finished(JobState.ABORTED, uuid, 3, True))
+    # A job claimed only to report again the end it had (a restored database): journaled so.
+    replay = JobRecord(6, claimed=True, phase=Phase.QUEUED, service="p", uuid=uuid, replay=JobState.COMPLETED)
+    book.add(replay)
+    book.unfinish(4)
+    book.close()
+
+    again = JournalJobBook(path)
+    assert again.finished(4) is None
+    assert again.finished(5) == Finished(JobState.ABORTED, uuid, 3, True)
+    (loaded,) = again.load()
+    assert (loaded.job_id, loaded.uuid, loaded.replay) == (6, uuid, JobState.COMPLETED)
+    # After a restart it is finished with that state, never resumed (printed).
+    decision = recovery.plan(loaded)
+    assert isinstance(decision, recovery.Finish) and decision.outcome[0] is JobState.COMPLETED
+    again.close()
+
+
+@pytest.mark.timeout(300)
+async def test_jobs_held_while_the_database_is_restored_end_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A backup taken while the device held jobs (one printing, one claimed and waiting), restored
+    while the device goes on: the restored copies are older (lower versions); the device's reports
+    build on the restored versions, both jobs complete there, each printed once."""
+    import sqlite3
+
+    from manager.app import Manager
+    from manager.config import ManagerConfig
+    from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
+
+    caplog.set_level(logging.INFO, logger="cloudimaging.manager")
+    service_password, device_password = generate_password(), generate_password()
+    out = tmp_path / "device" / "output"
+    async with embedded_broker(tmp_path / "broker") as b:
+        await asyncio.to_thread(b.add_user, "cloud-service", service_password)
+        await asyncio.to_thread(b.add_user, DEVICE, device_password)
+        config = ManagerConfig.model_validate({
+            "device_id": DEVICE, "broker_url": b.url, "password": device_password, "ca_file": str(b.pki.ca_cert),
+            "state_dir": str(tmp_path / "device" / "state"), "keepalive": 5, "request_timeout": 2.0,
+            "services": [{"kind": "print", "name": DEVICE, "driver": "simulated",
+                          "driver_options": {"output_dir": str(out), "pages_per_second": 2},
+                          "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "test printer"}]})
+        printer = Manager(config)
+        try:
+            async with serving(Stack, tmp_path / "a", b, service_password) as a:
+                await asyncio.to_thread(printer.start)
+                await a.wait_service(DEVICE)
+                ids = []
+                for _ in range(2):
+                    response = await a.submit(pdf_bytes(pages=16, size=10), {}, service=DEVICE)
+                    assert response.status_code in (200, 201), response.text
+                    ids.append(response.json()["id"])
+                assert ids == [1, 2]
+                await a.wait_job(1, until=lambda j: j["state"] == "processing" and j["impressions_completed"] >= 1,
+                                 timeout=60)
+                await a.wait_job(2, until=lambda j: "job-queued" in j["state_reasons"], timeout=60)
+                # An online backup (SQLite's backup API: consistent while the service runs).
+                shutil.copytree(tmp_path / "a" / "service", tmp_path / "backup" / "service",
+                                ignore=shutil.ignore_patterns("service.db*"))
+
+                def backup() -> None:
+                    with sqlite3.connect(tmp_path / "a" / "service" / "service.db") as src, \
+                            sqlite3.connect(tmp_path / "backup" / "service" / "service.db") as dst:
+                        src.backup(dst)
+
+                await asyncio.to_thread(backup)
+                # The device goes on: job 1 prints on, its reports move the job past the backup.
+                await a.wait_job(1, until=lambda j: j["impressions_completed"] >= 3, timeout=60)
+                assert _printed(out) == []
+
+            # The restored backup, while job 1 is still printing and job 2 waits for the printer.
+            async with serving(Stack, tmp_path / "backup", b, service_password, redeliver_after=1.0,
+                               supervise_interval=0.5) as restored:
+                for job_id in ids:
+                    job = await restored.wait_job(job_id, timeout=120)
+                    assert job["state"] == "completed", job
+                assert sorted(_printed(out)) == ["1", "2"]
+                await asyncio.sleep(1.0)
+                assert sorted(_printed(out)) == ["1", "2"], "a job held during the restore printed twice"
+            messages = [r.getMessage() for r in caplog.records]
+            assert any(m.startswith("job 1: the service's version went back") for m in messages), messages
+        finally:
+            await asyncio.to_thread(printer.stop, 10.0)
