@@ -431,6 +431,16 @@ class Runner:
                                                                  name=f"job-{job_id}-finished")
 
     async def _reconcile(self, record: JobRecord, finished: Finished) -> None:
+        try:
+            await self._judge_finished(record, finished)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %d: failed while judging it again", record.job_id)
+            if record.phase is not Phase.ENDING:
+                self._forget(record, None, remember=False)  # the finished entry stays
+
+    async def _judge_finished(self, record: JobRecord, finished: Finished) -> None:
         """The service offers a job id this device let go already. Usually a late or duplicated
         doorbell (fetch-job refuses it: nothing to do). When the job is fetchable again the
         job-uuid tells which job it is: the same (a database restored from a backup taken
