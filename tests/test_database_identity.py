@@ -295,3 +295,59 @@ async def test_jobs_held_while_the_database_is_restored_end_once(
             assert any(m.startswith("job 1: the service's version went back") for m in messages), messages
         finally:
             await asyncio.to_thread(printer.stop, 10.0)
+
+
+@pytest.mark.timeout(300)
+async def test_a_job_printing_while_a_backup_from_before_its_claim_is_restored_ends_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The backup holds the job still pending (taken before the device claimed it); it is restored
+    while the device prints the job. The restored service refuses the device's reports (no device
+    holds the job there); once the job ended here, the restored copy, offered again, is ended with
+    the state the device gave it: completed there, printed once."""
+    from manager.app import Manager
+    from manager.config import ManagerConfig
+    from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
+
+    caplog.set_level(logging.INFO, logger="cloudimaging.manager")
+    service_password, device_password = generate_password(), generate_password()
+    out = tmp_path / "device" / "output"
+    async with embedded_broker(tmp_path / "broker") as b:
+        await asyncio.to_thread(b.add_user, "cloud-service", service_password)
+        await asyncio.to_thread(b.add_user, DEVICE, device_password)
+        config = ManagerConfig.model_validate({
+            "device_id": DEVICE, "broker_url": b.url, "password": device_password, "ca_file": str(b.pki.ca_cert),
+            "state_dir": str(tmp_path / "device" / "state"), "keepalive": 5, "request_timeout": 2.0,
+            "services": [{"kind": "print", "name": DEVICE, "driver": "simulated",
+                          "driver_options": {"output_dir": str(out), "pages_per_second": 2},
+                          "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "test printer"}]})
+        first = Manager(config)
+        async with serving(Stack, tmp_path / "a", b, service_password) as a:
+            await asyncio.to_thread(first.start)
+            await a.wait_service(DEVICE)
+            await asyncio.to_thread(first.stop, 10.0)
+            response = await a.submit(pdf_bytes(pages=16, size=10), {}, service=DEVICE)
+            assert response.status_code in (200, 201) and response.json()["id"] == 1, response.text
+            uuid = response.json()["uuid"]
+        shutil.copytree(tmp_path / "a" / "service", tmp_path / "backup" / "service")  # job 1 pending
+
+        printer = Manager(config)
+        try:
+            async with serving(Stack, tmp_path / "a", b, service_password) as a:
+                await asyncio.to_thread(printer.start)
+                await a.wait_job(1, until=lambda j: j["state"] == "processing" and j["impressions_completed"] >= 1,
+                                 timeout=60)
+            # Restored while the device prints job 1 on.
+            async with serving(Stack, tmp_path / "backup", b, service_password, redeliver_after=1.0,
+                               supervise_interval=0.5) as restored:
+                assert (await restored.wait_job(1, timeout=5, until=lambda j: True))["state"] == "pending"
+                assert await restored.service.devices.request_status(DEVICE, restored.service.mqtt.publish, 20.0)
+                job = await restored.wait_job(1, timeout=120)
+                assert job["state"] == "completed" and job["uuid"] == uuid, job
+                assert "before the service's database was restored" in job["state_message"], job
+                assert job["impressions_completed"] == 16, job
+                await asyncio.sleep(1.0)
+                assert _printed(out) == ["1"], "the restored copy of a job being printed printed again"
+            messages = [r.getMessage() for r in caplog.records]
+            assert any(m.startswith("job 1: offered again by a restored database") for m in messages), messages
+        finally:
+            await asyncio.to_thread(printer.stop, 10.0)
