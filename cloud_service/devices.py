@@ -265,7 +265,8 @@ class DeviceProtocol:
                       reasons=row.state_reasons, service=row.service_name,
                       kind=None if row.kind == ServiceKind.PRINT.value else ServiceKind(row.kind),
                       ticket=ticket_model(row.kind).model_validate(ticket),
-                      document_count=0 if row.kind == ServiceKind.SCAN.value else len(docs))
+                      document_count=0 if row.kind == ServiceKind.SCAN.value else len(docs),
+                      job_uuid=row.uuid)
         return [(device_id, reply)]
 
     async def _document_urls(self, row: JobRow, number: int | None = None,

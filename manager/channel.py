@@ -203,7 +203,15 @@ class JobChannel:
                 if not final and Reason.PROCESSING_TO_STOP_POINT in reply.reasons:
                     self._on_cancel(record)
                     return None
-                if reply.version is None or (getattr(message, "version", None) or 0) >= reply.version:
+                sent = getattr(message, "version", None) or 0
+                if reply.version is not None and reply.version < sent:
+                    # The service's copy of the job is older than ours: its database was
+                    # restored from a backup. Its version is the one to build on.
+                    log.warning("job %d: the service's version went back (%d -> %d): database restored",
+                                record.job_id, sent, reply.version)
+                    record.rewind_version(reply.version)
+                    continue
+                if reply.version is None or sent >= reply.version:
                     log.warning("job %d: stale reply without a newer version; report dropped", record.job_id)
                     return None
                 continue

@@ -86,7 +86,7 @@ async def claim(record: JobRecord, channel: JobChannel, services: Mapping[str, S
         return Declined(None, remember=False)
     kind = reply.kind.value if reply.kind else "print"
     record.fetched(kind, reply.ticket or ticket_model(kind)(), reply.document_count or 1,
-                   reply.service or (next(iter(services)) if len(services) == 1 else None))
+                   reply.service or (next(iter(services)) if len(services) == 1 else None), reply.job_uuid)
     book.save(record)
     if record.cancel_requested:
         log.info("job %d: canceled before it was accepted", record.job_id)

@@ -3,9 +3,12 @@
 JobBook is the one place job records change hands, so the durable journal
 (manager/journal.py, SQLite) plugs in by overriding ``save`` and ``forget`` and by loading
 records at start; the runner never keeps job state anywhere else. "Finished recently" is what makes duplicated or
-late doorbells harmless: a job id in it is never fetched again. Job ids are those of one
+late doorbells harmless: a job id in it is never claimed again. Job ids are those of one
 service database (``instance``): when the service reports another, ``rebase`` closes the old
-database's jobs out and starts a fresh memory.
+database's jobs out and starts a fresh memory. Within one database the same id may still name
+two jobs (a backup restored restarts the id sequence), so each finished id is kept with the
+job's ``job-uuid`` (``uuid``): the runner tells a restored copy of a job it finished (same
+uuid: its final state is reported again) from a new job (printed).
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ class JobRecord:
     #: FaxOut: each destination's outcome so far (journaled: never dialled again once sent).
     destination_statuses: list[DestinationStatus] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+    #: The job's job-uuid at the service (fetch-job): which job of that id this is.
+    uuid: str | None = None
+    #: The final state this device already gave the job, being reported again to a restored
+    #: database that offers the job anew: the job is claimed only to end it, never printed.
+    replay: JobState | None = None
     # Runtime only (never journaled): the task running the job, the lock that keeps its
     # reports one at a time, the flag that stops its download thread, and the event that
     # wakes a job waiting for the printer when it is canceled or dropped.
@@ -103,12 +111,23 @@ class JobRecord:
             self.version = version
 
     def fetched(self, kind: str, ticket: PrintJobTicket | ScanJobTicket | FaxOutJobTicket, document_count: int,
-                service: str | None) -> None:
-        """What fetch-job told: the job's kind, ticket, document count and service."""
+                service: str | None, uuid: str | None = None) -> None:
+        """What fetch-job told: the job's kind, ticket, document count, service and uuid."""
         if self.phase is not Phase.FETCHING:
             raise PhaseError(f"job {self.job_id}: fetched while {self.phase}")
         self.kind, self.ticket, self.service = kind, ticket, service
         self.document_count = max(1, document_count)
+        self.uuid = uuid
+
+    def rewind_version(self, version: int) -> None:
+        """Take a lower version from the service: its database was restored from a backup
+        (versions grow within one history only)."""
+        self.version = version
+
+    @property
+    def on_paper(self) -> bool:
+        """Something of the job may have been output (a document started or done, impressions)."""
+        return self.printing_document is not None or bool(self.documents_done) or self.impressions_completed > 0
 
     def acknowledge(self, in_flight: bool) -> None:
         """An acknowledge-job (accept) leaves or was answered; while in flight Hello lists the job."""
@@ -187,6 +206,19 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class Finished:
+    """What the Manager remembers of a job it let go: enough to end a restored copy of it."""
+
+    #: The final state it reported (None: dropped without one, e.g. the cloud did not know it).
+    state: JobState | None
+    #: The job's job-uuid (None: unknown, e.g. an older service or journal).
+    uuid: str | None = None
+    impressions: int = 0
+    #: Something of it was output before it was let go.
+    on_paper: bool = False
+
+
+@dataclass(frozen=True)
 class JobView:
     """A read-only copy of a JobRecord for code outside the runner (tests, status pages)."""
 
@@ -221,7 +253,7 @@ class JobBook:
         #: that sends one answered.
         self.instance: str | None = None
         self._jobs: dict[int, JobRecord] = {}
-        self._recent: OrderedDict[int, tuple[JobState | None, float]] = OrderedDict()
+        self._recent: OrderedDict[int, tuple[Finished, float]] = OrderedDict()
         self._recent_limit = recent_limit
         self._recent_seconds = recent_seconds
 
@@ -250,14 +282,19 @@ class JobBook:
         self._expire()
         return job_id in self._jobs or job_id in self._recent
 
-    def finished_state(self, job_id: int) -> JobState | None:
+    def finished(self, job_id: int) -> Finished | None:
+        """What is remembered of a finished job, or None when it is not one."""
         self._expire()
         entry = self._recent.get(job_id)
         return entry[0] if entry else None
 
+    def finished_state(self, job_id: int) -> JobState | None:
+        entry = self.finished(job_id)
+        return entry.state if entry else None
+
     def recent(self) -> dict[int, JobState | None]:
         self._expire()
-        return {job_id: state for job_id, (state, _) in self._recent.items()}
+        return {job_id: entry.state for job_id, (entry, _) in self._recent.items()}
 
     def add(self, record: JobRecord) -> None:
         self._jobs[record.job_id] = record
@@ -285,14 +322,21 @@ class JobBook:
         self.instance = instance
         return closed
 
-    def forget(self, job_id: int, state: JobState | None = None, remember: bool = True) -> None:
-        """Remove a job; with ``remember`` its id is kept so it is never fetched again."""
+    def forget(self, job_id: int, state: JobState | None = None, remember: bool = True,
+               finished: Finished | None = None) -> None:
+        """Remove a job; with ``remember`` its id is kept (with ``finished``, what is known of
+        its end) so it is never claimed again."""
         self._jobs.pop(job_id, None)
         if remember:
-            self._recent[job_id] = (state, time.monotonic())
+            entry = finished if finished is not None else Finished(state)
+            self._recent[job_id] = (entry, time.monotonic())
             self._recent.move_to_end(job_id)
             while len(self._recent) > self._recent_limit:
                 self._recent.popitem(last=False)
+
+    def unfinish(self, job_id: int) -> None:
+        """A new job took the id of a finished one (a restored database): forget the old one."""
+        self._recent.pop(job_id, None)
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self._recent_seconds

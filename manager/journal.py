@@ -9,6 +9,10 @@ a job is never silently printed again in full.
 Job ids belong to one service database: the journal records which (``meta.instance``, from
 Sync.instance) and, when the service reports another, closes the old database's jobs out
 (kept in ``closed_out`` for the operator) and forgets its finished ids in one transaction.
+Each finished id is kept with the job's job-uuid at the service, its impressions and
+whether anything was output, so a restored copy of the database can be told apart from a new job
+reusing the id (manager.runner). Journals written before those columns existed gain them at open
+(unknown uuid: such an id is judged as before, a doorbell for it ignored).
 
 WAL with synchronous=NORMAL: a committed write survives the process being killed (the
 operating system has it); only a power loss can lose the last transactions.
@@ -24,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from manager.jobbook import JobBook, JobRecord, Phase
+from manager.jobbook import Finished, JobBook, JobRecord, Phase
 from schemas.enums import JobState
 from schemas.messages import DocumentAccess
 from schemas.tickets import DestinationStatus, ticket_model
@@ -35,6 +39,9 @@ CREATE TABLE IF NOT EXISTS finished (job_id INTEGER PRIMARY KEY, state TEXT, at 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS closed_out (instance TEXT, job_id INTEGER, data TEXT NOT NULL, at REAL NOT NULL);
 """
+#: Columns added to ``finished`` after its first release: (name, declaration).
+FINISHED_COLUMNS = (("uuid", "TEXT"), ("impressions", "INTEGER NOT NULL DEFAULT 0"),
+                    ("on_paper", "INTEGER NOT NULL DEFAULT 0"))
 #: Finished job ids are kept this long so late doorbells for them are ignored after a restart.
 FINISHED_KEEP_SECONDS = 7 * 24 * 3600
 
@@ -50,7 +57,8 @@ def _dump(record: JobRecord) -> str:
         "impressions_completed": record.impressions_completed, "claimed": record.claimed,
         "cancel_requested": record.cancel_requested, "documents_done": sorted(record.documents_done),
         "printing_document": record.printing_document, "message": record.message,
-        "created_at": record.created_at,
+        "created_at": record.created_at, "uuid": record.uuid,
+        "replay": record.replay.value if record.replay else None,
     })
 
 
@@ -68,6 +76,7 @@ def _load(job_id: int, text: str) -> JobRecord:
         impressions_completed=data["impressions_completed"], claimed=data["claimed"],
         cancel_requested=data["cancel_requested"], documents_done=set(data["documents_done"]),
         printing_document=data["printing_document"], message=data["message"], created_at=data["created_at"],
+        uuid=data.get("uuid"), replay=JobState(data["replay"]) if data.get("replay") else None,
     )
 
 
@@ -96,14 +105,24 @@ class JournalJobBook(JobBook):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
         cutoff = time.time() - FINISHED_KEEP_SECONDS
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
             self.instance = row[0] if row else None
             self._db.execute("DELETE FROM finished WHERE at < ?", (cutoff,))
             self._db.execute("DELETE FROM closed_out WHERE at < ?", (cutoff,))
-            for job_id, state, _at in self._db.execute("SELECT job_id, state, at FROM finished ORDER BY at"):
-                super().forget(job_id, JobState(state) if state else None, remember=True)
+            for job_id, state, uuid, impressions, on_paper in self._db.execute(
+                    "SELECT job_id, state, uuid, impressions, on_paper FROM finished ORDER BY at"):
+                entry = Finished(JobState(state) if state else None, uuid, impressions, bool(on_paper))
+                super().forget(job_id, entry.state, remember=True, finished=entry)
+
+    def _migrate(self) -> None:
+        """Add the columns a journal of an older release lacks (their defaults: unknown)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(finished)")}
+        for name, declaration in FINISHED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE finished ADD COLUMN {name} {declaration}")
 
     def load(self) -> list[JobRecord]:
         """Journaled records, added back to the book (call once at start)."""
@@ -140,15 +159,25 @@ class JournalJobBook(JobBook):
             self._db.execute("COMMIT")
         return closed
 
-    def forget(self, job_id: int, state: JobState | None = None, remember: bool = True) -> None:
-        super().forget(job_id, state, remember)
+    def forget(self, job_id: int, state: JobState | None = None, remember: bool = True,
+               finished: Finished | None = None) -> None:
+        super().forget(job_id, state, remember, finished)
+        entry = finished if finished is not None else Finished(state)
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             if remember:
-                self._db.execute("INSERT OR REPLACE INTO finished (job_id, state, at) VALUES (?, ?, ?)",
-                                 (job_id, state.value if state else None, time.time()))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO finished (job_id, state, at, uuid, impressions, on_paper) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, entry.state.value if entry.state else None, time.time(), entry.uuid,
+                     entry.impressions, int(entry.on_paper)))
             self._db.execute("COMMIT")
+
+    def unfinish(self, job_id: int) -> None:
+        super().unfinish(job_id)
+        with self._lock:
+            self._db.execute("DELETE FROM finished WHERE job_id = ?", (job_id,))
 
     def close(self) -> None:
         with self._lock:

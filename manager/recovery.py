@@ -2,6 +2,8 @@
 
 - not claimed yet: forgotten; the service offers it again or takes the claim back;
 - final state decided but not confirmed: the final job-status is sent again;
+- claimed only to report again the end this device gave it before (a restored database): that
+  final state is sent, the job never printed;
 - a document was being printed (or a scan or fax was at work): the job ends aborted with
   the impressions done, never done again in full (the device may have output part of it);
 - every document done: completed;
@@ -47,6 +49,9 @@ def plan(record: JobRecord) -> Plan:
         return Forget()
     if record.phase is Phase.ENDING:
         return Finish((record.state, record.reasons, record.message), f"resending its final state {record.state}")
+    if record.replay is not None:
+        return Finish(replay_outcome(record.replay, record.on_paper),
+                      f"reporting again the final state {record.replay} it had before the database was restored")
     if record.printing_document is not None:
         message = (f"the Manager restarted while printing document {record.printing_document} after "
                    f"{record.impressions_completed} impression(s); not printed again to avoid duplicates")
@@ -54,3 +59,14 @@ def plan(record: JobRecord) -> Plan:
     if set(range(1, record.document_count + 1)) <= record.documents_done:
         return Finish(COMPLETED, "all documents were printed")
     return Resume()
+
+
+def replay_outcome(state: JobState, on_paper: bool) -> Outcome:
+    """The final job-status that ends a restored copy of a job this device already let go."""
+    if state is JobState.COMPLETED:
+        return (state, (), "printed by this device before the service's database was restored; not printed again")
+    if state is JobState.CANCELED:
+        return (state, (), "canceled at this device before the service's database was restored")
+    what = "partly output" if on_paper else "ended"
+    return (JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,),
+            f"{what} by this device before the service's database was restored; not printed again")

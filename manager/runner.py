@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal
@@ -35,14 +36,15 @@ from manager.flows.base import CANCELED, Flow, FlowContext, Outcome
 from manager.flows.fax import FaxFlow, final_destinations
 from manager.flows.print import PrintFlow
 from manager.flows.scan import ScanFlow
-from manager.jobbook import JobBook, JobRecord, JobView, Phase
-from manager.requests import Requester
+from manager.jobbook import Finished, JobBook, JobRecord, JobView, Phase
+from manager.requests import Requester, RequestTimeout
 from manager.services import KindDriver, ServiceRuntime
 from manager.wirelog import describe, log_in, log_out
 from schemas import topics
 from schemas.enums import JobState, Reason
 from schemas.messages import (
     MAX_JOBS_PER_HELLO,
+    AcknowledgeJob,
     Attributes,
     Bye,
     Hello,
@@ -59,6 +61,7 @@ from schemas.messages import (
     decode_down,
     encode,
 )
+from schemas.tickets import ticket_model
 
 log = logging.getLogger("cloudimaging.manager")
 
@@ -66,6 +69,10 @@ log = logging.getLogger("cloudimaging.manager")
 Publish = Callable[[str, bytes], bool]
 #: How many jobs may be between fetch-job and acknowledge-job at once.
 INTAKE_CONCURRENCY = 4
+#: A doorbell for a job finished (or asked about) less than this long ago is a late duplicate:
+#: ignored without asking the service. Later ones are asked about once more (a restored
+#: database offers finished jobs again; its supervisor rings their doorbells again).
+RECHECK_FINISHED_AFTER = 10.0
 
 
 class Runner:
@@ -89,6 +96,8 @@ class Runner:
         self._session: str | None = None
         #: Ids of recent Attributes messages: their replies are expected but have no waiter.
         self._attributes_sent: deque[str] = deque(maxlen=32)
+        #: When each job id was last let go or asked about (monotonic): see RECHECK_FINISHED_AFTER.
+        self._checked: dict[int, float] = {}
         self._sync_seen = asyncio.Event()
         #: Set by the first Sync: recovered jobs wait for it, so that nothing is reported for
         #: them before the service's database is known to be theirs.
@@ -287,7 +296,7 @@ class Runner:
                                 message.job_id, message.instance, self.book.instance)
                     self._resync()
                 else:
-                    self._intake(message.job_id)
+                    self._intake(message.job_id, doorbell=True)
             case JobCanceled():
                 self._on_job_canceled(message)
             case StatusRequest():
@@ -319,7 +328,10 @@ class Runner:
                 # Listed while its acknowledge-job was in flight, before the service applied
                 # it: the reply to that acknowledge decides, not this Sync.
                 continue
-            self._drop(record, None, "the cloud does not know the job")
+            # A job whose final state was decided keeps it: if a restored database offers the
+            # job again, that state is what ends it there (see _reconcile).
+            self._drop(record, record.state if record.phase is Phase.ENDING else None,
+                       "the cloud does not know the job")
         for job_id in sorted(sync.fetchable):
             self._intake(job_id)
 
@@ -398,13 +410,91 @@ class Runner:
 
     # ------------------------------------------------------------------ job control
 
-    def _intake(self, job_id: int) -> None:
-        if self.book.seen(job_id):
+    def _intake(self, job_id: int, doorbell: bool = False) -> None:
+        """A job offered by a doorbell or a Sync: run it, or judge it again if it was finished."""
+        if job_id in self.book:
             log.info("   job %d already held or finished; doorbell ignored", job_id)
             return
+        finished = self.book.finished(job_id)
+        now = time.monotonic()
+        if finished is not None and doorbell and now - self._checked.get(job_id, 0.0) < RECHECK_FINISHED_AFTER:
+            log.info("   job %d already held or finished; doorbell ignored", job_id)
+            return
+        if finished is not None:
+            self._checked[job_id] = now
         record = JobRecord(job_id)
         self.book.add(record)
-        record.task = asyncio.get_running_loop().create_task(self._run_job(record), name=f"job-{job_id}")
+        if finished is None:
+            record.task = asyncio.get_running_loop().create_task(self._run_job(record), name=f"job-{job_id}")
+        else:
+            record.task = asyncio.get_running_loop().create_task(self._reconcile(record, finished),
+                                                                 name=f"job-{job_id}-finished")
+
+    async def _reconcile(self, record: JobRecord, finished: Finished) -> None:
+        try:
+            await self._judge_finished(record, finished)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %d: failed while judging it again", record.job_id)
+            if record.phase is not Phase.ENDING:
+                self._forget(record, None, remember=False)  # the finished entry stays
+
+    async def _judge_finished(self, record: JobRecord, finished: Finished) -> None:
+        """The service offers a job id this device let go already. Usually a late or duplicated
+        doorbell (fetch-job refuses it: nothing to do). When the job is fetchable again the
+        job-uuid tells which job it is: the same (a database restored from a backup taken
+        before the job ended) is claimed only to report again the final state this device gave
+        it, never printed a second time; another (the restored database's id sequence gave the
+        id to a new job) or one never output here is a job to do, printed as any other."""
+        job_id = record.job_id
+        channel = self._channel(record)
+        try:
+            async with self._intake_slots:
+                reply = await channel.fetch()
+        except RequestTimeout as exc:
+            log.warning("job %d: %s; will retry on the next doorbell or sync", job_id, exc)
+            reply = None
+        except Exception:
+            log.exception("job %d: failed while fetching it", job_id)
+            reply = None
+        if reply is None or reply.job_uuid is None or finished.uuid is None:
+            # Not fetchable (ended there too), or no job-uuid to judge by: the old rule.
+            log.info("   job %d already finished; doorbell ignored", job_id)
+            self._forget(record, None, remember=False)
+            return
+        if reply.job_uuid != finished.uuid or (finished.state is None and not finished.on_paper):
+            why = ("a new job with the id of one finished here" if reply.job_uuid != finished.uuid
+                   else "offered again and never output here")
+            log.warning("job %d: %s: running it", job_id, why)
+            self._forget(record, None, remember=False)
+            self.book.unfinish(job_id)
+            self._intake(job_id)
+            return
+        state = finished.state or JobState.ABORTED
+        log.warning("job %d: offered again by a restored database; this device ended it already (%s, %d "
+                    "impression(s)): reporting that again, not printing it", job_id, state, finished.impressions)
+        kind = reply.kind.value if reply.kind else "print"
+        record.fetched(kind, reply.ticket or ticket_model(kind)(), reply.document_count or 1, reply.service,
+                       reply.job_uuid)
+        record.replay = state
+        record.progress(finished.impressions)
+        self.book.save(record)
+        record.acknowledge(in_flight=True)
+        try:
+            answer = await channel.locked_exchange(
+                lambda v: AcknowledgeJob(job_id=job_id, version=v, accept=True), final=True, persistent=True)
+        except JobGone as gone:
+            log.info("job %d: %s", job_id, gone)
+            answer = None
+        finally:
+            record.acknowledge(in_flight=False)
+        if answer is None or not self._still_held(record):
+            self._forget(record, None, remember=False)  # the finished entry stays: judged again next time
+            return
+        record.claim(answer.documents)
+        self.book.save(record)
+        await self._finish(record, *recovery.replay_outcome(state, finished.on_paper))
 
     def _request_cancel(self, record: JobRecord) -> None:
         if not record.request_cancel():
@@ -430,8 +520,13 @@ class Runner:
     def _forget(self, record: JobRecord, state: JobState | None, remember: bool = True) -> None:
         if self._closing:
             return  # stopping: jobs cut short stay journaled; the next start recovers them
+        if remember:
+            self._checked[record.job_id] = time.monotonic()
+            if len(self._checked) > 10_000:
+                self._checked.clear()
         if self.book.get(record.job_id) is record:
-            self.book.forget(record.job_id, state, remember)
+            finished = Finished(state, record.uuid, record.impressions_completed, record.on_paper)
+            self.book.forget(record.job_id, state, remember, finished)
         with self.changed:
             self.changed.notify_all()
 

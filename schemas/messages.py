@@ -373,6 +373,10 @@ class Reply(Message):
     documents: list[DocumentAccess] = []
     uploads: list[UploadAccess] = []
     document_count: int | None = None
+    #: fetch-job: the job's ``job-uuid`` (made at random with the job, kept in backups). A
+    #: restored database offers a job the device finished again under the same id and uuid; a
+    #: new job that reuses the id (the id sequence went back with the backup) has another uuid.
+    job_uuid: Annotated[str, Field(max_length=64)] | None = None
 
     @model_validator(mode="before")
     @classmethod
