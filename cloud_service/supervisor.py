@@ -7,7 +7,8 @@ the rules of docs/reliability.md:
   (printer-stopped, "the device is offline"); when it returns, its Hello and reports decide;
 - a device offline for ``offline_abort_after``: its claimed jobs end aborted;
 - a claim with no report for ``step_timeout`` on an online device: released (fetchable
-  again) if printing never started, aborted otherwise; processing-stopped jobs are exempt
+  again) if printing never started and the device itself has been silent that long (a busy
+  device works through its own queue), aborted if printing started; processing-stopped jobs are exempt
   while their device is online (a jam or an empty tray can take long and is being reported);
 - a job fetchable for ``redeliver_after`` on an online device: its doorbell rings again;
 - a job waiting for its document (pending-held, job-incoming) for ``incoming_timeout``: aborted
@@ -143,6 +144,12 @@ class Supervisor:
         if idle < policy.step_timeout or state is JobState.PROCESSING_STOPPED:
             return None
         if not row.started:
+            # A claim not yet started waits in the device's own queue behind other jobs: while the
+            # device keeps talking (its last_seen is recent) it is working through that queue, and
+            # releasing the claim would only make the device's reports on it refused later.
+            quiet = now - max(row.updated_at, device.last_seen or 0.0)
+            if quiet < policy.step_timeout:
+                return None
             return Release(f"no progress for {idle:.0f} s after the claim; offered again")
         return Abort(Reason.ABORTED_BY_SYSTEM, f"no progress report for {idle:.0f} s (step timeout)")
 

@@ -121,7 +121,12 @@ async def test_step_timeout_releases_unstarted_and_aborts_started(tmp_path: Path
         supervisor = stack.service.supervisor
         step = supervisor.policy.step_timeout
         assert (await supervisor.sweep(time.time() + step / 2)).released == 0
-        assert (await supervisor.sweep(time.time() + step + 1)).released == 1
+        # A device that keeps talking (busy with the jobs queued before this one) keeps its claim.
+        talking = time.time() + step
+        await stack.service.store.set_device("staller", last_seen=talking)
+        assert (await supervisor.sweep(talking + 1)).released == 0
+        # Silent for the whole step timeout: the claim is offered again.
+        assert (await supervisor.sweep(talking + step + 1)).released == 1
         bell = await asyncio.to_thread(dev.next)
         assert isinstance(bell, JobFetchable) and bell.job_id == job["id"]
         released = (await stack.http.get(f"/api/v1/jobs/{job['id']}")).json()
@@ -130,7 +135,7 @@ async def test_step_timeout_releases_unstarted_and_aborts_started(tmp_path: Path
         version = await claim(stack, dev, job["id"])
         r = await asyncio.to_thread(dev.request, JobStatus(job_id=job["id"], version=version, state="processing"))
         assert r.ok
-        assert (await supervisor.sweep(time.time() + step + 1)).aborted == 1
+        assert (await supervisor.sweep(talking + step + 1)).aborted == 1
         ended = (await stack.http.get(f"/api/v1/jobs/{job['id']}")).json()
         assert ended["state"] == "aborted" and "step timeout" in ended["state_message"]
         await asyncio.to_thread(dev.close)
