@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,19 +21,17 @@ from client.render import services_table
 from cloud_service.ipp import conformance
 from schemas.api import ServiceInfo
 from schemas.ipp.codec import Op, Status, Tag, simple
+from tests.support.cupsd import private_cupsd
 from tests.support.ipptools import (
     cups_client_env,
-    free_port,
     ipp,
     ipp_url,
     missing,
     need_tool,
     new,
-    process,
     reply,
     run,
     wait_for,
-    wait_port,
 )
 from tests.support.stack import Stack, running_stack
 
@@ -252,66 +248,6 @@ async def test_ipptool_ipp_1_1_and_2_0(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- CUPS, driverless
-
-
-CUPSD_CONF = """\
-Listen 127.0.0.1:{port}
-LogLevel debug
-MaxLogSize 0
-WebInterface No
-Browsing Off
-DefaultShared No
-<Location />
-  Order allow,deny
-  Allow 127.0.0.1
-</Location>
-<Policy default>
-  <Limit All>
-    Order allow,deny
-    Allow 127.0.0.1
-  </Limit>
-</Policy>
-"""
-
-
-@contextlib.contextmanager
-def private_cupsd() -> Iterator[tuple[int, Path, dict[str, str]]]:
-    """A cupsd of our own: 127.0.0.1:ephemeral, its own config, spool, state and logs.
-
-    It lives under a fresh /tmp directory, not tmp_path: filters and backends run as user lp,
-    which must be able to traverse to the spool (pytest's directories are private to root).
-    """
-    cupsd = need_tool("cupsd", "cups")
-    for tool in ("lpadmin", "lp", "lpstat"):
-        need_tool(tool, "cups-client")
-    if not os.access("/usr/lib/cups/filter/pdftopdf", os.X_OK):
-        missing("/usr/lib/cups/filter/pdftopdf is needed (apt-get install cups-filters)")
-    root = Path(tempfile.mkdtemp(prefix="cloudimaging-cups-"))
-    root.chmod(0o755)
-    try:
-        dirs = {d: root / d for d in ("conf", "spool", "cache", "state", "tmp", "log", "home")}
-        for path in dirs.values():
-            path.mkdir()
-        port = free_port()
-        (dirs["conf"] / "cupsd.conf").write_text(CUPSD_CONF.format(port=port))
-        as_root = os.geteuid() == 0
-        (dirs["conf"] / "cups-files.conf").write_text("\n".join([
-            f"ServerRoot {dirs['conf']}", f"RequestRoot {dirs['spool']}", f"CacheDir {dirs['cache']}",
-            f"StateDir {dirs['state']}", f"TempDir {dirs['tmp']}", f"ErrorLog {dirs['log']}/error_log",
-            f"AccessLog {dirs['log']}/access_log", f"PageLog {dirs['log']}/page_log",
-            f"Printcap {dirs['state']}/printcap", *(["User lp", "Group lp", "SystemGroup root"] if as_root else []),
-            ""]))
-        (dirs["conf"] / "client.conf").write_text("AllowAnyRoot Yes\n")
-        env = {**os.environ, "HOME": str(dirs["home"]), "CUPS_SERVERROOT": str(dirs["conf"]), "LC_ALL": "C"}
-        args = [cupsd, "-f", "-c", str(dirs["conf"] / "cupsd.conf"), "-s", str(dirs["conf"] / "cups-files.conf")]
-        with process(args, dirs["log"] / "cupsd.out", env) as proc:
-            if not wait_port(port, 15):
-                log = (dirs["log"] / "error_log")
-                raise AssertionError(f"cupsd did not start: {log.read_text()[-3000:] if log.exists() else ''}")
-            assert proc.poll() is None
-            yield port, dirs["log"], env
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
