@@ -319,10 +319,27 @@ export async function jobView(view, { arg }) {
 function scanResult(job) {
   const links = job.documents.map((d) => h("li", {}, h("a", { href: `/api/v1/jobs/${job.id}/documents/${d.number}`, download: d.name || `scan-${job.id}-${d.number}`, class: "download" },
     `Download ${d.name || `document ${d.number}`} (${d.format}, ${d.size ?? "?"} bytes)`)));
-  const thumbs = job.documents.filter((d) => d.format.startsWith("image/")).map((d) =>
-    h("img", { src: `/api/v1/jobs/${job.id}/documents/${d.number}`, alt: `page ${d.number} of the scan` }));
-  return h("section", { class: "scan-result" }, h("h2", {}, "Result"), h("ul", {}, links),
-    thumbs.length ? h("div", { class: "thumbs" }, thumbs) : h("p", { class: "reasons" }, "Thumbnails are shown for image formats."));
+  const thumbs = h("div", { class: "thumbs" });
+  const pdfs = job.documents.filter((d) => d.format === "application/pdf");
+  for (const d of job.documents) {
+    if (d.format.startsWith("image/")) thumbs.append(h("img", { src: `/api/v1/jobs/${job.id}/documents/${d.number}`, alt: `page ${d.number}` }));
+  }
+  for (const d of pdfs) pdfThumbs(job.id, d.number, pdfs.length > 1 ? ` of document ${d.number}` : "", thumbs);
+  return h("section", { class: "scan-result" }, h("h2", {}, "Result"), h("ul", {}, links), thumbs);
+}
+
+// One thumbnail per page of a PDF: the first answer says how many pages there are (X-Page-Count),
+// the others are then asked for as plain images (the service renders them small, once).
+async function pdfThumbs(jobId, number, suffix, into) {
+  const url = (n) => `/api/v1/jobs/${jobId}/documents/${number}/pages/${n}/thumbnail`;
+  try {
+    const first = await fetch(url(1), { credentials: "same-origin" });
+    if (!first.ok) throw new Error(`HTTP ${first.status}`);
+    const count = Math.min(Number(first.headers.get("X-Page-Count")) || 1, 200);
+    for (let n = 1; n <= count; n += 1) into.append(h("img", { src: url(n), alt: `page ${n}${suffix}`, class: "thumb" }));
+  } catch (err) {
+    into.append(h("p", { class: "reasons" }, `No thumbnails of document ${number}: ${err.message}`));
+  }
 }
 
 export async function scanView(view) {

@@ -8,11 +8,11 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -166,6 +166,69 @@ async def get_document(job_id: JobId, number: DocumentNumber, user: User = Depen
         raise Refusal(404, "not-found", f"job {job_id} has no document {number} (any more)")
     return StreamingResponse(objects.read_stream(doc.object_key), media_type=doc.format,
                              headers={"Content-Length": str(size), "Cache-Control": "no-store"})
+
+
+#: A thumbnail's width in pixels (its height follows the page, capped at twice that), and the
+#: largest PDF rendered for one: a thumbnail is a glance at a scan, not a document viewer.
+THUMBNAIL_WIDTH = 160
+THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024
+PageNumber = Annotated[int, Path(ge=1, le=100_000, description="a page's number in a PDF document")]
+
+
+def _thumbnail(data: bytes, page_number: int) -> tuple[bytes | None, int]:
+    """Page ``page_number`` of a PDF as a small PNG (None when the PDF has no such page) and the
+    PDF's page count; run in a worker thread (PDFium renders synchronously)."""
+    import io
+
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(data)
+    try:
+        count = len(doc)
+        if page_number > count:
+            return None, count
+        page = doc[page_number - 1]
+        try:
+            width, height = page.get_size()
+            scale = min(THUMBNAIL_WIDTH / width, 2 * THUMBNAIL_WIDTH / height)
+            image = page.render(scale=scale, fill_color=(255, 255, 255, 255)).to_pil()
+        finally:
+            page.close()
+    finally:
+        doc.close()
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG", optimize=True)
+    return out.getvalue(), count
+
+
+@router.get(f"{API_PREFIX}/jobs/{{job_id}}/documents/{{number}}/pages/{{page}}/thumbnail", tags=["jobs"],
+            responses={200: {"content": {"image/png": {}}}})
+async def get_thumbnail(job_id: JobId, number: DocumentNumber, page: PageNumber,
+                        user: User = Depends(current_user), deps: Deps = Depends(get_deps)) -> Response:
+    """A small PNG of one page of a job's PDF document (a scan's pages, shown by the console),
+    for whoever may read the document itself: the job's owner or an admin (others: 403 or 404)."""
+    row, full = await deps.jobs.view(user, job_id)
+    if not full or (row.owner != user.name and not user.is_admin):
+        raise Refusal(403, "forbidden", f"job {job_id} is not yours")
+    doc = next((d for d in await deps.store.documents(job_id) if d.number == number), None)
+    size = await deps.objects.size(doc.object_key) if doc is not None else None
+    if doc is None or size is None:
+        raise Refusal(404, "not-found", f"job {job_id} has no document {number} (any more)")
+    if doc.format != "application/pdf":
+        raise Refusal(415, "document-format-not-supported", f"document {number} is not a PDF ({doc.format})")
+    if size > THUMBNAIL_MAX_BYTES:
+        raise Refusal(413, "too-large", f"document {number} is too large for a thumbnail")
+    data = b"".join([chunk async for chunk in deps.objects.read_stream(doc.object_key)])
+    try:
+        png, count = await asyncio.to_thread(_thumbnail, data, page)
+    except Exception as exc:  # pypdfium2.PdfiumError and a page PDFium cannot draw
+        raise Refusal(422, "document-format-error", f"document {number} cannot be rendered ({exc})") from None
+    if png is None:
+        raise Refusal(404, "not-found", f"document {number} of job {job_id} has no page {page}")
+    # A job's document never changes once stored: the browser may keep the picture (privately).
+    # X-Page-Count tells the console how many thumbnails to ask for.
+    return Response(png, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600", "X-Page-Count": str(count)})
 
 
 @router.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", tags=["jobs"])

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from pypdf import PdfReader
 
 from client.errors import ApiError
@@ -155,6 +156,32 @@ def test_scan_and_download_a_pdf_with_the_pages_asked_for(console: LiveStack, br
     info.value.save_as(target)
     assert len(PdfReader(io.BytesIO(target.read_bytes())).pages) == 4
 
+    # One thumbnail per page, rendered by the service from the PDF, each loaded.
+    thumbs = page.locator(".scan-result img.thumb")
+    page.get_by_role("img", name="page 4", exact=True).wait_for()
+    assert [thumbs.nth(i).get_attribute("alt") for i in range(thumbs.count())] == [f"page {n}" for n in range(1, 5)]
+    widths: list[int] = []
+    for _ in range(100):  # bounded: 100 x 200 ms
+        widths = thumbs.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        if all(widths):
+            break
+        page.wait_for_timeout(200)
+    assert widths == [160] * 4, widths
+    shot(page, tmp_path, "scan-thumbnails")
+
+    # The thumbnail route: a small cached PNG for her, nothing for another user, 404 past the end.
+    job_id = int(link.get_attribute("href").split("/")[4])
+    thumb = f"/api/v1/jobs/{job_id}/documents/1/pages/2/thumbnail"
+    mine = page.context.request.get(f"{console.url}{thumb}")
+    assert mine.status == 200 and mine.headers["content-type"] == "image/png"
+    assert "max-age" in mine.headers["cache-control"] and mine.headers["x-page-count"] == "4"
+    assert Image.open(io.BytesIO(mine.body())).width == 160
+    assert page.context.request.get(f"{console.url}{thumb.replace('/2/', '/5/')}").status == 404
+    with console.client(token=console.token_for("cyd-neighbour")) as other, pytest.raises(ApiError) as refused:
+        other.request("GET", thumb)
+    assert refused.value.status in (403, 404)
+    assert not page_errors(tmp_path)
+
 
 def test_fax_to_two_numbers_shows_each_destination(console: LiveStack, browser: Any, tmp_path: Path) -> None:
     user = _person(console, "hal")
@@ -275,4 +302,77 @@ def test_admin_accounting_chart_shows_the_pages_just_printed(console: LiveStack,
     with console.client(token=token) as client, pytest.raises(ApiError) as refused:
         client.request("GET", "/api/v1/me")
     assert refused.value.status == 401
+    assert not page_errors(tmp_path)
+
+
+def test_cancel_a_printing_job_from_its_page(console: LiveStack, browser: Any, tmp_path: Path) -> None:
+    user = _person(console, "ivy")
+    with console.client(token=console.token_for(user)) as client:
+        job = client.submit(make_pdf(150), service="slow", document_format="application/pdf")  # 30 s at 5 pages/s
+    page = new_page(browser, tmp_path)
+    sign_in(page, console.url, user, PASSWORD, f"/jobs/{job.id}")
+    page.locator(".job-state[data-state=processing]").wait_for(timeout=JOB_MS)
+    page.evaluate("window.__noReload = true")
+    page.get_by_role("button", name="Cancel job").click()
+    page.locator(".job-state[data-state=canceled]").wait_for(timeout=JOB_MS)
+    assert page.get_by_role("button", name="Cancel job").is_disabled()
+    assert page.evaluate("window.__noReload") is True, "the page reloaded"
+    shot(page, tmp_path, "canceled")
+    final = console.wait_job(job.id, until=lambda j: j["state"] == "canceled")
+    assert final["state"] == "canceled" and final["impressions_completed"] < 150
+    assert not page_errors(tmp_path)
+
+
+def test_jobs_list_filters_by_state_and_printer(console: LiveStack, browser: Any, tmp_path: Path) -> None:
+    user = _person(console, "jon")
+    with console.client(token=console.token_for(user)) as client:
+        done = client.submit(make_pdf(1), service="office", document_format="application/pdf")
+        waiting = client.submit(make_pdf(1), service="parked", document_format="application/pdf")  # stays pending
+    assert console.wait_job(done.id)["state"] == "completed"
+    page = new_page(browser, tmp_path)
+    sign_in(page, console.url, user, PASSWORD, "/jobs")
+    rows = page.locator("tr[data-job]")
+    page.locator(f"tr[data-job='{waiting.id}']").wait_for()
+    assert sorted(int(r) for r in rows.evaluate_all("rs => rs.map(r => r.dataset.job)")) == [done.id, waiting.id]
+
+    page.get_by_label("State").select_option("completed")
+    page.locator(f"tr[data-job='{waiting.id}']").wait_for(state="detached")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.job)") == [str(done.id)]
+    page.get_by_label("State").select_option("")
+    page.get_by_label("Search").fill("parked")
+    page.locator(f"tr[data-job='{done.id}']").wait_for(state="detached")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.job)") == [str(waiting.id)]
+    shot(page, tmp_path, "filtered")
+    page.get_by_label("Search").fill("no-such-printer")
+    page.get_by_text("No jobs match.").wait_for()
+
+
+def test_admin_sets_a_price_and_a_quota_the_api_reflects(console: LiveStack, browser: Any, tmp_path: Path) -> None:
+    admin, user = _person(console, "kim", "admin"), _person(console, "lou")
+    page = new_page(browser, tmp_path)
+    sign_in(page, console.url, admin, PASSWORD, "/admin")
+    page.locator("select[name=policy-service]").select_option("office")
+    policy = page.get_by_role("form", name="Price and retention of office")
+    policy.get_by_label("Price per impression (credits)").fill("3")
+    policy.get_by_role("button", name="Save").click()
+    page.get_by_text("Policy of office saved.").wait_for()
+    quota = page.get_by_role("form", name="Set a quota on office")
+    quota.get_by_label("User").fill(user)
+    quota.get_by_label("Impressions").fill("25")
+    quota.get_by_label("Days").fill("30")
+    quota.get_by_role("button", name="Set quota").click()
+    page.locator("td", has_text=user).wait_for()
+    shot(page, tmp_path, "price-quota")
+
+    async def read() -> tuple[dict, dict]:
+        http = console.stack.http
+        got = await http.get("/api/v1/services/print/office/policy")
+        quotas = await http.get("/api/v1/services/print/office/quotas")
+        assert got.status_code == 200 and quotas.status_code == 200, (got.text, quotas.text)
+        return got.json(), quotas.json()
+
+    policy_now, quotas_now = console.call(read())
+    assert policy_now["price_per_impression"] == 3
+    mine = [q for q in quotas_now["quotas"] if q["user"] == user]
+    assert len(mine) == 1 and mine[0]["impression_limit"] == 25 and mine[0]["period_days"] == 30, mine
     assert not page_errors(tmp_path)
