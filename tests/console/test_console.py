@@ -361,7 +361,7 @@ def test_admin_sets_a_price_and_a_quota_the_api_reflects(console: LiveStack, bro
     quota.get_by_label("Impressions").fill("25")
     quota.get_by_label("Days").fill("30")
     quota.get_by_role("button", name="Set quota").click()
-    page.locator("td", has_text=user).wait_for()
+    page.locator("section[aria-labelledby=prices-title]").get_by_role("cell", name=user, exact=True).wait_for()
     shot(page, tmp_path, "price-quota")
 
     async def read() -> tuple[dict, dict]:
