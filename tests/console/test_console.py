@@ -376,3 +376,14 @@ def test_admin_sets_a_price_and_a_quota_the_api_reflects(console: LiveStack, bro
     mine = [q for q in quotas_now["quotas"] if q["user"] == user]
     assert len(mine) == 1 and mine[0]["impression_limit"] == 25 and mine[0]["period_days"] == 30, mine
     assert not page_errors(tmp_path)
+
+
+def test_thumbnail_route_refuses_a_document_that_is_not_a_pdf(console: LiveStack) -> None:
+    """An image scan has no PDF pages to render: the route says so (415) instead of failing."""
+    with console.client(token=console.token_for("mia")) as client:
+        job = client.scan({"input-source": "platen", "document-format": "image/png"}, service="lab-scanner")
+        done = console.wait_job(job.id, until=lambda j: j["state"] in ("completed", "aborted", "canceled"))
+        assert done["state"] == "completed", done
+        with pytest.raises(ApiError) as refused:
+            client.request("GET", f"/api/v1/jobs/{job.id}/documents/1/pages/1/thumbnail")
+    assert refused.value.status == 415
