@@ -39,6 +39,8 @@ from tests.support.ipptools import (
     wait_for,
     wait_port,
 )
+from tests.support.rasterdocs import dark_fraction, numbered_pdf, render_gray
+from tests.support.rasterdocs import decode as decode_raster
 from tests.support.stack import Stack, running_stack
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -145,7 +147,7 @@ class LanPrinter:
 
 
 @contextlib.contextmanager
-def eve_printer(tmp: Path) -> Iterator[LanPrinter]:
+def eve_printer(tmp: Path, formats: str = "application/pdf,image/jpeg") -> Iterator[LanPrinter]:
     ippeve = need_tool("ippeveprinter", "cups-ipp-utils")
     with mdns_daemons() as extra_env:
         ctrl, spool, home = tmp / "eve-ctrl", tmp / "eve-spool", tmp / "eve-home"
@@ -157,7 +159,7 @@ def eve_printer(tmp: Path) -> Iterator[LanPrinter]:
         port = free_port()
         env = {**os.environ, **extra_env, "HOME": str(home)}
         args = [ippeve, "-p", str(port), "-n", "localhost", "-r", "off", "-d", str(spool), "-K", str(home),
-                "-f", "application/pdf,image/jpeg", "-c", str(script), "-M", "Acme", "-m", "LAN 1", "-vvv", "lan"]
+                "-f", formats, "-c", str(script), "-M", "Acme", "-m", "LAN 1", "-vvv", "lan"]
         log = tmp / "eve.log"
         with process(args, log, env) as proc:
             if not wait_port(port, 15) or proc.poll() is not None:
@@ -199,8 +201,8 @@ async def printer_jobs(uri: str) -> list[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def lan_stack(tmp: Path) -> AsyncIterator[tuple[Stack, LanPrinter]]:
-    with eve_printer(tmp) as printer:
+async def lan_stack(tmp: Path, formats: str = "application/pdf,image/jpeg") -> AsyncIterator[tuple[Stack, LanPrinter]]:
+    with eve_printer(tmp, formats) as printer:
         async with running_stack(tmp) as stack:
             await add_ipp_manager(stack, "lan", printer.uri)
             await stack.wait_service("lan")
@@ -301,6 +303,49 @@ async def test_ipp_driver_prints_on_a_real_ipp_printer(tmp_path: Path) -> None:
             return "Identify-Printer" in printer.log.read_text(errors="replace")
 
         await wait_for(identified, 20, "Identify-Printer did not reach the printer")
+
+
+@pytest.mark.slow
+async def test_a_pdf_prints_on_a_printer_that_takes_only_pwg_raster(tmp_path: Path) -> None:
+    """The cloud transforms the PDF into the raster the printer asks for; the printer's copy is
+    decoded by cups-filters and poppler, page by page."""
+    pdf = numbered_pdf(tmp_path / "three.pdf", 3)
+    async with lan_stack(tmp_path, "image/pwg-raster") as (stack, printer):
+        async def discovered() -> dict | None:
+            svc = await service(stack)
+            return svc if svc["make_and_model"] == "Acme LAN 1" else None
+
+        svc = await wait_for(discovered, 20, "the printer's attributes were not published")
+        assert isinstance(svc, dict)
+        caps = svc["capabilities"]
+        # The device's own formats are what the printer says; the service adds what it transforms.
+        # (ippeveprinter always adds application/octet-stream: it sniffs what it is sent.)
+        assert set(caps["document-format-device-supported"]) == {"image/pwg-raster", "application/octet-stream"}
+        assert "application/pdf" in caps["document-format-supported"]
+        dpis = caps.get("pwg-raster-document-resolution-supported")
+        assert dpis, caps
+
+        printer.mode("normal")
+        job = (await stack.submit(pdf.read_bytes(), {"media": "iso_a4_210x297mm"}, service="lan",
+                                  name="three.pdf")).json()
+        done = await stack.wait_job(job["id"], timeout=120)
+        assert done["state"] == "completed", done
+
+        received = tmp_path / "received.pwg"
+        received.write_bytes((printer.ctrl / "last.bin").read_bytes())
+        assert received.read_bytes()[:4] == b"RaS2"
+        header = received.read_bytes()[4:4 + 1796]
+        dpi = int.from_bytes(header[276:280], "big")
+        assert dpi in dpis
+        decoded = decode_raster(received, "image/pwg-raster")
+        assert decoded.pages == 3
+        assert abs(decoded.size[0] - 595) < 3 and abs(decoded.size[1] - 842) < 3, decoded.size
+        # Page n has a bar at 40 + 720 n/3 points from the bottom: each page in its band, in order.
+        bands = [(0.2, 0.64, 0.8, 0.66), (0.2, 0.355, 0.8, 0.375), (0.2, 0.07, 0.8, 0.09)]
+        for n in (1, 2, 3):
+            page = render_gray(decoded.pdf, n)
+            ink = [dark_fraction(page, band) for band in bands]
+            assert ink[n - 1] > 0.5 and sum(ink) - ink[n - 1] < 0.1, (n, ink)
 
 
 async def test_unreachable_printer_is_reported_stopped(tmp_path: Path) -> None:

@@ -287,3 +287,32 @@ async def test_cups_prints_through_a_driverless_queue(tmp_path: Path) -> None:
                 return code == 0 and cups_job in out
 
             await wait_for(cups_done, 60, "CUPS did not see its job complete")
+
+
+async def test_an_unreadable_document_is_a_document_format_error(tmp_path: Path) -> None:
+    """Bytes that are not what their label says, and a PDF that cannot be transformed for the
+    device, are refused with client-error-document-format-error (RFC 8011), not
+    document-format-not-supported: the format is supported, the document is broken."""
+    from manager.drivers.simulated import RASTER_PRINTER_CAPABILITIES
+
+    async with stack_with(tmp_path, ("office", "file")) as stack:
+        # lobby takes only PWG raster and JPEG: a PDF is transformed when its job is closed.
+        await stack.add_manager("lobby", capabilities=RASTER_PRINTER_CAPABILITIES)
+        png_header = b"\x89PNG\r\n\x1a\n" + bytes(400)
+        mislabelled = new(stack, Op.PRINT_JOB, "office", document_format=(Tag.MIME_TYPE, "application/pdf"))
+        answer = reply(await ipp(stack, "office", mislabelled, data=png_header))
+        assert answer.code == Status.CLIENT_ERROR_DOCUMENT_FORMAT_ERROR == 0x0411
+
+        corrupt = new(stack, Op.PRINT_JOB, "lobby", document_format=(Tag.MIME_TYPE, "application/pdf"))
+        answer = reply(await ipp(stack, "lobby", corrupt, data=b"%PDF-1.5\n" + b"\x00not really a pdf" * 500))
+        assert answer.code == Status.CLIENT_ERROR_DOCUMENT_FORMAT_ERROR
+        jobs = (await stack.http.get("/api/v1/jobs", params={"all": "true"})).json()["jobs"]
+        assert len(jobs) == 2 and all(j["state"] == "aborted" for j in jobs), jobs
+        assert all("document-format-error" in j["state_reasons"] for j in jobs), jobs
+        # The service keeps serving: a good PDF prints on the raster printer.
+        good = reply(await ipp(stack, "lobby", new(stack, Op.PRINT_JOB, "lobby",
+                                                   document_format=(Tag.MIME_TYPE, "application/pdf")),
+                               data=conformance.minimal_pdf(pages=2)))
+        assert good.code == Status.OK
+        job_id = simple(good.group(Tag.JOB).get("job-id"))
+        assert (await stack.wait_job(job_id, timeout=60))["state"] == "completed"

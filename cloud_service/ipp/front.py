@@ -688,6 +688,15 @@ class IppFront:
 # ---------------------------------------------------------------------------- helpers
 
 
+#: Documents the service took but cannot read or print: the bytes are not what their format says
+#: (RFC 8011 client-error-document-format-error), or they cannot be printed on the device
+#: (PWG 5100.13 client-error-document-unprintable-error), rather than a format not supported.
+_DOCUMENT_ERRORS = {
+    "document-format-error": Status.CLIENT_ERROR_DOCUMENT_FORMAT_ERROR,
+    "document-unprintable-error": Status.CLIENT_ERROR_DOCUMENT_UNPRINTABLE_ERROR,
+}
+
+
 def _ipp_error(exc: Refusal) -> IppError:
     if exc.status == 404:
         status = Status.CLIENT_ERROR_NOT_FOUND
@@ -695,6 +704,8 @@ def _ipp_error(exc: Refusal) -> IppError:
         status = Status.CLIENT_ERROR_REQUEST_ENTITY_TOO_LARGE
     elif exc.status == 409:
         status = Status.CLIENT_ERROR_NOT_POSSIBLE
+    elif exc.status in (400, 422) and exc.code in _DOCUMENT_ERRORS:
+        status = _DOCUMENT_ERRORS[exc.code]
     elif exc.status in (400, 422):
         status = (Status.CLIENT_ERROR_DOCUMENT_FORMAT_NOT_SUPPORTED if exc.attribute == "document-format"
                   else Status.CLIENT_ERROR_ATTRIBUTES_OR_VALUES_NOT_SUPPORTED)

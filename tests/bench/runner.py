@@ -392,6 +392,7 @@ class StackRun:
         await self.guarded("idle", "idle latencies", self.fig_idle)
         await self.guarded("big", "large document end to end", self.fig_big)
         await self.guarded("ipp", "ipp driver", self.fig_ipp)
+        await self.guarded("transform", "PDF -> PWG raster", self.fig_transform)
 
     async def _profile(self) -> None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -678,6 +679,12 @@ class StackRun:
         from tests.bench.ipp import measure_ipp
 
         for r in await measure_ipp(self):
+            self.add(r)
+
+    async def fig_transform(self) -> None:
+        from tests.bench.transform import measure
+
+        for r in await measure(self.kind, self.size.transform_pages):
             self.add(r)
 
 
