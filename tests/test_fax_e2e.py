@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from schemas.enums import JobState
 from tests.support.devices import BUSY, SILENT, dests, modem, png_page, submit
 from tests.support.stack import running_stack
 
@@ -108,7 +109,10 @@ async def test_cancel_mid_fax(tmp_path: Path, database_url: str) -> None:
         await stack.wait_job(job["id"], lambda j: j["state"] == "processing")
         await asyncio.sleep(1.0)
         assert (await stack.http.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
-        final = await stack.wait_job(job["id"])
+        # The per-destination statuses are written just after the job's final state (their own
+        # transaction), so wait for both rather than read the statuses the instant the state ends.
+        final = await stack.wait_job(job["id"], lambda j: JobState(j["state"]).terminal and not any(
+            s["transmission-status"] in ("pending", "processing") for s in j["destination_statuses"] or ()))
         assert final["state"] == "canceled"
         assert [s["transmission-status"] for s in final["destination_statuses"]] == ["canceled", "canceled"]
         assert not list((tmp_path / "faxes").glob(f"job-{job['id']}-*.tiff"))
