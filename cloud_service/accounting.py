@@ -30,6 +30,7 @@ from cloud_service.db import CreditRow, DeviceRow, DocumentRow, JobRow, QuotaRow
 from cloud_service.errors import Refusal
 from cloud_service.store import JobStore, detached
 from schemas.enums import JobState
+from schemas.model.pages import impressions
 
 TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
@@ -233,12 +234,12 @@ class Admission:
         return resolved
 
     async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
-        """With the document in, estimate copies x pages and check again (excluding this job).
+        """With the document in, estimate its impressions and check again (excluding this job).
 
         Pages were counted while the document was stored (cloud_service.documents); a document
-        stored before pages were counted counts as one page.
+        stored before pages were counted counts as one page. The ticket's page-ranges, number-up
+        and copies apply per document (schemas.model.pages.impressions).
         """
-        copies = int((row.ticket or {}).get("copies") or 1)
 
         def work(conn: Connection) -> list[int | None] | None:
             has_rules = conn.execute(_HAS_QUOTAS, {"device_id": service.device_id, "service": service.name}).scalar()
@@ -249,7 +250,6 @@ class Admission:
         counted = await self.store.run(work)
         if counted is None:
             return
-        pages = sum(p or 1 for p in counted)
-        estimate = copies * max(pages, 1)
+        estimate = sum(impressions(p or 1, row.ticket) for p in counted) or impressions(1, row.ticket)
         await self.store.set_impressions_estimated(row.id, estimate)
         await check(self.store, user, service, estimate, row.price, exclude_job=row.id)

@@ -195,6 +195,21 @@ async def test_a_quota_that_36_pages_exceed_refuses_the_job(rig: Rig, pdf36: byt
     assert (await rig.store.get_job(job_id)).state == "aborted"
 
 
+async def test_page_ranges_and_number_up_lower_the_estimate_that_quotas_judge(rig: Rig, pdf36: bytes) -> None:
+    # 16 pages selected (1-10, 20-25), 2 to a side: 8 impressions per copy.
+    ticket = {"number-up": 2, "page-ranges": [[1, 10], [20, 25]]}
+    await accounting.set_quota(rig.store, "dev", "raster", "*", 24, None, "root")
+    # 4 copies are 32 impressions: more than the quota of 24.
+    job_id = await rig.submit(pdf36, ticket={**ticket, "copies": 4})
+    with pytest.raises(Refusal) as refused:
+        await rig.jobs.close(ADMIN, job_id)
+    assert refused.value.code == "quota-exceeded" and "32" in refused.value.message
+    # 3 copies are 24: exactly what the quota allows (36 pages x 3 would be 108).
+    job_id = await rig.submit(pdf36, ticket={**ticket, "copies": 3})
+    await rig.jobs.close(ADMIN, job_id)
+    assert (await rig.store.get_job(job_id)).impressions_estimated == 24
+
+
 async def test_a_corrupt_pdf_aborts_its_job_and_the_next_job_prints(rig: Rig, pdf36: bytes) -> None:
     job_id = await rig.submit(b"%PDF-1.5\n" + b"\x00not really a pdf" * 500)
     with pytest.raises(Refusal) as refused:

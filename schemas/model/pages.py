@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 CHUNK = 64 * 1024
 LINES_PER_PAGE = 60
@@ -310,3 +312,20 @@ def count_pages(path: Path, document_format: str) -> int:
             while chunk := f.read(CHUNK):
                 counter.feed(chunk)
     return counter.pages
+
+
+def impressions(pages: int, ticket: Mapping[str, Any] | None = None) -> int:
+    """``job-impressions`` of one document of ``pages`` pages under a print ticket (IPP names).
+
+    An impression is one sheet side with marks, per copy: the pages ``page-ranges`` selects,
+    ``number-up`` of them to a side, times ``copies``. ``sides`` does not change it (it changes
+    sheets, not sides). A document counts at least one impression per copy: a range past its
+    end still makes the device feed a sheet, and a quota must not be slipped that way.
+    """
+    ticket = ticket or {}
+    copies = max(1, int(ticket.get("copies") or 1))
+    number_up = max(1, int(ticket.get("number-up") or 1))
+    pages = max(1, pages)
+    ranges = ticket.get("page-ranges")
+    selected = pages if not ranges else sum(max(0, min(int(hi), pages) - int(lo) + 1) for lo, hi in ranges)
+    return copies * max(1, math.ceil(selected / number_up))
