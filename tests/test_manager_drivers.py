@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,6 +93,35 @@ async def test_file_driver_writes_bytes_ticket_and_counts(tmp_path: Path) -> Non
     ticket = json.loads((out / "job-7.ticket.json").read_text())
     assert ticket == {"copies": 2, "job-name": "t"}
     assert sorted(p.name for p in out.iterdir()) == ["job-7-doc-1.pdf", "job-7-doc-2.txt", "job-7.ticket.json"]
+
+
+async def test_file_driver_links_the_spool_and_copies_across_file_systems(tmp_path: Path) -> None:
+    driver = FileDriver("office", {"output_dir": str(tmp_path / "out")}, tmp_path)
+    await driver.open()
+    src = tmp_path / "in.pdf"
+    src.write_bytes(make_pdf(2))
+    j = job()
+    assert await driver.print_document(task(j, "application/pdf", 10), src, lambda n: None) == 2
+    out = tmp_path / "out" / "job-7-doc-1.pdf"
+    assert out.stat().st_ino == src.stat().st_ino  # no byte copied
+    # A new download replaces the spool by rename: the printed file keeps its bytes.
+    fresh = tmp_path / "in.pdf.part"
+    fresh.write_bytes(make_pdf(3))
+    os.replace(fresh, src)
+    assert out.read_bytes() == make_pdf(2)
+    # Spool and output on different file systems: a copy.
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system (/dev/shm) to copy across")
+    other = FileDriver("office", {"output_dir": str(tmp_path / "out2")}, tmp_path)
+    await other.open()
+    with tempfile.NamedTemporaryFile(dir=shm, suffix=".pdf") as spooled:
+        spooled.write(make_pdf(1))
+        spooled.flush()
+        await other.print_document(task(j, "application/pdf", 10), Path(spooled.name), lambda n: None)
+        copied = tmp_path / "out2" / "job-7-doc-1.pdf"
+        assert copied.read_bytes() == make_pdf(1) and copied.stat().st_dev != shm.stat().st_dev
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["job-7-doc-1.pdf"]
 
 
 async def test_file_driver_cancel_leaves_no_output(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ Useful for tests, for archiving, and as a hot folder for another system. Output 
 - ``{output_dir}/job-{id}-doc-{n}{ext}``: the document's bytes, unchanged;
 - ``{output_dir}/job-{id}.ticket.json``: the job ticket with IPP attribute names.
 
-Both are written to a temporary name and renamed, so a reader of the directory never sees a
-half-written file as printed. Impressions are copies x pages (schemas.model.pages).
+Both appear under a temporary name and are renamed, so a reader of the directory never sees a
+half-written file as printed; a document is hard-linked from the spool where it can be.
+Impressions are copies x pages (schemas.model.pages).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -78,18 +80,23 @@ class FileDriver(PrintDriver):
         return impressions
 
     def _write(self, job_id: int, source: Path, target: Path, document_format: str) -> int:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
+        """Count the spooled document's pages, then give it its output name: a hard link where
+        the spool and the output directory share a file system (no byte is copied: the spool is
+        never written in place, a fresh download replaces it by rename), else a copy."""
+        pages = count_pages(source, document_format)
+        with self._lock:
+            if job_id in self._canceled:
+                raise PrintCanceled(f"job {job_id} canceled")
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         try:
-            shutil.copyfile(source, tmp)
-            pages = count_pages(Path(tmp), document_format)
-            with self._lock:
-                if job_id in self._canceled:
-                    raise PrintCanceled(f"job {job_id} canceled")
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
             os.replace(tmp, target)
             return pages
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
     def cancel(self, job_id: int) -> None:
         with self._lock:
