@@ -14,12 +14,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from schemas.text import Name
+from schemas.text import check_text
 
 #: At most this many supplies per service (a six-colour printer with its waste bins fits).
 MAX_SUPPLIES = 16
+#: Longest supply name, in characters.
+NAME_LENGTH = 127
 
 #: marker-types keywords (IANA IPP registry, from RFC 3805 PrtMarkerSuppliesTypeTC).
 MARKER_TYPES = (
@@ -58,8 +60,9 @@ class Supply(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: marker-names and printer-supply-description, e.g. "Black Toner".
-    name: Annotated[Name, Field(min_length=1)]
+    #: marker-names and printer-supply-description, e.g. "Black Toner" (127 characters at most,
+    #: like the front's other printer texts: 16 of them per service stay far below the message limit).
+    name: Annotated[str, Field(min_length=1, max_length=NAME_LENGTH), AfterValidator(check_text)]
     #: marker-types.
     type: MarkerType = "other"
     #: marker-colors: "#RRGGBB" (or several for a multi-colour cartridge, or "none").

@@ -24,6 +24,7 @@ from schemas.ipp.codec import Attribute, Group
 from schemas.supplies import (
     LEVEL_UNKNOWN,
     MAX_SUPPLIES,
+    NAME_LENGTH,
     Supply,
     marker_type_of,
     parse_printer_supply,
@@ -95,6 +96,8 @@ def _from_markers(group: Group, names: Sequence[str], entries: list[dict[str, st
 
 
 def _add(out: list[Supply], **fields: object) -> None:
+    if isinstance(fields.get("name"), str):
+        fields["name"] = str(fields["name"])[:NAME_LENGTH]
     try:
         out.append(Supply.model_validate(fields))
     except ValidationError:
