@@ -313,3 +313,33 @@ async def test_the_service_stores_what_each_attributes_message_says(tmp_path: Pa
             assert (await stack.wait_service("raw-sup"))["supplies"][0]["level"] == 75
         finally:
             await asyncio.to_thread(device.close)
+
+
+@pytest.mark.slow
+async def test_ipptool_ipp_everywhere_passes_with_supplies(tmp_path: Path) -> None:
+    """CUPS's ipp-everywhere.test against a printer whose device reports supplies (the suite's
+    run without them is tests/test_ipp_everywhere.py)."""
+    from cloud_service.ipp import conformance
+    from tests.support.ipptools import everywhere_samples, ipptool_results, missing, placeholders_for_skipped
+    from tests.test_ipp_everywhere import EVERYWHERE_CAPABILITIES
+
+    ipptool = need_tool("ipptool", "cups-ipp-utils")
+    gs = need_tool("gs", "ghostscript")
+    if not (conformance.IPPTOOL_DIR / "ipp-everywhere.test").exists():
+        missing(f"{conformance.IPPTOOL_DIR / 'ipp-everywhere.test'} is needed (apt-get install cups-ipp-utils)")
+    work = conformance.prepare(tmp_path / "ipptool")
+    async with running_stack(tmp_path) as stack:
+        await stack.add_manager("inky", driver="simulated", options={"pages_per_second": 1000},
+                                capabilities=EVERYWHERE_CAPABILITIES)
+        front = await front_attributes(stack, "inky")
+        assert values(front, "marker-names") == [s.name for s in SIMULATED_SUPPLIES]
+        dpis = [r[0] for r in front.get("pwg-raster-document-resolution-supported").values]
+        everywhere_samples(work, dpis, values(front, "pwg-raster-document-type-supported"), gs)
+        placeholders_for_skipped(work, "ipp-everywhere.test")
+        code, output = await run([ipptool, "-T", "30", "-V", "2.0", "-t", "-f", "document-letter.pdf",
+                                  ipp_url(stack, "inky", "admin", stack.token), "ipp-everywhere.test"],
+                                 cups_client_env(tmp_path), timeout=900, cwd=work)
+        results = ipptool_results(output)
+        shown = output.replace(stack.token, "TOKEN")
+        assert results["FAIL"] == [] and code == 0, f"ipp-everywhere.test failed: {results['FAIL']}\n{shown}"
+        assert "PWG 5100.14 section 5.1/5.2 - Required Operations and Attributes" in results["PASS"], shown
