@@ -141,11 +141,28 @@ def service_long(service: ServiceInfo, now: float | None = None) -> str:
         ("IPP URI", service.ipp_uri),
     ]
     out += [f"\t{label}: {clean(value)}" for label, value in fields if value]
+    if service.supplies:
+        out.append("\tSupplies:")
+        out += [f"\t\t{line}" for line in supply_lines(service)]
     caps = capability_lines(service.capabilities)
     if caps:
         out.append("\tCapabilities:")
         out += [f"\t\t{line}" for line in caps]
     return "\n".join(out)
+
+
+#: RFC 3805's special levels in words.
+_LEVELS = {-1: "level unavailable", -2: "level unknown", -3: "some remaining"}
+
+
+def supply_lines(service: ServiceInfo) -> list[str]:
+    """One line per supply the device reported: ``Black Toner (toner): 72% (low at 10%)``."""
+    lines = []
+    for s in service.supplies:
+        level = _LEVELS.get(s.level, f"{s.level}%")
+        low = f" (low at {s.low_level}%)" if s.low_level is not None and s.level >= 0 else ""
+        lines.append(f"{clean(s.name)} ({s.type}): {level}{low}")
+    return lines
 
 
 def job_size(job: JobInfo) -> int | None:

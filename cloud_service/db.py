@@ -87,6 +87,8 @@ class ServiceRow(Base):
     location: Mapped[str | None] = mapped_column(Text)
     make_and_model: Mapped[str | None] = mapped_column(Text)
     capabilities: Mapped[dict] = mapped_column(JSON)
+    #: The device's supplies (schemas.supplies.Supply as JSON); NULL until it reports any.
+    supplies: Mapped[list[dict] | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
 
 

@@ -193,6 +193,7 @@ class DeviceProtocol:
             "state_message": svc.state_message, "info": svc.info, "location": svc.location,
             "make_and_model": svc.make_and_model,
             "capabilities": svc.capabilities.model_dump(mode="json", by_alias=True),
+            "supplies": [supply.model_dump(mode="json") for supply in svc.supplies],
         }) for svc in msg.services], self.max_services)
         if refused is not None:
             log.warning("refused the services of %s: %s", device_id, refused.message)

@@ -65,6 +65,7 @@ class ServiceRuntime:
             state_reasons=list(reasons),
             state_message=message,
             capabilities=self.capabilities,  # type: ignore[arg-type]
+            supplies=list(getattr(self.driver, "supplies", ())),
         )
 
     async def take_slot(self, record: JobRecord, still_held: Callable[[JobRecord], bool]) -> bool:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from schemas.enums import DocumentState, JobState, ServiceKind, ServiceState
+from schemas.supplies import Supply
 from schemas.text import MimeType, Name, Text
 
 API_PREFIX = "/api/v1"
@@ -37,6 +38,8 @@ class ServiceInfo(ApiModel):
     queued_jobs: int = 0
     capabilities: dict[str, Any]
     ipp_uri: str | None = None
+    #: The supplies (toner, ink, waste bins) and levels the device last reported; empty if none.
+    supplies: list[Supply] = []
 
 
 class RetentionChoice(ApiModel):

@@ -21,6 +21,7 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from schemas.enums import DocumentState, JobState, ServiceKind, ServiceState
+from schemas.supplies import Supplies
 from schemas.text import Keyword, MimeType, Name, Text
 from schemas.tickets import (
     DestinationStatus,
@@ -111,6 +112,9 @@ class PrintServiceAttributes(BaseModel):
     state_reasons: Reasons = []
     state_message: Text | None = None
     capabilities: PrintCapabilities = PrintCapabilities()
+    #: The device's supplies (printer markers: toner, ink, waste bins) with their levels; empty
+    #: when it reports none (and from Managers older than the field).
+    supplies: Supplies = []
 
 
 class ScanServiceAttributes(PrintServiceAttributes):

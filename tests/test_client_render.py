@@ -61,6 +61,12 @@ def test_long_form_pairs_supported_with_default() -> None:
     assert "\t\tcopies: 1-99 (default 1)" in text
     assert "\t\tsides: one-sided, two-sided-long-edge (default one-sided)" in text
     assert "\t\tpage-ranges: true" in text
+    assert "Supplies" not in text
+    with_supplies = service_dict(supplies=[{"name": "Black Toner", "type": "toner", "level": 72, "low_level": 10},
+                                           {"name": "Waste Box", "type": "waste-toner", "level": -3}])
+    text = service_long(ServiceInfo.model_validate(with_supplies), now=NOW)
+    assert ("\tSupplies:\n\t\tBlack Toner (toner): 72% (low at 10%)\n"
+            "\t\tWaste Box (waste-toner): some remaining\n") in text
 
 
 def test_capability_lines_keep_unpaired_attributes() -> None:

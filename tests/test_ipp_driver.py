@@ -94,6 +94,9 @@ case "$mode" in
   fail)
     echo "ERROR: the fuser overheated" >&2
     exit 1 ;;
+  supplies)
+    # The marker levels (and any STATE: lines) the printer reports after this job.
+    cat "$CTRL/supplies" >&2 ;;
 esac
 echo "ATTR: job-impressions-completed=2" >&2
 exit 0

@@ -38,6 +38,7 @@ async def service_info(deps: Deps, kind: str | None, name: str | None = None,
                                make_and_model=svc.make_and_model, online=dev.online,
                                last_seen=dev.last_seen, queued_jobs=queued,
                                capabilities=_capabilities(svc.kind, svc.capabilities),
+                               supplies=svc.supplies or [],
                                ipp_uri=f"{ipp_base()}/ipp/print/{svc.name}"  # the IPP front serves print only
                                if ipp_base and svc.kind == ServiceKind.PRINT.value else None))
     return out

@@ -357,19 +357,21 @@ class IppFront:
         caps = PrintCapabilities.model_validate(advertised_capabilities(service.capabilities))
         base = self.https_base()
         changed = int(service.updated_at or 0)
+        supplies = everywhere.reported_supplies(service.supplies)
         info = ia.PrinterInfo(
             name=service.name, uri=uri, more_info=f"{self.https_base()}/api/v1/services/print/{service.name}",
             uuid=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, uri)}", state_enum=status.state.ipp,
-            state_reasons=list(status.reasons), state_message=status.message, info=service.info,
+            state_reasons=everywhere.printer_state_reasons(status.reasons), state_message=status.message,
+            info=service.info,
             location=service.location, make_and_model=service.make_and_model, queued_jobs=queued,
             accepting=status.accepting_jobs,
             max_kbytes=math.ceil(self.jobs.documents.max_bytes / 1024),
             formats=everywhere.document_format_supported(caps), raster_types=everywhere.raster_types(caps),
             raster_resolutions=list(everywhere.RASTER_RESOLUTIONS),
             icons=[f"{base}/ipp/icons/{size}.png" for size in everywhere.ICON_SIZES],
-            supplies=everywhere.unknown_supplies(),
+            supplies=everywhere.printer_supplies(supplies),
             supply_info_uri=f"{base}/api/v1/services/print/{service.name}",
-            config_change_time=changed, state_change_time=changed)
+            config_change_time=changed, state_change_time=changed, extra=everywhere.marker_attributes(supplies))
         return caps, info
 
     async def _get_printer_attributes(self, req: _Request, service: ServiceRow) -> Message:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from schemas.enums import JobState
+from schemas.supplies import Supply
 from schemas.tickets import PrintJobTicket
 
 
@@ -164,7 +165,13 @@ class DeviceDriver(ABC):
 
 
 class PrintDriver(DeviceDriver):
-    """Base of print drivers: ``print_document`` is the work."""
+    """Base of print drivers: ``print_document`` is the work.
+
+    ``supplies`` are the device's markers (toner, ink, waste bins) with their levels, published
+    with the service's attributes; a driver that changes them announces it like a status change.
+    """
+
+    supplies: tuple[Supply, ...] = ()
 
     def check_job(self, job: PrintJob) -> None:
         """Raise JobRefused to reject a job the capabilities did not rule out."""

@@ -15,7 +15,9 @@ codec as the cloud's IPP front (cloud_service.ipp):
   reporting job-impressions-completed as progress;
 - **cancel**: Cancel-Job on the printer's job; a job canceled or aborted at the printer ends
   canceled (job-canceled-at-device) or aborted with the printer's reasons;
-- **identify**: Identify-Printer when the printer supports it.
+- **identify**: Identify-Printer when the printer supports it;
+- **supplies**: marker-* or printer-supply, asked for with every status poll and published
+  when they change (manager/drivers/ippsupplies.py).
 
 Options: ``uri`` (ipp:// or ipps://), ``username``/``password`` (HTTP Basic, if the printer
 asks), ``ca_file`` or ``verify_tls: false`` for ipps:// printers with their own certificates.
@@ -35,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import Field, field_validator
 
+from manager.drivers import ippsupplies
 from manager.drivers.base import (
     DeviceStatus,
     DocumentTask,
@@ -48,6 +51,7 @@ from schemas.enums import JobState, Reason
 from schemas.ipp import attributes as ia
 from schemas.ipp.codec import Group, IppParseError, Message, Op, Resolution, Status, Tag, decode, request, simple
 from schemas.model.pages import count_pages
+from schemas.supplies import Supply
 from schemas.tickets import PrintCapabilities
 
 log = logging.getLogger("cloudimaging.manager.ipp")
@@ -139,6 +143,9 @@ class IppDriver(PrintDriver):
         self._cancel: dict[int, asyncio.Event] = {}
         self._remote: dict[int, int] = {}
         self._last_discovery = float("-inf")
+        #: The printer's supplies (marker-* / printer-supply), read with every status poll.
+        self.supplies: tuple[Supply, ...] = ()
+        self._raw_supplies: object = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -206,7 +213,8 @@ class IppDriver(PrintDriver):
         """Get-Printer-Attributes: the status always, the capabilities on ``full``."""
         msg = self._new(Op.GET_PRINTER_ATTRIBUTES)
         if not full:
-            msg.operation().add("requested-attributes", Tag.KEYWORD, STATUS_ATTRIBUTES)
+            msg.operation().add("requested-attributes", Tag.KEYWORD,
+                                STATUS_ATTRIBUTES + ippsupplies.SUPPLY_ATTRIBUTES)
         reply = await self._send(msg)
         if reply.code >= 0x100:
             raise _Unreachable(f"Get-Printer-Attributes: status 0x{reply.code:04x}")
@@ -219,10 +227,22 @@ class IppDriver(PrintDriver):
             caps = with_raster_details(ia.capabilities_from_printer(group), group)
             changed_caps = caps != self.discovered
             self.discovered = caps
+        changed_supplies = self._read_supplies(group)
         status = printer_status(group)
-        if changed_caps and status == self.status:
+        if (changed_caps or changed_supplies) and status == self.status:
             self._announce()
         self.set_status(status)
+
+    def _read_supplies(self, group: Group) -> bool:
+        """Take the printer's supplies from an answer (parsed only when it changed); True if
+        they changed, so the Manager publishes them."""
+        raw = ippsupplies.raw_supplies(group)
+        if raw == self._raw_supplies:
+            return False
+        self._raw_supplies = raw
+        supplies = ippsupplies.supplies_from_printer(group)
+        changed, self.supplies = supplies != self.supplies, supplies
+        return changed
 
     def _learn(self, group: Group) -> None:
         ops = group.get("operations-supported")
@@ -233,7 +253,7 @@ class IppDriver(PrintDriver):
         self.identify_actions = [v for v in actions.values if isinstance(v, str)] if actions else []
 
     def _announce(self) -> None:
-        """Tell the Manager something it publishes changed (the capabilities), status or not."""
+        """Tell the Manager something it publishes changed (capabilities, supplies), status or not."""
         for listener in list(self._listeners):
             listener(self.status)
 

@@ -9,7 +9,8 @@ the printer has made since it started (so "page 3" is the third sheet side ever 
     {"at_page": 5, "event": "media-empty", "seconds": 1} stopped with media-empty, then resumes
     {"at_page": 7, "event": "fail"}                      the job printing page 7 is aborted
 
-``reject: true`` refuses every job at fetch. Every job whose last document has left the
+``supplies`` are the markers it reports (a colour laser's four toners and its waste box by
+default, at fixed levels). ``reject: true`` refuses every job at fetch. Every job whose last document has left the
 printer appends one line with its job id to ``{output_dir}/printed.log``, so a test can check
 a job was printed exactly once. The line is written when the paper is out, not when the
 Manager later ends the job: a Manager killed in between still leaves a true count.
@@ -40,6 +41,7 @@ from manager.drivers.base import (
 )
 from schemas.enums import JobState, Reason
 from schemas.model.pages import count_pages
+from schemas.supplies import Supplies, Supply
 from schemas.text import Keyword
 
 log = logging.getLogger("cloudimaging.manager.simulated")
@@ -72,6 +74,17 @@ RASTER_PRINTER_CAPABILITIES: dict[str, Any] = {
 }
 
 
+#: The supplies the simulated printer reports (a colour laser printer part way through its toner).
+SIMULATED_SUPPLIES: tuple[Supply, ...] = (
+    Supply(name="Black Toner", type="toner", color="#000000", colorant="black", level=72, low_level=10),
+    Supply(name="Cyan Toner", type="toner", color="#00FFFF", colorant="cyan", level=58, low_level=10),
+    Supply(name="Magenta Toner", type="toner", color="#FF00FF", colorant="magenta", level=41,
+           low_level=10),
+    Supply(name="Yellow Toner", type="toner", color="#FFFF00", colorant="yellow", level=66, low_level=10),
+    Supply(name="Waste Toner Box", type="waste-toner", level=18, high_level=90),
+)
+
+
 class ScriptEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +102,8 @@ class SimulatedOptions(DriverOptions):
     script: list[ScriptEvent] = []
     reject: bool = False
     reject_reason: Keyword = "aborted-by-system"
+    #: The supplies (markers) reported with the service's attributes.
+    supplies: Supplies = list(SIMULATED_SUPPLIES)
 
 
 class SimulatedDriver(PrintDriver):
@@ -105,6 +120,7 @@ class SimulatedDriver(PrintDriver):
         self.identified: list[tuple[tuple[str, ...], str | None]] = []
         self._pending_events = sorted(self.options.script, key=lambda e: e.at_page)
         self._cancel: dict[int, asyncio.Event] = {}
+        self.supplies = tuple(self.options.supplies)
 
     async def open(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
