@@ -59,6 +59,31 @@ export async function printersView(view, { arg }) {
   every(body, 3000, draw);
 }
 
+/** A supply level in words: RFC 3805's -1/-2/-3 are "unavailable", "unknown", "some left". */
+function levelWords(level) {
+  if (level >= 0) return `${level}%`;
+  return { [-1]: "unavailable", [-2]: "level unknown", [-3]: "some left" }[level] || "level unknown";
+}
+
+/** The printer's supplies as the device reported them (marker-*): a meter each, nothing invented. */
+function suppliesList(svc) {
+  const supplies = svc.supplies || [];
+  if (!supplies.length) return "";
+  return h("ul", { class: "supplies", "aria-label": `Supplies of ${svc.name}` },
+    supplies.map((s) => {
+      const waste = s.type.startsWith("waste-");
+      const low = s.low_level ?? (waste ? null : 10);
+      const high = s.high_level ?? (waste ? 90 : null);
+      return h("li", { "data-supply": s.name },
+        h("span", { class: "supply-name" }, s.name), " ",
+        s.level >= 0
+          ? h("meter", { min: 0, max: 100, value: s.level, low: waste ? null : low, high: waste ? high : null,
+                          optimum: waste ? 0 : 100, "aria-label": `${s.name} ${s.level}%` }, `${s.level}%`)
+          : "",
+        " ", h("span", { class: "supply-level" }, levelWords(s.level)));
+    }));
+}
+
 function serviceCard(svc, defaultPrinter, redraw) {
   const st = serviceState(svc);
   const reasons = reasonWords(svc.state_reasons.filter((r) => r !== "revoked" && r !== "offline-report"));
@@ -81,6 +106,7 @@ function serviceCard(svc, defaultPrinter, redraw) {
     svc.state_message ? h("p", { class: "reasons" }, svc.state_message) : "",
     h("p", { class: "reasons" }, [svc.make_and_model, svc.location].filter(Boolean).join(" · ")),
     h("p", { class: "reasons" }, capsSummary(svc)),
+    suppliesList(svc),
     h("p", {}, `${svc.queued_jobs} job(s) queued`),
     h("p", { class: "inline" }, actions));
 }

@@ -85,6 +85,14 @@ def test_sign_in_print_by_drop_completes_live_and_bytes_reach_printer(console: L
     sign_in(page, console.url, user, PASSWORD)
     page.get_by_role("heading", name="Printers, scanners and fax services").wait_for()
     page.locator("article[data-service=desk] .service-state[data-state=idle]").wait_for()
+    # The supplies a simulated printer reports, one meter each, levels as reported; the file
+    # driver's printer reports none and shows none.
+    black = page.locator("article[data-service=office] .supplies li[data-supply='Black Toner']")
+    assert black.locator("meter").get_attribute("value") == "72" and "72%" in black.inner_text()
+    waste = page.locator("article[data-service=office] .supplies li[data-supply='Waste Toner Box']")
+    assert waste.locator("meter").get_attribute("high") == "90"
+    assert page.locator("article[data-service=office] .supplies li").count() == 5
+    assert page.locator("article[data-service=desk] .supplies").count() == 0
     shot(page, tmp_path, "printers")
     assert main_page_shot(page, tmp_path).stat().st_size < 100_000
 
