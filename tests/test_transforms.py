@@ -171,6 +171,40 @@ def test_corrupt_pdf_is_a_format_error(tmp_path: Path) -> None:
     assert outcome.reason == "document-format-error" and outcome.message
 
 
+@pytest.mark.parametrize("color", [False, True])
+def test_pdf_pages_drawn_into_the_sheet_match_pdfium_bitmaps(pdf36: Path, color: bool) -> None:
+    """A PDF page drawn straight into the sheet has the pixels pypdfium2's own bitmap has (turned
+    pages: PDFium turns them, Pillow turns the bitmap; anti-aliasing may differ by a few pixels),
+    and PDFium writes inside its region only."""
+    from cloud_service.transform.compose import _TRANSPOSE
+    from cloud_service.transform.pdf import PdfSource
+
+    drawn_pages, rendered_pages = PdfSource(pdf36, color), PdfSource(pdf36, color)
+    try:
+        for turn, drawn, rendered in zip((0, 90, 180, 270), drawn_pages.pages(), rendered_pages.pages(), strict=False):
+            box = (300, 420) if turn in (0, 180) else (420, 300)
+            w, h = drawn.fitted(*box)
+            if turn in (90, 270):
+                w, h = h, w
+            sheet = np.full((h + 20, w + 20, 3) if color else (h + 20, w + 20), 7, np.uint8)
+            assert drawn.draw is not None
+            drawn.draw(sheet[10:10 + h, 10:10 + w], turn)
+            image = rendered.render(*box)
+            if turn:
+                image = image.transpose(_TRANSPOSE[turn])
+            expected = np.asarray(image)
+            assert expected.shape == sheet[10:10 + h, 10:10 + w].shape
+            differs = np.abs(sheet[10:10 + h, 10:10 + w].astype(int) - expected) > (0 if turn == 0 else 64)
+            assert np.count_nonzero(differs) <= (0 if turn == 0 else expected.size // 1000), turn
+            assert np.count_nonzero(expected < 128) > 1000  # the page's bar and number are there
+            border = sheet.copy()
+            border[10:10 + h, 10:10 + w] = 7
+            assert np.all(border == 7), turn
+    finally:
+        drawn_pages.close()
+        rendered_pages.close()
+
+
 # ---------------------------------------------------------------------------- duplex back sides
 
 
