@@ -53,18 +53,12 @@ def distinct_lines(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.any(words[1:] != words[:-1], axis=1, out=new[1:])
     first = new.nonzero()[0]
     count = np.diff(first, append=height)
-    if int(count.max()) > MAX_REPEAT:
-        first, count, _ = _pieces(first, count, MAX_REPEAT)
+    if int(count.max()) > MAX_REPEAT:  # cut longer groups: 256 uses, 256, ..., the rest
+        groups = (count + (MAX_REPEAT - 1)) // MAX_REPEAT
+        owner = np.repeat(np.arange(first.size), groups)
+        part = np.arange(owner.size) - np.repeat(np.cumsum(groups) - groups, groups)
+        first, count = first[owner] + MAX_REPEAT * part, np.minimum(MAX_REPEAT, count[owner] - MAX_REPEAT * part)
     return first, (count - 1).astype(np.uint8)
-
-
-def _pieces(start: np.ndarray, length: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spans cut into pieces of at most ``limit`` (full pieces first): starts, lengths, and the
-    index of the span each piece came from."""
-    count = (length + (limit - 1)) // limit
-    owner = np.repeat(np.arange(start.size), count)
-    part = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
-    return start[owner] + limit * part, np.minimum(limit, length[owner] - limit * part), owner
 
 
 class _Scratch:
@@ -89,6 +83,7 @@ class _Scratch:
 
 
 def _encode_band(rows: np.ndarray, chosen: np.ndarray, repeats: np.ndarray, scratch: _Scratch) -> np.ndarray:
+    """The coded bytes of the lines ``chosen`` of ``rows``, each after its repeat byte."""
     width, depth = scratch.width, scratch.depth
     lines = scratch.lines[:chosen.size]
     np.take(rows, chosen, axis=0, out=lines, mode="clip")
@@ -119,12 +114,12 @@ def _encode_band(rows: np.ndarray, chosen: np.ndarray, repeats: np.ndarray, scra
     literal = single_after[start]
     opens = np.searchsorted(start, np.arange(0, n, width))  # the segment each line starts with
     less = length - 1
-    pieces = (less >> 7) + 1 if int(less.max()) >= MAX_PACKET else None
+    pieces = less // MAX_PACKET + 1 if int(less.max()) >= MAX_PACKET else None  # packets per segment
     # Output bytes per segment: code bytes, pixel bytes, and a line's repeat byte.
-    pixels = np.where(literal, length, 1 if pieces is None else pieces)
+    data = np.where(literal, length, 1 if pieces is None else pieces)
     if depth > 1:
-        pixels *= depth
-    size = pixels + (1 if pieces is None else pieces)
+        data *= depth
+    size = data + (1 if pieces is None else pieces)
     size[opens] += 1
     end = np.cumsum(size)
     head = end - size  # where each segment's first code byte goes
@@ -136,8 +131,8 @@ def _encode_band(rows: np.ndarray, chosen: np.ndarray, repeats: np.ndarray, scra
     step.fill(1)
     skip = np.where(literal, 0, less * depth if depth > 1 else less)
     step[head[1:]] = skip[:-1]
-    step[head[0]] = -1
-    step[head[opens] - 1] = 0
+    step[head[0]] = -1  # so the band's first pixel is raw index 0
+    step[head[opens] - 1] = 0  # repeat bytes (their index, like a code byte's, is overwritten)
     last_head = head
     if pieces is not None:
         # Segments over 128 pixels: the code bytes of their full pieces come first, each
@@ -154,7 +149,7 @@ def _encode_band(rows: np.ndarray, chosen: np.ndarray, repeats: np.ndarray, scra
         last_head[cut] += full * np.where(literal[cut], MAX_PACKET * depth + 1, depth + 1)
         less &= MAX_PACKET - 1
     np.cumsum(step, out=index)
-    out = np.take(raw, index, mode="clip")
+    out = np.take(raw, index, mode="clip")  # "clip": the -1 before the first pixel is overwritten
     code = less.astype(np.uint8)
     out[last_head] = np.where(literal, -code, code)
     if pieces is not None:
