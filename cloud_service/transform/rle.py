@@ -110,11 +110,13 @@ def _encode_band(rows: np.ndarray, chosen: np.ndarray, repeats: np.ndarray, scra
     np.greater(run, segment, out=segment)
     segment[::width] = True
     start = segment.nonzero()[0]
-    length = np.diff(start, append=n)
+    length = np.empty_like(start)
+    np.subtract(start[1:], start[:-1], out=length[:-1])
+    length[-1] = n - start[-1]
     literal = single_after[start]
     opens = np.searchsorted(start, np.arange(0, n, width))  # the segment each line starts with
     less = length - 1
-    pieces = less // MAX_PACKET + 1 if int(less.max()) >= MAX_PACKET else None  # packets per segment
+    pieces = (less >> 7) + 1 if int(less.max()) >= MAX_PACKET else None  # packets per segment (128 = 2**7)
     # Output bytes per segment: code bytes, pixel bytes, and a line's repeat byte.
     data = np.where(literal, length, 1 if pieces is None else pieces)
     if depth > 1:
@@ -132,8 +134,8 @@ def _encode_band(rows: np.ndarray, chosen: np.ndarray, repeats: np.ndarray, scra
     skip = np.where(literal, 0, less * depth if depth > 1 else less)
     step[head[1:]] = skip[:-1]
     step[head[0]] = -1  # so the band's first pixel is raw index 0
-    step[head[opens] - 1] = 0  # repeat bytes (their index, like a code byte's, is overwritten)
-    last_head = head
+    repeat_at = head[opens] - 1
+    step[repeat_at] = 0  # repeat bytes (their index, like a code byte's, is overwritten)
     if pieces is not None:
         # Segments over 128 pixels: the code bytes of their full pieces come first, each
         # followed by 128 literal pixels, or by the run's pixel again.
@@ -145,16 +147,16 @@ def _encode_band(rows: np.ndarray, chosen: np.ndarray, repeats: np.ndarray, scra
         gap = np.where(owner_literal, MAX_PACKET * depth + 1, depth + 1)
         full_at = head[owner] + part * gap
         step[full_at + gap] = np.where(owner_literal, 0, -depth)
-        last_head = head.copy()
-        last_head[cut] += full * np.where(literal[cut], MAX_PACKET * depth + 1, depth + 1)
+        head[cut] += full * np.where(literal[cut], MAX_PACKET * depth + 1, depth + 1)  # now the last piece's
         less &= MAX_PACKET - 1
     np.cumsum(step, out=index)
     out = np.take(raw, index, mode="clip")  # "clip": the -1 before the first pixel is overwritten
-    code = less.astype(np.uint8)
-    out[last_head] = np.where(literal, -code, code)
+    # A run of n pixels is n - 1, a literal of n is 257 - n: -(n - 1) in a byte, as (c ^ 255) + 1.
+    flag = literal.view(np.uint8)
+    out[head] = (less.astype(np.uint8) ^ -flag) + flag
     if pieces is not None:
         out[full_at] = np.where(owner_literal, 257 - MAX_PACKET, MAX_PACKET - 1)
-    out[head[opens] - 1] = repeats
+    out[repeat_at] = repeats
     return out
 
 
