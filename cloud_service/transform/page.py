@@ -3,11 +3,13 @@ capabilities and the job's ticket), a source page, and a finished sheet side (``
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 #: Self-describing PWG 5101.1 media names end with their size: ``iso_a4_210x297mm``.
@@ -109,13 +111,24 @@ class SourcePage:
     width: float
     height: float
     render: Callable[[int, int], Image.Image]
+    #: Draws the page straight into the sheet's pixels (PDF pages): ``draw(region, turn)`` fills
+    #: ``region``, a view of the sheet of the size ``fitted`` gave (turned), with the page turned
+    #: ``turn`` degrees counter-clockwise. No image is made and copied in between.
+    draw: Callable[[np.ndarray, int], None] | None = None
+
+    def fitted(self, box_width: int, box_height: int) -> tuple[int, int]:
+        """The size in pixels the page takes in a box, keeping its aspect (what ``draw`` fills)."""
+        scale = min(box_width / self.width, box_height / self.height)
+        return (max(1, min(box_width, math.ceil(self.width * scale))),
+                max(1, min(box_height, math.ceil(self.height * scale))))
 
 
 @dataclass
 class Sheet:
-    """One finished side of a sheet, as an encoder writes it."""
+    """One finished side of a sheet, as an encoder writes it: ``pixels`` is (height, width)
+    8-bit gray or (height, width, 3) sRGB, row after row."""
 
-    image: Image.Image
+    pixels: np.ndarray
     dpi: int
     media_name: str
     duplex: bool = False
@@ -123,3 +136,17 @@ class Sheet:
     quality: int = 4
     media_type: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    @property
+    def color(self) -> bool:
+        return self.pixels.ndim == 3
+
+    @property
+    def image(self) -> Image.Image:
+        """The pixels as a Pillow image ("L" or "RGB"), for the PDF and JPEG writers."""
+        return Image.fromarray(self.pixels)

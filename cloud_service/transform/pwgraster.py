@@ -12,8 +12,6 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-import numpy as np
-
 from cloud_service.transform.page import Sheet
 from cloud_service.transform.rle import encode_page
 
@@ -28,8 +26,8 @@ def _text(value: str, size: int = 64) -> bytes:
 
 def page_header(sheet: Sheet, total_pages: int) -> bytes:
     """The 1796-byte header of one page."""
-    width, height = sheet.image.size
-    color = sheet.image.mode == "RGB"
+    width, height = sheet.size
+    color = sheet.color
     head = bytearray(HEADER_SIZE)
     head[0:64] = _text("PwgRaster")
     head[64:128] = _text("")  # MediaColor
@@ -67,7 +65,7 @@ class PwgRasterWriter:
 
     def write(self, sheet: Sheet) -> None:
         self.out.write(page_header(sheet, self.total_pages))
-        self.out.write(encode_page(np.asarray(sheet.image)))
+        self.out.write(encode_page(sheet.pixels))
         self.pages += 1
 
     def close(self) -> None:

@@ -88,7 +88,6 @@ def _transform(source: Path, source_format: str, target: Path, target_format: st
 
             for sheet in sheets(counted(), layout):
                 writer.write(sheet)
-                sheet.image.close()
             writer.close()
         if writer.pages == 0:
             raise TransformError(UNPRINTABLE, "the document has no page to print")

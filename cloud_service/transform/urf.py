@@ -12,8 +12,6 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-import numpy as np
-
 from cloud_service.transform.page import Sheet
 from cloud_service.transform.rle import encode_page
 
@@ -21,8 +19,8 @@ MAGIC = b"UNIRAST\0"
 
 
 def page_header(sheet: Sheet) -> bytes:
-    width, height = sheet.image.size
-    color = sheet.image.mode == "RGB"
+    width, height = sheet.size
+    color = sheet.color
     duplex = 1 if not sheet.duplex else (2 if sheet.tumble else 3)
     return struct.pack(">BBBBII III II", 24 if color else 8, 1 if color else 0, duplex, sheet.quality,
                        0, 0, width, height, sheet.dpi, 0, 0)
@@ -39,7 +37,7 @@ class UrfWriter:
 
     def write(self, sheet: Sheet) -> None:
         self.out.write(page_header(sheet))
-        self.out.write(encode_page(np.asarray(sheet.image)))
+        self.out.write(encode_page(sheet.pixels))
         self.pages += 1
 
     def close(self) -> None:

@@ -117,13 +117,14 @@ async def measure(stack: str, pages: int, dpi: int = DPI) -> list[Row]:
 
 
 def main() -> None:
-    """``python -m tests.bench.transform [pages]``: this figure alone, printed."""
+    """``python -m tests.bench.transform [pages [dpi]]``: this figure alone, printed."""
     import sys
 
     from tests.bench.report import table
 
     pages = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    print(table(rows_for("-", measure_transform(pages))))
+    dpi = int(sys.argv[2]) if len(sys.argv) > 2 else DPI
+    print(table(rows_for("-", measure_transform(pages, dpi), dpi)))
 
 
 if __name__ == "__main__":
