@@ -1,22 +1,18 @@
 """The Manager's ``ipp`` driver against a real IPP Everywhere printer: CUPS's ippeveprinter.
 
 ippeveprinter (cups-ipp-utils) needs a running avahi-daemon and D-Bus even with ``-r off``;
-when avahi is not running we start a private D-Bus (its own socket, not the system bus) and
-an avahi-daemon on it, and stop both at the end. The printer runs a small shell script per
-document that plays the device: it can jam (``STATE: +media-jam``), run low on toner, fail or
-take its time, as a file in a control directory says. Everything on 127.0.0.1, ephemeral
-ports, bounded waits; missing tools skip (fail under CI=true).
+tests.support.ipptools starts private ones when avahi is not running. The printer runs a small
+shell script per document that plays the device: it can jam (``STATE: +media-jam``), run low on
+toner, fail or take its time, as a file in a control directory says. ippeveprinter has no IPP
+notifications (the driver polls it); a private cupsd queue printing on it is the printer that
+has them (ippget: Get-Notifications), for the notification path. Everything on 127.0.0.1,
+ephemeral ports, bounded waits; missing tools skip (fail under CI=true).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,53 +24,20 @@ from broker.credentials import generate_password
 from cloud_service.ipp.conformance import minimal_pdf
 from manager.drivers.ipp import printer_status
 from schemas.ipp.codec import Group, Op, Status, Tag, decode, request, simple
+from tests.support.cupsd import cupsd_server
 from tests.support.ipptools import (
     free_port,
     ipp,
-    missing,
+    ippeveprinter,
     need_tool,
     new,
-    process,
     reply,
+    run,
     wait_for,
-    wait_port,
 )
 from tests.support.rasterdocs import dark_fraction, numbered_pdf, render_gray
 from tests.support.rasterdocs import decode as decode_raster
 from tests.support.stack import Stack, running_stack
-
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="signal"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-  </policy>
-</busconfig>
-"""
-
-AVAHI_CONF = """[server]
-use-ipv4=yes
-use-ipv6=no
-allow-interfaces=lo
-enable-dbus=yes
-[wide-area]
-enable-wide-area=no
-[publish]
-publish-hinfo=no
-publish-workstation=no
-"""
 
 #: The "print engine": copies the document, then behaves as $CTRL/mode says.
 PRINT_SCRIPT = """#!/bin/sh
@@ -103,41 +66,6 @@ exit 0
 """
 
 
-@contextlib.contextmanager
-def mdns_daemons() -> Iterator[dict[str, str]]:
-    """Environment for ippeveprinter: the running avahi, or a private D-Bus + avahi we start."""
-    avahi = need_tool("avahi-daemon", "avahi-daemon")
-    if subprocess.run([avahi, "--check"], capture_output=True, timeout=10).returncode == 0:
-        yield {}
-        return
-    dbus = need_tool("dbus-daemon", "dbus")
-    if os.geteuid() != 0:
-        missing("avahi-daemon is not running and only root can start one")
-    # A short directory: a unix socket path must stay under 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="ci-mdns-"))
-    try:
-        socket_path = root / "bus"
-        (root / "bus.conf").write_text(BUS_CONF.format(socket=socket_path))
-        (root / "avahi.conf").write_text(AVAHI_CONF)
-        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}"}
-        with process([dbus, f"--config-file={root / 'bus.conf'}", "--nofork"], root / "dbus.log"):
-            deadline = time.monotonic() + 10
-            while not socket_path.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert socket_path.exists(), (root / "dbus.log").read_text()
-            args = [avahi, "--no-drop-root", "--no-chroot", "--no-rlimits", "-f", str(root / "avahi.conf")]
-            with process(args, root / "avahi.log", env) as proc:
-                deadline = time.monotonic() + 15
-                while time.monotonic() < deadline and proc.poll() is None:
-                    if subprocess.run([avahi, "--check"], capture_output=True, timeout=10).returncode == 0:
-                        break
-                    time.sleep(0.1)
-                assert proc.poll() is None, (root / "avahi.log").read_text()
-                yield {"DBUS_SYSTEM_BUS_ADDRESS": env["DBUS_SYSTEM_BUS_ADDRESS"]}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @dataclass
 class LanPrinter:
     uri: str
@@ -151,23 +79,10 @@ class LanPrinter:
 
 @contextlib.contextmanager
 def eve_printer(tmp: Path, formats: str = "application/pdf,image/jpeg") -> Iterator[LanPrinter]:
-    ippeve = need_tool("ippeveprinter", "cups-ipp-utils")
-    with mdns_daemons() as extra_env:
-        ctrl, spool, home = tmp / "eve-ctrl", tmp / "eve-spool", tmp / "eve-home"
-        for path in (ctrl, spool, home):
-            path.mkdir()
-        script = tmp / "eve-print.sh"
-        script.write_text(PRINT_SCRIPT.format(ctrl=ctrl))
-        script.chmod(0o755)
-        port = free_port()
-        env = {**os.environ, **extra_env, "HOME": str(home)}
-        args = [ippeve, "-p", str(port), "-n", "localhost", "-r", "off", "-d", str(spool), "-K", str(home),
-                "-f", formats, "-c", str(script), "-M", "Acme", "-m", "LAN 1", "-vvv", "lan"]
-        log = tmp / "eve.log"
-        with process(args, log, env) as proc:
-            if not wait_port(port, 15) or proc.poll() is not None:
-                raise AssertionError(f"ippeveprinter did not start: {log.read_text()[-3000:]}")
-            yield LanPrinter(f"ipp://127.0.0.1:{port}/ipp/print", ctrl, log)
+    ctrl = tmp / "eve-ctrl"
+    ctrl.mkdir()
+    with ippeveprinter(tmp, PRINT_SCRIPT.format(ctrl=ctrl), formats, "Acme", "LAN 1", "lan", verbose=True) as eve:
+        yield LanPrinter(eve.uri, ctrl, eve.log)
 
 
 async def add_ipp_manager(stack: Stack, name: str, uri: str, **options: Any) -> Any:
@@ -349,6 +264,105 @@ async def test_a_pdf_prints_on_a_printer_that_takes_only_pwg_raster(tmp_path: Pa
             page = render_gray(decoded.pdf, n)
             ink = [dark_fraction(page, band) for band in bands]
             assert ink[n - 1] > 0.5 and sum(ink) - ink[n - 1] < 0.1, (n, ink)
+
+
+@contextlib.asynccontextmanager
+async def cups_queue(printer: LanPrinter) -> AsyncIterator[tuple[str, Path]]:
+    """A private cupsd with a driverless queue printing on ``printer``: a printer with IPP
+    notifications (cupsd answers Get-Notifications at once; it does not hold them). Its URI and
+    access log (one line per request, with the operation's name)."""
+    with cupsd_server() as cupsd:
+        lpadmin = need_tool("lpadmin", "cups-client")
+        code, out = await run([lpadmin, "-h", cupsd.server, "-p", "lan", "-E", "-v", printer.uri, "-m", "everywhere"],
+                              cupsd.env, 60)
+        assert code == 0, out
+        yield f"ipp://{cupsd.server}/printers/lan", cupsd.logs / "access_log"
+
+
+async def job_states(stack: Stack, job_id: int, timeout: float) -> tuple[list[str], dict[str, Any]]:
+    """The cloud job's states as seen every 0.1 s until it ends, and the ended job."""
+    seen: list[str] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        job = (await stack.http.get(f"/api/v1/jobs/{job_id}")).json()
+        if not seen or seen[-1] != job["state"]:
+            seen.append(job["state"])
+        if job["state"] in ("completed", "canceled", "aborted"):
+            return seen, job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end within {timeout} s: {seen}")
+
+
+def operations_logged(access_log: Path, operation: str) -> int:
+    return access_log.read_text(errors="replace").count(f" {operation} ") if access_log.exists() else 0
+
+
+@pytest.mark.slow
+async def test_notifications_follow_a_job_and_a_cancel_reaches_the_printer(tmp_path: Path) -> None:
+    """A printer with ippget notifications (a cupsd queue): the job is created with a job
+    subscription, followed through Get-Notifications, completes with its states reported; a
+    cancel during processing reaches the printer; ``follow: poll`` still completes, without
+    notifications."""
+    with eve_printer(tmp_path) as printer:
+        async with cups_queue(printer) as (queue, access_log), running_stack(tmp_path / "stack") as stack:
+            await add_ipp_manager(stack, "lan", queue)
+            await stack.wait_service("lan")
+            printer.mode("normal")
+            document = minimal_pdf(pages=2)
+            job = (await stack.submit(document, {}, service="lan", name="notified.pdf")).json()
+            seen, done = await job_states(stack, job["id"], 60)
+            assert done["state"] == "completed" and done["impressions_completed"] == 2, done
+            assert "processing" in seen, seen
+            assert operations_logged(access_log, "Get-Notifications") >= 1, access_log.read_text()[-3000:]
+            assert (printer.ctrl / "last.bin").exists()
+            remote = await printer_jobs(queue)
+            assert [j["job-state"] for j in remote] == [9], remote
+
+            # Cancel while the printer processes the job: cupsd's job is canceled.
+            printer.mode("slow")
+            job = (await stack.submit(minimal_pdf(), {}, service="lan")).json()
+
+            async def printing_remotely() -> bool:
+                return any(j["job-state"] == 5 for j in await printer_jobs(printer.uri))
+
+            await wait_for(printing_remotely, 30, "the printer never started the slow job")
+            assert (await stack.http.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
+            canceled = await stack.wait_job(job["id"], timeout=30)
+            assert canceled["state"] == "canceled", canceled
+
+            async def canceled_at_queue() -> bool:
+                jobs = sorted(await printer_jobs(queue), key=lambda j: j["job-id"])
+                return [j["job-state"] for j in jobs] == [9, 7]
+
+            await wait_for(canceled_at_queue, 30, "the cancel did not reach the printer")
+
+            # Forced polling: the same printer, no Get-Notifications.
+            (printer.ctrl / "clear").touch()
+            printer.mode("normal")
+            await add_ipp_manager(stack, "polled", queue, follow="poll")
+            await stack.wait_service("polled")
+
+            async def idle_queue() -> bool:  # the slow job's backend gone: cupsd takes the next
+                return all(j["job-state"] >= 7 for j in await printer_jobs(printer.uri))
+
+            await wait_for(idle_queue, 30, "the printer did not finish the canceled job")
+            before = operations_logged(access_log, "Get-Notifications")
+            job = (await stack.submit(minimal_pdf(), {}, service="polled")).json()
+            seen, done = await job_states(stack, job["id"], 60)
+            assert done["state"] == "completed", (seen, done)
+            assert operations_logged(access_log, "Get-Notifications") == before
+
+
+@pytest.mark.slow
+async def test_a_printer_without_notifications_is_polled(tmp_path: Path) -> None:
+    """ippeveprinter has no Get-Notifications: the driver polls it, and the job completes."""
+    async with lan_stack(tmp_path) as (stack, printer):
+        printer.mode("normal")
+        job = (await stack.submit(minimal_pdf(), {}, service="lan")).json()
+        seen, done = await job_states(stack, job["id"], 60)
+        assert done["state"] == "completed" and done["impressions_completed"] == 2, (seen, done)
+        log = printer.log.read_text(errors="replace")
+        assert "Get-Job-Attributes" in log and "Get-Notifications" not in log, log[-3000:]
 
 
 async def test_unreachable_printer_is_reported_stopped(tmp_path: Path) -> None:

@@ -11,8 +11,15 @@ codec as the cloud's IPP front (cloud_service.ipp):
   Manager reports as the service state and, while a job prints, as processing-stopped;
 - **printing**: Create-Job + Send-Document when the printer has them (a cancel can then reach
   the printer while the document is still uploading), else Print-Job; the document is
-  streamed from the spool file; then Get-Job-Attributes until the printer's job ends,
-  reporting job-impressions-completed as progress;
+  streamed from the spool file;
+- **following the job**: when the printer offers ``ippget`` notifications (RFC 3995/3996:
+  Get-Notifications in operations-supported, ``ippget`` in notify-pull-method-supported), the
+  job request carries a job subscription and the driver waits in Get-Notifications with
+  notify-wait (a printer that honours it answers only when the job changes; one that answers
+  at once is asked again after a short, growing pause); without them, Get-Job-Attributes at a
+  short interval that grows from ``follow_interval`` to ``poll_interval`` (most jobs on a
+  LAN printer end within a second: a fixed 2 s poll halved the throughput). Either way the
+  state is read with Get-Job-Attributes and job-impressions-completed becomes the progress;
 - **cancel**: Cancel-Job on the printer's job; a job canceled or aborted at the printer ends
   canceled (job-canceled-at-device) or aborted with the printer's reasons;
 - **identify**: Identify-Printer when the printer supports it;
@@ -60,8 +67,10 @@ CHUNK = 256 * 1024
 #: What the status poll asks for (small: it runs every few seconds).
 STATUS_ATTRIBUTES = ["printer-state", "printer-state-reasons", "printer-state-message", "printer-is-accepting-jobs"]
 JOB_ATTRIBUTES = ["job-id", "job-state", "job-state-reasons", "job-state-message", "job-impressions-completed"]
-#: printer-state-reasons that do not stop the printer whatever their suffix.
-_INFORMATIONAL = frozenset({"none", "identify-printer-requested", "moving-to-paused", "other"})
+#: printer-state-reasons that do not stop the printer whatever their suffix (a CUPS queue as
+#: the printer says cups-waiting-for-job-completed, unsuffixed, while its backend follows a job).
+_INFORMATIONAL = frozenset({"none", "identify-printer-requested", "moving-to-paused", "other",
+                            "cups-waiting-for-job-completed"})
 #: Reason stems that are warnings even without a "-warning" suffix (supplies running low).
 _WARNING_ENDINGS = ("-low", "-near-end", "-almost-empty", "-almost-full", "-nearly-full", "-near-limit")
 #: Reasons that stop the printer whatever suffix it gives them (printers disagree on
@@ -71,6 +80,12 @@ _BLOCKING = frozenset({"media-jam", "media-empty", "media-needed", "door-open", 
                        "toner-empty", "marker-waste-full", "paused", "shutdown", "spool-area-full"})
 _STATE_STOPPED = 5
 _JOB_TERMINAL = {7: JobState.CANCELED, 8: JobState.ABORTED, 9: JobState.COMPLETED}
+#: RFC 3995/3996 operations (not in the codec's Op: only this driver asks for them).
+_GET_NOTIFICATIONS = 0x001C
+#: successful-ok-events-complete: the subscription will have no more events (RFC 3996).
+_EVENTS_COMPLETE = 0x0007
+#: The job events the driver subscribes to (those the printer supports, if it lists them).
+_JOB_EVENTS = ("job-state-changed", "job-progress", "job-completed")
 
 
 class IppOptions(DriverOptions):
@@ -85,6 +100,13 @@ class IppOptions(DriverOptions):
     #: Take the capabilities from the printer (Get-Printer-Attributes) instead of the config.
     discover: bool = True
     poll_interval: Annotated[float, Field(gt=0, le=60)] = 2.0
+    #: How the driver follows a job: ``auto`` takes ippget notifications where the printer has
+    #: them, else polls; ``poll`` never subscribes (for printers whose notifications misbehave).
+    follow: Literal["auto", "poll"] = "auto"
+    #: First pause between two looks at a job; it doubles up to ``poll_interval``.
+    follow_interval: Annotated[float, Field(gt=0, le=60)] = 0.05
+    #: Longest time the printer may hold a Get-Notifications (notify-wait) before answering.
+    notify_wait: Annotated[float, Field(gt=0, le=600)] = 60.0
     discover_interval: Annotated[float, Field(gt=0, le=86400)] = 300.0
     #: Seconds for one request (a document upload may take longer: it has no overall limit).
     timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
@@ -136,6 +158,9 @@ class IppDriver(PrintDriver):
         self.discovered: PrintCapabilities | None = None
         self.make_and_model: str | None = None
         self.operations: set[int] = set()
+        #: The printer's notify-pull-method-supported and notify-events-supported.
+        self.notify_pull_methods: set[str] = set()
+        self.notify_events: set[str] = set()
         self.identify_actions: list[str] = []
         self._client: httpx.AsyncClient | None = None
         self._request_id = 0
@@ -189,7 +214,8 @@ class IppDriver(PrintDriver):
         group.add("requesting-user-name", Tag.NAME, self.options.requesting_user_name)
         return msg
 
-    async def _send(self, msg: Message, document: AsyncIterator[bytes] | None = None) -> Message:
+    async def _send(self, msg: Message, document: AsyncIterator[bytes] | None = None,
+                    timeout: float | None = None) -> Message:
         assert self._client is not None, "open() first"
         header = msg.encode()
         content: Any = header
@@ -201,7 +227,8 @@ class IppDriver(PrintDriver):
 
             content = stream()
         try:
-            reply = await self._client.post(self.url, content=content)
+            reply = await self._client.post(self.url, content=content,
+                                            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError as exc:
             raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
         if reply.status_code != 200:
@@ -249,6 +276,10 @@ class IppDriver(PrintDriver):
         self.operations = {int(v) for v in ops.values if isinstance(v, int)} if ops else set()
         model = simple(group.get("printer-make-and-model"))
         self.make_and_model = model if isinstance(model, str) else None
+        methods = group.get("notify-pull-method-supported")
+        self.notify_pull_methods = {v for v in methods.values if isinstance(v, str)} if methods else set()
+        events = group.get("notify-events-supported")
+        self.notify_events = {v for v in events.values if isinstance(v, str)} if events else set()
         actions = group.get("identify-actions-supported")
         self.identify_actions = [v for v in actions.values if isinstance(v, str)] if actions else []
 
@@ -281,10 +312,14 @@ class IppDriver(PrintDriver):
         deadline = loop.time() + self.options.job_timeout
         use_create = (self.options.operation == "create-job" or
                       (self.options.operation == "auto" and {Op.CREATE_JOB, Op.SEND_DOCUMENT} <= self.operations))
-        remote = await self._submit(task, path, canceled, use_create, deadline)
+        remote, subscription = await self._submit(task, path, canceled, use_create, deadline,
+                                                  self._subscribes())
         self._remote[job_id] = remote
-        log.info("job %d: printer job %d at %s", job_id, remote, self.printer_uri)
+        log.info("job %d: printer job %d at %s, followed by %s", job_id, remote, self.printer_uri,
+                 f"notifications (subscription {subscription})" if subscription else "polling")
         last = 0
+        sequence = 1
+        pause = self.options.follow_interval
         while True:
             if canceled.is_set():
                 await self._cancel_remote(remote)
@@ -302,24 +337,71 @@ class IppDriver(PrintDriver):
                 if isinstance(impressions, int) and impressions > last:
                     last = impressions
                     progress(last)
+                    pause = self.options.follow_interval  # the job moves: look again soon
                 state = simple(attrs.get("job-state"))
                 if state in _JOB_TERMINAL:
                     return await self._ended(task, path, attrs, _JOB_TERMINAL[state], last, progress)
-            await _wait(canceled, self.options.poll_interval)
+            if subscription is not None:
+                try:
+                    answer = await self._race(self._notifications(subscription, sequence), canceled)
+                except PrintCanceled:
+                    continue  # canceled while the printer held the request: cancel at the top
+                except (_Unreachable, IppParseError) as exc:
+                    log.info("job %d: Get-Notifications failed (%s)", job_id, exc)
+                    answer = (sequence, False)
+                if answer is None:
+                    log.info("job %d: subscription %d ended; polling the job", job_id, subscription)
+                    subscription = None
+                else:
+                    sequence, notified = answer
+                    if notified:  # an event: read the job now
+                        pause = self.options.follow_interval
+                        continue
+            await _wait(canceled, pause)
+            pause = min(pause * 2, max(self.options.poll_interval, self.options.follow_interval))
+
+    def _subscribes(self) -> bool:
+        """Whether job requests carry an ippget job subscription (RFC 3995 5.3, RFC 3996)."""
+        return (self.options.follow == "auto" and _GET_NOTIFICATIONS in self.operations
+                and "ippget" in self.notify_pull_methods)
+
+    async def _notifications(self, subscription: int, sequence: int) -> tuple[int, bool] | None:
+        """Get-Notifications with notify-wait: (next sequence number, whether events came), or
+        None when the subscription has ended or the printer no longer knows it."""
+        msg = self._new(_GET_NOTIFICATIONS)
+        op = msg.operation()
+        op.add("notify-subscription-ids", Tag.INTEGER, subscription)
+        op.add("notify-sequence-numbers", Tag.INTEGER, sequence)
+        op.add("notify-wait", Tag.BOOLEAN, True)
+        reply = await self._send(msg, timeout=self.options.notify_wait + self.options.timeout)
+        if reply.code >= 0x100:
+            if reply.code in (Status.CLIENT_ERROR_NOT_FOUND, Status.CLIENT_ERROR_GONE,
+                              Status.CLIENT_ERROR_NOT_POSSIBLE, Status.CLIENT_ERROR_BAD_REQUEST):
+                return None
+            raise _Unreachable(f"Get-Notifications: {_status_name(reply.code)}")
+        numbers = [n for g in reply.groups_of(Tag.EVENT_NOTIFICATION)
+                   if isinstance(n := simple(g.get("notify-sequence-number")), int)]
+        if numbers:
+            sequence = max(sequence, max(numbers) + 1)
+        if reply.code == _EVENTS_COMPLETE and not numbers:
+            return None
+        return sequence, bool(numbers)
 
     async def _submit(self, task: DocumentTask, path: Path, canceled: asyncio.Event, use_create: bool,
-                      deadline: float) -> int:
-        """Send the job to the printer; its job id. Retries while the printer is busy or away."""
+                      deadline: float, subscribe: bool) -> tuple[int, int | None]:
+        """Send the job to the printer: its job id and the job subscription's id (None without
+        one). Retries while the printer is busy or away."""
         ticket = task.job.ticket.wire()
         while True:
             if canceled.is_set():
                 raise PrintCanceled(f"job {task.job.job_id} canceled")
             try:
                 if use_create:
-                    return await self._create_and_send(task, path, ticket, canceled)
-                reply = await self._race(self._send(self._job_request(Op.PRINT_JOB, task, ticket),
+                    return await self._create_and_send(task, path, ticket, canceled, subscribe)
+                reply = await self._race(self._send(self._job_request(Op.PRINT_JOB, task, ticket,
+                                                                      subscribe=subscribe),
                                                     _file_chunks(path)), canceled)
-                return self._job_id(reply, "Print-Job")
+                return self._job_id(reply, "Print-Job"), _subscription_id(reply)
             except _Busy as exc:
                 reason = str(exc)
             except _Unreachable as exc:
@@ -332,9 +414,11 @@ class IppDriver(PrintDriver):
             await _wait(canceled, max(self.options.poll_interval, 1.0))
 
     async def _create_and_send(self, task: DocumentTask, path: Path, ticket: dict[str, Any],
-                               canceled: asyncio.Event) -> int:
-        reply = await self._send(self._job_request(Op.CREATE_JOB, task, ticket, with_document=False))
+                               canceled: asyncio.Event, subscribe: bool) -> tuple[int, int | None]:
+        reply = await self._send(self._job_request(Op.CREATE_JOB, task, ticket, with_document=False,
+                                                   subscribe=subscribe))
         remote = self._job_id(reply, "Create-Job")
+        subscription = _subscription_id(reply)
         msg = self._new(Op.SEND_DOCUMENT)
         op = msg.operation()
         op.add("job-id", Tag.INTEGER, remote)
@@ -350,9 +434,10 @@ class IppDriver(PrintDriver):
                 await self._cancel_remote(remote)
             raise
         _check(reply, "Send-Document")
-        return remote
+        return remote, subscription
 
-    def _job_request(self, op: int, task: DocumentTask, ticket: dict[str, Any], with_document: bool = True) -> Message:
+    def _job_request(self, op: int, task: DocumentTask, ticket: dict[str, Any], with_document: bool = True,
+                     subscribe: bool = False) -> Message:
         msg = self._new(op)
         group = msg.operation()
         group.add("job-name", Tag.NAME, str(ticket.get("job-name") or task.document_name or
@@ -365,6 +450,11 @@ class IppDriver(PrintDriver):
             job.attributes[attribute.name] = attribute
         if not job.attributes:
             msg.groups.remove(job)
+        if subscribe:  # a job subscription, pulled with Get-Notifications (RFC 3995 5.3, 3996)
+            events = [e for e in _JOB_EVENTS if not self.notify_events or e in self.notify_events]
+            subscription = msg.new_group(Tag.SUBSCRIPTION)
+            subscription.add("notify-pull-method", Tag.KEYWORD, "ippget")
+            subscription.add("notify-events", Tag.KEYWORD, events or ["job-state-changed"])
         return msg
 
     def _document_attributes(self, group: Group, task: DocumentTask) -> None:
@@ -482,6 +572,13 @@ def _check(reply: Message, what: str) -> None:
         reason = Reason.DOCUMENT_FORMAT_ERROR
     reasons = (Reason.ABORTED_BY_SYSTEM,) if reason == Reason.ABORTED_BY_SYSTEM else (Reason.ABORTED_BY_SYSTEM, reason)
     raise DriverError(f"{what} refused by the printer: {_status_name(reply.code)}{detail}", reasons)
+
+
+def _subscription_id(reply: Message) -> int | None:
+    """The notify-subscription-id the printer gave the job's subscription, if it made one."""
+    group = reply.group(Tag.SUBSCRIPTION)
+    value = simple(group.get("notify-subscription-id")) if group else None
+    return value if isinstance(value, int) else None
 
 
 def _status_name(code: int) -> str:

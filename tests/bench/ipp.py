@@ -1,10 +1,11 @@
 """The ipp driver's figure: one-page jobs through a Manager whose ``ipp`` driver prints on an
 ippeveprinter, against CUPS's ``lp`` to a driverless queue on the same ippeveprinter.
 
-ippeveprinter wants avahi (and avahi wants D-Bus) even with ``-r off``: when avahi is not
-running and we are root, a private D-Bus and avahi are started for the figure and stopped after.
-cupsd is a private one (its own configuration, spool and port under a fresh /tmp directory,
-which its filters, running as user lp, can traverse). The printer's print command only reads
+The printer, its mDNS daemons and cupsd are the tests' (tests.support): ippeveprinter wants
+avahi (and avahi wants D-Bus) even with ``-r off``, so when avahi is not running and we are
+root a private D-Bus and avahi are started for the figure and stopped after; cupsd is a private
+one (its own configuration, spool and port under a fresh /tmp directory, which its filters,
+running as user lp, can traverse), logging at ``warn``. The printer's print command only reads
 the document, so both paths wait on the same printer. CPU per job: the Manager's (its driver)
 against cupsd's, with the filters and backends it ran (cutime + cstime).
 """
@@ -22,171 +23,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.bench.procs import Unavailable, start_manager, stop_process
 from tests.bench.report import Row, row
+from tests.support.cupsd import cupsd_server
+from tests.support.ipptools import ippeveprinter
 
 if TYPE_CHECKING:
     from tests.bench.runner import StackRun
 
-SBIN = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
-
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/>
-    <allow send_type="method_call"/><allow send_type="signal"/>
-    <allow send_type="method_return"/><allow send_type="error"/>
-    <allow receive_type="method_call"/><allow receive_type="signal"/>
-    <allow receive_type="method_return"/><allow receive_type="error"/>
-  </policy>
-</busconfig>
-"""
-
-AVAHI_CONF = """[server]
-use-ipv4=yes
-use-ipv6=no
-allow-interfaces=lo
-enable-dbus=yes
-[wide-area]
-enable-wide-area=no
-[publish]
-publish-hinfo=no
-publish-workstation=no
-"""
-
-CUPSD_CONF = """Listen 127.0.0.1:{port}
-LogLevel warn
-WebInterface No
-Browsing Off
-DefaultShared No
-<Location />
-  Order allow,deny
-  Allow 127.0.0.1
-</Location>
-<Policy default>
-  <Limit All>
-    Order allow,deny
-    Allow 127.0.0.1
-  </Limit>
-</Policy>
-"""
-
 PRINT_SCRIPT = "#!/bin/sh\ncat \"$1\" > /dev/null\necho 'ATTR: job-impressions-completed=1' >&2\nexit 0\n"
 
 
-def tool(name: str, package: str) -> str:
-    found = shutil.which(name) or next((f"{d}/{name}" for d in SBIN if os.access(f"{d}/{name}", os.X_OK)), None)
-    if not found:
-        raise Unavailable(f"{name} is needed (apt-get install {package})")
-    return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float) -> bool:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @contextlib.contextmanager
-def daemon(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+def available() -> Iterator[None]:
+    """tests.support says a missing tool with pytest's skip (or fail, under CI=true): the
+    bench prints it as a figure not measured (tests/test_bench.py fails on it under CI)."""
     try:
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-@contextlib.contextmanager
-def mdns(root: Path) -> Iterator[dict[str, str]]:
-    avahi = tool("avahi-daemon", "avahi-daemon")
-    if subprocess.run([avahi, "--check"], capture_output=True, timeout=10).returncode == 0:
-        yield {}
-        return
-    dbus = tool("dbus-daemon", "dbus")
-    if os.geteuid() != 0:
-        raise Unavailable("ippeveprinter needs avahi-daemon, which is not running; only root can start one")
-    socket_path = root / "bus"
-    (root / "bus.conf").write_text(BUS_CONF.format(socket=socket_path))
-    (root / "avahi.conf").write_text(AVAHI_CONF)
-    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}"}
-    with daemon([dbus, f"--config-file={root / 'bus.conf'}", "--nofork"], root / "dbus.log"):
-        deadline = time.monotonic() + 10
-        while not socket_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        args = [avahi, "--no-drop-root", "--no-chroot", "--no-rlimits", "-f", str(root / "avahi.conf")]
-        with daemon(args, root / "avahi.log", env) as proc:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and proc.poll() is None:
-                if subprocess.run([avahi, "--check"], capture_output=True, timeout=10).returncode == 0:
-                    break
-                time.sleep(0.1)
-            if proc.poll() is not None:
-                raise RuntimeError(f"avahi-daemon did not start: {(root / 'avahi.log').read_text()[-500:]}")
-            yield {"DBUS_SYSTEM_BUS_ADDRESS": env["DBUS_SYSTEM_BUS_ADDRESS"]}
-
-
-@contextlib.contextmanager
-def eve_printer(root: Path, extra_env: dict[str, str]) -> Iterator[str]:
-    ippeve = tool("ippeveprinter", "cups-ipp-utils")
-    spool, home = root / "eve-spool", root / "eve-home"
-    spool.mkdir()
-    home.mkdir()
-    script = root / "eve-print.sh"
-    script.write_text(PRINT_SCRIPT)
-    script.chmod(0o755)
-    port = free_port()
-    env = {**os.environ, **extra_env, "HOME": str(home)}
-    args = [ippeve, "-p", str(port), "-n", "localhost", "-r", "off", "-d", str(spool), "-K", str(home),
-            "-f", "application/pdf", "-c", str(script), "-M", "Bench", "-m", "Printer 1", "bench"]
-    with daemon(args, root / "eve.log", env) as proc:
-        if not wait_port(port, 15) or proc.poll() is not None:
-            raise RuntimeError(f"ippeveprinter did not start: {(root / 'eve.log').read_text()[-1000:]}")
-        yield f"ipp://127.0.0.1:{port}/ipp/print"
-
-
-@contextlib.contextmanager
-def private_cupsd(root: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
-    cupsd = tool("cupsd", "cups")
-    for name in ("lpadmin", "lp", "lpstat"):
-        tool(name, "cups-client")
-    if not os.access("/usr/lib/cups/filter/pdftopdf", os.X_OK):
-        raise Unavailable("/usr/lib/cups/filter/pdftopdf is needed (apt-get install cups-filters)")
-    root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    dirs = {d: root / d for d in ("conf", "spool", "cache", "state", "tmp", "log", "home")}
-    for path in dirs.values():
-        path.mkdir()
-    port = free_port()
-    (dirs["conf"] / "cupsd.conf").write_text(CUPSD_CONF.format(port=port))
-    as_root = os.geteuid() == 0
-    (dirs["conf"] / "cups-files.conf").write_text("\n".join([
-        f"ServerRoot {dirs['conf']}", f"RequestRoot {dirs['spool']}", f"CacheDir {dirs['cache']}",
-        f"StateDir {dirs['state']}", f"TempDir {dirs['tmp']}", f"ErrorLog {dirs['log']}/error_log",
-        f"AccessLog {dirs['log']}/access_log", f"PageLog {dirs['log']}/page_log",
-        f"Printcap {dirs['state']}/printcap", *(["User lp", "Group lp", "SystemGroup root"] if as_root else []), ""]))
-    env = {**os.environ, "HOME": str(dirs["home"]), "CUPS_SERVERROOT": str(dirs["conf"]), "LC_ALL": "C"}
-    args = [cupsd, "-f", "-c", str(dirs["conf"] / "cupsd.conf"), "-s", str(dirs["conf"] / "cups-files.conf")]
-    with daemon(args, dirs["log"] / "cupsd.out", env) as proc:
-        if not wait_port(port, 15):
-            raise RuntimeError("cupsd did not start")
-        yield f"127.0.0.1:{port}", env, proc
+        yield
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        raise Unavailable(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -199,15 +56,16 @@ def printer_with_mdns(root: Path, attempts: int = 6) -> Iterator[str]:
         home.mkdir()
         with contextlib.ExitStack() as stack:
             try:
-                extra_env = stack.enter_context(mdns(home))
-                printer = stack.enter_context(eve_printer(home, extra_env))
-            except RuntimeError:
+                with available():
+                    printer = stack.enter_context(ippeveprinter(home, PRINT_SCRIPT, "application/pdf", "Bench",
+                                                                "Printer 1", "bench"))
+            except AssertionError:
                 if attempt == attempts - 1:
                     raise
                 stack.close()
                 time.sleep(5)
                 continue
-            yield printer
+            yield printer.uri
             return
 
 
@@ -225,9 +83,10 @@ def run_tool(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
     return done.stdout
 
 
-def cups_baseline(root: Path, printer: str, document: Path, jobs: int) -> tuple[float, float]:
+def cups_baseline(printer: str, document: Path, jobs: int) -> tuple[float, float]:
     """(jobs/s, cupsd CPU seconds per job) for ``jobs`` lp submissions to a driverless queue."""
-    with private_cupsd(root) as (server, env, cupsd):
+    with available(), cupsd_server(log_level="warn", access_log_level="actions") as daemon:
+        server, env, cupsd = daemon.server, daemon.env, daemon.proc
         run_tool(["lpadmin", "-h", server, "-p", "bench", "-E", "-v", printer, "-m", "everywhere"], env)
         before = cpu_with_children(cupsd.pid)
         started = time.monotonic()
@@ -278,8 +137,8 @@ async def measure_ipp(run: StackRun) -> list[Row]:
             cups_rate = cups_cpu = None
             cups_note = ""
             try:
-                cups_rate, cups_cpu = await asyncio.to_thread(cups_baseline, root / "cups", printer, document, jobs)
-            except (Unavailable, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                cups_rate, cups_cpu = await asyncio.to_thread(cups_baseline, printer, document, jobs)
+            except (Unavailable, RuntimeError, AssertionError, OSError, subprocess.TimeoutExpired) as exc:
                 cups_note = f"no CUPS baseline: {exc}"
     finally:
         if manager is not None:

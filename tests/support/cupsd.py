@@ -7,15 +7,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.ipptools import free_port, missing, need_tool, process, wait_port
 
 CUPSD_CONF = """\
 Listen 127.0.0.1:{port}
-LogLevel debug
+LogLevel {log_level}
+AccessLogLevel {access_log_level}
 MaxLogSize 0
 WebInterface No
 Browsing Off
@@ -33,12 +36,36 @@ DefaultShared No
 """
 
 
+@dataclass
+class Cupsd:
+    """A running private cupsd: its port, log directory, client environment and process."""
+
+    port: int
+    logs: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def server(self) -> str:
+        """``host:port`` for the CUPS tools' ``-h``."""
+        return f"127.0.0.1:{self.port}"
+
+
 @contextlib.contextmanager
 def private_cupsd() -> Iterator[tuple[int, Path, dict[str, str]]]:
+    """A cupsd of our own (see cupsd_server): (port, log directory, client environment)."""
+    with cupsd_server() as cupsd:
+        yield cupsd.port, cupsd.logs, cupsd.env
+
+
+@contextlib.contextmanager
+def cupsd_server(log_level: str = "debug", access_log_level: str = "all") -> Iterator[Cupsd]:
     """A cupsd of our own: 127.0.0.1:ephemeral, its own config, spool, state and logs.
 
     It lives under a fresh /tmp directory, not tmp_path: filters and backends run as user lp,
     which must be able to traverse to the spool (pytest's directories are private to root).
+    ``log_level`` and ``access_log_level`` are cupsd's LogLevel and AccessLogLevel (``all``
+    logs every operation; the bench takes ``warn`` and ``actions``: logging costs CPU).
     """
     cupsd = need_tool("cupsd", "cups")
     for tool in ("lpadmin", "lp", "lpstat"):
@@ -52,7 +79,8 @@ def private_cupsd() -> Iterator[tuple[int, Path, dict[str, str]]]:
         for path in dirs.values():
             path.mkdir()
         port = free_port()
-        (dirs["conf"] / "cupsd.conf").write_text(CUPSD_CONF.format(port=port))
+        (dirs["conf"] / "cupsd.conf").write_text(CUPSD_CONF.format(port=port, log_level=log_level,
+                                                                     access_log_level=access_log_level))
         as_root = os.geteuid() == 0
         (dirs["conf"] / "cups-files.conf").write_text("\n".join([
             f"ServerRoot {dirs['conf']}", f"RequestRoot {dirs['spool']}", f"CacheDir {dirs['cache']}",
@@ -68,6 +96,6 @@ def private_cupsd() -> Iterator[tuple[int, Path, dict[str, str]]]:
                 log = (dirs["log"] / "error_log")
                 raise AssertionError(f"cupsd did not start: {log.read_text()[-3000:] if log.exists() else ''}")
             assert proc.poll() is None
-            yield port, dirs["log"], env
+            yield Cupsd(port, dirs["log"], env, proc)
     finally:
         shutil.rmtree(root, ignore_errors=True)

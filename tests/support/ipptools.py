@@ -1,5 +1,6 @@
-"""CUPS tools and IPP requests for the IPP tests: find a tool (skip, or fail under CI=true),
-run daemons in their own process group on ephemeral loopback ports, build and send IPP messages."""
+"""CUPS tools and IPP requests for the IPP tests (and the bench): find a tool (skip, or fail
+under CI=true), run daemons in their own process group on ephemeral loopback ports, start an
+ippeveprinter with the mDNS daemons it wants, build and send IPP messages."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -76,6 +79,110 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="signal"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+  </policy>
+</busconfig>
+"""
+
+AVAHI_CONF = """[server]
+use-ipv4=yes
+use-ipv6=no
+allow-interfaces=lo
+enable-dbus=yes
+[wide-area]
+enable-wide-area=no
+[publish]
+publish-hinfo=no
+publish-workstation=no
+"""
+
+
+@contextlib.contextmanager
+def mdns_daemons() -> Iterator[dict[str, str]]:
+    """Environment for ippeveprinter, which needs a running avahi-daemon and D-Bus even with
+    ``-r off``: the running avahi, or a private D-Bus (its own socket, not the system bus) and
+    an avahi-daemon on it, stopped at the end."""
+    avahi = need_tool("avahi-daemon", "avahi-daemon")
+    if subprocess.run([avahi, "--check"], capture_output=True, timeout=10).returncode == 0:
+        yield {}
+        return
+    dbus = need_tool("dbus-daemon", "dbus")
+    if os.geteuid() != 0:
+        missing("avahi-daemon is not running and only root can start one")
+    # A short directory: a unix socket path must stay under 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="ci-mdns-"))
+    try:
+        socket_path = root / "bus"
+        (root / "bus.conf").write_text(BUS_CONF.format(socket=socket_path))
+        (root / "avahi.conf").write_text(AVAHI_CONF)
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}"}
+        with process([dbus, f"--config-file={root / 'bus.conf'}", "--nofork"], root / "dbus.log"):
+            deadline = time.monotonic() + 10
+            while not socket_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert socket_path.exists(), (root / "dbus.log").read_text()
+            args = [avahi, "--no-drop-root", "--no-chroot", "--no-rlimits", "-f", str(root / "avahi.conf")]
+            with process(args, root / "avahi.log", env) as proc:
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if subprocess.run([avahi, "--check"], capture_output=True, timeout=10).returncode == 0:
+                        break
+                    time.sleep(0.1)
+                assert proc.poll() is None, (root / "avahi.log").read_text()
+                yield {"DBUS_SYSTEM_BUS_ADDRESS": env["DBUS_SYSTEM_BUS_ADDRESS"]}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class EvePrinter:
+    """A running ippeveprinter: its printer URI, process and log."""
+
+    uri: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextlib.contextmanager
+def ippeveprinter(root: Path, script: str, formats: str, make: str, model: str, name: str,
+                  verbose: bool = False) -> Iterator[EvePrinter]:
+    """CUPS's ippeveprinter on 127.0.0.1 (ephemeral port, no DNS-SD), its spool and home under
+    ``root``, running ``script`` (a shell script's text) as its print command for each document."""
+    ippeve = need_tool("ippeveprinter", "cups-ipp-utils")
+    with mdns_daemons() as extra_env:
+        spool, home = root / "eve-spool", root / "eve-home"
+        spool.mkdir()
+        home.mkdir()
+        command = root / "eve-print.sh"
+        command.write_text(script)
+        command.chmod(0o755)
+        port = free_port()
+        env = {**os.environ, **extra_env, "HOME": str(home)}
+        args = [ippeve, "-p", str(port), "-n", "localhost", "-r", "off", "-d", str(spool), "-K", str(home),
+                "-f", formats, "-c", str(command), "-M", make, "-m", model, *(["-vvv"] if verbose else []), name]
+        log = root / "eve.log"
+        with process(args, log, env) as proc:
+            if not wait_port(port, 15) or proc.poll() is not None:
+                raise AssertionError(f"ippeveprinter did not start: {log.read_text()[-3000:]}")
+            yield EvePrinter(f"ipp://127.0.0.1:{port}/ipp/print", proc, log)
 
 
 async def run(args: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None) -> tuple[int, str]:
