@@ -7,6 +7,7 @@ database and the object store, so a restart (or a second replica) picks up where
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
@@ -186,6 +187,8 @@ class CloudService:
         if hasattr(self, "mqtt"):
             await self.supervisor.stop()
             await self.mqtt.stop()
+            with contextlib.suppress(Exception):  # the database may be gone: devices say hello again
+                await self.devices.close()
         if hasattr(self, "store"):
             await self.store.close()
         if hasattr(self, "objects") and hasattr(self.objects, "close"):
