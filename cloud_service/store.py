@@ -20,6 +20,7 @@ without a session (``detached``), so callers read them as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import queue
 import threading
@@ -551,10 +552,20 @@ class JobStore:
         await self.run(lambda conn: _set_device(conn, device_id, check, values))
 
     async def set_devices(self, values: Mapping[str, Mapping[str, object]]) -> None:
-        """Create or update several devices' rows (device id -> columns) in one transaction."""
+        """Create or update several devices' rows (device id -> columns) in one transaction. A
+        device whose stored ``last_seen`` is later than the one given is left as it is: what was
+        written meanwhile (an offline recorded by another path) is newer than these values."""
         def work(conn: Connection) -> None:
             for device_id, columns in values.items():
-                _set_device(conn, device_id, None, columns)
+                given = columns.get("last_seen")
+
+                def newer_stored(row: DeviceRow | None, given: object = given) -> None:
+                    if (row is not None and row.last_seen is not None and isinstance(given, float)
+                            and row.last_seen > given):
+                        raise _StoredIsNewer
+
+                with contextlib.suppress(_StoredIsNewer):
+                    _set_device(conn, device_id, newer_stored, columns)
 
         await self.run(work)
 
@@ -607,6 +618,10 @@ class JobStore:
         cannot both pass the count. One transaction, one hop.
         """
         return await self.run(lambda conn: _upsert_services(conn, device_id, services, cap, device))
+
+
+class _StoredIsNewer(Exception):
+    """A device row holds a later state than the values about to be written (nothing written)."""
 
 
 def _jobs_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, JobRow]:

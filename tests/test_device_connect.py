@@ -5,6 +5,7 @@ online presence loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,3 +120,13 @@ async def test_the_last_will_of_a_pending_online_presence(parts: Parts) -> None:
     device = await parts.store.device("dev-1")
     assert device is not None and not device.online
 
+
+
+async def test_a_pending_online_presence_never_overwrites_a_later_offline(parts: Parts) -> None:
+    """The service may record a device offline by itself (its password revoked on Mosquitto)
+    while the device's online presence still waits: the flush leaves the later state alone."""
+    await parts.presence("dev-1", "online", "s1")
+    await parts.store.set_device("dev-1", online=False, last_seen=time.time() + 1)
+    await parts.devices.flush()
+    device = await parts.store.device("dev-1")
+    assert device is not None and not device.online
