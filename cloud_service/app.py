@@ -103,7 +103,8 @@ class CloudService:
         self.clf = ClfLog(cfg.logs_dir / "access.log")
         self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl, Transformer())
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
-                                      max_services=cfg.max_services_per_device)
+                                      max_services=cfg.max_services_per_device,
+                                      coalesce_presence=cfg.mqtt_shared_group is None)
         self.devices.instance = self.instance = await database_instance(self.engine)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit,

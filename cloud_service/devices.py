@@ -12,7 +12,10 @@ Any message proves the device is alive; its ``last_seen`` is written at most eve
 that connects sends ``presence`` online, ``hello`` and ``attributes``: the online presence is
 not written on its own but with the device's next message (its hello), or, if none comes within
 ``PRESENCE_COALESCE`` seconds, together with the other devices' in one transaction. A device
-connecting thus costs two transactions (hello, attributes), and a connect storm no more.
+connecting thus costs two transactions (hello, attributes), and a connect storm no more. Only a
+single replica does this: with several (a shared subscription), the device's next messages and
+its Last Will may reach another replica, which must find the presence's session written, so
+each replica writes an online presence at once (``coalesce_presence=False``).
 """
 
 from __future__ import annotations
@@ -72,8 +75,11 @@ NOT_YOURS = Verdict("not-yours", "the job is not assigned to this device")
 
 
 class DeviceProtocol:
-    def __init__(self, store: JobStore, documents: Documents, clf: ClfLog, max_services: int = 16) -> None:
+    def __init__(self, store: JobStore, documents: Documents, clf: ClfLog, max_services: int = 16,
+                 coalesce_presence: bool = True) -> None:
         self.store = store
+        #: Whether an online presence may wait for the device's next message (one replica only).
+        self.coalesce_presence = coalesce_presence
         #: How many services one device may register (``max_services_per_device``).
         self.max_services = max_services
         self.documents = documents
@@ -191,9 +197,12 @@ class DeviceProtocol:
         if online:
             if session is not None:
                 values["session"] = session
-            self._pending[device_id] = values
+            if self.coalesce_presence:
+                self._pending[device_id] = values
+                self._schedule_flush()
+            else:
+                await self.store.set_device(device_id, **values)
             self._seen[device_id] = time.monotonic()  # the liveness is written with the presence
-            self._schedule_flush()
         else:
             self._pending.pop(device_id, None)
             if self._flushing is not None and not self._flushing.done():

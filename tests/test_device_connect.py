@@ -130,3 +130,15 @@ async def test_a_pending_online_presence_never_overwrites_a_later_offline(parts:
     await parts.devices.flush()
     device = await parts.store.device("dev-1")
     assert device is not None and not device.online
+
+
+async def test_with_several_replicas_an_online_presence_is_written_at_once(parts: Parts) -> None:
+    """Another replica may get the device's hello or its Last Will: it must find the session."""
+    devices = DeviceProtocol(parts.store, parts.devices.documents, parts.devices.clf, coalesce_presence=False)
+    assert await devices.handle("dev-1", "presence", encode(Presence(state="online", session="s1"))) == []
+    assert len(parts.hops) == 1
+    device = await parts.store.device("dev-1")
+    assert device is not None and device.online and device.session == "s1"
+    parts.hops.clear()
+    sync = await devices.handle("dev-1", "up", encode(Hello(software="fw 1")))
+    assert len(sync) == 1 and len(parts.hops) == 1  # the hello's own transaction, nothing more
