@@ -69,6 +69,10 @@ def is_random_token(password: str) -> bool:
             and len(set(password)) >= _TOKEN_MIN_DISTINCT)
 
 
+#: Stored schemes that cost milliseconds to check (the others are microseconds or refused).
+_SLOW_SCHEMES = ("scrypt$", "pbkdf2-sha512$")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -192,6 +196,18 @@ class CredentialStore:
                 self._ok.clear()
             self._ok[key] = encoded
         return True
+
+    def verify_is_cheap(self, username: str, password: str) -> bool:
+        """True when ``verify(username, password)`` costs microseconds, so it may run on the
+        event loop: no such user, an HMAC-SHA256 entry (a device token), or a success already
+        remembered. False when it would run scrypt or PBKDF2 (milliseconds: use a thread)."""
+        encoded = self._refresh().get(username)
+        if encoded is None or not password or not encoded.startswith(_SLOW_SCHEMES):
+            return True
+        key = (username, hashlib.sha256(password.encode()).digest())
+        with self._lock:
+            cached = self._ok.get(key)
+        return cached is not None and hmac.compare_digest(cached, encoded)
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from amqtt.mqtt.connect import ConnectPacket
 from broker.credentials import CredentialStore, shared_store
 from broker.limits import Admission, CappedListener, connection_budget
 from broker.pki import Pki, device_identity, read_revoked_serials
-from broker.plugins import BAD_USERNAME_OR_PASSWORD, GATE_TICKETS, NOT_AUTHORIZED, check_connect
+from broker.plugins import BAD_USERNAME_OR_PASSWORD, GATE_TICKETS, NOT_AUTHORIZED, check_connect_async
 from broker.private import private_dir
 from schemas.messages import MAX_MESSAGE_BYTES
 
@@ -364,8 +364,7 @@ class EmbeddedBroker:
             return
         cert_identity, serial, refusal = self._certificate(writer)
         if refusal is None:
-            refusal = await asyncio.to_thread(
-                check_connect,
+            refusal = await check_connect_async(
                 self.credentials,
                 username=connect.username,
                 password=connect.password,

@@ -7,6 +7,7 @@ database and the object store, so a restart (or a second replica) picks up where
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
@@ -102,7 +103,8 @@ class CloudService:
         self.clf = ClfLog(cfg.logs_dir / "access.log")
         self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl, Transformer())
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
-                                      max_services=cfg.max_services_per_device)
+                                      max_services=cfg.max_services_per_device,
+                                      coalesce_presence=cfg.mqtt_shared_group is None)
         self.devices.instance = self.instance = await database_instance(self.engine)
         self.mqtt = MqttAdapter(cfg.broker_url, cfg.broker_username, cfg.broker_password, ca, self.devices,
                                 self.clf, keepalive=cfg.keepalive, device_queue_limit=cfg.device_queue_limit,
@@ -186,6 +188,8 @@ class CloudService:
         if hasattr(self, "mqtt"):
             await self.supervisor.stop()
             await self.mqtt.stop()
+            with contextlib.suppress(Exception):  # the database may be gone: devices say hello again
+                await self.devices.close()
         if hasattr(self, "store"):
             await self.store.close()
         if hasattr(self, "objects") and hasattr(self.objects, "close"):

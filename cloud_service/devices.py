@@ -8,8 +8,14 @@ store's optimistic transaction, on the same row the write is conditioned on, so 
 lands in between (a cancel) makes the report ``stale`` rather than being overwritten.
 
 Any message proves the device is alive; its ``last_seen`` is written at most every
-``LAST_SEEN_EVERY`` seconds per device (and at once when it comes back online), so reports
-cost no extra transaction each.
+``LAST_SEEN_EVERY`` seconds per device, so reports cost no extra transaction each. A device
+that connects sends ``presence`` online, ``hello`` and ``attributes``: the online presence is
+not written on its own but with the device's next message (its hello), or, if none comes within
+``PRESENCE_COALESCE`` seconds, together with the other devices' in one transaction. A device
+connecting thus costs two transactions (hello, attributes), and a connect storm no more. Only a
+single replica does this: with several (a shared subscription), the device's next messages and
+its Last Will may reach another replica, which must find the presence's session written, so
+each replica writes an online presence at once (``coalesce_presence=False``).
 """
 
 from __future__ import annotations
@@ -60,13 +66,20 @@ Outgoing = list[tuple[str, Message]]
 #: Seconds between two writes of a device's ``last_seen`` while it stays online.
 LAST_SEEN_EVERY = 10.0
 
+#: Seconds an online presence waits to be written with the device's next message, after which
+#: the online presences still waiting are written together (one transaction).
+PRESENCE_COALESCE = 0.5
+
 #: A report on a job of another device: refused without a word about that job.
 NOT_YOURS = Verdict("not-yours", "the job is not assigned to this device")
 
 
 class DeviceProtocol:
-    def __init__(self, store: JobStore, documents: Documents, clf: ClfLog, max_services: int = 16) -> None:
+    def __init__(self, store: JobStore, documents: Documents, clf: ClfLog, max_services: int = 16,
+                 coalesce_presence: bool = True) -> None:
         self.store = store
+        #: Whether an online presence may wait for the device's next message (one replica only).
+        self.coalesce_presence = coalesce_presence
         #: How many services one device may register (``max_services_per_device``).
         self.max_services = max_services
         self.documents = documents
@@ -77,6 +90,11 @@ class DeviceProtocol:
         self.instance: str | None = None
         #: device id -> monotonic time this replica last recorded it online.
         self._seen: dict[str, float] = {}
+        #: device id -> the columns of an online presence not written yet.
+        self._pending: dict[str, dict[str, object]] = {}
+        self._flush_timer: asyncio.Task[None] | None = None
+        #: The write of pending presences in progress (an offline presence waits for it).
+        self._flushing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ entry point
 
@@ -90,13 +108,17 @@ class DeviceProtocol:
                 return []
             self.clf.mqtt("RECV", device_id, topic, f"presence-{presence.state}", "ok", len(payload))
             if presence.state == "offline" and presence.session:
-                device = await self.store.device(device_id)
-                if device is not None and device.session and device.session != presence.session:
+                pending = self._pending.get(device_id)
+                if pending is not None:
+                    current = pending.get("session")
+                else:
+                    device = await self.store.device(device_id)
+                    current = device.session if device is not None else None
+                if current and current != presence.session:
                     log.info("ignored the late Last Will of an earlier connection of %s", device_id)
                     return []
-            if presence.state == "online":
-                await self.store.set_device(device_id, session=presence.session)
-            await self._presence(device_id, presence.state == "online")
+            await self._presence(device_id, presence.state == "online",
+                                 session=presence.session if presence.state == "online" else None)
             return []
         try:
             message = decode_up(payload)
@@ -115,13 +137,25 @@ class DeviceProtocol:
         return replies
 
     async def _dispatch(self, device_id: str, message: Message) -> Outgoing:
-        # Any message proves the device is alive (covers a lost "online" presence).
-        await self._alive(device_id)
+        # Any message proves the device is alive (covers a lost "online" presence). Hello and
+        # attributes write the device's row anyway: its liveness goes into that same transaction.
+        pending = self._pending.pop(device_id, None)
+        alive = {**(pending or {}), **self._alive_values(device_id)}
+        try:
+            match message:
+                case Hello():
+                    return await self._hello(device_id, message, alive)
+                case Attributes():
+                    return await self._attributes(device_id, message, alive)
+            if alive:
+                await self.store.set_device(device_id, **alive)
+        except BaseException:
+            if pending is not None:
+                self._pending.setdefault(device_id, pending)  # not written: the flush will
+                self._schedule_flush()
+            raise
+        self._mark_alive(device_id, alive)
         match message:
-            case Hello():
-                return await self._hello(device_id, message)
-            case Attributes():
-                return await self._attributes(device_id, message)
             case FetchJob():
                 return await self._fetch_job(device_id, message)
             case AcknowledgeJob():
@@ -141,28 +175,86 @@ class DeviceProtocol:
 
     # ------------------------------------------------------------------ liveness and attributes
 
-    async def _alive(self, device_id: str) -> None:
-        now = time.monotonic()
+    def _alive_values(self, device_id: str) -> dict[str, object]:
+        """The device columns to write because a message came: empty if this replica recorded
+        the device online less than ``LAST_SEEN_EVERY`` seconds ago."""
         seen = self._seen.get(device_id)
-        if seen is not None and now - seen < LAST_SEEN_EVERY:
-            return
-        await self.store.set_device(device_id, online=True, last_seen=time.time())
-        self._seen[device_id] = now
+        if seen is not None and time.monotonic() - seen < LAST_SEEN_EVERY:
+            return {}
+        return {"online": True, "last_seen": time.time()}
 
-    async def _presence(self, device_id: str, online: bool) -> None:
+    def _mark_alive(self, device_id: str, written: dict[str, object]) -> None:
+        """Remember when the liveness was written (after its transaction committed)."""
+        if "last_seen" in written:
+            self._seen[device_id] = time.monotonic()
+
+    async def _presence(self, device_id: str, online: bool, session: str | None = None) -> None:
+        """Online (with the connection's ``session``): kept to be written with the device's next
+        message or the next flush. Offline: written at once, after a flush in progress (which
+        may hold the device's online presence)."""
         self._seen.pop(device_id, None)
-        await self.store.set_device(device_id, online=online, last_seen=time.time())
+        values: dict[str, object] = {"online": online, "last_seen": time.time()}
+        if online:
+            if session is not None:
+                values["session"] = session
+            if self.coalesce_presence:
+                self._pending[device_id] = values
+                self._schedule_flush()
+            else:
+                await self.store.set_device(device_id, **values)
+            self._seen[device_id] = time.monotonic()  # the liveness is written with the presence
+        else:
+            self._pending.pop(device_id, None)
+            if self._flushing is not None and not self._flushing.done():
+                await asyncio.shield(self._flushing)
+            await self.store.set_device(device_id, **values)
         if self.on_presence:
             await self.on_presence(device_id, online)
 
-    async def _hello(self, device_id: str, hello: Hello) -> Outgoing:
+    def _schedule_flush(self) -> None:
+        if self._flush_timer is None or self._flush_timer.done():
+            self._flush_timer = asyncio.create_task(self._flush_later(), name="presence-flush")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(PRESENCE_COALESCE)
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("could not write %d online presences; retrying", len(self._pending))
+            self._flush_timer = None
+            self._schedule_flush()
+
+    async def flush(self) -> None:
+        """Write the online presences still waiting, all in one transaction."""
+        if self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        self._flushing = asyncio.ensure_future(self.store.set_devices(pending))
+        try:
+            await asyncio.shield(self._flushing)
+        except BaseException:
+            for device_id, values in pending.items():
+                self._pending.setdefault(device_id, values)
+            raise
+
+    async def close(self) -> None:
+        """Write what is pending (on shutdown)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        await self.flush()
+
+    async def _hello(self, device_id: str, hello: Hello, alive: dict[str, object] | None = None) -> Outgoing:
         """Update-Active-Jobs + Get-Jobs(fetchable): reconcile what the device holds."""
         stop: list[StopJob] = []
         unknown: list[int] = []
         held = {j.job_id for j in hello.jobs}
-        # One hop, however many jobs the hello lists: its software, the held jobs, the device's
-        # claimed and fetchable jobs.
-        rows, active, fetchable_rows = await self.store.hello_view(device_id, held, hello.software)
+        # One hop, however many jobs the hello lists: its software and liveness, the held jobs,
+        # the device's claimed and fetchable jobs.
+        alive = alive or {}
+        rows, active, fetchable_rows = await self.store.hello_view(device_id, held, hello.software, alive)
+        self._mark_alive(device_id, alive)
         for held_job in hello.jobs:
             row = rows.get(held_job.job_id)
             if row is None or row.device_id != device_id or not row.claimed:
@@ -187,21 +279,25 @@ class DeviceProtocol:
         return [(device_id, Sync(re=hello.id, fetchable=fetchable, stop=stop, unknown=unknown,
                                  instance=self.instance))]
 
-    async def _attributes(self, device_id: str, msg: Attributes) -> Outgoing:
+    async def _attributes(self, device_id: str, msg: Attributes, alive: dict[str, object] | None = None) -> Outgoing:
+        """Register or update the device's services (one transaction with its liveness); a
+        service whose attributes did not change is not written."""
+        alive = alive or {}
+        if msg.re:
+            # An answer to a status request: recorded in the database, so the replica that
+            # asked sees it whichever replica received it.
+            alive = {**alive, "status_re": msg.re}
         refused = await self.store.upsert_services(device_id, [(svc.kind.value, svc.name, {
             "state": svc.state.value, "state_reasons": list(svc.state_reasons) or [Reason.NONE],
             "state_message": svc.state_message, "info": svc.info, "location": svc.location,
             "make_and_model": svc.make_and_model,
             "capabilities": svc.capabilities.model_dump(mode="json", by_alias=True),
             "supplies": [supply.model_dump(mode="json") for supply in svc.supplies],
-        }) for svc in msg.services], self.max_services)
+        }) for svc in msg.services], self.max_services, device=alive)
+        self._mark_alive(device_id, alive)
         if refused is not None:
             log.warning("refused the services of %s: %s", device_id, refused.message)
             return [(device_id, Reply(re=msg.id, ok=False, code=refused.code, message=refused.message))]
-        if msg.re:
-            # An answer to a status request: recorded in the database, so the replica that
-            # asked sees it whichever replica received it.
-            await self.store.set_device(device_id, status_re=msg.re)
         return [(device_id, Reply(re=msg.id, ok=True, code="ok"))]
 
     async def request_status(self, device_id: str, publish: Callable[[str, Message], None],

@@ -20,6 +20,7 @@ without a session (``detached``), so callers read them as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import queue
 import threading
@@ -495,14 +496,16 @@ class JobStore:
         """Non-terminal jobs claimed by ``device_id``."""
         return await self.run(lambda conn: _active(conn, device_id))
 
-    async def hello_view(self, device_id: str, held: Iterable[int], software: str | None
+    async def hello_view(self, device_id: str, held: Iterable[int], software: str | None,
+                         device: Mapping[str, object] | None = None
                          ) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
-        """What a device's ``hello`` is answered from, read in one hop: records its software,
-        then (the held jobs that exist by id, its claimed active jobs, its fetchable jobs)."""
+        """What a device's ``hello`` is answered from, read in one hop: records its software
+        (and the ``device`` columns given, e.g. its liveness), then (the held jobs that exist
+        by id, its claimed active jobs, its fetchable jobs)."""
         ids = sorted(set(held))
 
         def work(conn: Connection) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
-            _set_device(conn, device_id, None, {"software": software})
+            _set_device(conn, device_id, None, {**(device or {}), "software": software})
             return (_jobs_by_id(conn, ids) if ids else {}), _active(conn, device_id), _fetchable(conn, device_id, 200)
 
         return await self.run(work)
@@ -548,6 +551,24 @@ class JobStore:
         """Create or update a device row; ``check(row)`` may refuse (raise) inside the transaction."""
         await self.run(lambda conn: _set_device(conn, device_id, check, values))
 
+    async def set_devices(self, values: Mapping[str, Mapping[str, object]]) -> None:
+        """Create or update several devices' rows (device id -> columns) in one transaction. A
+        device whose stored ``last_seen`` is later than the one given is left as it is: what was
+        written meanwhile (an offline recorded by another path) is newer than these values."""
+        def work(conn: Connection) -> None:
+            for device_id, columns in values.items():
+                given = columns.get("last_seen")
+
+                def newer_stored(row: DeviceRow | None, given: object = given) -> None:
+                    if (row is not None and row.last_seen is not None and isinstance(given, float)
+                            and row.last_seen > given):
+                        raise _StoredIsNewer
+
+                with contextlib.suppress(_StoredIsNewer):
+                    _set_device(conn, device_id, newer_stored, columns)
+
+        await self.run(work)
+
     async def services(self, kind: str | None = None) -> list[tuple[ServiceRow, DeviceRow, int]]:
         """Services with their device and the count of their not-ended jobs."""
         active = [s.value for s in JobState if not s.terminal]
@@ -583,8 +604,12 @@ class JobStore:
             return True
 
     async def upsert_services(self, device_id: str, services: list[tuple[str, str, dict]],
-                              cap: int) -> ServicesRefused | None:
-        """Create or update a device's services ``(kind, name, values)``, all or none.
+                              cap: int, device: Mapping[str, object] | None = None) -> ServicesRefused | None:
+        """Create or update a device's services ``(kind, name, values)``, all or none; a
+        service whose stored values are the same is not written (nor its ``updated_at``
+        moved), so a device that reconnects with unchanged attributes writes no service.
+        The ``device`` columns given (its liveness) are written in the same transaction,
+        whether the services are refused or not.
 
         Refused whole (nothing written) if a name belongs to another device (names are
         first come, first served: the device that registered one keeps it until an operator
@@ -592,7 +617,11 @@ class JobStore:
         device's row is locked (``FOR UPDATE`` where the database has it) so two replicas
         cannot both pass the count. One transaction, one hop.
         """
-        return await self.run(lambda conn: _upsert_services(conn, device_id, services, cap))
+        return await self.run(lambda conn: _upsert_services(conn, device_id, services, cap, device))
+
+
+class _StoredIsNewer(Exception):
+    """A device row holds a later state than the values about to be written (nothing written)."""
 
 
 def _jobs_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, JobRow]:
@@ -667,7 +696,9 @@ def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | N
 
 
 def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str, str, dict]],
-                     cap: int) -> ServicesRefused | None:
+                     cap: int, device: Mapping[str, object] | None = None) -> ServicesRefused | None:
+    if device:
+        _set_device(conn, device_id, None, device)
     conn.execute(_LOCK_DEVICE, {"device_id": device_id})
     owned = {(m["kind"], m["name"]): m for m in
              conn.execute(_DEVICE_SERVICES, {"device_id": device_id}).mappings()}
@@ -691,7 +722,7 @@ def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str,
         if found is None and (kind, name) not in written:
             conn.execute(_INSERT_SERVICE, {**values, "device_id": device_id, "kind": kind, "name": name,
                                            "updated_at": now})
-        else:
+        elif (kind, name) in written or any(found[key] != value for key, value in values.items()):
             _update(conn, "services", {"kind": kind, "name": name}, {**values, "updated_at": now})
         written.add((kind, name))
     return None

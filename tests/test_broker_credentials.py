@@ -4,10 +4,12 @@ accepted."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from broker import plugins
 from broker.credentials import CredentialStore, check_password, generate_password, hash_password, is_random_token
 
 
@@ -74,3 +76,49 @@ def test_malformed_keyed_hashes_are_refused_not_raised() -> None:
     for encoded in ("hmac-sha256$", "hmac-sha256$x$y", "hmac-sha256$$", "hmac-sha256$AAAA$AAAA",
                     "hmac-sha256$a$b$c"):
         assert not check_password(token, encoded)
+
+
+def test_a_token_check_is_cheap_a_scrypt_check_is_not_until_it_succeeded(tmp_path: Path) -> None:
+    """What lets the broker check a device token on its event loop and send scrypt to a thread."""
+    path = tmp_path / "passwd"
+    store = CredentialStore(path)
+    token = generate_password()
+    store.set("dev-1", token)
+    store.set("person", "a password a person chose")
+    assert store.verify_is_cheap("dev-1", token) and store.verify_is_cheap("dev-1", _other_token(token))
+    assert store.verify_is_cheap("nobody", "x")
+    assert not store.verify_is_cheap("person", "a password a person chose")
+    assert not store.verify_is_cheap("person", "a wrong guess")
+    assert store.verify("person", "a password a person chose")
+    assert store.verify_is_cheap("person", "a password a person chose")  # remembered
+    assert not store.verify_is_cheap("person", "a wrong guess")  # a guess still costs a scrypt
+
+
+async def test_the_connect_check_runs_inline_for_a_token_and_in_a_thread_for_scrypt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "passwd"
+    store = CredentialStore(path)
+    token = generate_password()
+    store.set("dev-1", token)
+    store.set("person", "a password a person chose")
+    threads: list[str] = []
+    real = asyncio.to_thread
+
+    async def counted(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(kwargs.get("username", "?"))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(plugins.asyncio, "to_thread", counted)
+
+    def connect(username: str, password: str) -> dict:
+        return {"username": username, "password": password, "client_id": username, "will_flag": False,
+                "will_topic": None, "will_retain": False}
+
+    assert await plugins.check_connect_async(store, **connect("dev-1", token)) is None
+    refused = await plugins.check_connect_async(store, **connect("dev-1", _other_token(token)))
+    assert refused is not None and refused[0] == plugins.BAD_USERNAME_OR_PASSWORD
+    assert threads == []
+    assert await plugins.check_connect_async(store, **connect("person", "a password a person chose")) is None
+    refused = await plugins.check_connect_async(store, **connect("person", "a wrong guess"))
+    assert refused is not None and refused[0] == plugins.BAD_USERNAME_OR_PASSWORD
+    assert threads == ["person", "person"]

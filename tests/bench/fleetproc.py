@@ -1,9 +1,12 @@
 """The simulated-device fleet as its own process, so its CPU is counted apart from the service's.
 
-``python -m tests.bench.fleetproc SPEC.json``: connects the devices of the spec (``mode``
-``broker`` = CONNECT and SUBSCRIBE only, the broker-alone baseline; ``service`` = the real
-protocol up to online), prints one JSON line per event on stdout (``connected``, ``doorbell``,
-``done``), serves jobs until its stdin closes, then disconnects every session and prints ``bye``.
+``python -m tests.bench.fleetproc SPEC.json``: prints ``ready`` once started, waits for a line
+on stdin (so several fleet processes start connecting together), connects the devices of the
+spec (``mode`` ``broker`` = CONNECT and SUBSCRIBE only, the broker-alone baseline; ``service`` =
+the real protocol up to online; ``resume``: TLS sessions resumed, see
+``tests.support.fleet.ResumingContext``), prints one JSON line per event on stdout
+(``connected`` with the wall-clock ``t`` it finished, ``doorbell``, ``done``), serves jobs until
+its stdin closes, then disconnects every session and prints ``bye``.
 """
 
 from __future__ import annotations
@@ -11,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-import ssl
 import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.support.fleet import FleetContext, FleetDevice, connect_all
+from tests.support.fleet import FleetContext, FleetDevice, client_context, connect_all
 
 
 def emit(event: str, **fields: object) -> None:
@@ -28,20 +30,24 @@ def emit(event: str, **fields: object) -> None:
 
 async def main(spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
-    tls = ssl.create_default_context(cafile=spec["ca"])
+    tls = client_context(spec["ca"], spec.get("resume", False))
     limits = httpx.Limits(max_connections=spec.get("http_connections", 64), max_keepalive_connections=64)
-    async with httpx.AsyncClient(verify=tls, timeout=60.0, limits=limits) as http:
+    web_tls = client_context(spec["ca"], resume=False)  # a broker's session is for the broker only
+    async with httpx.AsyncClient(verify=web_tls, timeout=60.0, limits=limits) as http:
         ctx = FleetContext(
             host=spec["host"], port=spec["port"], tls=tls, http=http, capabilities=spec.get("capabilities", {}),
             on_doorbell=lambda device, job, t: emit("doorbell", device=device, job=job, t=t),
             on_done=lambda device, job, state, t: emit("done", device=device, job=job, state=state, t=t),
             keepalive=spec.get("keepalive", 120))
         devices = [FleetDevice(ctx, name, password) for name, password in spec["devices"]]
+        loop = asyncio.get_running_loop()
+        emit("ready")
+        await loop.run_in_executor(None, sys.stdin.readline)  # the bench's go
         started = time.monotonic()
         errors = await connect_all(devices, spec.get("concurrency", 100), spec["mode"] == "service")
         emit("connected", n=len(devices) - len(errors), errors=errors[:5], n_errors=len(errors),
-             elapsed=time.monotonic() - started)
-        loop = asyncio.get_running_loop()
+             elapsed=time.monotonic() - started, t=time.time(),
+             resumed=sum(1 for d in devices if d.session.resumed))
         await loop.run_in_executor(None, sys.stdin.read)  # until the bench closes our stdin
         await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
     emit("bye")

@@ -87,6 +87,8 @@ class MqttSession:
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = asyncio.Event()
+        #: Whether the TLS handshake resumed an earlier session.
+        self.resumed = False
 
     def _next_mid(self) -> int:
         self._mid = self._mid % 65535 + 1
@@ -108,6 +110,10 @@ class MqttSession:
         kind, _flags, data = await asyncio.wait_for(self._read_packet(), timeout)
         if kind != CONNACK or len(data) < 2 or data[1] != 0:
             raise MqttError(f"CONNACK refused: {data.hex()}")
+        ssl_object = self._writer.get_extra_info("ssl_object")
+        self.resumed = bool(getattr(ssl_object, "session_reused", False))
+        if isinstance(context, ResumingContext):
+            context.learn(self._writer)
         self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._ping(keepalive))]
 
     async def _read_packet(self) -> tuple[int, int, bytes]:
@@ -184,6 +190,42 @@ class MqttSession:
             self._writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._writer.wait_closed(), 5)
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client TLS context that offers the broker a session it issued before (``session``).
+
+    A device that reconnects resumes its TLS session (a TLS 1.3 ticket, or a TLS 1.2 session
+    id): the broker decrypts the ticket instead of signing a handshake and sending its
+    certificate chain, and the client verifies no chain. asyncio's ``open_connection`` has no
+    session argument, but it makes its TLS object with ``wrap_bio``, which has one.
+    """
+
+    session: ssl.SSLSession | None = None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        if session is None and not server_side:
+            session = self.session
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def learn(self, writer: asyncio.StreamWriter) -> None:
+        """Keep the session of an established connection to offer on the next ones (once its
+        ticket has arrived: TLS 1.3 sends it after the handshake)."""
+        if self.session is not None:
+            return
+        ssl_object = writer.get_extra_info("ssl_object")
+        session = getattr(ssl_object, "session", None)
+        if session is not None and (session.has_ticket or session.id):
+            self.session = session
+
+
+def client_context(cafile: str, resume: bool) -> ssl.SSLContext:
+    """The fleet's TLS client context: the broker's CA, hostname checked; with ``resume``,
+    connections after the first resume a TLS session the broker issued to an earlier one."""
+    context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT) if resume else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=cafile)
+    return context
 
 
 # -- a simulated device --------------------------------------------------------------------------
