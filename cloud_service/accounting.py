@@ -206,8 +206,9 @@ class Admission:
         self.config = config
 
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
-                        retention: dict[str, Any] | None) -> dict[str, Any]:
-        """Column values for the new job; refuses at once if even one page would not fit.
+                        retention: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+        """Column values for the new job, and whether ``on_close`` must check it again (a price
+        or a quota of the user applies); refuses at once if even one page would not fit.
         The service's policy and the user's quotas are read in one hop."""
         def work(conn: Connection) -> tuple[ServicePolicyRow | None, list[QuotaRow]]:
             found = conn.execute(_SELECT_POLICY, {"device_id": service.device_id,
@@ -220,7 +221,7 @@ class Admission:
         await check(self.store, user, service, copies, price, quota_rows=quota_rows)
         values = {"price": price, "impressions_estimated": copies}
         values.update(retention_rules.columns(retention_rules.resolve(self.config, rules, retention)))
-        return values
+        return values, bool(price) or bool(quota_rows)
 
     async def on_create_scan(self, service: ServiceRow, retention: dict[str, Any] | None) -> dict[str, Any]:
         """A scan job's retention (as for print). Scan output exists to be downloaded after the

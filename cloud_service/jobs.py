@@ -17,14 +17,16 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from sqlalchemy import Connection
+
 from cloud_service.auth import User
-from cloud_service.db import JobRow, ServiceRow
+from cloud_service.db import DocumentRow, JobRow, ServiceRow
 from cloud_service.defaults import choose_service
-from cloud_service.documents import DocumentKey, Documents
+from cloud_service.documents import RECORDED, DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.objects import StoredObject
 from cloud_service.sharing import Access, check_service, owns, usable_in
-from cloud_service.store import JobNotFound, JobStore
+from cloud_service.store import JobNotFound, JobStore, new_document, write_document
 from cloud_service.transform import advertised_capabilities
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
@@ -43,8 +45,9 @@ class Admission(Protocol):
     """Price, quota and retention decisions at submit (cloud_service.accounting.Admission)."""
 
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
-                        retention: dict[str, Any] | None) -> dict[str, Any]:
-        """The job row's admission and retention columns; Refusal if the job may not start."""
+                        retention: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+        """The job row's admission and retention columns, and whether ``on_close`` must check
+        the job again (False: no price and no quota apply to it); Refusal if it may not start."""
         ...
 
     async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
@@ -132,16 +135,17 @@ class JobOperations:
         service = await self.usable_service(user, kind, service_name)
         stored_ticket = self.check_ticket(service, ticket, document_format)
         stored_ticket.pop("document-format", None)
-        admitted = await self.admission.on_create(user, service, stored_ticket, retention)
+        admitted, check_at_close = await self.admission.on_create(user, service, stored_ticket, retention)
         doc = {"name": document_name, "format": document_format}
         row = await self.store.create_job(kind=kind, service=service, owner=user.name, ticket=stored_ticket,
                                           documents=[doc], with_documents=False, key_for=DocumentKey.input_key,
                                           columns=admitted)
         if chunks is not None:
-            await self.store_document(row.id, chunks)
-            # Just made, by this user, on this service, with its one document stored: close it
+            # Just made, by this user, on this service: store its one document and close it
             # without reading all that back.
-            row = await self._close(user, row, service)
+            _, stored = await self.documents.receive_new(
+                new_document(row.id, 1, document_name, document_format, DocumentKey.input_key(row.id, 1)), chunks)
+            row = await self._close(user, row, service, stored, check_at_close)
         return row
 
     async def create_scan(self, user: User, service_name: str | None, ticket: dict[str, Any],
@@ -167,9 +171,17 @@ class JobOperations:
             raise Refusal(409, "document-missing", "upload the document before closing the job")
         return await self._close(user, row, await self.store.service(row.kind, row.service_name))
 
-    async def _close(self, user: User, row: JobRow, service: ServiceRow | None) -> JobRow:
+    async def _close(self, user: User, row: JobRow, service: ServiceRow | None,
+                     stored: DocumentRow | None = None, check: bool = True) -> JobRow:
+        """Close the job. ``stored``: its one document, whose bytes this request has just stored
+        (``Documents.receive_new``) and not yet recorded; unless admission must ``check`` the job
+        again (and so read its pages), they are recorded in the close's own transaction, with
+        the estimate of what the job counts (copies x pages) on the job."""
         job_id = row.id
-        if service is not None and row.state == JobState.PENDING_HELD.value:
+        recorded = {k: getattr(stored, k) for k in RECORDED} if stored is not None else None
+        if recorded is not None and check:
+            await self.store.set_document(job_id, stored.number, **recorded)  # type: ignore[union-attr]
+        if service is not None and row.state == JobState.PENDING_HELD.value and check:
             try:
                 await self.admission.on_close(user, row, service)
             except Refusal as refusal:
@@ -177,10 +189,25 @@ class JobOperations:
                     await self.store.transition(job_id, Abort(Reason.ABORTED_BY_SYSTEM, refusal.message))
                 raise
         # Transforms run before the job becomes fetchable (cloud_service.transform).
-        note = await self.documents.make_printable(row, row.kind, service.capabilities) if service else None
+        note = (await self.documents.make_printable(row, row.kind, service.capabilities,
+                                                    [stored] if stored is not None else None)
+                if service else None)
+        first = extra = None
+        if recorded is not None and not check:
+            assert stored is not None
+            number = stored.number
+            estimate = int((row.ticket or {}).get("copies") or 1) * max(stored.pages or 1, 1)
+
+            def first(conn: Connection) -> None:
+                write_document(conn, job_id, number, recorded)
+
+            def extra(_row: JobRow) -> dict:
+                return {"impressions_estimated": estimate}
         try:
-            result = await self.store.transition(job_id, Close(note))
+            result = await self.store.transition(job_id, Close(note), extra=extra, first=first)
         except InvalidTransition as exc:
+            if first is not None and recorded is not None:  # the bytes are stored all the same
+                await self.store.set_document(job_id, stored.number, **recorded)  # type: ignore[union-attr]
             raise Refusal(409, "job-not-incoming", str(exc)) from None
         row = result.row
         if result.after.fetchable:  # a held job rings no doorbell until it is released

@@ -358,9 +358,8 @@ class JobStore:
             if documents:
                 assert key_for is not None
                 conn.execute(_INSERT_DOC, [
-                    {"job_id": job_id, "number": number, "name": doc.get("name"), "format": doc["format"],
-                     "size": doc.get("size"), "sha256": doc.get("sha256"), "object_key": key_for(job_id, number),
-                     "state": DocumentState.PENDING.value, "impressions_completed": 0, "pages": None}
+                    _new_document(job_id, number, doc.get("name"), doc["format"], key_for(job_id, number),
+                                  doc.get("size"), doc.get("sha256"))
                     for number, doc in enumerate(documents, start=1)])
             conn.execute(_INSERT_EVENT, {"job_id": job_id, "version": core.version, "at": now,
                                          "state": core.state.value, "state_reasons": list(core.reasons),
@@ -397,21 +396,19 @@ class JobStore:
             found = conn.execute(_SELECT_DOC, {"job_id": job_id, "number": number}).mappings().first()
             if found is not None:
                 return detached(DocumentRow, found)
-            values = {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": None,
-                      "sha256": None, "object_key": object_key, "state": DocumentState.PENDING.value,
-                      "impressions_completed": 0, "pages": None}
+            values = _new_document(job_id, number, name, document_format, object_key)
             conn.execute(_INSERT_DOC, values)
             return detached(DocumentRow, values)
 
         return await self.run(work)
 
     async def set_document(self, job_id: int, number: int, **values: object) -> None:
-        await self.run(lambda conn: _update(conn, "documents", {"job_id": job_id, "number": number}, values))
+        await self.run(lambda conn: write_document(conn, job_id, number, values))
 
     async def transition(self, job_id: int,
                          event: Event | Callable[[Job, JobRow], Event | Verdict | None],
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
-                         attempts: int = 20) -> Transition:
+                         attempts: int = 20, first: Callable[[Connection], None] | None = None) -> Transition:
         """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
 
         The callback (for device reports: schemas.model.reports.judge) sees the very row the
@@ -420,12 +417,14 @@ class JobStore:
         writes nothing. The job's documents are part of the model: their changes are written
         in the same transaction as the job's. Each attempt (read, judge, write) is one
         transaction in one hop to the database; the callback runs there, so it must be plain
-        code that does no I/O.
+        code that does no I/O. ``first(connection)`` writes what belongs with the change (a
+        document's bytes just stored, for the close they complete) in the same transaction,
+        before the job is read and judged; if the event is refused it is rolled back with it.
 
         Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
         for _ in range(attempts):
-            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra))
+            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra, first))
             if done is None:
                 continue  # another writer got there first: read and judge again
             if done.written:
@@ -595,6 +594,25 @@ class JobStore:
         return await self.run(lambda conn: _upsert_services(conn, device_id, services, cap))
 
 
+def _new_document(job_id: int, number: int, name: str | None, document_format: str, object_key: str,
+                  size: int | None = None, sha256: str | None = None) -> dict[str, Any]:
+    """A new (pending) document row's columns."""
+    return {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": size,
+            "sha256": sha256, "object_key": object_key, "state": DocumentState.PENDING.value,
+            "impressions_completed": 0, "pages": None}
+
+
+def new_document(job_id: int, number: int, name: str | None, document_format: str, object_key: str) -> DocumentRow:
+    """The row ``create_job`` wrote for a document of a job it just made (to use it without reading it back)."""
+    return detached(DocumentRow, {**_new_document(job_id, number, name, document_format, object_key),
+                                  "transformed": None})
+
+
+def write_document(conn: Connection, job_id: int, number: int, values: Mapping[str, Any]) -> None:
+    """Set columns of document ``number`` of a job, inside the caller's transaction."""
+    _update(conn, "documents", {"job_id": job_id, "number": number}, values)
+
+
 def _jobs_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, JobRow]:
     rows = conn.execute(_SELECT_JOBS, {"ids": list(ids)}).mappings()
     return {m["id"]: _job_row(m) for m in rows}
@@ -610,8 +628,11 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
 
 
 def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job, JobRow], Event | Verdict | None],
-                     message_id: str | None, extra: Callable[[JobRow], dict] | None) -> Transition | None:
+                     message_id: str | None, extra: Callable[[JobRow], dict] | None,
+                     first: Callable[[Connection], None] | None = None) -> Transition | None:
     """One attempt of JobStore.transition inside one transaction; None if the version moved."""
+    if first is not None:
+        first(conn)
     row, docs = _read_job_docs(conn, job_id)
     before = core_job(row, docs)
     chosen = event(before, row) if callable(event) else event

@@ -127,6 +127,28 @@ async def test_pages_are_stored_at_upload_and_priced_without_a_second_read(rig: 
     assert (await rig.store.get_job(row.id)).impressions_estimated == 6  # 2 copies x 3 pages
 
 
+async def test_a_submit_with_its_document_records_it_in_the_close(rig: Rig) -> None:
+    """Create with the bytes (multipart, IPP Print-Job): size, digest, pages and the estimate are
+    written with the close, with no price or quota to check; with a price, admission still
+    checks at close with the pages counted."""
+    row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "d.pdf",
+                                stream(make_pdf(3), 7))
+    (doc,) = await rig.store.documents(row.id)
+    assert doc.pages == 3 and doc.size and doc.sha256 and doc.format == "application/pdf"
+    job = await rig.store.get_job(row.id)
+    assert (job.state, job.version, job.impressions_estimated) == ("pending", row.version, 6)
+    assert [e.state for e in (await rig.store.job_info(job)).history] == ["pending-held", "pending"]
+    await accounting.set_policy(rig.store, "dev", "office", "root", price_per_impression=1)
+    await accounting.add_credit(rig.store, "root", 10, "root")
+    with pytest.raises(Refusal) as refused:  # 2 copies x 6 pages at 1 credit: 12 > 10
+        await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "e.pdf",
+                              stream(make_pdf(6), 7))
+    assert refused.value.code == "insufficient-balance"
+    (aborted,) = [j for j in await rig.store.list_jobs(owner=None, include_ended=True) if j.id != row.id]
+    (doc,) = await rig.store.documents(aborted.id)
+    assert (aborted.state, doc.pages) == ("aborted", 6)
+
+
 async def test_accept_refuses_replays_and_keys_of_the_wrong_kind(rig: Rig) -> None:
     row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {}, "application/pdf", None, None)
     with pytest.raises(Refusal) as refused:
