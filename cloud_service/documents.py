@@ -259,8 +259,13 @@ class Documents:
         least ``MIN_UPLOAD_TTL``; every other URL lasts ``url_ttl``. ``documents``: the job's
         rows when the caller has just read them (no second read).
         """
+        return self.presigned(documents if documents is not None else await self.store.documents(job_id),
+                              method, number)
+
+    def presigned(self, documents: list[DocumentRow], method: str, number: int | None = None) -> list[DocumentUrl]:
+        """``urls`` for document rows in hand: no I/O, so it may run inside a transaction's callback."""
         out = []
-        for doc in documents if documents is not None else await self.store.documents(job_id):
+        for doc in documents:
             if number is not None and doc.number != number:
                 continue
             slow_client = method == "PUT" and not DocumentKey.parse(doc.object_key).output

@@ -190,6 +190,19 @@ class Transition:
         return self.after.version != self.before.version
 
 
+@dataclass(frozen=True)
+class WithDocuments:
+    """A transition callback that also reads the job's document rows (read with the job, in the
+    same statement): for a decision whose answer is built from them, such as a claim's
+    document URLs."""
+
+    decide: Callable[[Job, JobRow, list[DocumentRow]], Event | Verdict | None]
+
+
+#: What ``JobStore.transition`` applies: an event, or a callback that picks one on the current job.
+Chooser = Event | Callable[[Job, JobRow], Event | Verdict | None] | WithDocuments
+
+
 def core_job(row: JobRow, documents: list[DocumentRow] | tuple[()] = ()) -> Job:
     """The model's Job for a stored row and its document rows."""
     output = row.kind == ServiceKind.SCAN.value  # a scan job's documents are the device's output
@@ -405,8 +418,7 @@ class JobStore:
     async def set_document(self, job_id: int, number: int, **values: object) -> None:
         await self.run(lambda conn: write_document(conn, job_id, number, values))
 
-    async def transition(self, job_id: int,
-                         event: Event | Callable[[Job, JobRow], Event | Verdict | None],
+    async def transition(self, job_id: int, event: Chooser,
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
                          attempts: int = 20, first: Callable[[Connection], None] | None = None) -> Transition:
         """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
@@ -627,7 +639,7 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
     return [_job_row(m) for m in conn.execute(_SELECT_ACTIVE, {"device_id": device_id}).mappings()]
 
 
-def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job, JobRow], Event | Verdict | None],
+def _transition_once(conn: Connection, job_id: int, event: Chooser,
                      message_id: str | None, extra: Callable[[JobRow], dict] | None,
                      first: Callable[[Connection], None] | None = None) -> Transition | None:
     """One attempt of JobStore.transition inside one transaction; None if the version moved."""
@@ -635,7 +647,10 @@ def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job
         first(conn)
     row, docs = _read_job_docs(conn, job_id)
     before = core_job(row, docs)
-    chosen = event(before, row) if callable(event) else event
+    if isinstance(event, WithDocuments):
+        chosen = event.decide(before, row, docs)
+    else:
+        chosen = event(before, row) if callable(event) else event
     if chosen is None:
         return Transition(before, before, row)
     if isinstance(chosen, Verdict):
