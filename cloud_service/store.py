@@ -80,6 +80,15 @@ _JOB_KEYS = tuple(c.key for c in _jobs.columns)
 _DOC_KEYS = tuple(c.key for c in _docs.columns)
 _DOC_JOB_ID = len(_JOB_KEYS) + _DOC_KEYS.index("job_id")
 _SELECT_JOBS = select(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
+#: What a supervisor sweep looks at (cloud_service.supervisor), all in one hop.
+_SELECT_DEVICES = select(_devices)
+_SELECT_CLAIMED = (select(_jobs).where(_jobs.c.claimed.is_(True), _jobs.c.state.not_in(_TERMINAL))
+                   .order_by(_jobs.c.id))
+_SELECT_WAITING = (select(_jobs).where(_jobs.c.state == JobState.PENDING.value, _jobs.c.claimed.is_(False),
+                                       _jobs.c.updated_at <= bindparam("before"))
+                   .order_by(_jobs.c.id).limit(bindparam("limit")))
+_SELECT_INCOMING = select(_jobs).where(_jobs.c.state == JobState.PENDING_HELD.value,
+                                       _jobs.c.updated_at <= bindparam("before"))
 _SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
 _SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
 _SERVICE_OWNER = select(_services.c.device_id).where(_services.c.kind == bindparam("kind"),
@@ -171,6 +180,16 @@ class ServicesRefused:
 
     code: str
     message: str
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """A supervisor sweep's reading of the database (``JobStore.sweep_view``)."""
+
+    devices: list[DeviceRow]
+    claimed: list[JobRow]
+    fetchable: list[JobRow]
+    incoming: list[JobRow]
 
 
 @dataclass
@@ -505,6 +524,22 @@ class JobStore:
     async def active_for(self, device_id: str) -> list[JobRow]:
         """Non-terminal jobs claimed by ``device_id``."""
         return await self.run(lambda conn: _active(conn, device_id))
+
+    async def sweep_view(self, fetchable_before: float, incoming_before: float, limit: int = 10_000) -> SweepView:
+        """What a supervisor sweep decides on, read in one hop however many devices there are:
+        every device, the claimed jobs not ended, the pending jobs fetchable since before
+        ``fetchable_before`` and the jobs still waiting for their documents since before
+        ``incoming_before`` (each list by job id)."""
+        def work(conn: Connection) -> SweepView:
+            devices = [detached(DeviceRow, m) for m in conn.execute(_SELECT_DEVICES).mappings()]
+            claimed = [_job_row(m) for m in conn.execute(_SELECT_CLAIMED).mappings()]
+            waiting = [_job_row(m) for m in conn.execute(_SELECT_WAITING, {"before": fetchable_before,
+                                                                           "limit": limit}).mappings()
+                       if "job-fetchable" in m["state_reasons"]]
+            incoming = [_job_row(m) for m in conn.execute(_SELECT_INCOMING, {"before": incoming_before}).mappings()]
+            return SweepView(devices, claimed, waiting, incoming)
+
+        return await self.run(work)
 
     async def hello_view(self, device_id: str, held: Iterable[int], software: str | None
                          ) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
