@@ -17,10 +17,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 from urllib.parse import urlencode
 
 import anyio
+import anyio.to_thread
 
 from broker.private import create_private, open_private, private_dir
 
@@ -102,6 +103,36 @@ def load_or_create_secret(path: Path) -> bytes:
     return secret
 
 
+def _open_new(tmp: Path) -> IO[bytes]:
+    private_dir(tmp.parent)
+    return open(tmp, "wb", opener=open_private)
+
+
+def _write_whole(tmp: Path, data: bytes, path: Path) -> None:
+    with _open_new(tmp) as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _close_and_rename(fh: IO[bytes], tmp: Path, path: Path) -> None:
+    fh.close()
+    os.replace(tmp, path)
+
+
+def _open_and_read(path: Path) -> tuple[IO[bytes] | None, bytes]:
+    """The file opened and its first chunk; the file is closed already (None) if that was all."""
+    fh = open(path, "rb")  # noqa: SIM115 (closed here at its end, else by read_stream)
+    try:
+        chunk = fh.read(CHUNK)
+    except BaseException:
+        fh.close()
+        raise
+    if len(chunk) < CHUNK:
+        fh.close()
+        return None, chunk
+    return fh, chunk
+
+
 class LocalObjectStore:
     """Files under ``root``; writes go to a temp file and are renamed, so readers never see
     half an object. Memory use is one chunk whatever the size. Documents are private: files
@@ -118,29 +149,52 @@ class LocalObjectStore:
         return self.root / key
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
+        """Up to ``CHUNK`` bytes are held in memory, and an object that fits is written in one
+        trip to a worker thread (directory, file, rename); a larger one is streamed through a
+        file opened once it passes that size, so memory stays one chunk whatever the size."""
         path = self._path(key)
-        private_dir(path.parent)
         tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
         digest = hashlib.sha256()
         size = 0
+        held: list[bytes] = []
+        fh: IO[bytes] | None = None
         try:
-            async with await anyio.open_file(tmp, "wb", opener=open_private) as fh:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ObjectTooLarge(f"document exceeds {max_bytes} bytes")
-                    digest.update(chunk)
-                    await fh.write(chunk)
-            os.replace(tmp, path)
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ObjectTooLarge(f"document exceeds {max_bytes} bytes")
+                digest.update(chunk)
+                if fh is None and size <= CHUNK:
+                    held.append(chunk)
+                    continue
+                if fh is None:
+                    fh = await anyio.to_thread.run_sync(_open_new, tmp)
+                    held, first = [], b"".join(held)
+                    await anyio.to_thread.run_sync(fh.write, first)
+                await anyio.to_thread.run_sync(fh.write, chunk)
+            if fh is None:
+                await anyio.to_thread.run_sync(_write_whole, tmp, b"".join(held), path)
+            else:
+                await anyio.to_thread.run_sync(_close_and_rename, fh, tmp, path)
+                fh = None
         except BaseException:
+            if fh is not None:
+                fh.close()
             tmp.unlink(missing_ok=True)
             raise
         return StoredObject(key, size, digest.hexdigest())
 
     async def read_stream(self, key: str) -> AsyncIterator[bytes]:
-        async with await anyio.open_file(self._path(key), "rb") as fh:
-            while chunk := await fh.read(CHUNK):
+        """The object's bytes; one that fits in a chunk is read in one trip to a worker thread."""
+        fh, chunk = await anyio.to_thread.run_sync(_open_and_read, self._path(key))
+        try:
+            if chunk:
                 yield chunk
+            while fh is not None and (chunk := await anyio.to_thread.run_sync(fh.read, CHUNK)):
+                yield chunk
+        finally:
+            if fh is not None:
+                fh.close()
 
     async def size(self, key: str) -> int | None:
         try:

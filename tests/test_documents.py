@@ -6,6 +6,7 @@ Real components in-process: SQLite, the local object store, the job operations a
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from cloud_service.auth import User
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
-from cloud_service.objects import LocalObjectStore
+from cloud_service.objects import CHUNK, LocalObjectStore, ObjectTooLarge, UrlSigner
 from cloud_service.store import JobStore
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
@@ -85,6 +86,30 @@ def test_page_counter_text_and_other_formats() -> None:
     image = PageCounter("image/jpeg")
     image.feed(b"/Type /Page" * 10)
     assert image.pages == 1 and not image.counts
+
+
+# ---------------------------------------------------------------------------- the local object store
+
+
+@pytest.mark.parametrize("size,piece", [(0, 1), (1, 1), (CHUNK, 1000), (CHUNK + 1, CHUNK), (3 * CHUNK + 5, 77_777)])
+async def test_local_objects_small_in_one_trip_large_streamed_same_bytes(tmp_path: Path, size: int,
+                                                                         piece: int) -> None:
+    """Up to a chunk is held and written at once, more is streamed: either way the bytes, size and
+    digest come back as sent, and no temporary file is left, also when the cap refuses it."""
+    store = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for chunk in chunked(data, piece):
+            yield chunk
+
+    stored = await store.put_stream("jobs/1/doc-1", pieces(), max_bytes=4 * CHUNK)
+    assert (stored.size, stored.sha256) == (size, hashlib.sha256(data).hexdigest())
+    assert b"".join([c async for c in store.read_stream("jobs/1/doc-1")]) == data
+    if size:
+        with pytest.raises(ObjectTooLarge):
+            await store.put_stream("jobs/1/doc-2", pieces(), max_bytes=size - 1)
+    assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "1").iterdir()) == ["doc-1"]
 
 
 # ---------------------------------------------------------------------------- the one writer
