@@ -205,17 +205,21 @@ class Admission:
         self.store = store
         self.config = config
 
+    def read(self, conn: Connection, user: User, service: ServiceRow) -> tuple[ServicePolicyRow | None,
+                                                                              list[QuotaRow]]:
+        """What ``on_create`` decides on (the service's policy, the user's quotas on it), read
+        inside the caller's transaction: the hop that finds the service can bring it along."""
+        found = conn.execute(_SELECT_POLICY, {"device_id": service.device_id,
+                                              "service": service.name}).mappings().first()
+        return (None if found is None else detached(ServicePolicyRow, found)), _user_quotas(conn, user, service)
+
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
-                        retention: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+                        retention: dict[str, Any] | None, known: Any = None) -> tuple[dict[str, Any], bool]:
         """Column values for the new job, and whether ``on_close`` must check it again (a price
         or a quota of the user applies); refuses at once if even one page would not fit.
-        The service's policy and the user's quotas are read in one hop."""
-        def work(conn: Connection) -> tuple[ServicePolicyRow | None, list[QuotaRow]]:
-            found = conn.execute(_SELECT_POLICY, {"device_id": service.device_id,
-                                                  "service": service.name}).mappings().first()
-            return (None if found is None else detached(ServicePolicyRow, found)), _user_quotas(conn, user, service)
-
-        rules, quota_rows = await self.store.run(work)
+        ``known``: what ``read`` gave in the caller's transaction; else it is read in one hop."""
+        rules, quota_rows = (known if known is not None
+                             else await self.store.run(lambda conn: self.read(conn, user, service)))
         price = rules.price_per_impression if rules is not None else None
         copies = int(ticket.get("copies") or 1)
         await check(self.store, user, service, copies, price, quota_rows=quota_rows)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection
 
 from cloud_service.auth import User
-from cloud_service.db import DocumentRow, JobRow, ServiceRow
+from cloud_service.db import DeviceRow, DocumentRow, JobRow, ServiceRow
 from cloud_service.defaults import choose_service
 from cloud_service.documents import RECORDED, DocumentKey, Documents
 from cloud_service.errors import Refusal
@@ -44,10 +44,15 @@ Notify = Callable[[str, Message], None]
 class Admission(Protocol):
     """Price, quota and retention decisions at submit (cloud_service.accounting.Admission)."""
 
+    def read(self, conn: Connection, user: User, service: ServiceRow) -> Any:
+        """What ``on_create`` decides on, read inside the caller's transaction (no I/O of its own)."""
+        ...
+
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
-                        retention: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+                        retention: dict[str, Any] | None, known: Any = None) -> tuple[dict[str, Any], bool]:
         """The job row's admission and retention columns, and whether ``on_close`` must check
-        the job again (False: no price and no quota apply to it); Refusal if it may not start."""
+        the job again (False: no price and no quota apply to it); Refusal if it may not start.
+        ``known``: what ``read`` returned, if the caller read it already."""
         ...
 
     async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
@@ -103,8 +108,19 @@ class JobOperations:
     async def usable_service(self, user: User, kind: ServiceKind, name: str | None) -> ServiceRow:
         """resolve_service for a new job: also refuses services whose device is revoked.
         A named service, its device and the user's access to it are read in one hop."""
+        return (await self._usable(user, kind, name))[0]
+
+    async def _usable(self, user: User, kind: ServiceKind, name: str | None,
+                      admitting: bool = False) -> tuple[ServiceRow, Any]:
+        """usable_service, and with ``admitting`` what admission decides on (``Admission.read``),
+        read in the same hop as a named service (else None)."""
+        known = None
         if name:
-            found = await self.store.run(lambda conn: usable_in(conn, user, kind.value, name))
+            def work(conn: Connection) -> tuple[tuple[ServiceRow, DeviceRow | None] | None, Any]:
+                found = usable_in(conn, user, kind.value, name)
+                return found, (self.admission.read(conn, user, found[0]) if found and admitting else None)
+
+            found, known = await self.store.run(work)
             if found is None:
                 raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
             service, device = found
@@ -114,7 +130,7 @@ class JobOperations:
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
             raise Refusal(409, "service-unavailable",
                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
-        return service
+        return service, known
 
     def check_ticket(self, service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict:
         """Validate against the service's capabilities; return the IPP-named ticket to store."""
@@ -132,10 +148,10 @@ class JobOperations:
                      chunks: AsyncIterator[bytes] | None, retention: dict[str, Any] | None = None) -> JobRow:
         """Create a job; with ``chunks`` the document is stored and the job is fetchable at
         once, without it the job waits (pending-held, job-incoming) for an upload and close."""
-        service = await self.usable_service(user, kind, service_name)
+        service, known = await self._usable(user, kind, service_name, admitting=True)
         stored_ticket = self.check_ticket(service, ticket, document_format)
         stored_ticket.pop("document-format", None)
-        admitted, check_at_close = await self.admission.on_create(user, service, stored_ticket, retention)
+        admitted, check_at_close = await self.admission.on_create(user, service, stored_ticket, retention, known)
         doc = {"name": document_name, "format": document_format}
         row = await self.store.create_job(kind=kind, service=service, owner=user.name, ticket=stored_ticket,
                                           documents=[doc], with_documents=False, key_for=DocumentKey.input_key,

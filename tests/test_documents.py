@@ -152,12 +152,23 @@ async def test_pages_are_stored_at_upload_and_priced_without_a_second_read(rig: 
     assert (await rig.store.get_job(row.id)).impressions_estimated == 6  # 2 copies x 3 pages
 
 
-async def test_a_submit_with_its_document_records_it_in_the_close(rig: Rig) -> None:
-    """Create with the bytes (multipart, IPP Print-Job): size, digest, pages and the estimate are
-    written with the close, with no price or quota to check; with a price, admission still
-    checks at close with the pages counted."""
+async def test_a_submit_with_its_document_records_it_in_the_close(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Create with the bytes (multipart, IPP Print-Job) in three hops to the database (the
+    service with what admission decides on; the new job; the close): size, digest, pages and the
+    estimate are written with the close, with no price or quota to check; with a price,
+    admission still checks at close with the pages counted."""
+    hops: list[object] = []
+    real_run = rig.store.run
+
+    async def counted(work):  # type: ignore[no-untyped-def]
+        hops.append(work)
+        return await real_run(work)
+
+    monkeypatch.setattr(rig.store, "run", counted)
     row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "d.pdf",
                                 stream(make_pdf(3), 7))
+    monkeypatch.undo()
+    assert len(hops) == 3, hops
     (doc,) = await rig.store.documents(row.id)
     assert doc.pages == 3 and doc.size and doc.sha256 and doc.format == "application/pdf"
     job = await rig.store.get_job(row.id)
