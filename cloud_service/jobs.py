@@ -220,7 +220,7 @@ class JobOperations:
             def extra(_row: JobRow) -> dict:
                 return {"impressions_estimated": estimate}
         try:
-            result = await self.store.transition(job_id, Close(note), extra=extra, first=first)
+            result = await self.store.transition(job_id, Close(note), extra=extra, first=first, view=True)
         except InvalidTransition as exc:
             if first is not None and recorded is not None:  # the bytes are stored all the same
                 await self.store.set_document(job_id, stored.number, **recorded)  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ from schemas.model.service import job_overlay
 
 #: How many recent device message ids a job remembers for duplicate detection.
 APPLIED_IDS_KEPT = 16
+#: How many jobs' views read with a change are kept for the answer that follows it.
+VIEWS_KEPT = 256
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -182,6 +185,10 @@ class ServicesRefused:
     message: str
 
 
+#: What job_info shows besides the row: documents, history events, the device while the job waits.
+ViewParts = tuple[list[DocumentRow], list[Any], DeviceRow | None]
+
+
 @dataclass(frozen=True)
 class SweepView:
     """A supervisor sweep's reading of the database (``JobStore.sweep_view``)."""
@@ -203,6 +210,8 @@ class Transition:
     verdict: Verdict | None = None
     #: True when the row was written (a state change or a remembered message id).
     written: bool = False
+    #: What job_info shows of the job after the change, when asked for (``view``).
+    view: ViewParts | None = None
 
     @property
     def changed(self) -> bool:
@@ -333,6 +342,9 @@ class JobStore:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.feed = ChangeFeed()
         configure_mappers()  # _detached rows need the mappers' attribute machinery set up
+        #: job id -> (version, what job_info shows of it), read by the change that made that
+        #: version for the answer that follows it (a few, the oldest dropped first).
+        self._views: OrderedDict[int, tuple[int, ViewParts]] = OrderedDict()
         #: SQLite: the same database through the plain driver, used by one thread of our own.
         self._thread_engine: Engine | None = make_thread_engine(engine)
         self._thread = DatabaseThread() if self._thread_engine is not None else None
@@ -439,7 +451,8 @@ class JobStore:
 
     async def transition(self, job_id: int, event: Chooser,
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
-                         attempts: int = 20, first: Callable[[Connection], None] | None = None) -> Transition:
+                         attempts: int = 20, first: Callable[[Connection], None] | None = None,
+                         view: bool = False) -> Transition:
         """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
 
         The callback (for device reports: schemas.model.reports.judge) sees the very row the
@@ -451,13 +464,20 @@ class JobStore:
         code that does no I/O. ``first(connection)`` writes what belongs with the change (a
         document's bytes just stored, for the close they complete) in the same transaction,
         before the job is read and judged; if the event is refused it is rolled back with it.
+        ``view``: also read, in that transaction, what ``job_info`` shows of the changed job, for
+        the answer the caller is about to give (no hop of its own then).
 
         Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
         for _ in range(attempts):
-            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra, first))
+            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra, first, view))
             if done is None:
                 continue  # another writer got there first: read and judge again
+            if done.view is not None:
+                self._views[job_id] = (done.row.version, done.view)
+                self._views.move_to_end(job_id)
+                while len(self._views) > VIEWS_KEPT:
+                    self._views.popitem(last=False)
             if done.written:
                 self.feed.notify(job_id)
             return done
@@ -554,14 +574,13 @@ class JobStore:
         return await self.run(work)
 
     async def job_info(self, row: JobRow, with_history: bool = True) -> JobInfo:
-        def work(conn: Connection) -> tuple[list[DocumentRow], list[Any], DeviceRow | None]:
-            docs = _doc_rows(conn, row.id)
-            events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
-            found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
-                     if row.state == JobState.PENDING.value else None)
-            return docs, events, None if found is None else detached(DeviceRow, found)
-
-        docs, events, device = await self.run(work)  # one hop for the documents, history and device
+        """The job as clients read it: its documents, history and (while it waits) its device's
+        presence, read in one hop, or in none if the change that made this version read them
+        (``transition(view=True)``)."""
+        parts = self._views.pop(row.id, None) if with_history else None
+        if parts is None or parts[0] != row.version:
+            parts = (row.version, await self.run(lambda conn: _view_parts(conn, row, with_history)))
+        docs, events, device = parts[1]
         history = [JobEvent(at=e["at"], version=e["version"], state=JobState(e["state"]),
                             state_reasons=e["state_reasons"], message=e["message"]) for e in events]
         reasons, message = list(row.state_reasons), row.state_message
@@ -676,7 +695,8 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
 
 def _transition_once(conn: Connection, job_id: int, event: Chooser,
                      message_id: str | None, extra: Callable[[JobRow], dict] | None,
-                     first: Callable[[Connection], None] | None = None) -> Transition | None:
+                     first: Callable[[Connection], None] | None = None,
+                     view: bool = False) -> Transition | None:
     """One attempt of JobStore.transition inside one transaction; None if the version moved."""
     if first is not None:
         first(conn)
@@ -719,7 +739,15 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
     if changed:
         conn.execute(_UPDATE_DOC, changed)
     row.__dict__.update(values)
-    return Transition(before, after, row, written=True)
+    return Transition(before, after, row, written=True, view=_view_parts(conn, row, True) if view else None)
+
+
+def _view_parts(conn: Connection, row: JobRow, with_history: bool) -> ViewParts:
+    docs = _doc_rows(conn, row.id)
+    events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
+    found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
+             if row.state == JobState.PENDING.value else None)
+    return docs, events, None if found is None else detached(DeviceRow, found)
 
 
 def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | None], None] | None,

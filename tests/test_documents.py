@@ -167,8 +167,10 @@ async def test_a_submit_with_its_document_records_it_in_the_close(rig: Rig, monk
     monkeypatch.setattr(rig.store, "run", counted)
     row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "d.pdf",
                                 stream(make_pdf(3), 7))
+    info = await rig.store.job_info(row)  # the answer to the submit: read with the close
     monkeypatch.undo()
     assert len(hops) == 3, hops
+    assert [e.state for e in info.history] == ["pending-held", "pending"] and info.documents[0].size
     (doc,) = await rig.store.documents(row.id)
     assert doc.pages == 3 and doc.size and doc.sha256 and doc.format == "application/pdf"
     job = await rig.store.get_job(row.id)
