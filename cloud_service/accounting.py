@@ -8,11 +8,14 @@
 - A user's **balance** is the sum of credits an admin granted minus the cost of their jobs.
 - **Counting**: an ended job counts the impressions its device reported
   (``impressions_completed``); a job still under way counts the larger of what was reported
-  and its estimate (copies x pages of the document), so parallel submissions cannot overdraw.
+  and its estimate (schemas.model.pages.impressions: the pages page-ranges selects, number-up
+  to a side, times copies), so parallel submissions cannot overdraw.
 - **At submit** (create, then again at close once the document is in) a job that would
   exceed a quota or the balance is refused with 403 ``quota-exceeded`` or
   ``insufficient-balance`` and a message giving the numbers. A job refused at close ends
-  ``aborted`` with that message.
+  ``aborted`` with that message. The check at close is made when a price or a quota applied
+  at create; a quota an admin adds while a job's document is uploading applies from the
+  next job (that job still counts against it).
 """
 
 from __future__ import annotations
@@ -206,22 +209,27 @@ class Admission:
         self.store = store
         self.config = config
 
-    async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
-                        retention: dict[str, Any] | None) -> dict[str, Any]:
-        """Column values for the new job; refuses at once if even one page would not fit.
-        The service's policy and the user's quotas are read in one hop."""
-        def work(conn: Connection) -> tuple[ServicePolicyRow | None, list[QuotaRow]]:
-            found = conn.execute(_SELECT_POLICY, {"device_id": service.device_id,
-                                                  "service": service.name}).mappings().first()
-            return (None if found is None else detached(ServicePolicyRow, found)), _user_quotas(conn, user, service)
+    def read(self, conn: Connection, user: User, service: ServiceRow) -> tuple[ServicePolicyRow | None,
+                                                                              list[QuotaRow]]:
+        """What ``on_create`` decides on (the service's policy, the user's quotas on it), read
+        inside the caller's transaction: the hop that finds the service can bring it along."""
+        found = conn.execute(_SELECT_POLICY, {"device_id": service.device_id,
+                                              "service": service.name}).mappings().first()
+        return (None if found is None else detached(ServicePolicyRow, found)), _user_quotas(conn, user, service)
 
-        rules, quota_rows = await self.store.run(work)
+    async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
+                        retention: dict[str, Any] | None, known: Any = None) -> tuple[dict[str, Any], bool]:
+        """Column values for the new job, and whether ``on_close`` must check it again (a price
+        or a quota of the user applies); refuses at once if even one page would not fit.
+        ``known``: what ``read`` gave in the caller's transaction; else it is read in one hop."""
+        rules, quota_rows = (known if known is not None
+                             else await self.store.run(lambda conn: self.read(conn, user, service)))
         price = rules.price_per_impression if rules is not None else None
         copies = int(ticket.get("copies") or 1)
         await check(self.store, user, service, copies, price, quota_rows=quota_rows)
         values = {"price": price, "impressions_estimated": copies}
         values.update(retention_rules.columns(retention_rules.resolve(self.config, rules, retention)))
-        return values
+        return values, bool(price) or bool(quota_rows)
 
     async def on_create_scan(self, service: ServiceRow, retention: dict[str, Any] | None) -> dict[str, Any]:
         """A scan job's retention (as for print). Scan output exists to be downloaded after the

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from cloud_service.clf import ClfLog
 from cloud_service.db import DocumentRow, JobRow
 from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents, device_ticket
-from cloud_service.store import JobNotFound, JobStore
+from cloud_service.store import JobNotFound, JobStore, WithDocuments
 from schemas import topics
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind
 from schemas.messages import (
@@ -72,6 +72,8 @@ PRESENCE_COALESCE = 0.5
 
 #: A report on a job of another device: refused without a word about that job.
 NOT_YOURS = Verdict("not-yours", "the job is not assigned to this device")
+#: A claim of an ended job whose documents no device message can describe.
+UNDELIVERABLE = Verdict("not-fetchable", "the job's documents cannot be sent")
 
 
 class DeviceProtocol:
@@ -366,15 +368,15 @@ class DeviceProtocol:
                       job_uuid=row.uuid)
         return [(device_id, reply)]
 
-    async def _document_urls(self, row: JobRow, number: int | None = None,
-                             docs: list[DocumentRow] | None = None) -> list[DocumentAccess]:
+    def _document_urls(self, row: JobRow, docs: list[DocumentRow], number: int | None = None) -> list[DocumentAccess]:
         """The documents' GET URLs as the wire carries them (ValidationError if one cannot be).
 
         A stored name the wire's ``Name`` refuses (a row written before the edges checked names)
         is left out: the name only labels the document, and without it the job still prints.
+        No I/O: it runs inside the claim's transaction (``_acknowledge``).
         """
         out = []
-        for u in await self.documents.urls(row.id, "GET", number, docs):
+        for u in self.documents.presigned(docs, "GET", number):
             name = u.document.name
             if name is not None:
                 try:
@@ -388,20 +390,24 @@ class DeviceProtocol:
                                       document_format=u.document.format, document_name=name))
         return out
 
-    async def _apply_report(self, device_id: str, msg: Report,
-                            extra: dict | None = None) -> tuple[JobRow, str, str | None, bool] | Reply:
+    async def _apply_report(self, device_id: str, msg: Report, extra: dict | None = None,
+                            first: Callable[[Job, JobRow, list[DocumentRow]], Event | Verdict | None] | None = None,
+                            ) -> tuple[JobRow, str, str | None, bool] | Reply:
         """Judge and apply a report in one optimistic transaction: (row, code, text, ok) or a refusal.
 
         Whether the job is the device's is checked in that same transaction, on the row the
-        write is conditioned on (one read of the job, not two).
+        write is conditioned on (one read of the job, not two). ``first`` may decide before the
+        report is judged (an event or a verdict; None: judge it), on the job's document rows.
         """
-        def decide(job: Job, current: JobRow) -> Event | Verdict:
+        def decide(job: Job, current: JobRow, docs: list[DocumentRow]) -> Event | Verdict:
             if current.device_id != device_id:
                 return NOT_YOURS
+            if first is not None and (chosen := first(job, current, docs)) is not None:
+                return chosen
             return judge(job, current.applied_ids, msg)
 
         try:
-            done = await self.store.transition(msg.job_id, decide, msg.id,
+            done = await self.store.transition(msg.job_id, WithDocuments(decide), msg.id,
                                                extra=(lambda _row: extra) if extra else None)
         except JobNotFound:
             return self._not_found(msg, msg.job_id)
@@ -416,30 +422,34 @@ class DeviceProtocol:
 
     async def _acknowledge(self, device_id: str, msg: AcknowledgeJob) -> Outgoing:
         """Accept or decline a job. The reply to an accept carries the documents' URLs, so they
-        are built (and so validated) before the claim commits: a claim whose reply cannot be
-        built would leave a job claimed by nobody, retried forever. A job whose documents no
-        device message can describe is aborted instead (no device could ever take it)."""
+        are built (and so validated) in the claim's own transaction, before it is judged: a
+        claim whose reply cannot be built would leave a job claimed by nobody, retried forever.
+        A job whose documents no device message can describe is aborted instead, in that same
+        transaction (no device could ever take it)."""
         documents: list[DocumentAccess] = []
-        if msg.accept:
-            try:  # the job and its documents in one hop
-                own, docs = await self.store.job_with_documents(msg.job_id)
-            except JobNotFound:
-                return [(device_id, self._not_found(msg, msg.job_id))]
-            if own.device_id != device_id:
-                return [(device_id, self._not_yours(device_id, msg, msg.job_id))]
+        undeliverable = False
+
+        def urls_first(job: Job, current: JobRow, docs: list[DocumentRow]) -> Event | Verdict | None:
+            nonlocal documents, undeliverable
+            undeliverable = False
             try:
-                documents = await self._document_urls(own, docs=docs)
+                documents = self._document_urls(current, docs)
             except ValidationError as exc:
                 log.error("job %s: its documents cannot be sent to a device (%s); aborting it",
-                          own.id, exc.errors()[0]["msg"])
-                await self._transition(own.id, Abort(Reason.ABORTED_BY_SYSTEM,
-                                                     "a document of the job cannot be delivered to a device"))
-                row = await self.store.get_job(own.id)
-                return [(device_id, self._current(msg, row, "not-fetchable", "the job's documents cannot be sent"))]
-        result = await self._apply_report(device_id, msg, {"claim_ts": msg.ts} if msg.accept else None)
+                          current.id, exc.errors()[0]["msg"])
+                undeliverable = True
+                if job.terminal:
+                    return UNDELIVERABLE
+                return Abort(Reason.ABORTED_BY_SYSTEM, "a document of the job cannot be delivered to a device")
+            return None
+
+        result = await self._apply_report(device_id, msg, {"claim_ts": msg.ts} if msg.accept else None,
+                                          urls_first if msg.accept else None)
         if isinstance(result, Reply):
             return [(device_id, result)]
         row, code, text, ok = result
+        if undeliverable:
+            return [(device_id, self._current(msg, row, "not-fetchable", "the job's documents cannot be sent"))]
         reply = self._current(msg, row, code, text, ok)
         if msg.accept and code in ("ok", "duplicate") and row.claimed and not JobState(row.state).terminal:
             reply = reply.model_copy(update={"documents": documents})
@@ -454,7 +464,7 @@ class DeviceProtocol:
             return [(device_id, self._not_yours(device_id, msg, msg.job_id))]
         if not row.claimed or JobState(row.state).terminal:
             return [(device_id, self._current(msg, row, "not-fetchable", "the job is not yours to print"))]
-        docs = await self._document_urls(row, msg.document_number, rows)
+        docs = self._document_urls(row, rows, msg.document_number)
         if not docs:
             return [(device_id, self._current(msg, row, "not-found", "no such document"))]
         return [(device_id, self._current(msg, row, "ok", ok=True).model_copy(update={"documents": docs}))]

@@ -32,7 +32,7 @@ import anyio
 from cloud_service.db import DocumentRow, JobRow
 from cloud_service.errors import Refusal
 from cloud_service.objects import ObjectStore, ObjectTooLarge, StoredObject
-from cloud_service.store import JobNotFound, JobStore
+from cloud_service.store import JobNotFound, JobStore, detached
 from cloud_service.transform import target_format
 from cloud_service.transform.page import UNPRINTABLE, Layout
 from cloud_service.transform.service import Transformer
@@ -52,6 +52,10 @@ _KEY = re.compile(r"jobs/(0|[1-9][0-9]{0,17})/(doc|scan)-(0|[1-9][0-9]{0,8})(-de
 #: Largest transformed copy kept (raster at 600 dpi is far larger than the PDF it came from).
 MAX_TRANSFORMED_BYTES = 8 * 1024**3
 CHUNK = 256 * 1024
+#: What a document row holds (every column), to copy one.
+_DOC_COLUMNS = tuple(c.key for c in DocumentRow.__table__.columns)
+#: What storing a document's bytes records on its row.
+RECORDED = ("size", "sha256", "pages", "format")
 #: One transformer (a process pool) for the whole service, made on first use.
 _SHARED_TRANSFORMER: Transformer | None = None
 
@@ -132,6 +136,25 @@ class Documents:
         if key.transformed:
             raise Refusal(404, "not-found", "no such upload")
         doc = await (self._output_slot(key) if key.output else self._input_slot(key))
+        stored, values = await self._receive(key, doc, chunks, declared_size)
+        await self.store.set_document(key.job_id, key.number, **values)
+        return stored
+
+    async def receive_new(self, doc: DocumentRow, chunks: AsyncIterator[bytes]) -> tuple[StoredObject, DocumentRow]:
+        """The bytes of input document ``doc`` of a job the caller has just created in this same
+        request (so nobody else can have stored or refused them yet): streamed and checked as
+        ``accept`` does, but not recorded. The caller writes the returned row's size, digest,
+        pages and format (``recorded``) in the transaction that closes the job, a hop less and
+        no window in which the job has its bytes recorded but is not closed."""
+        key = DocumentKey.parse(doc.object_key)
+        if key.output or key.transformed:
+            raise ValueError(f"not an input document: {doc.object_key}")
+        stored, values = await self._receive(key, doc, chunks, None)
+        return stored, detached(DocumentRow, {**{k: getattr(doc, k) for k in _DOC_COLUMNS}, **values})
+
+    async def _receive(self, key: DocumentKey, doc: DocumentRow, chunks: AsyncIterator[bytes],
+                       declared_size: int | None) -> tuple[StoredObject, dict[str, Any]]:
+        """Stream the bytes to the object store; what to record on the document's row."""
         if declared_size is not None and declared_size > self.max_bytes:
             raise await self._too_large(key, f"the document ({declared_size} bytes) is larger than this "
                                              f"service takes ({self.max_bytes} bytes)")
@@ -174,8 +197,8 @@ class Documents:
                 for held in head:
                     counter.feed(held)
         assert counter is not None
-        await self.store.set_document(key.job_id, key.number, pages=counter.pages, **values)
-        return stored
+        values["pages"] = counter.pages
+        return stored, values
 
     async def _refuse_format(self, key: DocumentKey, message: str) -> Refusal:
         """Bytes that are not what their label says end the job (it cannot print them)."""
@@ -236,8 +259,13 @@ class Documents:
         least ``MIN_UPLOAD_TTL``; every other URL lasts ``url_ttl``. ``documents``: the job's
         rows when the caller has just read them (no second read).
         """
+        return self.presigned(documents if documents is not None else await self.store.documents(job_id),
+                              method, number)
+
+    def presigned(self, documents: list[DocumentRow], method: str, number: int | None = None) -> list[DocumentUrl]:
+        """``urls`` for document rows in hand: no I/O, so it may run inside a transaction's callback."""
         out = []
-        for doc in documents if documents is not None else await self.store.documents(job_id):
+        for doc in documents:
             if number is not None and doc.number != number:
                 continue
             slow_client = method == "PUT" and not DocumentKey.parse(doc.object_key).output
@@ -249,7 +277,8 @@ class Documents:
 
     # ------------------------------------------------------------------ transforms
 
-    async def make_printable(self, job: JobRow, kind: str, capabilities: dict[str, Any]) -> str | None:
+    async def make_printable(self, job: JobRow, kind: str, capabilities: dict[str, Any],
+                             documents: list[DocumentRow] | None = None) -> str | None:
         """Close-Job's step before the job becomes fetchable: transform what the device cannot
         take. Returns the note for the job's history (None: nothing to do). A failed transform
         aborts the job with its reason and raises Refusal; a second close of a job being
@@ -260,7 +289,7 @@ class Documents:
             raise Refusal(409, "job-transforming", "the job's documents are being transformed")
         self._preparing.add(job.id)
         try:
-            notes = await self.prepare(job, capabilities)
+            notes = await self.prepare(job, capabilities, documents)
         except TransformFailed as exc:
             with contextlib.suppress(InvalidTransition, JobNotFound):
                 await self.store.transition(job.id, Abort(exc.reason, exc.message))
@@ -270,13 +299,15 @@ class Documents:
             self._preparing.discard(job.id)
         return "; ".join(notes) or None
 
-    async def prepare(self, job: JobRow, capabilities: dict[str, Any]) -> list[str]:
+    async def prepare(self, job: JobRow, capabilities: dict[str, Any],
+                      documents: list[DocumentRow] | None = None) -> list[str]:
         """Transform each input document the device cannot take into one it can, before the job
         becomes fetchable; returns one line per transform for the job's history (format, pages,
-        time). Raises TransformFailed (the job is then to be aborted with its reason)."""
+        time). Raises TransformFailed (the job is then to be aborted with its reason).
+        ``documents``: the job's rows when the caller holds them current (no second read)."""
         device_formats = capabilities.get("document-format-supported") or []
         notes = []
-        for doc in await self.store.documents(job.id):
+        for doc in documents if documents is not None else await self.store.documents(job.id):
             key = DocumentKey.parse(doc.object_key)
             if key.output or doc.sha256 is None or doc.transformed:
                 continue

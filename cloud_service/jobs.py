@@ -17,19 +17,22 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from sqlalchemy import Connection
+
 from cloud_service.auth import User
-from cloud_service.db import JobRow, ServiceRow
+from cloud_service.db import DeviceRow, DocumentRow, JobRow, ServiceRow
 from cloud_service.defaults import choose_service
-from cloud_service.documents import DocumentKey, Documents
+from cloud_service.documents import RECORDED, DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.objects import StoredObject
 from cloud_service.sharing import Access, check_service, owns, usable_in
-from cloud_service.store import JobNotFound, JobStore
+from cloud_service.store import JobNotFound, JobStore, new_document, write_document
 from cloud_service.transform import advertised_capabilities
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
 from schemas.model.fax import parse_fax_ticket, validate_fax_ticket
 from schemas.model.job import Abort, Cancel, Close, Hold, InvalidTransition, ReleaseHold
+from schemas.model.pages import impressions
 from schemas.model.scan import parse_scan_ticket, validate_scan_ticket
 from schemas.model.ticket import TicketError, TicketProblem, parse_print_ticket, validate_print_ticket
 from schemas.tickets import FaxOutCapabilities, PrintCapabilities, ScanCapabilities
@@ -42,9 +45,15 @@ Notify = Callable[[str, Message], None]
 class Admission(Protocol):
     """Price, quota and retention decisions at submit (cloud_service.accounting.Admission)."""
 
+    def read(self, conn: Connection, user: User, service: ServiceRow) -> Any:
+        """What ``on_create`` decides on, read inside the caller's transaction (no I/O of its own)."""
+        ...
+
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
-                        retention: dict[str, Any] | None) -> dict[str, Any]:
-        """The job row's admission and retention columns; Refusal if the job may not start."""
+                        retention: dict[str, Any] | None, known: Any = None) -> tuple[dict[str, Any], bool]:
+        """The job row's admission and retention columns, and whether ``on_close`` must check
+        the job again (False: no price and no quota apply to it); Refusal if it may not start.
+        ``known``: what ``read`` returned, if the caller read it already."""
         ...
 
     async def on_close(self, user: User, row: JobRow, service: ServiceRow) -> None:
@@ -100,8 +109,19 @@ class JobOperations:
     async def usable_service(self, user: User, kind: ServiceKind, name: str | None) -> ServiceRow:
         """resolve_service for a new job: also refuses services whose device is revoked.
         A named service, its device and the user's access to it are read in one hop."""
+        return (await self._usable(user, kind, name))[0]
+
+    async def _usable(self, user: User, kind: ServiceKind, name: str | None,
+                      admitting: bool = False) -> tuple[ServiceRow, Any]:
+        """usable_service, and with ``admitting`` what admission decides on (``Admission.read``),
+        read in the same hop as a named service (else None)."""
+        known = None
         if name:
-            found = await self.store.run(lambda conn: usable_in(conn, user, kind.value, name))
+            def work(conn: Connection) -> tuple[tuple[ServiceRow, DeviceRow | None] | None, Any]:
+                found = usable_in(conn, user, kind.value, name)
+                return found, (self.admission.read(conn, user, found[0]) if found and admitting else None)
+
+            found, known = await self.store.run(work)
             if found is None:
                 raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
             service, device = found
@@ -111,7 +131,7 @@ class JobOperations:
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
             raise Refusal(409, "service-unavailable",
                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
-        return service
+        return service, known
 
     def check_ticket(self, service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict:
         """Validate against the service's capabilities; return the IPP-named ticket to store."""
@@ -129,19 +149,20 @@ class JobOperations:
                      chunks: AsyncIterator[bytes] | None, retention: dict[str, Any] | None = None) -> JobRow:
         """Create a job; with ``chunks`` the document is stored and the job is fetchable at
         once, without it the job waits (pending-held, job-incoming) for an upload and close."""
-        service = await self.usable_service(user, kind, service_name)
+        service, known = await self._usable(user, kind, service_name, admitting=True)
         stored_ticket = self.check_ticket(service, ticket, document_format)
         stored_ticket.pop("document-format", None)
-        admitted = await self.admission.on_create(user, service, stored_ticket, retention)
+        admitted, check_at_close = await self.admission.on_create(user, service, stored_ticket, retention, known)
         doc = {"name": document_name, "format": document_format}
         row = await self.store.create_job(kind=kind, service=service, owner=user.name, ticket=stored_ticket,
                                           documents=[doc], with_documents=False, key_for=DocumentKey.input_key,
                                           columns=admitted)
         if chunks is not None:
-            await self.store_document(row.id, chunks)
-            # Just made, by this user, on this service, with its one document stored: close it
+            # Just made, by this user, on this service: store its one document and close it
             # without reading all that back.
-            row = await self._close(user, row, service)
+            _, stored = await self.documents.receive_new(
+                new_document(row.id, 1, document_name, document_format, DocumentKey.input_key(row.id, 1)), chunks)
+            row = await self._close(user, row, service, stored, check_at_close)
         return row
 
     async def create_scan(self, user: User, service_name: str | None, ticket: dict[str, Any],
@@ -167,9 +188,17 @@ class JobOperations:
             raise Refusal(409, "document-missing", "upload the document before closing the job")
         return await self._close(user, row, await self.store.service(row.kind, row.service_name))
 
-    async def _close(self, user: User, row: JobRow, service: ServiceRow | None) -> JobRow:
+    async def _close(self, user: User, row: JobRow, service: ServiceRow | None,
+                     stored: DocumentRow | None = None, check: bool = True) -> JobRow:
+        """Close the job. ``stored``: its one document, whose bytes this request has just stored
+        (``Documents.receive_new``) and not yet recorded; unless admission must ``check`` the job
+        again (and so read its pages), they are recorded in the close's own transaction, with
+        the estimate of what the job counts (schemas.model.pages.impressions) on the job."""
         job_id = row.id
-        if service is not None and row.state == JobState.PENDING_HELD.value:
+        recorded = {k: getattr(stored, k) for k in RECORDED} if stored is not None else None
+        if recorded is not None and check:
+            await self.store.set_document(job_id, stored.number, **recorded)  # type: ignore[union-attr]
+        if service is not None and row.state == JobState.PENDING_HELD.value and check:
             try:
                 await self.admission.on_close(user, row, service)
             except Refusal as refusal:
@@ -177,10 +206,25 @@ class JobOperations:
                     await self.store.transition(job_id, Abort(Reason.ABORTED_BY_SYSTEM, refusal.message))
                 raise
         # Transforms run before the job becomes fetchable (cloud_service.transform).
-        note = await self.documents.make_printable(row, row.kind, service.capabilities) if service else None
+        note = (await self.documents.make_printable(row, row.kind, service.capabilities,
+                                                    [stored] if stored is not None else None)
+                if service else None)
+        first = extra = None
+        if recorded is not None and not check:
+            assert stored is not None
+            number = stored.number
+            estimate = impressions(stored.pages or 1, row.ticket)
+
+            def first(conn: Connection) -> None:
+                write_document(conn, job_id, number, recorded)
+
+            def extra(_row: JobRow) -> dict:
+                return {"impressions_estimated": estimate}
         try:
-            result = await self.store.transition(job_id, Close(note))
+            result = await self.store.transition(job_id, Close(note), extra=extra, first=first, view=True)
         except InvalidTransition as exc:
+            if first is not None and recorded is not None:  # the bytes are stored all the same
+                await self.store.set_document(job_id, stored.number, **recorded)  # type: ignore[union-attr]
             raise Refusal(409, "job-not-incoming", str(exc)) from None
         row = result.row
         if result.after.fetchable:  # a held job rings no doorbell until it is released

@@ -2,7 +2,8 @@
 out, and the one-shot session take-over that disconnects a revoked device from Mosquitto.
 
 paho runs its network loop in its own thread; received messages are handed to the asyncio
-loop at once (never blocking paho's callbacks, which would delay PUBACKs and keepalives) and
+loop at once, one wake-up of the loop per burst (never blocking paho's callbacks, which would
+delay PUBACKs and keepalives) and
 queued per device (``DeviceInbox``): one device's messages are handled one at a time, in the
 order they were sent, while the workers serve the devices with work in turn, so a device that
 floods the service waits behind itself only, and only its own excess is dropped.
@@ -104,6 +105,9 @@ class MqttAdapter:
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inbox = DeviceInbox(self._handle, workers=workers, limit=device_queue_limit)
+        #: Messages paho received that the loop has not queued yet (see ``_hand_over``).
+        self._arrived: list[tuple[str, str, bytes]] = []
+        self._arrived_lock = threading.Lock()
         self._keepalive = keepalive
         stable = client_id is not None
         self.client_id = client_id if client_id is not None else default_client_id()
@@ -183,8 +187,28 @@ class MqttAdapter:
             log.warning("ignored message on unexpected topic %r", msg.topic[:200])
             return
         device_id, leaf = parsed
-        if self._loop and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.inbox.put, device_id, leaf, bytes(msg.payload))
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with self._arrived_lock:
+            self._arrived.append((device_id, leaf, bytes(msg.payload)))
+            if len(self._arrived) > 1:
+                return  # the wake-up scheduled for the first of this burst hands this one over too
+        try:
+            loop.call_soon_threadsafe(self._hand_over)
+        except RuntimeError:  # the loop closed meanwhile: nobody will handle it
+            with self._arrived_lock:
+                self._arrived.clear()
+
+    def _hand_over(self) -> None:
+        """On the loop: queue every message that arrived since the wake-up was scheduled.
+
+        One wake-up of the loop (a write to its self-pipe) per burst, not per message: paho
+        reads a burst from the socket in one go, and each wake-up costs more than queueing."""
+        with self._arrived_lock:
+            arrived, self._arrived = self._arrived, []
+        for device_id, leaf, payload in arrived:
+            self.inbox.put(device_id, leaf, payload)
 
     # -------------------------------------------------------------- asyncio side
 

@@ -17,18 +17,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import urlencode
 
 import anyio
+import anyio.to_thread
 
 from broker.private import create_private, open_private, private_dir
 
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
-#: Bytes gathered from the network before one hash-and-write trip to a worker thread.
-WRITE_BATCH = 1024 * 1024
-#: Bytes read per trip to a worker thread when an object is served.
-READ_CHUNK = 1024 * 1024
+#: Bytes moved per trip to a worker thread: an object up to this size is written (or read) in
+#: one trip; a larger one is gathered from the network and hashed and written this much at a time.
+CHUNK = 1024 * 1024
 
 
 class ObjectTooLarge(Exception):
@@ -105,6 +105,48 @@ def load_or_create_secret(path: Path) -> bytes:
     return secret
 
 
+def _open_new(tmp: Path) -> IO[bytes]:
+    private_dir(tmp.parent)
+    return open(tmp, "wb", opener=open_private)
+
+
+def _write_whole(tmp: Path, digest: Any, data: bytes | bytearray, path: Path) -> None:
+    digest.update(data)
+    with _open_new(tmp) as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _write_batch(fh: IO[bytes] | None, tmp: Path, digest: Any, data: bytes | bytearray) -> IO[bytes]:
+    """Hash and write one batch (hashlib and the write release the GIL), opening the file first."""
+    digest.update(data)
+    if fh is None:
+        fh = _open_new(tmp)
+    fh.write(data)
+    return fh
+
+
+def _finish(fh: IO[bytes], digest: Any, data: bytes | bytearray, tmp: Path, path: Path) -> None:
+    if data:
+        _write_batch(fh, tmp, digest, data)
+    fh.close()
+    os.replace(tmp, path)
+
+
+def _open_and_read(path: Path) -> tuple[IO[bytes] | None, bytes]:
+    """The file opened and its first chunk; the file is closed already (None) if that was all."""
+    fh = open(path, "rb")  # noqa: SIM115 (closed here at its end, else by read_stream)
+    try:
+        chunk = fh.read(CHUNK)
+    except BaseException:
+        fh.close()
+        raise
+    if len(chunk) < CHUNK:
+        fh.close()
+        return None, chunk
+    return fh, chunk
+
+
 class LocalObjectStore:
     """Files under ``root``; writes go to a temp file and are renamed, so readers never see
     half an object. Memory use is one chunk whatever the size. Documents are private: files
@@ -121,44 +163,48 @@ class LocalObjectStore:
         return self.root / key
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
-        """Store the chunks; each ``WRITE_BATCH`` of them is hashed and written in one trip to a
-        worker thread (hashlib and the write release the GIL), so the event loop neither hashes
-        nor hops per network chunk."""
+        """Network chunks are gathered up to ``CHUNK`` bytes: an object that fits is hashed and
+        written in one trip to a worker thread (directory, file, rename); a larger one is hashed
+        and written one ``CHUNK`` per trip, so the event loop neither hashes nor hops per network
+        chunk, and memory stays about one ``CHUNK`` whatever the size."""
         path = self._path(key)
-        private_dir(path.parent)
         tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
         digest = hashlib.sha256()
         size = 0
         pending = bytearray()
+        fh: IO[bytes] | None = None
         try:
-            with open(tmp, "wb", buffering=0, opener=open_private) as fh:
-                def flush(data: bytes | bytearray) -> None:
-                    digest.update(data)
-                    view = memoryview(data)
-                    while view:
-                        view = view[fh.write(view) or 0:]
-
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ObjectTooLarge(f"document exceeds {max_bytes} bytes")
-                    pending += chunk
-                    if len(pending) >= WRITE_BATCH:
-                        data, pending = pending, bytearray()
-                        await anyio.to_thread.run_sync(flush, data)
-                if pending:
-                    await anyio.to_thread.run_sync(flush, pending)
-            os.replace(tmp, path)
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ObjectTooLarge(f"document exceeds {max_bytes} bytes")
+                pending += chunk
+                if len(pending) >= CHUNK:
+                    data, pending = pending, bytearray()
+                    fh = await anyio.to_thread.run_sync(_write_batch, fh, tmp, digest, data)
+            if fh is None:
+                await anyio.to_thread.run_sync(_write_whole, tmp, digest, pending, path)
+            else:
+                await anyio.to_thread.run_sync(_finish, fh, digest, pending, tmp, path)
+                fh = None
         except BaseException:
+            if fh is not None:
+                fh.close()
             tmp.unlink(missing_ok=True)
             raise
         return StoredObject(key, size, digest.hexdigest())
 
     async def read_stream(self, key: str) -> AsyncIterator[bytes]:
-        """The object in ``READ_CHUNK`` pieces, one worker-thread trip each."""
-        with open(self._path(key), "rb", buffering=0) as fh:
-            while chunk := await anyio.to_thread.run_sync(fh.read, READ_CHUNK):
+        """The object's bytes; one that fits in a chunk is read in one trip to a worker thread."""
+        fh, chunk = await anyio.to_thread.run_sync(_open_and_read, self._path(key))
+        try:
+            if chunk:
                 yield chunk
+            while fh is not None and (chunk := await anyio.to_thread.run_sync(fh.read, CHUNK)):
+                yield chunk
+        finally:
+            if fh is not None:
+                fh.close()
 
     async def size(self, key: str) -> int | None:
         try:

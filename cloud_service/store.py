@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ from schemas.model.service import job_overlay
 
 #: How many recent device message ids a job remembers for duplicate detection.
 APPLIED_IDS_KEPT = 16
+#: How many jobs' views read with a change are kept for the answer that follows it.
+VIEWS_KEPT = 256
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -81,6 +84,15 @@ _JOB_KEYS = tuple(c.key for c in _jobs.columns)
 _DOC_KEYS = tuple(c.key for c in _docs.columns)
 _DOC_JOB_ID = len(_JOB_KEYS) + _DOC_KEYS.index("job_id")
 _SELECT_JOBS = select(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
+#: What a supervisor sweep looks at (cloud_service.supervisor), all in one hop.
+_SELECT_DEVICES = select(_devices)
+_SELECT_CLAIMED = (select(_jobs).where(_jobs.c.claimed.is_(True), _jobs.c.state.not_in(_TERMINAL))
+                   .order_by(_jobs.c.id))
+_SELECT_WAITING = (select(_jobs).where(_jobs.c.state == JobState.PENDING.value, _jobs.c.claimed.is_(False),
+                                       _jobs.c.updated_at <= bindparam("before"))
+                   .order_by(_jobs.c.id).limit(bindparam("limit")))
+_SELECT_INCOMING = select(_jobs).where(_jobs.c.state == JobState.PENDING_HELD.value,
+                                       _jobs.c.updated_at <= bindparam("before"))
 _SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
 _SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
 _SERVICE_OWNER = select(_services.c.device_id).where(_services.c.kind == bindparam("kind"),
@@ -174,6 +186,20 @@ class ServicesRefused:
     message: str
 
 
+#: What job_info shows besides the row: documents, history events, the device while the job waits.
+ViewParts = tuple[list[DocumentRow], list[Any], DeviceRow | None]
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """A supervisor sweep's reading of the database (``JobStore.sweep_view``)."""
+
+    devices: list[DeviceRow]
+    claimed: list[JobRow]
+    fetchable: list[JobRow]
+    incoming: list[JobRow]
+
+
 @dataclass
 class Transition:
     """The outcome of applying an event: before/after core jobs and the stored row."""
@@ -185,10 +211,25 @@ class Transition:
     verdict: Verdict | None = None
     #: True when the row was written (a state change or a remembered message id).
     written: bool = False
+    #: What job_info shows of the job after the change, when asked for (``view``).
+    view: ViewParts | None = None
 
     @property
     def changed(self) -> bool:
         return self.after.version != self.before.version
+
+
+@dataclass(frozen=True)
+class WithDocuments:
+    """A transition callback that also reads the job's document rows (read with the job, in the
+    same statement): for a decision whose answer is built from them, such as a claim's
+    document URLs."""
+
+    decide: Callable[[Job, JobRow, list[DocumentRow]], Event | Verdict | None]
+
+
+#: What ``JobStore.transition`` applies: an event, or a callback that picks one on the current job.
+Chooser = Event | Callable[[Job, JobRow], Event | Verdict | None] | WithDocuments
 
 
 def core_job(row: JobRow, documents: list[DocumentRow] | tuple[()] = ()) -> Job:
@@ -302,6 +343,9 @@ class JobStore:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.feed = ChangeFeed()
         configure_mappers()  # _detached rows need the mappers' attribute machinery set up
+        #: job id -> (version, what job_info shows of it), read by the change that made that
+        #: version for the answer that follows it (a few, the oldest dropped first).
+        self._views: OrderedDict[int, tuple[int, ViewParts]] = OrderedDict()
         #: SQLite: the same database through the plain driver, used by one thread of our own.
         self._thread_engine: Engine | None = make_thread_engine(engine)
         self._thread = DatabaseThread() if self._thread_engine is not None else None
@@ -359,9 +403,8 @@ class JobStore:
             if documents:
                 assert key_for is not None
                 conn.execute(_INSERT_DOC, [
-                    {"job_id": job_id, "number": number, "name": doc.get("name"), "format": doc["format"],
-                     "size": doc.get("size"), "sha256": doc.get("sha256"), "object_key": key_for(job_id, number),
-                     "state": DocumentState.PENDING.value, "impressions_completed": 0, "pages": None}
+                    _new_document(job_id, number, doc.get("name"), doc["format"], key_for(job_id, number),
+                                  doc.get("size"), doc.get("sha256"))
                     for number, doc in enumerate(documents, start=1)])
             conn.execute(_INSERT_EVENT, {"job_id": job_id, "version": core.version, "at": now,
                                          "state": core.state.value, "state_reasons": list(core.reasons),
@@ -398,21 +441,19 @@ class JobStore:
             found = conn.execute(_SELECT_DOC, {"job_id": job_id, "number": number}).mappings().first()
             if found is not None:
                 return detached(DocumentRow, found)
-            values = {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": None,
-                      "sha256": None, "object_key": object_key, "state": DocumentState.PENDING.value,
-                      "impressions_completed": 0, "pages": None}
+            values = _new_document(job_id, number, name, document_format, object_key)
             conn.execute(_INSERT_DOC, values)
             return detached(DocumentRow, values)
 
         return await self.run(work)
 
     async def set_document(self, job_id: int, number: int, **values: object) -> None:
-        await self.run(lambda conn: _update(conn, "documents", {"job_id": job_id, "number": number}, values))
+        await self.run(lambda conn: write_document(conn, job_id, number, values))
 
-    async def transition(self, job_id: int,
-                         event: Event | Callable[[Job, JobRow], Event | Verdict | None],
+    async def transition(self, job_id: int, event: Chooser,
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
-                         attempts: int = 20) -> Transition:
+                         attempts: int = 20, first: Callable[[Connection], None] | None = None,
+                         view: bool = False) -> Transition:
         """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
 
         The callback (for device reports: schemas.model.reports.judge) sees the very row the
@@ -421,14 +462,23 @@ class JobStore:
         writes nothing. The job's documents are part of the model: their changes are written
         in the same transaction as the job's. Each attempt (read, judge, write) is one
         transaction in one hop to the database; the callback runs there, so it must be plain
-        code that does no I/O.
+        code that does no I/O. ``first(connection)`` writes what belongs with the change (a
+        document's bytes just stored, for the close they complete) in the same transaction,
+        before the job is read and judged; if the event is refused it is rolled back with it.
+        ``view``: also read, in that transaction, what ``job_info`` shows of the changed job, for
+        the answer the caller is about to give (no hop of its own then).
 
         Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
         for _ in range(attempts):
-            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra))
+            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra, first, view))
             if done is None:
                 continue  # another writer got there first: read and judge again
+            if done.view is not None:
+                self._views[job_id] = (done.row.version, done.view)
+                self._views.move_to_end(job_id)
+                while len(self._views) > VIEWS_KEPT:
+                    self._views.popitem(last=False)
             if done.written:
                 self.feed.notify(job_id)
             return done
@@ -496,6 +546,22 @@ class JobStore:
         """Non-terminal jobs claimed by ``device_id``."""
         return await self.run(lambda conn: _active(conn, device_id))
 
+    async def sweep_view(self, fetchable_before: float, incoming_before: float, limit: int = 10_000) -> SweepView:
+        """What a supervisor sweep decides on, read in one hop however many devices there are:
+        every device, the claimed jobs not ended, the pending jobs fetchable since before
+        ``fetchable_before`` and the jobs still waiting for their documents since before
+        ``incoming_before`` (each list by job id)."""
+        def work(conn: Connection) -> SweepView:
+            devices = [detached(DeviceRow, m) for m in conn.execute(_SELECT_DEVICES).mappings()]
+            claimed = [_job_row(m) for m in conn.execute(_SELECT_CLAIMED).mappings()]
+            waiting = [_job_row(m) for m in conn.execute(_SELECT_WAITING, {"before": fetchable_before,
+                                                                           "limit": limit}).mappings()
+                       if "job-fetchable" in m["state_reasons"]]
+            incoming = [_job_row(m) for m in conn.execute(_SELECT_INCOMING, {"before": incoming_before}).mappings()]
+            return SweepView(devices, claimed, waiting, incoming)
+
+        return await self.run(work)
+
     async def hello_view(self, device_id: str, held: Iterable[int], software: str | None,
                          device: Mapping[str, object] | None = None
                          ) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
@@ -511,14 +577,13 @@ class JobStore:
         return await self.run(work)
 
     async def job_info(self, row: JobRow, with_history: bool = True) -> JobInfo:
-        def work(conn: Connection) -> tuple[list[DocumentRow], list[Any], DeviceRow | None]:
-            docs = _doc_rows(conn, row.id)
-            events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
-            found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
-                     if row.state == JobState.PENDING.value else None)
-            return docs, events, None if found is None else detached(DeviceRow, found)
-
-        docs, events, device = await self.run(work)  # one hop for the documents, history and device
+        """The job as clients read it: its documents, history and (while it waits) its device's
+        presence, read in one hop, or in none if the change that made this version read them
+        (``transition(view=True)``)."""
+        parts = self._views.pop(row.id, None) if with_history else None
+        if parts is None or parts[0] != row.version:
+            parts = (row.version, await self.run(lambda conn: _view_parts(conn, row, with_history)))
+        docs, events, device = parts[1]
         history = [JobEvent(at=e["at"], version=e["version"], state=JobState(e["state"]),
                             state_reasons=e["state_reasons"], message=e["message"]) for e in events]
         reasons, message = list(row.state_reasons), row.state_message
@@ -624,6 +689,25 @@ class _StoredIsNewer(Exception):
     """A device row holds a later state than the values about to be written (nothing written)."""
 
 
+def _new_document(job_id: int, number: int, name: str | None, document_format: str, object_key: str,
+                  size: int | None = None, sha256: str | None = None) -> dict[str, Any]:
+    """A new (pending) document row's columns."""
+    return {"job_id": job_id, "number": number, "name": name, "format": document_format, "size": size,
+            "sha256": sha256, "object_key": object_key, "state": DocumentState.PENDING.value,
+            "impressions_completed": 0, "pages": None}
+
+
+def new_document(job_id: int, number: int, name: str | None, document_format: str, object_key: str) -> DocumentRow:
+    """The row ``create_job`` wrote for a document of a job it just made (to use it without reading it back)."""
+    return detached(DocumentRow, {**_new_document(job_id, number, name, document_format, object_key),
+                                  "transformed": None})
+
+
+def write_document(conn: Connection, job_id: int, number: int, values: Mapping[str, Any]) -> None:
+    """Set columns of document ``number`` of a job, inside the caller's transaction."""
+    _update(conn, "documents", {"job_id": job_id, "number": number}, values)
+
+
 def _jobs_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, JobRow]:
     rows = conn.execute(_SELECT_JOBS, {"ids": list(ids)}).mappings()
     return {m["id"]: _job_row(m) for m in rows}
@@ -638,12 +722,19 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
     return [_job_row(m) for m in conn.execute(_SELECT_ACTIVE, {"device_id": device_id}).mappings()]
 
 
-def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job, JobRow], Event | Verdict | None],
-                     message_id: str | None, extra: Callable[[JobRow], dict] | None) -> Transition | None:
+def _transition_once(conn: Connection, job_id: int, event: Chooser,
+                     message_id: str | None, extra: Callable[[JobRow], dict] | None,
+                     first: Callable[[Connection], None] | None = None,
+                     view: bool = False) -> Transition | None:
     """One attempt of JobStore.transition inside one transaction; None if the version moved."""
+    if first is not None:
+        first(conn)
     row, docs = _read_job_docs(conn, job_id)
     before = core_job(row, docs)
-    chosen = event(before, row) if callable(event) else event
+    if isinstance(event, WithDocuments):
+        chosen = event.decide(before, row, docs)
+    else:
+        chosen = event(before, row) if callable(event) else event
     if chosen is None:
         return Transition(before, before, row)
     if isinstance(chosen, Verdict):
@@ -677,7 +768,15 @@ def _transition_once(conn: Connection, job_id: int, event: Event | Callable[[Job
     if changed:
         conn.execute(_UPDATE_DOC, changed)
     row.__dict__.update(values)
-    return Transition(before, after, row, written=True)
+    return Transition(before, after, row, written=True, view=_view_parts(conn, row, True) if view else None)
+
+
+def _view_parts(conn: Connection, row: JobRow, with_history: bool) -> ViewParts:
+    docs = _doc_rows(conn, row.id)
+    events = list(conn.execute(_SELECT_EVENTS, {"job_id": row.id}).mappings()) if with_history else []
+    found = (conn.execute(_SELECT_DEVICE, {"device_id": row.device_id}).mappings().first()
+             if row.state == JobState.PENDING.value else None)
+    return docs, events, None if found is None else detached(DeviceRow, found)
 
 
 def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | None], None] | None,

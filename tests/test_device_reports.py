@@ -181,3 +181,39 @@ async def test_each_device_message_is_one_hop_to_the_database(service: Service,
     held = HeldJob(job_id=job_id, version=report.version, state=JobState.PROCESSING)
     synced = await service.devices.handle(DEVICE, "up", encode(Hello(software="test 1.0", jobs=[held])))
     assert len(synced) == 1 and len(hops) == 1, hops
+
+
+async def test_a_claim_is_one_hop_and_builds_its_document_urls_in_it(service: Service,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """acknowledge-job (accept) is judged, its documents' URLs built and the claim written in one
+    transaction; a job whose documents no device message can describe is aborted in that same
+    transaction instead of being claimed (no device could ever take it)."""
+    service_row = await service.store.service(ServiceKind.PRINT.value, "office")
+    assert service_row is not None
+
+    async def new_job(fmt: str) -> tuple[int, int]:
+        row = await service.store.create_job(kind=ServiceKind.PRINT, service=service_row, owner="alice", ticket={},
+                                             documents=[{"format": fmt, "size": 10, "sha256": "0" * 64}],
+                                             with_documents=True, key_for=DocumentKey.input_key)
+        return row.id, row.version
+
+    (good, version), (bad, _) = await new_job("application/pdf"), await new_job("not a media type")
+    hops: list[str] = []
+    real_run = service.store.run
+
+    async def counted(work):  # type: ignore[no-untyped-def]
+        hops.append(getattr(work, "__qualname__", "work"))
+        return await real_run(work)
+
+    monkeypatch.setattr(service.store, "run", counted)
+    ack = await service.send(AcknowledgeJob(job_id=good, version=version, accept=True))
+    assert ack.code == "ok" and ack.state is JobState.PENDING and len(ack.documents) == 1 and len(hops) == 1, hops
+    assert ack.documents[0].url.startswith("https://")
+    hops.clear()
+    refused = await service.send(AcknowledgeJob(job_id=bad, version=version, accept=True))
+    assert refused.code == "not-fetchable" and not refused.documents and len(hops) == 1, hops
+    row = await service.store.get_job(bad)
+    assert (row.state, row.claimed) == (JobState.ABORTED.value, False)
+    assert "cannot be delivered" in (row.state_message or "")
+    again = await service.send(AcknowledgeJob(job_id=bad, version=row.version, accept=True))
+    assert again.code == "not-fetchable" and again.state is JobState.ABORTED

@@ -6,6 +6,7 @@ Real components in-process: SQLite, the local object store, the job operations a
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from cloud_service.auth import User
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
-from cloud_service.objects import LocalObjectStore
+from cloud_service.objects import CHUNK, LocalObjectStore, ObjectTooLarge, UrlSigner
 from cloud_service.store import JobStore
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
@@ -87,6 +88,30 @@ def test_page_counter_text_and_other_formats() -> None:
     assert image.pages == 1 and not image.counts
 
 
+# ---------------------------------------------------------------------------- the local object store
+
+
+@pytest.mark.parametrize("size,piece", [(0, 1), (1, 1), (CHUNK, 1000), (CHUNK + 1, CHUNK), (3 * CHUNK + 5, 77_777)])
+async def test_local_objects_small_in_one_trip_large_streamed_same_bytes(tmp_path: Path, size: int,
+                                                                         piece: int) -> None:
+    """Up to a chunk is held and written at once, more is streamed: either way the bytes, size and
+    digest come back as sent, and no temporary file is left, also when the cap refuses it."""
+    store = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for chunk in chunked(data, piece):
+            yield chunk
+
+    stored = await store.put_stream("jobs/1/doc-1", pieces(), max_bytes=4 * CHUNK)
+    assert (stored.size, stored.sha256) == (size, hashlib.sha256(data).hexdigest())
+    assert b"".join([c async for c in store.read_stream("jobs/1/doc-1")]) == data
+    if size:
+        with pytest.raises(ObjectTooLarge):
+            await store.put_stream("jobs/1/doc-2", pieces(), max_bytes=size - 1)
+    assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "1").iterdir()) == ["doc-1"]
+
+
 # ---------------------------------------------------------------------------- the one writer
 
 
@@ -125,6 +150,41 @@ async def test_pages_are_stored_at_upload_and_priced_without_a_second_read(rig: 
     await rig.objects.delete(doc.object_key)
     await rig.jobs.close(ADMIN, row.id)
     assert (await rig.store.get_job(row.id)).impressions_estimated == 6  # 2 copies x 3 pages
+
+
+async def test_a_submit_with_its_document_records_it_in_the_close(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Create with the bytes (multipart, IPP Print-Job) in three hops to the database (the
+    service with what admission decides on; the new job; the close): size, digest, pages and the
+    estimate are written with the close, with no price or quota to check; with a price,
+    admission still checks at close with the pages counted."""
+    hops: list[object] = []
+    real_run = rig.store.run
+
+    async def counted(work):  # type: ignore[no-untyped-def]
+        hops.append(work)
+        return await real_run(work)
+
+    monkeypatch.setattr(rig.store, "run", counted)
+    row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "d.pdf",
+                                stream(make_pdf(3), 7))
+    info = await rig.store.job_info(row)  # the answer to the submit: read with the close
+    monkeypatch.undo()
+    assert len(hops) == 3, hops
+    assert [e.state for e in info.history] == ["pending-held", "pending"] and info.documents[0].size
+    (doc,) = await rig.store.documents(row.id)
+    assert doc.pages == 3 and doc.size and doc.sha256 and doc.format == "application/pdf"
+    job = await rig.store.get_job(row.id)
+    assert (job.state, job.version, job.impressions_estimated) == ("pending", row.version, 6)
+    assert [e.state for e in (await rig.store.job_info(job)).history] == ["pending-held", "pending"]
+    await accounting.set_policy(rig.store, "dev", "office", "root", price_per_impression=1)
+    await accounting.add_credit(rig.store, "root", 10, "root")
+    with pytest.raises(Refusal) as refused:  # 2 copies x 6 pages at 1 credit: 12 > 10
+        await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "e.pdf",
+                              stream(make_pdf(6), 7))
+    assert refused.value.code == "insufficient-balance"
+    (aborted,) = [j for j in await rig.store.list_jobs(owner=None, include_ended=True) if j.id != row.id]
+    (doc,) = await rig.store.documents(aborted.id)
+    assert (aborted.state, doc.pages) == ("aborted", 6)
 
 
 async def test_accept_refuses_replays_and_keys_of_the_wrong_kind(rig: Rig) -> None:

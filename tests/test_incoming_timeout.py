@@ -8,13 +8,16 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from broker.credentials import generate_password
 from schemas.messages import Attributes, PrintServiceAttributes
 from tests.support.rawdevice import RawDevice
 from tests.support.stack import running_stack
 
 
-async def test_a_job_without_its_document_is_aborted_after_the_timeout(tmp_path: Path) -> None:
+async def test_a_job_without_its_document_is_aborted_after_the_timeout(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     async with running_stack(tmp_path) as stack:
         password = generate_password()
         await stack.add_user("uploader-dev", password)
@@ -30,7 +33,18 @@ async def test_a_job_without_its_document_is_aborted_after_the_timeout(tmp_path:
         complete = (await stack.submit(b"%PDF-1.4 whole", service="uploader-dev")).json()
         supervisor = stack.service.supervisor
         limit = supervisor.policy.incoming_timeout
+        await supervisor.stop()  # its own timer must not sweep while this test counts
+        hops: list[object] = []
+        real_run = stack.service.store.run
+
+        async def counted(work):  # type: ignore[no-untyped-def]
+            hops.append(work)
+            return await real_run(work)
+
+        monkeypatch.setattr(stack.service.store, "run", counted)
         assert (await supervisor.sweep(time.time() + limit / 2)).aborted == 0
+        assert len(hops) == 1  # a sweep that changes nothing reads what it decides on in one hop
+        monkeypatch.undo()
         assert (await supervisor.sweep(time.time() + limit + 1)).aborted == 1
         ended = (await stack.http.get(f"/api/v1/jobs/{job['id']}")).json()
         assert ended["state"] == "aborted" and "multiple-operation-time-out" in ended["state_message"]

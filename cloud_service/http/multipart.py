@@ -47,8 +47,14 @@ class JobForm:
     size: int = 0
 
     async def chunks(self, size: int = 256 * 1024) -> AsyncIterator[bytes]:
-        """The document's bytes, read back from the spool off the event loop."""
+        """The document's bytes, read back from the spool: off the event loop once it is a file,
+        at once while it is in memory (no thread hops for a small document)."""
         assert self.document is not None
+        if self.size <= SPOOL_IN_MEMORY:  # never rolled over to disk
+            self.document.seek(0)
+            while data := self.document.read(size):
+                yield data
+            return
         await anyio.to_thread.run_sync(self.document.seek, 0)
         while data := await anyio.to_thread.run_sync(self.document.read, size):
             yield data
@@ -137,7 +143,10 @@ class _Collector:
     async def flush(self) -> None:
         if self.pending and self.form.document is not None:
             data, self.pending = b"".join(self.pending), []
-            await anyio.to_thread.run_sync(self.form.document.write, data)
+            if self.form.size <= SPOOL_IN_MEMORY:  # stays in memory: no disk I/O to keep off the loop
+                self.form.document.write(data)
+            else:
+                await anyio.to_thread.run_sync(self.form.document.write, data)
 
 
 def _text(raw: bytes | None, what: str) -> str | None:
