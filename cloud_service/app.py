@@ -134,7 +134,8 @@ class CloudService:
         self._server = HttpsServer(self.app, self._socket, certfile=str(cert), keyfile=str(key),
                                    max_connections=cfg.max_connections or connection_budget(),
                                    tls_handshake_timeout=cfg.tls_handshake_timeout,
-                                   header_timeout=cfg.header_timeout, keep_alive_timeout=cfg.keep_alive_timeout)
+                                   header_timeout=cfg.header_timeout, keep_alive_timeout=cfg.keep_alive_timeout,
+                                   http_parser=cfg.http_parser)
         await self._server.start()
         await self.mqtt.start()
         self.supervisor.start(cfg.supervise_interval)

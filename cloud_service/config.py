@@ -156,6 +156,12 @@ class ServiceConfig(BaseModel):
     header_timeout: float = 10.0
     #: An idle keep-alive connection is closed after this many seconds.
     keep_alive_timeout: float = 5.0
+    #: The HTTP/1.1 parser: ``httptools`` (C, llhttp) or ``h11`` (pure Python); ``auto`` takes
+    #: httptools when it is installed. Both behave the same to clients; httptools costs less CPU.
+    http_parser: Literal["auto", "httptools", "h11"] = "auto"
+    #: The event loop of ``cloudimaging service``: ``uvloop`` (libuv, with TLS in C) or Python's
+    #: ``asyncio``; ``auto`` takes uvloop when it is installed.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     # -- MQTT at scale (docs/brokers.md, "Several replicas") --------------------------------------
     #: The service's MQTT client id; None: ``cloud-service-<host>-<random>``, unique per process

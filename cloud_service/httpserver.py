@@ -27,16 +27,26 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+try:  # the C parser (uvicorn[standard]); h11 serves where it is missing
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - httptools is a dependency
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
 from broker.limits import Admission, CappedListener
 
 
-class HeaderTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on every request head, telling the listener whether a
-    request is in flight (only a connection without one is closed when the server is full)."""
+class HeaderTimeout:
+    """A deadline on every request head for uvicorn's HTTP/1.1 protocols (h11 or httptools),
+    telling the listener whether a request is in flight (only a connection without one is
+    closed when the server is full). Mixed in before the protocol class."""
+
+    cycle: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
 
     def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any], *,
                  admission: Admission | None = None, header_timeout: float = 10.0) -> None:
-        super().__init__(config, server_state, app_state)
+        super().__init__(config, server_state, app_state)  # type: ignore[call-arg]
         self.admission = admission
         self.header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
@@ -86,17 +96,40 @@ class HeaderTimeoutProtocol(H11Protocol):
             self.transport.abort()
 
 
+class HeaderTimeoutProtocol(HeaderTimeout, H11Protocol):
+    """uvicorn's h11 protocol with the head deadline."""
+
+
+PROTOCOLS: dict[str, type[HeaderTimeout]] = {"h11": HeaderTimeoutProtocol}
+if HttpToolsProtocol is not None:
+    class HttpToolsHeaderTimeoutProtocol(HeaderTimeout, HttpToolsProtocol):
+        """uvicorn's httptools protocol with the head deadline."""
+
+    PROTOCOLS["httptools"] = HttpToolsHeaderTimeoutProtocol
+
+
+def protocol_class(parser: str = "auto") -> type[HeaderTimeout]:
+    """The protocol for ``http_parser``: ``auto`` is httptools where installed, else h11."""
+    if parser == "auto":
+        parser = "httptools" if "httptools" in PROTOCOLS else "h11"
+    if parser not in PROTOCOLS:
+        raise ValueError(f"http_parser {parser!r} is not available (pip install httptools)")
+    return PROTOCOLS[parser]
+
+
 class HttpsServer:
     """uvicorn for ``app`` on the bound, listening ``sock``; ``await start()`` / ``await stop()``."""
 
     def __init__(self, app: Any, sock: socket.socket, *, certfile: str, keyfile: str, max_connections: int,
-                 tls_handshake_timeout: float, header_timeout: float, keep_alive_timeout: float) -> None:
+                 tls_handshake_timeout: float, header_timeout: float, keep_alive_timeout: float,
+                 http_parser: str = "auto") -> None:
         self.sock = sock
         self.header_timeout = header_timeout
+        self.protocol_class = protocol_class(http_parser)
         self.config = uvicorn.Config(app, ssl_certfile=certfile, ssl_keyfile=keyfile, log_level="warning",
                                      access_log=False, lifespan="off", timeout_graceful_shutdown=3,
                                      timeout_keep_alive=max(1, round(keep_alive_timeout)),
-                                     http="h11")
+                                     http="httptools" if self.protocol_class is not HeaderTimeoutProtocol else "h11")
         self.config.load()
         # CUPS 2.4 clients (GnuTLS) take a TLS 1.3 session ticket for the end of the connection
         # and fail every ipps:// request; without tickets TLS 1.3 works (only resumption is lost).
@@ -114,8 +147,9 @@ class HttpsServer:
         # transport exists; here it holds from the TLS handshake on.
         with contextlib.suppress(OSError):
             admission.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return HeaderTimeoutProtocol(self.config, self.server.server_state, self.server.lifespan.state,
-                                     admission=admission, header_timeout=self.header_timeout)
+        return self.protocol_class(self.config, self.server.server_state,  # type: ignore[return-value]
+                                   self.server.lifespan.state, admission=admission,
+                                   header_timeout=self.header_timeout)
 
     @property
     def open_connections(self) -> int:
