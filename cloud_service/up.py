@@ -25,7 +25,7 @@ from cloud_service.auth import authenticate
 from cloud_service.config import ServiceConfig
 from manager.drivers.fax import SIMULATED_MODEM_CAPABILITIES
 from manager.drivers.scanner import SIMULATED_SCANNER_CAPABILITIES
-from manager.drivers.simulated import RASTER_PRINTER_CAPABILITIES
+from manager.drivers.simulated import RASTER_PRINTER_CAPABILITIES, SIMULATED_SUPPLIES
 
 PRINTER_ID = "sim-printer"
 
@@ -154,7 +154,8 @@ class EmbeddedStack:
             "state_dir": str(device_dir / "state"),
             "services": [{
                 "kind": "print", "name": PRINTER_ID, "driver": "file",
-                "driver_options": {"output_dir": str(device_dir / "output")},
+                "driver_options": {"output_dir": str(device_dir / "output"),
+                                   "supplies": [s.model_dump() for s in SIMULATED_SUPPLIES]},
                 "capabilities": RASTER_PRINTER_CAPABILITIES,
                 "info": "Simulated printer taking PWG raster and JPEG (writes each job to a folder)",
                 "location": str(device_dir / "output"),

@@ -57,6 +57,9 @@ async def test_multifunction_device_scan_and_fax_from_the_cli(tmp_path: Path,
             ("print", PRINTER_ID, PRINTER_ID), ("scan", SCANNER_NAME, PRINTER_ID), ("faxout", FAX_NAME, PRINTER_ID)}
         code, out, _ = await run(capsys, stack, "scanners")
         assert code == 0 and SCANNER_NAME in out and "idle" in out and PRINTER_ID not in out
+        # The printer reports the supplies ``up`` gives it (the tour shows them).
+        code, out, _ = await run(capsys, stack, "printers", "-l")
+        assert code == 0 and "Supplies:" in out and "Black Toner" in out and "72%" in out, out
         code, out, _ = await run(capsys, stack, "faxes", "-l")
         assert code == 0 and FAX_NAME in out and "destination-uri-schemes" in out
 

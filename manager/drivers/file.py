@@ -32,11 +32,15 @@ from manager.drivers.base import (
 )
 from schemas.enums import JobState
 from schemas.model.pages import count_pages, extension
+from schemas.supplies import Supplies
 
 
 class FileOptions(DriverOptions):
     #: Where output goes; ``{state_dir}/output/{service}`` when not given.
     output_dir: Path | None = None
+    #: Supplies to report (a folder has none; ``cloudimaging up`` gives its printer a set, so the
+    #: tour shows them on the API, the CLI, IPP and the console).
+    supplies: Supplies = []
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -61,6 +65,7 @@ class FileDriver(PrintDriver):
         self.output_dir = self.options.output_dir or self.state_dir / "output" / name
         self._canceled: set[int] = set()
         self._lock = threading.Lock()
+        self.supplies = tuple(self.options.supplies)
 
     async def open(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
