@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,23 @@ async def test_instance_id_is_made_once_and_kept(tmp_path: Path) -> None:
     await other.dispose()
 
 
+def printer_config(broker_url: str, ca_file: str, password: str, device_dir: Path, *, request_timeout: float,
+                   pages_per_second: float | None = None) -> Any:
+    """The Manager config of the one simulated printer these tests restore databases under:
+    its state (the journal) in ``device_dir/state``, its printed.log in ``device_dir/output``."""
+    from manager.config import ManagerConfig
+    from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
+
+    options: dict[str, Any] = {"output_dir": str(device_dir / "output")}
+    if pages_per_second is not None:
+        options["pages_per_second"] = pages_per_second
+    return ManagerConfig.model_validate({
+        "device_id": DEVICE, "broker_url": broker_url, "password": password, "ca_file": ca_file,
+        "state_dir": str(device_dir / "state"), "keepalive": 5, "request_timeout": request_timeout,
+        "services": [{"kind": "print", "name": DEVICE, "driver": "simulated", "driver_options": options,
+                      "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "test printer"}]})
+
+
 def _printed(out: Path) -> list[str]:
     log = out / "printed.log"
     return log.read_text().split() if log.exists() else []
@@ -89,8 +107,6 @@ async def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[n
 async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from manager.app import Manager
-    from manager.config import ManagerConfig
-    from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 
     caplog.set_level(logging.INFO, logger="cloudimaging.manager")
     service_password, device_password = generate_password(), generate_password()
@@ -98,12 +114,7 @@ async def test_new_database_jobs_print_and_a_restored_one_prints_nothing_twice(
     async with embedded_broker(tmp_path / "broker") as b:
         await asyncio.to_thread(b.add_user, "cloud-service", service_password)
         await asyncio.to_thread(b.add_user, DEVICE, device_password)
-        config = ManagerConfig.model_validate({
-            "device_id": DEVICE, "broker_url": b.url, "password": device_password, "ca_file": str(b.pki.ca_cert),
-            "state_dir": str(tmp_path / "device" / "state"), "keepalive": 5, "request_timeout": 3.0,
-            "services": [{"kind": "print", "name": DEVICE, "driver": "simulated",
-                          "driver_options": {"output_dir": str(out)},
-                          "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "test printer"}]})
+        config = printer_config(b.url, str(b.pki.ca_cert), device_password, tmp_path / "device", request_timeout=3.0)
 
         def manager() -> Manager:
             return Manager(config)
@@ -239,8 +250,6 @@ async def test_jobs_held_while_the_database_is_restored_end_once(
     import sqlite3
 
     from manager.app import Manager
-    from manager.config import ManagerConfig
-    from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 
     caplog.set_level(logging.INFO, logger="cloudimaging.manager")
     service_password, device_password = generate_password(), generate_password()
@@ -248,12 +257,8 @@ async def test_jobs_held_while_the_database_is_restored_end_once(
     async with embedded_broker(tmp_path / "broker") as b:
         await asyncio.to_thread(b.add_user, "cloud-service", service_password)
         await asyncio.to_thread(b.add_user, DEVICE, device_password)
-        config = ManagerConfig.model_validate({
-            "device_id": DEVICE, "broker_url": b.url, "password": device_password, "ca_file": str(b.pki.ca_cert),
-            "state_dir": str(tmp_path / "device" / "state"), "keepalive": 5, "request_timeout": 2.0,
-            "services": [{"kind": "print", "name": DEVICE, "driver": "simulated",
-                          "driver_options": {"output_dir": str(out), "pages_per_second": 2},
-                          "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "test printer"}]})
+        config = printer_config(b.url, str(b.pki.ca_cert), device_password, tmp_path / "device",
+                                request_timeout=2.0, pages_per_second=2)
         printer = Manager(config)
         try:
             async with serving(Stack, tmp_path / "a", b, service_password) as a:
@@ -305,8 +310,6 @@ async def test_a_job_printing_while_a_backup_from_before_its_claim_is_restored_e
     holds the job there); once the job ended here, the restored copy, offered again, is ended with
     the state the device gave it: completed there, printed once."""
     from manager.app import Manager
-    from manager.config import ManagerConfig
-    from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 
     caplog.set_level(logging.INFO, logger="cloudimaging.manager")
     service_password, device_password = generate_password(), generate_password()
@@ -314,12 +317,8 @@ async def test_a_job_printing_while_a_backup_from_before_its_claim_is_restored_e
     async with embedded_broker(tmp_path / "broker") as b:
         await asyncio.to_thread(b.add_user, "cloud-service", service_password)
         await asyncio.to_thread(b.add_user, DEVICE, device_password)
-        config = ManagerConfig.model_validate({
-            "device_id": DEVICE, "broker_url": b.url, "password": device_password, "ca_file": str(b.pki.ca_cert),
-            "state_dir": str(tmp_path / "device" / "state"), "keepalive": 5, "request_timeout": 2.0,
-            "services": [{"kind": "print", "name": DEVICE, "driver": "simulated",
-                          "driver_options": {"output_dir": str(out), "pages_per_second": 2},
-                          "capabilities": SIMULATED_PRINTER_CAPABILITIES, "make_and_model": "test printer"}]})
+        config = printer_config(b.url, str(b.pki.ca_cert), device_password, tmp_path / "device",
+                                request_timeout=2.0, pages_per_second=2)
         first = Manager(config)
         async with serving(Stack, tmp_path / "a", b, service_password) as a:
             await asyncio.to_thread(first.start)

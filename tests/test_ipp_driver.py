@@ -131,6 +131,17 @@ async def service(stack: Stack, name: str = "lan") -> dict[str, Any]:
     return (await stack.http.get(f"/api/v1/services/print/{name}")).json()
 
 
+async def discovered_service(stack: Stack) -> dict[str, Any]:
+    """The LAN printer's service once the driver has published what the printer told it."""
+    async def discovered() -> dict | None:
+        svc = await service(stack)
+        return svc if svc["make_and_model"] == "Acme LAN 1" else None
+
+    svc = await wait_for(discovered, 20, "the printer's attributes were not published")
+    assert isinstance(svc, dict)
+    return svc
+
+
 # ---------------------------------------------------------------------------- tests
 
 
@@ -138,12 +149,7 @@ async def service(stack: Stack, name: str = "lan") -> dict[str, Any]:
 async def test_ipp_driver_prints_on_a_real_ipp_printer(tmp_path: Path) -> None:
     async with lan_stack(tmp_path) as (stack, printer):
         # Discovery: the cloud knows what the printer can do, and refuses what it cannot.
-        async def discovered() -> dict | None:
-            svc = await service(stack)
-            return svc if svc["make_and_model"] == "Acme LAN 1" else None
-
-        svc = await wait_for(discovered, 20, "the printer's attributes were not published")
-        assert isinstance(svc, dict)
+        svc = await discovered_service(stack)
         caps = svc["capabilities"]
         assert {"iso_a4_210x297mm", "na_letter_8.5x11in"} <= set(caps["media-supported"])
         assert "application/pdf" in caps["document-format-supported"]
@@ -229,12 +235,7 @@ async def test_a_pdf_prints_on_a_printer_that_takes_only_pwg_raster(tmp_path: Pa
     decoded by cups-filters and poppler, page by page."""
     pdf = numbered_pdf(tmp_path / "three.pdf", 3)
     async with lan_stack(tmp_path, "image/pwg-raster") as (stack, printer):
-        async def discovered() -> dict | None:
-            svc = await service(stack)
-            return svc if svc["make_and_model"] == "Acme LAN 1" else None
-
-        svc = await wait_for(discovered, 20, "the printer's attributes were not published")
-        assert isinstance(svc, dict)
+        svc = await discovered_service(stack)
         caps = svc["capabilities"]
         # The device's own formats are what the printer says; the service adds what it transforms.
         # (ippeveprinter always adds application/octet-stream: it sniffs what it is sent.)
