@@ -212,7 +212,7 @@ def run_up(args: argparse.Namespace) -> int:
             print("stopped.", flush=True)
 
     try:
-        asyncio.run(main())
+        run_loop(main())  # uvloop where installed, as the service alone runs
     except OSError as exc:
         print(f"cloudimaging: error: {exc}")
         return 1

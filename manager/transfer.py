@@ -5,7 +5,9 @@ spool, verified, in constant memory and one pass. The body is read straight from
 socket into one reused 1 MiB buffer (``http.client``'s ``readinto``: the socket reads, the
 decryption, the hash and the write all run in C), each megabyte hashed (SHA-256) and written
 to ``{dest}.part`` as it comes; only a file of exactly the announced size and digest is
-renamed to ``dest`` (never copied). A streaming HTTP client hands the body over one TLS record
+renamed to ``dest`` (never copied). The connection is kept for the next download from the same
+server (``IdleConnections``): a new TLS handshake per job cost the Manager, and the service
+serving the local object store, more than a small document's transfer. A streaming HTTP client hands the body over one TLS record
 (16 KiB) at a time through several generator layers, which cost three times the CPU of the
 transfer itself. A URL that has expired (HTTP 403 or 410) or bytes that do not match
 are told apart from other failures so the caller can ask for a fresh URL once. Upload (scan
@@ -23,6 +25,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -83,14 +86,26 @@ def download(
     if parts.scheme != "https" and not (allow_http and parts.scheme == "http"):
         raise DownloadError("refused", f"document URL scheme {parts.scheme!r} is not https")
     part = dest.with_name(dest.name + ".part")
-    conn = _connection(parts.scheme, parts.hostname or "", parts.port, verify, timeout)
+    key = (parts.scheme, parts.hostname or "", parts.port, verify)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = IDLE.take(key, timeout)
+    reused = conn is not None
+    keep = False
     try:
-        conn.request("GET", target, headers={"Accept-Encoding": "identity", "Connection": "close"})
-        response = conn.getresponse()
+        if conn is not None:
+            try:
+                response = _get(conn, target)
+            except (OSError, http.client.HTTPException):
+                # The server closed the kept connection meanwhile (its keep-alive timer): a GET
+                # is safe to send again, on a new connection.
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = _connection(parts.scheme, parts.hostname or "", parts.port, verify, timeout)
+            response = _get(conn, target)
         # Like httpx's request line, without the query: a presigned URL's query is its signature.
-        log.info('HTTP Request: GET %s://%s%s "HTTP/1.1 %d"', parts.scheme, parts.netloc, parts.path,
-                 response.status)
+        log.info('HTTP Request: GET %s://%s%s "HTTP/1.1 %d"%s', parts.scheme, parts.netloc, parts.path,
+                 response.status, " (kept connection)" if reused else "")
         if response.status in (403, 410):
             raise DownloadError("expired", f"document URL refused with HTTP {response.status} (expired or revoked)")
         if response.status != 200:
@@ -100,11 +115,80 @@ def download(
             raise DownloadError("mismatch", f"the server sends {announced} bytes, {size} were announced")
         _receive(response, part, size, sha256, abort)
         os.replace(part, dest)
+        keep = not response.will_close and response.isclosed()  # the whole body read, no "close"
     except (OSError, http.client.HTTPException) as exc:
         raise DownloadError("network", f"document download failed: {type(exc).__name__}: {exc}") from None
     finally:
-        conn.close()
+        if conn is not None:
+            if keep:
+                IDLE.give(key, conn)
+            else:
+                conn.close()
         part.unlink(missing_ok=True)
+
+
+def _get(conn: http.client.HTTPConnection, target: str) -> http.client.HTTPResponse:
+    conn.request("GET", target, headers={"Accept-Encoding": "identity"})
+    return conn.getresponse()
+
+
+ConnectionKey = tuple[str, str, "int | None", "ssl.SSLContext | bool"]
+
+
+class IdleConnections:
+    """Connections whose last download ended cleanly, kept for the next one to the same server.
+
+    A connection idle longer than ``max_idle`` seconds is closed rather than used: servers
+    close idle keep-alive connections after a few seconds (the service after 5), and one that
+    was closed meanwhile is detected at its first use and replaced (``download``). At most
+    ``per_server`` are kept per server; downloads run in worker threads, so a lock guards them.
+    """
+
+    def __init__(self, max_idle: float = 2.0, per_server: int = 4) -> None:
+        self.max_idle = max_idle
+        self.per_server = per_server
+        self._idle: dict[ConnectionKey, list[tuple[float, http.client.HTTPConnection]]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: ConnectionKey, timeout: float) -> http.client.HTTPConnection | None:
+        now = time.monotonic()
+        stale: list[http.client.HTTPConnection] = []
+        found = None
+        with self._lock:
+            kept = self._idle.get(key, [])
+            while kept:
+                since, conn = kept.pop()
+                if now - since <= self.max_idle:
+                    found = conn
+                    break
+                stale.append(conn)
+        for conn in stale:
+            conn.close()
+        if found is not None:
+            found.timeout = timeout
+            if found.sock is not None:
+                found.sock.settimeout(timeout)
+        return found
+
+    def give(self, key: ConnectionKey, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            kept = self._idle.setdefault(key, [])
+            if len(kept) < self.per_server:
+                kept.append((time.monotonic(), conn))
+                return
+        conn.close()
+
+    def clear(self) -> None:
+        """Close every kept connection."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for kept in idle.values():
+            for _, conn in kept:
+                conn.close()
+
+
+#: The process's kept connections (one Manager process talks to one or two object stores).
+IDLE = IdleConnections()
 
 
 def _connection(scheme: str, host: str, port: int | None, verify: ssl.SSLContext | bool,

@@ -6,6 +6,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,28 @@ def test_a_large_download_is_hashed_on_the_way_and_renamed_into_place(
         download(url, tmp_path / "again", size=size, sha256="0" * 64, verify=_ctx(pki), timeout=10)
     assert err.value.kind == "mismatch" and len(renames) == 1
     assert sorted(tmp_path.iterdir()) == [dest]
+
+
+def test_the_connection_is_kept_for_the_next_download(pki: Pki, tmp_path: Path) -> None:
+    """Downloads from one server share a connection; one the server closed meanwhile is
+    replaced at once; one whose download failed is not kept."""
+    server = DocServer(pki, keep_alive=True, idle_timeout=0.3).start()
+    ctx = _ctx(pki)  # the Manager's one context: connections are kept per server and context
+    transfer.IDLE.clear()
+    try:
+        url, size, sha = server.put("doc", b"abc" * 1000)
+        for n in range(3):
+            download(url, tmp_path / f"d{n}", size=size, sha256=sha, verify=ctx, timeout=5)
+        assert server.connections == 1 and server.hits == ["doc"] * 3
+
+        time.sleep(0.6)  # the server closes the idle connection; the Manager still holds it
+        download(url, tmp_path / "after", size=size, sha256=sha, verify=ctx, timeout=5)
+        assert server.connections == 2 and (tmp_path / "after").read_bytes() == b"abc" * 1000
+
+        with pytest.raises(DownloadError):
+            download(url, tmp_path / "bad", size=size, sha256="0" * 64, verify=ctx, timeout=5)
+        download(url, tmp_path / "next", size=size, sha256=sha, verify=ctx, timeout=5)
+        assert server.connections == 3  # the failed download's connection was closed, not kept
+    finally:
+        transfer.IDLE.clear()
+        server.stop()

@@ -13,18 +13,28 @@ class DocServer:
     """A tiny HTTPS object store: GET /{name} serves bytes; names can be made to fail.
 
     ``expired``: names answered with 403; ``gone``: 410; ``corrupt[name]``: how many
-    responses still get a flipped byte. ``hits`` lists every path requested.
+    responses still get a flipped byte. ``hits`` lists every path requested, ``connections``
+    counts the connections accepted. ``keep_alive``: HTTP/1.1, a connection serves several
+    requests until it sits idle ``idle_timeout`` seconds (else HTTP/1.0, one request each).
     """
 
-    def __init__(self, pki: Pki) -> None:
+    def __init__(self, pki: Pki, keep_alive: bool = False, idle_timeout: float = 5.0) -> None:
         self.files: dict[str, bytes] = {}
         self.expired: set[str] = set()
         self.gone: set[str] = set()
         self.corrupt: dict[str, int] = {}
         self.hits: list[str] = []
+        self.connections = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+            timeout = idle_timeout
+
+            def setup(self) -> None:
+                server.connections += 1
+                super().setup()
+
             def do_GET(self) -> None:
                 name = self.path.lstrip("/").split("?")[0]
                 server.hits.append(name)
