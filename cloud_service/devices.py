@@ -26,11 +26,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
+from sqlalchemy import Connection
 
 from cloud_service.clf import ClfLog
 from cloud_service.db import DocumentRow, JobRow
 from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents, device_ticket
-from cloud_service.store import JobNotFound, JobStore, WithDocuments
+from cloud_service.store import JobNotFound, JobStore, WithDocuments, save_destinations
 from schemas import topics
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind
 from schemas.messages import (
@@ -69,6 +70,9 @@ LAST_SEEN_EVERY = 10.0
 #: Seconds an online presence waits to be written with the device's next message, after which
 #: the online presences still waiting are written together (one transaction).
 PRESENCE_COALESCE = 0.5
+#: The longest wait between two tries to write the waiting presences while the database fails
+#: (the wait doubles from ``PRESENCE_COALESCE`` after each failure).
+PRESENCE_RETRY_MAX = 10.0
 
 #: A report on a job of another device: refused without a word about that job.
 NOT_YOURS = Verdict("not-yours", "the job is not assigned to this device")
@@ -95,6 +99,8 @@ class DeviceProtocol:
         #: device id -> the columns of an online presence not written yet.
         self._pending: dict[str, dict[str, object]] = {}
         self._flush_timer: asyncio.Task[None] | None = None
+        #: Seconds the next flush waits; doubled after each failed write, reset by a good one.
+        self._flush_delay: float | None = None
         #: The write of pending presences in progress (an offline presence waits for it).
         self._flushing: asyncio.Task[None] | None = None
 
@@ -218,13 +224,22 @@ class DeviceProtocol:
             self._flush_timer = asyncio.create_task(self._flush_later(), name="presence-flush")
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(PRESENCE_COALESCE)
+        await asyncio.sleep(self._flush_delay or PRESENCE_COALESCE)
         try:
             await self.flush()
-        except Exception:
-            log.exception("could not write %d online presences; retrying", len(self._pending))
+        except Exception as exc:
+            failed = self._flush_delay is not None
+            self._flush_delay = min(2 * (self._flush_delay or PRESENCE_COALESCE), PRESENCE_RETRY_MAX)
+            if failed:  # the trace once per run of failures; then a line per try
+                log.warning("could not write %d online presences (%s); retrying in %.1f s",
+                            len(self._pending), exc, self._flush_delay)
+            else:
+                log.exception("could not write %d online presences; retrying in %.1f s",
+                              len(self._pending), self._flush_delay)
             self._flush_timer = None
             self._schedule_flush()
+        else:
+            self._flush_delay = None
 
     async def flush(self) -> None:
         """Write the online presences still waiting, all in one transaction."""
@@ -392,12 +407,14 @@ class DeviceProtocol:
 
     async def _apply_report(self, device_id: str, msg: Report, extra: dict | None = None,
                             first: Callable[[Job, JobRow, list[DocumentRow]], Event | Verdict | None] | None = None,
+                            then: Callable[[Connection, JobRow], None] | None = None,
                             ) -> tuple[JobRow, str, str | None, bool] | Reply:
         """Judge and apply a report in one optimistic transaction: (row, code, text, ok) or a refusal.
 
         Whether the job is the device's is checked in that same transaction, on the row the
         write is conditioned on (one read of the job, not two). ``first`` may decide before the
-        report is judged (an event or a verdict; None: judge it), on the job's document rows.
+        report is judged (an event or a verdict; None: judge it), on the job's document rows;
+        ``then`` writes what comes with the report once it is applied (JobStore.transition).
         """
         def decide(job: Job, current: JobRow, docs: list[DocumentRow]) -> Event | Verdict:
             if current.device_id != device_id:
@@ -408,7 +425,7 @@ class DeviceProtocol:
 
         try:
             done = await self.store.transition(msg.job_id, WithDocuments(decide), msg.id,
-                                               extra=(lambda _row: extra) if extra else None)
+                                               extra=(lambda _row: extra) if extra else None, then=then)
         except JobNotFound:
             return self._not_found(msg, msg.job_id)
         except InvalidTransition as exc:
@@ -476,15 +493,20 @@ class DeviceProtocol:
         return [(device_id, self._current(msg, *result))]
 
     async def _job_status(self, device_id: str, msg: JobStatus) -> Outgoing:
-        result = await self._apply_report(device_id, msg)
+        then = None
+        if msg.destination_statuses is not None:
+            statuses = [d.wire() for d in msg.destination_statuses]
+
+            def then(conn: Connection, row: JobRow) -> None:
+                # A fax's per-destination outcome, in the same transaction as the state it
+                # explains: nobody sees the job ended without them.
+                if row.kind == ServiceKind.FAXOUT.value:
+                    save_destinations(conn, row.id, row.version, statuses)
+
+        result = await self._apply_report(device_id, msg, then=then)
         if isinstance(result, Reply):
             return [(device_id, result)]
-        row, code, text, ok = result
-        if code == "ok" and msg.destination_statuses is not None and row.kind == ServiceKind.FAXOUT.value:
-            await self.store.save_destination_statuses(row.id, row.version,
-                                                       [d.wire() for d in msg.destination_statuses])
-            self.store.feed.notify(row.id)
-        return [(device_id, self._current(msg, row, code, text, ok))]
+        return [(device_id, self._current(msg, *result))]
 
     async def _request_upload(self, device_id: str, msg: RequestUpload) -> Outgoing:
         """Scan output: a presigned PUT URL for one output document (made on first request)."""

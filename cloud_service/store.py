@@ -65,6 +65,7 @@ _docs = DocumentRow.__table__
 _devices = DeviceRow.__table__
 _services = ServiceRow.__table__
 _events = JobEventRow.__table__
+_destinations = JobDestinationsRow.__table__
 _TABLES = {t.name: t for t in (_jobs, _docs, _devices, _services)}
 _TERMINAL = [s.value for s in JobState if s.terminal]
 
@@ -105,6 +106,11 @@ _INSERT_DOC = insert(_docs)
 _INSERT_DEVICE = insert(_devices)
 _INSERT_SERVICE = insert(_services)
 _INSERT_EVENT = insert(_events)
+_SELECT_DESTINATIONS_VERSION = select(_destinations.c.version).where(_destinations.c.job_id == bindparam("job_id"))
+_INSERT_DESTINATIONS = insert(_destinations)
+_UPDATE_DESTINATIONS = (update(_destinations).where(_destinations.c.job_id == bindparam("b_job_id"))
+                        .values(statuses=bindparam("b_statuses"), updated_at=bindparam("b_at"),
+                                version=bindparam("b_version")))
 _UPDATE_DOC = (update(_docs).where(_docs.c.job_id == bindparam("b_job_id"), _docs.c.number == bindparam("b_number"))
                .values(state=bindparam("b_state"), impressions_completed=bindparam("b_impressions")))
 
@@ -453,7 +459,8 @@ class JobStore:
     async def transition(self, job_id: int, event: Chooser,
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
                          attempts: int = 20, first: Callable[[Connection], None] | None = None,
-                         view: bool = False) -> Transition:
+                         view: bool = False, then: Callable[[Connection, JobRow], None] | None = None,
+                         ) -> Transition:
         """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
 
         The callback (for device reports: schemas.model.reports.judge) sees the very row the
@@ -466,12 +473,15 @@ class JobStore:
         document's bytes just stored, for the close they complete) in the same transaction,
         before the job is read and judged; if the event is refused it is rolled back with it.
         ``view``: also read, in that transaction, what ``job_info`` shows of the changed job, for
-        the answer the caller is about to give (no hop of its own then).
+        the answer the caller is about to give (no hop of its own then). ``then(connection, row)``
+        writes what belongs with an applied change (a fax report's destination statuses), in its
+        transaction, only when the change was written.
 
         Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
         for _ in range(attempts):
-            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra, first, view))
+            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra, first, view,
+                                                                then))
             if done is None:
                 continue  # another writer got there first: read and judge again
             if done.view is not None:
@@ -501,15 +511,6 @@ class JobStore:
             await s.execute(delete(JobRow).where(JobRow.id == job_id))
 
     # ------------------------------------------------------------------ fax destinations
-
-    async def save_destination_statuses(self, job_id: int, version: int, statuses: list[dict[str, Any]]) -> None:
-        """A fax job's ``destination-statuses`` (PWG 5100.15) as reported; the newest report wins."""
-        async with self.sessions.begin() as s:
-            row = await s.get(JobDestinationsRow, job_id)
-            if row is None:
-                s.add(JobDestinationsRow(job_id=job_id, statuses=statuses, updated_at=time.time(), version=version))
-            elif version >= row.version:
-                row.statuses, row.updated_at, row.version = statuses, time.time(), version
 
     async def destination_statuses(self, job: JobRow) -> list[dict[str, Any]] | None:
         """What clients see: the device's latest report, else every destination still pending;
@@ -725,7 +726,8 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
 def _transition_once(conn: Connection, job_id: int, event: Chooser,
                      message_id: str | None, extra: Callable[[JobRow], dict] | None,
                      first: Callable[[Connection], None] | None = None,
-                     view: bool = False) -> Transition | None:
+                     view: bool = False, then: Callable[[Connection, JobRow], None] | None = None,
+                     ) -> Transition | None:
     """One attempt of JobStore.transition inside one transaction; None if the version moved."""
     if first is not None:
         first(conn)
@@ -768,7 +770,21 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
     if changed:
         conn.execute(_UPDATE_DOC, changed)
     row.__dict__.update(values)
+    if then is not None:
+        then(conn, row)
     return Transition(before, after, row, written=True, view=_view_parts(conn, row, True) if view else None)
+
+
+def save_destinations(conn: Connection, job_id: int, version: int, statuses: list[dict[str, Any]]) -> None:
+    """Write a fax job's reported destination statuses unless a newer report's are there."""
+    kept = conn.execute(_SELECT_DESTINATIONS_VERSION, {"job_id": job_id}).scalar()
+    now = time.time()
+    if kept is None:
+        conn.execute(_INSERT_DESTINATIONS, {"job_id": job_id, "statuses": statuses, "updated_at": now,
+                                            "version": version})
+    elif version >= kept:
+        conn.execute(_UPDATE_DESTINATIONS, {"b_job_id": job_id, "b_statuses": statuses, "b_at": now,
+                                            "b_version": version})
 
 
 def _view_parts(conn: Connection, row: JobRow, with_history: bool) -> ViewParts:

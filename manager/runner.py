@@ -111,6 +111,7 @@ class Runner:
         #: Notified whenever a job leaves the book (finished or dropped).
         self.changed = threading.Condition()
         context = FlowContext(config, self.book, self.spool, self._ssl, self._publish_attributes, self._spawn)
+        self._connections = context.connections
         #: The job flow of each service kind.
         self.flows: dict[str, Flow] = {"print": PrintFlow(context), "scan": ScanFlow(context),
                                        "faxout": FaxFlow(context)}
@@ -178,6 +179,7 @@ class Runner:
                 await service.driver.close()
             except Exception:
                 log.exception("driver of service %s failed to close", service.name)
+        self._connections.clear()  # a server stopping after us must not wait for them
 
     def goodbye(self) -> list[tuple[str, bytes]]:
         """The messages to publish before a clean disconnect: Bye and Presence offline."""

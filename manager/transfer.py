@@ -6,8 +6,9 @@ socket into one reused 1 MiB buffer (``http.client``'s ``readinto``: the socket 
 decryption, the hash and the write all run in C), each megabyte hashed (SHA-256) and written
 to ``{dest}.part`` as it comes; only a file of exactly the announced size and digest is
 renamed to ``dest`` (never copied). The connection is kept for the next download from the same
-server (``IdleConnections``): a new TLS handshake per job cost the Manager, and the service
-serving the local object store, more than a small document's transfer. A streaming HTTP client hands the body over one TLS record
+server (``IdleConnections``, one per Manager, closed when it stops): a TLS handshake per job
+costs the Manager, and the service serving the local object store, more than a small
+document's transfer. A streaming HTTP client hands the body over one TLS record
 (16 KiB) at a time through several generator layers, which cost three times the CPU of the
 transfer itself. A URL that has expired (HTTP 403 or 410) or bytes that do not match
 are told apart from other failures so the caller can ask for a fresh URL once. Upload (scan
@@ -80,15 +81,20 @@ def download(
     timeout: float = 30.0,
     allow_http: bool = False,
     abort: threading.Event | None = None,
+    connections: IdleConnections | None = None,
 ) -> None:
-    """Fetch ``url`` into ``dest``; raises DownloadError unless size and digest match."""
+    """Fetch ``url`` into ``dest``; raises DownloadError unless size and digest match.
+
+    With ``connections``, a kept connection to the server is used and the connection is kept
+    again afterwards if the download ended cleanly; without, it is closed.
+    """
     parts = urlsplit(url)
     if parts.scheme != "https" and not (allow_http and parts.scheme == "http"):
         raise DownloadError("refused", f"document URL scheme {parts.scheme!r} is not https")
     part = dest.with_name(dest.name + ".part")
     key = (parts.scheme, parts.hostname or "", parts.port, verify)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn = IDLE.take(key, timeout)
+    conn = connections.take(key, timeout) if connections is not None else None
     reused = conn is not None
     keep = False
     try:
@@ -120,8 +126,8 @@ def download(
         raise DownloadError("network", f"document download failed: {type(exc).__name__}: {exc}") from None
     finally:
         if conn is not None:
-            if keep:
-                IDLE.give(key, conn)
+            if keep and connections is not None:
+                connections.give(key, conn)
             else:
                 conn.close()
         part.unlink(missing_ok=True)
@@ -185,10 +191,6 @@ class IdleConnections:
         for kept in idle.values():
             for _, conn in kept:
                 conn.close()
-
-
-#: The process's kept connections (one Manager process talks to one or two object stores).
-IDLE = IdleConnections()
 
 
 def _connection(scheme: str, host: str, port: int | None, verify: ssl.SSLContext | bool,

@@ -5,6 +5,7 @@ online presence loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -102,6 +103,37 @@ async def test_online_presences_without_a_message_are_written_together(
     for i in range(5):
         device = await parts.store.device(f"dev-{i}")
         assert device is not None and device.online and device.session == f"s{i}"
+
+
+async def test_a_failing_presence_write_is_retried_with_growing_waits(
+        parts: Parts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the database refuses the write, the waiting presences are kept and tried again,
+    each wait twice the last (up to a bound), and written once it works."""
+    monkeypatch.setattr(devices_module, "PRESENCE_COALESCE", 0.02)
+    monkeypatch.setattr(devices_module, "PRESENCE_RETRY_MAX", 0.08)
+    real = parts.store.set_devices
+    tries: list[float] = []
+
+    async def failing(pending):  # type: ignore[no-untyped-def]
+        tries.append(time.monotonic())
+        if len(tries) <= 4:
+            raise OSError("database unreachable")
+        return await real(pending)
+
+    monkeypatch.setattr(parts.store, "set_devices", failing)
+    await parts.presence("dev-1", "online", "s1")
+    for _ in range(300):
+        device = await parts.store.device("dev-1")
+        if device is not None and device.online:
+            break
+        await asyncio.sleep(0.01)
+    assert device is not None and device.online and device.session == "s1"
+    assert len(tries) == 5
+    waits = [b - a for a, b in itertools.pairwise(tries)]
+    # 0.04, 0.08, 0.08, 0.08 s: doubling, then bounded (unbounded: 0.16 and 0.32 last; timers
+    # only ever run late)
+    assert waits[0] >= 0.04 and waits[1] >= 0.08 and waits[2] >= 0.08 and waits[3] >= 0.08, waits
+    assert waits[2] + waits[3] < 0.4, waits
 
 
 async def test_the_last_will_of_a_pending_online_presence(parts: Parts) -> None:

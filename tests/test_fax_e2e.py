@@ -109,10 +109,9 @@ async def test_cancel_mid_fax(tmp_path: Path, database_url: str) -> None:
         await stack.wait_job(job["id"], lambda j: j["state"] == "processing")
         await asyncio.sleep(1.0)
         assert (await stack.http.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
-        # The per-destination statuses are written just after the job's final state (their own
-        # transaction), so wait for both rather than read the statuses the instant the state ends.
-        final = await stack.wait_job(job["id"], lambda j: JobState(j["state"]).terminal and not any(
-            s["transmission-status"] in ("pending", "processing") for s in j["destination_statuses"] or ()))
+        # The per-destination statuses are written in the transaction of the report that ends
+        # the job: they are there the instant the state is.
+        final = await stack.wait_job(job["id"], lambda j: JobState(j["state"]).terminal)
         assert final["state"] == "canceled"
         assert [s["transmission-status"] for s in final["destination_statuses"]] == ["canceled", "canceled"]
         assert not list((tmp_path / "faxes").glob(f"job-{job['id']}-*.tiff"))

@@ -124,21 +124,27 @@ def test_the_connection_is_kept_for_the_next_download(pki: Pki, tmp_path: Path) 
     replaced at once; one whose download failed is not kept."""
     server = DocServer(pki, keep_alive=True, idle_timeout=0.3).start()
     ctx = _ctx(pki)  # the Manager's one context: connections are kept per server and context
-    transfer.IDLE.clear()
+    kept = transfer.IdleConnections()
     try:
         url, size, sha = server.put("doc", b"abc" * 1000)
         for n in range(3):
-            download(url, tmp_path / f"d{n}", size=size, sha256=sha, verify=ctx, timeout=5)
+            download(url, tmp_path / f"d{n}", size=size, sha256=sha, verify=ctx, timeout=5, connections=kept)
         assert server.connections == 1 and server.hits == ["doc"] * 3
 
         time.sleep(0.6)  # the server closes the idle connection; the Manager still holds it
-        download(url, tmp_path / "after", size=size, sha256=sha, verify=ctx, timeout=5)
+        download(url, tmp_path / "after", size=size, sha256=sha, verify=ctx, timeout=5, connections=kept)
         assert server.connections == 2 and (tmp_path / "after").read_bytes() == b"abc" * 1000
 
         with pytest.raises(DownloadError):
-            download(url, tmp_path / "bad", size=size, sha256="0" * 64, verify=ctx, timeout=5)
-        download(url, tmp_path / "next", size=size, sha256=sha, verify=ctx, timeout=5)
+            download(url, tmp_path / "bad", size=size, sha256="0" * 64, verify=ctx, timeout=5, connections=kept)
+        download(url, tmp_path / "next", size=size, sha256=sha, verify=ctx, timeout=5, connections=kept)
         assert server.connections == 3  # the failed download's connection was closed, not kept
+
+        kept.clear()  # as the Manager does when it stops
+        download(url, tmp_path / "cleared", size=size, sha256=sha, verify=ctx, timeout=5, connections=kept)
+        for n in range(2):  # with nothing to keep them in, each download has its own connection
+            download(url, tmp_path / f"own{n}", size=size, sha256=sha, verify=ctx, timeout=5)
+        assert server.connections == 6
     finally:
-        transfer.IDLE.clear()
+        kept.clear()
         server.stop()

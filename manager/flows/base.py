@@ -8,7 +8,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ from manager.channel import JobChannel
 from manager.config import ManagerConfig
 from manager.jobbook import JobBook, JobRecord
 from manager.services import ServiceRuntime
-from manager.transfer import DownloadError, download
+from manager.transfer import DownloadError, IdleConnections, download
 from schemas.enums import JobState, Reason
 from schemas.messages import DocumentAccess
 
@@ -54,6 +54,8 @@ class FlowContext:
     publish_attributes: Callable[[], None]
     #: Runs a coroutine beside the job (progress reports must not hold the driver up).
     spawn: Callable[[Coroutine[Any, Any, None]], object]
+    #: Document connections kept from one download to the next (closed at shutdown).
+    connections: IdleConnections = field(default_factory=IdleConnections)
 
     def progress_reporter(self, record: JobRecord,
                           report: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -80,7 +82,7 @@ class FlowContext:
                 await asyncio.to_thread(
                     download, access.url, dest, size=access.size, sha256=access.sha256, verify=self.ssl,
                     timeout=max(30.0, self.config.request_timeout), allow_http=self.config.allow_http_documents,
-                    abort=record.stop)
+                    abort=record.stop, connections=self.connections)
                 return dest, access
             except DownloadError as exc:
                 if exc.kind in ("canceled", "refused") or attempt == 2:
