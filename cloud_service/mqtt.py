@@ -1,12 +1,14 @@
 """The Cloud Service's only MQTT client module (paho-mqtt 2.x): the broker session, in and
 out, and the one-shot session take-over that disconnects a revoked device from Mosquitto.
 
-paho runs its network loop in its own thread; received messages are handed to the asyncio
-loop at once, one wake-up of the loop per burst (never blocking paho's callbacks, which would
-delay PUBACKs and keepalives) and
-queued per device (``DeviceInbox``): one device's messages are handled one at a time, in the
-order they were sent, while the workers serve the devices with work in turn, so a device that
-floods the service waits behind itself only, and only its own excess is dropped.
+paho's network I/O runs on the asyncio event loop (``PahoOnLoop``), not in paho's own thread:
+the socket is watched by the loop, a received message is queued at once, and a burst of
+publishes is written in one go when the socket is next writable. A thread of paho's own cost
+a thread switch and a fight for the GIL per message each way, and a wake-up write per publish.
+Received messages are queued per device (``DeviceInbox``): one device's messages are handled
+one at a time, in the order they were sent, while the workers serve the devices with work in
+turn, so a device that floods the service waits behind itself only, and only its own excess is
+dropped.
 
 Several replicas share the device traffic through an MQTT 5 shared subscription
 (``$share/<group>/ci/v1/dev/+/up``): the broker hands each message to one member of the group.
@@ -20,6 +22,7 @@ subscribes plainly, as one replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -105,9 +108,7 @@ class MqttAdapter:
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inbox = DeviceInbox(self._handle, workers=workers, limit=device_queue_limit)
-        #: Messages paho received that the loop has not queued yet (see ``_hand_over``).
-        self._arrived: list[tuple[str, str, bytes]] = []
-        self._arrived_lock = threading.Lock()
+        self._network: PahoOnLoop | None = None
         self._keepalive = keepalive
         stable = client_id is not None
         self.client_id = client_id if client_id is not None else default_client_id()
@@ -126,7 +127,6 @@ class MqttAdapter:
         self.client.username_pw_set(username, password)
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         self.client.tls_set_context(context)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.max_queued_messages_set(100_000)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -142,18 +142,24 @@ class MqttAdapter:
                                       properties=self._connect_properties)
         else:
             self.client.connect_async(self.host, self.port, keepalive=self._keepalive)
-        self.client.loop_start()
+        self._network = PahoOnLoop(self.client, f"broker {self.host}:{self.port}")
+        self._network.start()
         try:
             await asyncio.wait_for(self.connected.wait(), wait)
         except TimeoutError:
             log.warning("broker %s:%s not reachable yet; retrying in the background", self.host, self.port)
 
     async def stop(self) -> None:
-        self.client.disconnect()
-        await asyncio.to_thread(self.client.loop_stop)
+        if self._network is not None:
+            await self._network.stop()
         await self.inbox.stop()
 
-    # -------------------------------------------------------------- paho thread
+    def abandon(self) -> None:
+        """Stop the network at once, without DISCONNECT, as a crash would (fault tests)."""
+        if self._network is not None:
+            self._network.abandon()
+
+    # -------------------------------------------------------------- paho callbacks (on the loop)
 
     def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason_code: object,
                     _properties: object) -> None:
@@ -166,8 +172,9 @@ class MqttAdapter:
         client.subscribe([(t, 1) for t in self.subscriptions])
         log.info("connected to broker %s:%s as %s; subscribing to %s", self.host, self.port, self.client_id,
                  " ".join(self.subscriptions))
-        if self._loop:
-            self._loop.call_soon_threadsafe(self.connected.set)
+        if self._network is not None:
+            self._network.connected()
+        self.connected.set()
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reason_codes: list[object],
                       _properties: object) -> None:
@@ -178,8 +185,7 @@ class MqttAdapter:
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason_code: object,
                        _properties: object) -> None:
         log.warning("disconnected from broker: %s", reason_code)
-        if self._loop and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.connected.clear)
+        self.connected.clear()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         parsed = topics.parse(msg.topic)
@@ -187,28 +193,7 @@ class MqttAdapter:
             log.warning("ignored message on unexpected topic %r", msg.topic[:200])
             return
         device_id, leaf = parsed
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with self._arrived_lock:
-            self._arrived.append((device_id, leaf, bytes(msg.payload)))
-            if len(self._arrived) > 1:
-                return  # the wake-up scheduled for the first of this burst hands this one over too
-        try:
-            loop.call_soon_threadsafe(self._hand_over)
-        except RuntimeError:  # the loop closed meanwhile: nobody will handle it
-            with self._arrived_lock:
-                self._arrived.clear()
-
-    def _hand_over(self) -> None:
-        """On the loop: queue every message that arrived since the wake-up was scheduled.
-
-        One wake-up of the loop (a write to its self-pipe) per burst, not per message: paho
-        reads a burst from the socket in one go, and each wake-up costs more than queueing."""
-        with self._arrived_lock:
-            arrived, self._arrived = self._arrived, []
-        for device_id, leaf, payload in arrived:
-            self.inbox.put(device_id, leaf, payload)
+        self.inbox.put(device_id, leaf, bytes(msg.payload))
 
     # -------------------------------------------------------------- asyncio side
 
@@ -232,6 +217,171 @@ class MqttAdapter:
         self.clf.mqtt("SEND", device_id, topic, f"{kind}#{job_id}" if job_id else kind,
                       "ok" if info.rc == mqtt.MQTT_ERR_SUCCESS and code in ("ok", "duplicate") else code,
                       len(payload))
+
+
+class PahoOnLoop:
+    """Runs a paho client's network I/O on the running asyncio loop instead of paho's thread.
+
+    paho's "external event loop" interface: the loop watches the socket and calls
+    ``loop_read`` when it is readable and ``loop_write`` while paho has bytes to send (paho asks
+    through ``on_socket_register_write``), and ``loop_misc`` every second for keepalives. Only
+    the connection itself blocks (TCP connect and TLS handshake inside ``reconnect``), so it runs
+    in a worker thread; paho announces the new socket from there, and what it asks of the loop
+    then is handed over with ``call_soon_threadsafe``. A lost connection is made again as
+    paho's own loop would: after ``min_delay`` seconds, doubling up to ``max_delay`` while the
+    broker cannot be reached, back to ``min_delay`` once the broker has accepted (``connected``).
+    Every callback of the client (messages, connect, disconnect) then runs on the loop.
+    """
+
+    def __init__(self, client: mqtt.Client, name: str, min_delay: float = 1.0, max_delay: float = 10.0) -> None:
+        self.client = client
+        self.name = name
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self._delay = min_delay
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._fd: int | None = None
+        self._lost = asyncio.Event()
+        self._closed = False
+        self._run: asyncio.Task[None] | None = None
+        self._misc: asyncio.Task[None] | None = None
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._register_write
+        client.on_socket_unregister_write = self._unregister_write
+
+    def start(self) -> None:
+        self._run = self._loop.create_task(self._connect_forever(), name=f"mqtt {self.name}")
+
+    def connected(self) -> None:
+        """The broker accepted the connection: the next loss is retried after ``min_delay``."""
+        self._delay = self.min_delay
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """DISCONNECT (written before the socket closes, within ``timeout``), then stop."""
+        if self._fd is not None and self.client.is_connected():
+            self.client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), timeout)
+        self.abandon()
+        if self._run is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._run
+
+    def abandon(self) -> None:
+        """Stop at once: no more reads, writes or reconnects, and the socket closed as it is."""
+        self._closed = True
+        if self._run is not None:
+            self._run.cancel()
+        sock = self.client.socket()
+        self._unwatch()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    async def _connect_forever(self) -> None:
+        while not self._closed:
+            self._lost.clear()
+            try:
+                await self._loop.run_in_executor(None, self.client.reconnect)
+            except Exception as exc:  # refused, unreachable, TLS: as paho's loop, try again later
+                log.warning("%s: cannot connect (%s: %s); retrying in %.0f s", self.name, type(exc).__name__,
+                            exc, self._delay)
+            else:
+                await self._lost.wait()
+            if self._closed:
+                return
+            await asyncio.sleep(self._delay)
+            self._delay = min(2 * self._delay, self.max_delay)
+
+    # -- paho's socket callbacks: from the worker thread while connecting, else on the loop ------
+
+    def _on_loop(self, call: Callable[[], None]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            call()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is watched any more
+            self._loop.call_soon_threadsafe(call)
+
+    def _socket_open(self, _client: mqtt.Client, _userdata: object, sock: socket.socket) -> None:
+        self._on_loop(lambda: self._watch(sock))
+
+    def _watch(self, sock: socket.socket) -> None:
+        if self._closed:  # stopped while it connected
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+        fd = self._fd = sock.fileno()
+        self._loop.add_reader(fd, self._readable)
+        self._misc = self._loop.create_task(self._keepalive(), name=f"mqtt keepalive {self.name}")
+        self._readable()  # anything the handshake left in the TLS buffer
+
+    def _socket_close(self, _client: mqtt.Client, _userdata: object, _sock: object) -> None:
+        self._on_loop(self._unwatch)
+
+    def _unwatch(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        self._lost.set()
+
+    def _register_write(self, _client: mqtt.Client, _userdata: object, sock: socket.socket) -> None:
+        fd = sock.fileno()
+
+        def watch_writes() -> None:
+            if self._fd == fd:
+                self._loop.add_writer(fd, self._writable)
+
+        # While connecting, the socket is watched (``_watch``) before this runs: same queue.
+        self._on_loop(watch_writes)
+
+    def _unregister_write(self, _client: mqtt.Client, _userdata: object, _sock: object) -> None:
+        fd = self._fd
+        if fd is not None:
+            self._on_loop(lambda: self._loop.remove_writer(fd))
+
+    def _readable(self) -> None:
+        # A TLS record may hold several packets and paho reads only as many as it has messages
+        # in flight: what stays in the TLS buffer makes the socket no more readable, so read on
+        # while the buffer holds some (bounded; the rest on the next turn of the loop).
+        for _ in range(1000):
+            sock = self.client.socket()
+            if sock is None or self._closed:
+                return
+            try:
+                self.client.loop_read()
+            except Exception:
+                log.exception("%s: reading from the broker failed; reconnecting", self.name)
+                self._drop()
+                return
+            sock = self.client.socket()
+            if sock is None or not getattr(sock, "pending", lambda: 0)():
+                return
+        self._loop.call_soon(self._readable)
+
+    def _writable(self) -> None:
+        try:
+            self.client.loop_write()
+        except Exception:
+            log.exception("%s: writing to the broker failed; reconnecting", self.name)
+            self._drop()
+
+    def _drop(self) -> None:
+        sock = self.client.socket()
+        self._unwatch()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.client.loop_misc()
 
 
 class DeviceInbox:

@@ -6,6 +6,7 @@ MQTT 5 session (what came while it was away is delivered) and a generated one st
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -66,11 +67,8 @@ class _Counting:
 
 
 def _crash(adapter: MqttAdapter) -> None:
-    """The process dies: the network loop stops and the socket closes without DISCONNECT."""
-    adapter.client.loop_stop()
-    sock = adapter.client.socket()
-    if sock is not None:
-        sock.close()
+    """The process dies: the network stops and the socket closes without DISCONNECT."""
+    adapter.abandon()
 
 
 async def _session_keeps_messages(tmp_path: Path, client_id: str | None) -> int:
@@ -117,3 +115,69 @@ async def test_a_stable_client_id_gets_what_came_while_it_was_away(tmp_path: Pat
 @pytest.mark.mosquitto
 async def test_a_generated_client_id_starts_clean(tmp_path: Path) -> None:
     assert await _session_keeps_messages(tmp_path, None) == 0
+
+
+# -- the session on the event loop ----------------------------------------------------------------
+
+
+async def _until(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+@pytest.mark.mosquitto
+async def test_the_session_runs_on_the_event_loop_through_bursts_and_a_broker_restart(tmp_path: Path) -> None:
+    """No paho thread: bursts both ways cross whole (several packets per TLS record, read on
+    while the TLS buffer holds some), the session comes back after the broker restarts, and a
+    stop says DISCONNECT."""
+    with mosquitto_broker(tmp_path / "mosquitto") as broker:
+        password = await asyncio.to_thread(broker.add_user, topics.SERVICE_USERNAME)
+        device_password = await asyncio.to_thread(broker.add_user, "dev-a")
+        clf = ClfLog(tmp_path / "access.log")
+        seen = _Counting()
+        adapter = MqttAdapter(broker.url, topics.SERVICE_USERNAME, password, broker.pki.ca_cert,
+                              seen, clf, keepalive=5)  # type: ignore[arg-type]
+        await adapter.start()
+        try:
+            assert adapter.connected.is_set()
+            assert not [t.name for t in threading.enumerate() if t.name.startswith("paho")]
+            await asyncio.sleep(0.3)  # SUBACK
+
+            def burst(count: int) -> None:
+                with MqttTestClient(broker, "dev-a", device_password) as device:
+                    assert device.connect() == 0
+                    assert device.subscribe(topics.down("dev-a")) == [1]
+                    infos = [device.client.publish(topics.up("dev-a"), b"m%d" % n, qos=1) for n in range(count)]
+                    for info in infos:
+                        info.wait_for_publish(10)
+                    for n in range(count):  # and the other way: the service publishes a burst
+                        adapter.client.publish(topics.down("dev-a"), b"d%d" % n, qos=1)
+                    got = device.collect(3.0) if count else []
+                    assert len(got) == count, len(got)
+
+            loop = asyncio.get_running_loop()
+            # The adapter's publish runs on the loop in the service; here the burst is queued
+            # from the test's thread, which paho allows, and written by the loop.
+            await loop.run_in_executor(None, burst, 300)
+            assert await _until(lambda: len(seen.seen) == 300, 10), len(seen.seen)
+
+            broker.stop()
+            assert await _until(lambda: not adapter.connected.is_set(), 10)
+            await asyncio.to_thread(broker.start)  # same port
+            assert await _until(adapter.connected.is_set, 15)
+            await asyncio.sleep(0.3)  # SUBACK
+            await loop.run_in_executor(None, burst, 20)
+            assert await _until(lambda: len(seen.seen) == 320, 10), len(seen.seen)
+        finally:
+            await adapter.stop()
+            clf.close()
+        assert adapter.client.socket() is None
+        # The broker names clients by username (deploy/mosquitto: use_username_as_clientid); a
+        # socket closed without DISCONNECT would read "closed its connection".
+        said = [line for line in broker.log_path.read_text(errors="replace").splitlines()
+                if f"Client {topics.SERVICE_USERNAME} " in line]
+        assert said and said[-1].endswith(f"Client {topics.SERVICE_USERNAME} disconnected."), said
