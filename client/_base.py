@@ -350,6 +350,12 @@ def same_origin(base: str, url: str) -> bool:
     return (mine.scheme, mine.netloc) == (theirs.scheme, theirs.netloc)
 
 
+#: Seconds an idle connection is kept for the next request. Below the service's 5 s
+#: (``keep_alive_timeout``): a request sent on a connection the service is closing at that very
+#: moment fails with "Server disconnected without sending a response" (httpx keeps 5 s too).
+KEEPALIVE_EXPIRY = 2.0
+
+
 def default_headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Accept": "application/json", "User-Agent": user_agent()}
 

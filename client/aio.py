@@ -64,6 +64,8 @@ class AsyncCloudImagingClient:
             verify=base.ssl_context(ca),
             timeout=timeout,
             transport=transport,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                                keepalive_expiry=base.KEEPALIVE_EXPIRY),
         )
         self._foreign: httpx.AsyncClient | None = None
 

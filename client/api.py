@@ -79,6 +79,8 @@ class CloudImagingClient:
             verify=base.ssl_context(ca),
             timeout=timeout,
             transport=transport,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                                keepalive_expiry=base.KEEPALIVE_EXPIRY),
         )
         self._foreign: httpx.Client | None = None
 

@@ -515,3 +515,19 @@ def test_the_sync_and_async_clients_offer_the_same_methods() -> None:
             assert (sync_param.kind, sync_param.default) == (async_param.kind, async_param.default), (name, param)
         if name not in ("from_config", "events"):
             assert inspect.iscoroutinefunction(getattr(AsyncCloudImagingClient, name)), name
+
+
+def test_idle_connections_are_dropped_before_the_service_closes_them() -> None:
+    """A request sent on a connection the service is closing (its keep-alive timeout) fails
+    with "Server disconnected without sending a response": both clients keep one for less."""
+    from cloud_service.config import ServiceConfig
+
+    assert ServiceConfig().keep_alive_timeout > base.KEEPALIVE_EXPIRY
+    sync = CloudImagingClient("https://127.0.0.1:1", "t")
+    aio = AsyncCloudImagingClient("https://127.0.0.1:1", "t")
+    try:
+        for http in (sync._http, aio._http):
+            assert http._transport._pool._keepalive_expiry == base.KEEPALIVE_EXPIRY  # type: ignore[attr-defined]
+    finally:
+        sync.close()
+        asyncio.run(aio.aclose())

@@ -31,7 +31,8 @@ def emit(event: str, **fields: object) -> None:
 async def main(spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     tls = client_context(spec["ca"], spec.get("resume", False))
-    limits = httpx.Limits(max_connections=spec.get("http_connections", 64), max_keepalive_connections=64)
+    limits = httpx.Limits(max_connections=spec.get("http_connections", 64), max_keepalive_connections=64,
+                          keepalive_expiry=2.0)  # under the service's 5 s keep-alive (tests/bench/runner.py)
     web_tls = client_context(spec["ca"], resume=False)  # a broker's session is for the broker only
     async with httpx.AsyncClient(verify=web_tls, timeout=60.0, limits=limits) as http:
         ctx = FleetContext(

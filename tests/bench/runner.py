@@ -423,8 +423,10 @@ class StackRun:
         self.say(f"[{self.kind}] service at {self.service.url} (pid {self.service.pid})")
         if self.profile:
             await self._profile()
+        # Idle connections kept 2 s, under the service's 5 s keep-alive: reusing one the service
+        # is closing at that moment fails ("Server disconnected without sending a response").
         limits = httpx.Limits(max_connections=size.submit_concurrency + 8,
-                              max_keepalive_connections=size.submit_concurrency + 8)
+                              max_keepalive_connections=size.submit_concurrency + 8, keepalive_expiry=2.0)
         self.http = await self.exits.enter_async_context(httpx.AsyncClient(
             base_url=self.service.url, verify=str(pki.ca_cert), timeout=120.0, limits=limits,
             headers={"Authorization": f"Bearer {self.service.token}"}))
