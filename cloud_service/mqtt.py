@@ -106,7 +106,6 @@ class MqttAdapter:
         self.protocol = protocol
         self.clf = clf
         self.connected = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.inbox = DeviceInbox(self._handle, workers=workers, limit=device_queue_limit)
         self._network: PahoOnLoop | None = None
         self._keepalive = keepalive
@@ -135,7 +134,6 @@ class MqttAdapter:
 
     async def start(self, wait: float = 10.0) -> None:
         """Connect (retrying in the background if the broker is not up yet)."""
-        self._loop = asyncio.get_running_loop()
         self.inbox.start()
         if self.mqtt5:
             self.client.connect_async(self.host, self.port, keepalive=self._keepalive, clean_start=self._clean_start,
