@@ -272,11 +272,7 @@ class PahoOnLoop:
         self._closed = True
         if self._run is not None:
             self._run.cancel()
-        sock = self.client.socket()
-        self._unwatch()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
+        self._drop()
 
     async def _connect_forever(self) -> None:
         while not self._closed:
@@ -370,6 +366,7 @@ class PahoOnLoop:
             self._drop()
 
     def _drop(self) -> None:
+        """Stop watching the socket and close it as it is (no DISCONNECT)."""
         sock = self.client.socket()
         self._unwatch()
         if sock is not None:
