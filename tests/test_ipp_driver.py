@@ -24,15 +24,13 @@ from broker.credentials import generate_password
 from cloud_service.ipp.conformance import minimal_pdf
 from manager.drivers.ipp import printer_status
 from schemas.ipp.codec import Group, Op, Status, Tag, decode, request, simple
-from tests.support.cupsd import cupsd_server
+from tests.support.cupsd import add_driverless_queue, cupsd_server
 from tests.support.ipptools import (
     free_port,
     ipp,
     ippeveprinter,
-    need_tool,
     new,
     reply,
-    run,
     wait_for,
 )
 from tests.support.rasterdocs import dark_fraction, numbered_pdf, render_gray
@@ -273,10 +271,7 @@ async def cups_queue(printer: LanPrinter) -> AsyncIterator[tuple[str, Path]]:
     notifications (cupsd answers Get-Notifications at once; it does not hold them). Its URI and
     access log (one line per request, with the operation's name)."""
     with cupsd_server() as cupsd:
-        lpadmin = need_tool("lpadmin", "cups-client")
-        code, out = await run([lpadmin, "-h", cupsd.server, "-p", "lan", "-E", "-v", printer.uri, "-m", "everywhere"],
-                              cupsd.env, 60)
-        assert code == 0, out
+        await add_driverless_queue(cupsd.server, "lan", printer.uri, cupsd.env)
         yield f"ipp://{cupsd.server}/printers/lan", cupsd.logs / "access_log"
 
 

@@ -21,7 +21,7 @@ from client.render import services_table
 from cloud_service.ipp import conformance
 from schemas.api import ServiceInfo
 from schemas.ipp.codec import Op, Status, Tag, simple
-from tests.support.cupsd import private_cupsd
+from tests.support.cupsd import add_driverless_queue, private_cupsd
 from tests.support.ipptools import (
     cups_client_env,
     ipp,
@@ -256,9 +256,7 @@ async def test_cups_prints_through_a_driverless_queue(tmp_path: Path) -> None:
         async with stack_with(tmp_path, ("office", "file")) as stack:
             server = f"127.0.0.1:{port}"
             device = ipp_url(stack, "office", "admin", stack.token)
-            code, out = await run(["lpadmin", "-h", server, "-p", "office", "-E", "-v", device, "-m", "everywhere"],
-                                  env, timeout=90)
-            assert code == 0, out
+            await add_driverless_queue(server, "office", device, env)
             code, out = await run(["lpstat", "-h", server, "-v", "office"], env, timeout=30)
             assert code == 0 and "ipps://127.0.0.1" in out and stack.token not in out, out  # CUPS hides the token
             document = tmp_path / "report.pdf"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from manager.drivers.simulated import RASTER_PRINTER_CAPABILITIES
-from tests.support.cupsd import private_cupsd
+from tests.support.cupsd import add_driverless_queue, private_cupsd
 from tests.support.ipptools import ipp_url, run, wait_for
 from tests.support.rasterdocs import dark_fraction, decode, numbered_pdf, render_gray
 from tests.support.stack import running_stack
@@ -27,9 +27,7 @@ async def test_lp_of_a_pdf_to_a_pwg_raster_only_printer(tmp_path: Path) -> None:
             await stack.add_manager("rasteronly", driver="file", capabilities=PWG_ONLY)
             server = f"127.0.0.1:{port}"
             device = ipp_url(stack, "rasteronly", "admin", stack.token)
-            code, out = await run(["lpadmin", "-h", server, "-p", "rasteronly", "-E", "-v", device, "-m",
-                                   "everywhere"], env, timeout=90)
-            assert code == 0, out
+            await add_driverless_queue(server, "rasteronly", device, env)
             code, out = await run(["lp", "-h", server, "-d", "rasteronly", str(pdf)], env, timeout=30)
             assert code == 0 and "request id is rasteronly-" in out, out
 

@@ -27,7 +27,7 @@ import pytest
 
 from tests.bench.procs import Unavailable, start_manager, stop_process
 from tests.bench.report import Row, row
-from tests.support.cupsd import cupsd_server
+from tests.support.cupsd import cupsd_server, queue_has_its_ppd
 from tests.support.ipptools import ippeveprinter
 
 if TYPE_CHECKING:
@@ -88,6 +88,12 @@ def cups_baseline(printer: str, document: Path, jobs: int) -> tuple[float, float
     with available(), cupsd_server(log_level="warn", access_log_level="actions") as daemon:
         server, env, cupsd = daemon.server, daemon.env, daemon.proc
         run_tool(["lpadmin", "-h", server, "-p", "bench", "-E", "-v", printer, "-m", "everywhere"], env)
+        # CUPS writes the queue's PPD after lpadmin returns; a job sent before it is aborted.
+        deadline = time.monotonic() + 60
+        while not queue_has_its_ppd(run_tool(["lpoptions", "-h", server, "-p", "bench"], env, 30)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("CUPS did not make the bench queue's PPD in time")
+            time.sleep(0.1)
         before = cpu_with_children(cupsd.pid)
         started = time.monotonic()
         for _ in range(jobs):

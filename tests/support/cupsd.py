@@ -4,16 +4,18 @@ CUPS is never touched. Missing tools skip (fail under CI=true)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.ipptools import free_port, missing, need_tool, process, wait_port
+from tests.support.ipptools import free_port, missing, need_tool, process, run, wait_port
 
 CUPSD_CONF = """\
 Listen 127.0.0.1:{port}
@@ -99,3 +101,33 @@ def cupsd_server(log_level: str = "debug", access_log_level: str = "all") -> Ite
             yield Cupsd(port, dirs["log"], env, proc)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: What lpoptions shows for a queue that has no PPD yet.
+RAW_QUEUE = "printer-make-and-model='Local Raw Printer'"
+
+
+def queue_has_its_ppd(lpoptions_output: str) -> bool:
+    """Whether ``lpoptions -p`` shows a queue with a PPD (not the raw model)."""
+    return "printer-make-and-model=" in lpoptions_output and RAW_QUEUE not in lpoptions_output
+
+
+async def add_driverless_queue(server: str, name: str, device_uri: str, env: dict[str, str],
+                               timeout: float = 90.0) -> None:
+    """``lpadmin -m everywhere``, then wait until the queue has its PPD.
+
+    CUPS 2.4 writes an everywhere queue's PPD in a background thread after lpadmin has returned.
+    Until it is there the queue is raw ('Local Raw Printer'), and a PDF sent to it is aborted
+    with "Unable to convert file 0 to printable format".
+    """
+    code, out = await run([need_tool("lpadmin", "cups-client"), "-h", server, "-p", name, "-E", "-v",
+                           device_uri, "-m", "everywhere"], env, timeout)
+    assert code == 0, out
+    deadline = time.monotonic() + timeout
+    while True:
+        code, out = await run([need_tool("lpoptions", "cups-client"), "-h", server, "-p", name], env, 30)
+        if code == 0 and queue_has_its_ppd(out):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"CUPS did not make the PPD of {name} within {timeout} s: {out}")
+        await asyncio.sleep(0.1)
