@@ -72,7 +72,7 @@ def job_cost(row: JobRow) -> int:
 
 
 async def policy(store: JobStore, device_id: str, service: str) -> ServicePolicyRow | None:
-    async with store.sessions() as s:
+    async with store.reads() as s:
         return await s.get(ServicePolicyRow, (device_id, service))
 
 
@@ -91,7 +91,7 @@ async def set_policy(store: JobStore, device_id: str, service: str, by: str, **v
 
 
 async def quotas(store: JobStore, device_id: str, service: str) -> list[Quota]:
-    async with store.sessions() as s:
+    async with store.reads() as s:
         rows = await s.scalars(select(QuotaRow).where(QuotaRow.device_id == device_id,
                                                       QuotaRow.service_name == service).order_by(QuotaRow.user))
         return [Quota(r.user, r.impression_limit, r.period_days) for r in rows]
@@ -123,7 +123,7 @@ async def add_credit(store: JobStore, user: str, amount: int, by: str, note: str
 
 async def balance(store: JobStore, user: str) -> int:
     """Credits granted minus the cost of every priced job of ``user``."""
-    async with store.sessions() as s:
+    async with store.reads() as s:
         credited = await s.scalar(select(func.coalesce(func.sum(CreditRow.amount), 0)).where(CreditRow.user == user))
         priced = list(await s.scalars(select(JobRow).where(JobRow.owner == user, JobRow.price.is_not(None),
                                                            JobRow.price > 0)))
@@ -137,7 +137,7 @@ async def used(store: JobStore, user: str, device_id: str, service: str, since: 
         query = query.where(JobRow.created_at >= since)
     if exclude_job is not None:
         query = query.where(JobRow.id != exclude_job)
-    async with store.sessions() as s:
+    async with store.reads() as s:
         return sum(job_impressions(r) for r in await s.scalars(query))
 
 
@@ -150,7 +150,7 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
                 exclude_job: int | None = None, quota_rows: list[QuotaRow] | None = None) -> None:
     """Refuse (403) a job of ``impressions`` that would exceed a quota or the user's balance.
     ``quota_rows``: the user's quotas on the service, when the caller has read them already."""
-    rows = quota_rows if quota_rows is not None else await store.run(lambda conn: _user_quotas(conn, user, service))
+    rows = quota_rows if quota_rows is not None else await store.read(lambda conn: _user_quotas(conn, user, service))
     # A user's own quota replaces the "each user" one.
     chosen = next((r for r in rows if r.user == user.name), None) or next(iter(rows), None)
     if chosen is not None:
@@ -165,7 +165,7 @@ async def check(store: JobStore, user: User, service: ServiceRow, impressions: i
         cost = impressions * price
         left = await balance(store, user.name)
         if exclude_job is not None:
-            async with store.sessions() as s:
+            async with store.reads() as s:
                 job = await s.get(JobRow, exclude_job)
             left += job_cost(job) if job is not None else 0
         if cost > left:
@@ -185,7 +185,7 @@ async def report(store: JobStore, *, user: str | None = None, owner_of: str | No
         query = query.where(JobRow.service_name == service)
     if since is not None:
         query = query.where(JobRow.created_at >= since)
-    async with store.sessions() as s:
+    async with store.reads() as s:
         if owner_of is not None:
             owned = select(DeviceRow.id).where(DeviceRow.owner == owner_of)
             query = query.where(JobRow.device_id.in_(owned))
@@ -223,7 +223,7 @@ class Admission:
         or a quota of the user applies); refuses at once if even one page would not fit.
         ``known``: what ``read`` gave in the caller's transaction; else it is read in one hop."""
         rules, quota_rows = (known if known is not None
-                             else await self.store.run(lambda conn: self.read(conn, user, service)))
+                             else await self.store.read(lambda conn: self.read(conn, user, service)))
         price = rules.price_per_impression if rules is not None else None
         copies = int(ticket.get("copies") or 1)
         await check(self.store, user, service, copies, price, quota_rows=quota_rows)
@@ -255,7 +255,7 @@ class Admission:
                 return None  # nothing to count against
             return list(conn.execute(_PAGES, {"job_id": row.id}).scalars())
 
-        counted = await self.store.run(work)
+        counted = await self.store.read(work)
         if counted is None:
             return
         estimate = sum(impressions(p or 1, row.ticket) for p in counted) or impressions(1, row.ticket)

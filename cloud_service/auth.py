@@ -174,7 +174,7 @@ async def authenticate(store: JobStore, token: str, now: float | None = None) ->
                 return None
             return User(row["name"], row["user_role"], tuple(row["groups"] or ()), row["kind"]), row["expires_at"]
 
-        found = await store.run(work)
+        found = await store.read(work)
         if found is None:
             return None
         cache.put(hashed, found[0], found[1], now)
@@ -188,7 +188,7 @@ async def list_tokens(store: JobStore, user: str | None = None) -> list[TokenRow
     query = select(TokenRow).order_by(TokenRow.created_at)
     if user is not None:
         query = query.where(TokenRow.user == user)
-    async with store.sessions() as s:
+    async with store.reads() as s:
         return list(await s.scalars(query))
 
 
@@ -196,7 +196,7 @@ async def find_token(store: JobStore, tid: str) -> TokenRow:
     """The token whose id is ``tid`` (exactly TOKEN_ID_LENGTH hex characters)."""
     if not re.fullmatch(rf"[0-9a-f]{{{TOKEN_ID_LENGTH}}}", tid or ""):
         raise TokenNotFound(tid)
-    async with store.sessions() as s:
+    async with store.reads() as s:
         rows = list(await s.scalars(select(TokenRow).where(TokenRow.token_hash.startswith(tid))))
     if len(rows) != 1:
         raise TokenNotFound(tid)

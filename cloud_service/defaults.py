@@ -32,7 +32,7 @@ CHOOSE_SERVICE = "service-required"
 
 async def get_default(store: JobStore, user: str, kind: ServiceKind) -> str | None:
     """The name of ``user``'s default ``kind`` service, or None when they have set none."""
-    async with store.sessions() as s:
+    async with store.reads() as s:
         row = await s.get(UserDefaultRow, (user, kind.value))
         return row.service_name if row is not None else None
 
@@ -85,6 +85,6 @@ async def choose_service(store: JobStore, kind: ServiceKind, user: User | None) 
 
 async def default_names(store: JobStore, user: str) -> dict[str, str]:
     """Every default of ``user``, by kind."""
-    async with store.sessions() as s:
+    async with store.reads() as s:
         rows = (await s.execute(select(UserDefaultRow).where(UserDefaultRow.user == user))).scalars()
         return {row.kind: row.service_name for row in rows}

@@ -121,7 +121,7 @@ class JobOperations:
                 found = usable_in(conn, user, kind.value, name)
                 return found, (self.admission.read(conn, user, found[0]) if found and admitting else None)
 
-            found, known = await self.store.run(work)
+            found, known = await self.store.read(work)
             if found is None:
                 raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
             service, device = found

@@ -53,7 +53,7 @@ def check_password(password: str) -> str:
 async def set_password(store: JobStore, name: str, password: str, *, by: str) -> None:
     """Store ``password`` for the existing user ``name`` (404 if there is none)."""
     check_password(password)
-    async with store.sessions() as s:
+    async with store.reads() as s:
         if await s.get(UserRow, name) is None:
             raise Refusal(404, "not-found", f"no user {name!r}")
     hashed = await asyncio.to_thread(_hasher.hash, password)
@@ -72,7 +72,7 @@ async def verify_password(store: JobStore, name: str, password: str) -> bool:
     user as for an unknown one (a name that can never exist costs nothing: it reveals nothing)."""
     if not isinstance(password, str) or len(password) > MAX_LENGTH or not USER_NAME_RE.match(name or ""):
         return False
-    async with store.sessions() as s:
+    async with store.reads() as s:
         row = await s.get(PasswordRow, name) if name else None
     try:  # Argon2 is slow on purpose: off the event loop
         ok = await asyncio.to_thread(_hasher.verify, row.hash if row is not None else _DUMMY, password)
@@ -87,5 +87,5 @@ async def verify_password(store: JobStore, name: str, password: str) -> bool:
 
 
 async def has_password(store: JobStore, name: str) -> bool:
-    async with store.sessions() as s:
+    async with store.reads() as s:
         return await s.get(PasswordRow, name) is not None

@@ -319,7 +319,7 @@ class Registry:
                 await self._reload_broker()
             return
         horizon = self.clock.now() - 86400  # expired certificates no longer need listing
-        async with self.store.sessions() as s:
+        async with self.store.reads() as s:
             rows = list(await s.scalars(select(DeviceCertificateRow).where(
                 DeviceCertificateRow.revoked_at.is_not(None), DeviceCertificateRow.not_after > horizon)))
         entries = [(int(r.serial, 16), dt.datetime.fromtimestamp(r.revoked_at or 0, dt.UTC)) for r in rows]
@@ -358,7 +358,7 @@ class Registry:
 
     async def _end_jobs(self, device_id: str, message: str) -> list[int]:
         terminal = [s.value for s in JobState if s.terminal]
-        async with self.store.sessions() as s:
+        async with self.store.reads() as s:
             ids = list(await s.scalars(select(JobRow.id).where(JobRow.device_id == device_id,
                                                                JobRow.state.not_in(terminal))))
         ended = []
@@ -388,7 +388,7 @@ class Registry:
         return device
 
     async def describe(self, device: DeviceRow) -> dict[str, Any]:
-        async with self.store.sessions() as s:
+        async with self.store.reads() as s:
             services = list(await s.scalars(select(ServiceRow.name).where(ServiceRow.device_id == device.id)
                                             .order_by(ServiceRow.name)))
             certs = list(await s.scalars(select(DeviceCertificateRow).where(
@@ -404,5 +404,5 @@ class Registry:
         query = select(DeviceRow).order_by(DeviceRow.id)
         if not user.is_admin:
             query = query.where(DeviceRow.owner == user.name, DeviceRow.deregistered_at.is_(None))
-        async with self.store.sessions() as s:
+        async with self.store.reads() as s:
             return list(await s.scalars(query))

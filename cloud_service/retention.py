@@ -87,7 +87,7 @@ class Sweeper:
 
     async def sweep(self) -> dict[str, int]:
         now = self.clock.now()
-        async with self.store.sessions() as s:
+        async with self.store.reads() as s:
             ended = list(await s.scalars(select(JobRow).where(JobRow.state.in_(TERMINAL),
                                                               JobRow.completed_at.is_not(None))))
         discarded = deleted = 0

@@ -81,7 +81,7 @@ async def find_session(store: JobStore, session_id: str | None, now: float | Non
     if not session_id or len(session_id) > 100:
         return None
     now = time.time() if now is None else now
-    async with store.sessions() as s:
+    async with store.reads() as s:
         row = await s.get(SessionRow, _hash(session_id))
         if row is None or row.expires_at <= now or row.last_used + IDLE_TTL <= now:
             return None

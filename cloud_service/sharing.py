@@ -90,7 +90,7 @@ class Access:
     async def load(cls, store: JobStore, user: User) -> Access:
         if user.is_admin:
             return cls(user, ())
-        async with store.sessions() as s:
+        async with store.reads() as s:
             rows = list(await s.scalars(select(ShareRow)))
         return cls(user, rows)
 
@@ -148,7 +148,7 @@ async def owned_device(store: JobStore, user: User, device_id: str) -> DeviceRow
     if owns(user, device):
         return device
     access = await Access.load(store, user)
-    async with store.sessions() as s:
+    async with store.reads() as s:
         names = list(await s.scalars(select(ServiceRow.name).where(ServiceRow.device_id == device_id)))
     if any(access.sees(device, name) for name in names or [ALL_SERVICES]):
         raise Refusal(403, "forbidden", f"only the owner of {device_id!r} or an admin may do this")
@@ -159,7 +159,7 @@ async def owned_device(store: JobStore, user: User, device_id: str) -> DeviceRow
 
 
 async def list_shares(store: JobStore, device_id: str) -> list[Share]:
-    async with store.sessions() as s:
+    async with store.reads() as s:
         rows = await s.scalars(select(ShareRow).where(ShareRow.device_id == device_id).order_by(ShareRow.id))
         return [_share(r) for r in rows]
 

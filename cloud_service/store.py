@@ -347,6 +347,11 @@ class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        #: Reads that need no transaction around them. On PostgreSQL they run in autocommit: a
+        #: transaction would add BEGIN and ROLLBACK, two round trips to a SELECT's one.
+        autocommit = engine.dialect.name == "postgresql"
+        self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT") if autocommit else engine
+        self.reads = async_sessionmaker(self._read_engine, expire_on_commit=False)
         self.feed = ChangeFeed()
         configure_mappers()  # _detached rows need the mappers' attribute machinery set up
         #: job id -> (version, what job_info shows of it), read by the change that made that
@@ -366,6 +371,20 @@ class JobStore:
         if self._thread is not None:
             return await self._thread.call(lambda: self._run_here(work))
         async with self.engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run read-only ``work(connection)`` in one hop to the database; its result.
+
+        Unlike ``run`` there is no transaction on PostgreSQL (autocommit): no BEGIN and COMMIT,
+        so a SELECT is one round trip, not three. Each statement sees what was committed when
+        it started, as it would in PostgreSQL's default READ COMMITTED transaction; ``work``
+        must not lock rows (``FOR UPDATE``) nor write. SQLite reads go to the database thread
+        as ``run``'s work does (a transaction there costs no round trip).
+        """
+        if self._thread is not None:
+            return await self._thread.call(lambda: self._run_here(work))
+        async with self._read_engine.connect() as conn:
             return await conn.run_sync(work)
 
     def _run_here(self, work: Callable[[Connection], T]) -> T:
@@ -420,11 +439,11 @@ class JobStore:
         return await self.run(work)
 
     async def get_job(self, job_id: int) -> JobRow:
-        return await self.run(lambda conn: _read_job(conn, job_id))
+        return await self.read(lambda conn: _read_job(conn, job_id))
 
     async def job_with_documents(self, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
         """A job and its documents (by number) in one hop; JobNotFound if there is no such job."""
-        return await self.run(lambda conn: _read_job_docs(conn, job_id))
+        return await self.read(lambda conn: _read_job_docs(conn, job_id))
 
     async def get_jobs(self, job_ids: list[int] | set[int]) -> dict[int, JobRow]:
         """The jobs among ``job_ids`` that exist, by id, in one query.
@@ -435,10 +454,10 @@ class JobStore:
         ids = sorted(set(job_ids))
         if not ids:
             return {}
-        return await self.run(lambda conn: _jobs_by_id(conn, ids))
+        return await self.read(lambda conn: _jobs_by_id(conn, ids))
 
     async def documents(self, job_id: int) -> list[DocumentRow]:
-        return await self.run(lambda conn: _doc_rows(conn, job_id))
+        return await self.read(lambda conn: _doc_rows(conn, job_id))
 
     async def add_document(self, job_id: int, number: int, *, name: str | None, document_format: str,
                            object_key: str) -> DocumentRow:
@@ -517,7 +536,7 @@ class JobStore:
         None for jobs other than faxes."""
         if job.kind != ServiceKind.FAXOUT.value:
             return None
-        async with self.sessions() as s:
+        async with self.reads() as s:
             row = await s.get(JobDestinationsRow, job.id)
         if row is not None:
             return list(row.statuses)
@@ -537,15 +556,15 @@ class JobStore:
             query = query.where(JobRow.kind == kind)
         if service:
             query = query.where(JobRow.service_name == service)
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return list(await s.scalars(query))
 
     async def fetchable_for(self, device_id: str, limit: int = 200) -> list[JobRow]:
-        return await self.run(lambda conn: _fetchable(conn, device_id, limit))
+        return await self.read(lambda conn: _fetchable(conn, device_id, limit))
 
     async def active_for(self, device_id: str) -> list[JobRow]:
         """Non-terminal jobs claimed by ``device_id``."""
-        return await self.run(lambda conn: _active(conn, device_id))
+        return await self.read(lambda conn: _active(conn, device_id))
 
     async def sweep_view(self, fetchable_before: float, incoming_before: float, limit: int = 10_000) -> SweepView:
         """What a supervisor sweep decides on, read in one hop however many devices there are:
@@ -561,7 +580,7 @@ class JobStore:
             incoming = [_job_row(m) for m in conn.execute(_SELECT_INCOMING, {"before": incoming_before}).mappings()]
             return SweepView(devices, claimed, waiting, incoming)
 
-        return await self.run(work)
+        return await self.read(work)
 
     async def hello_view(self, device_id: str, held: Iterable[int], software: str | None,
                          device: Mapping[str, object] | None = None
@@ -583,7 +602,7 @@ class JobStore:
         (``transition(view=True)``)."""
         parts = self._views.pop(row.id, None) if with_history else None
         if parts is None or parts[0] != row.version:
-            parts = (row.version, await self.run(lambda conn: _view_parts(conn, row, with_history)))
+            parts = (row.version, await self.read(lambda conn: _view_parts(conn, row, with_history)))
         docs, events, device = parts[1]
         history = [JobEvent(at=e["at"], version=e["version"], state=JobState(e["state"]),
                             state_reasons=e["state_reasons"], message=e["message"]) for e in events]
@@ -610,7 +629,7 @@ class JobStore:
             found = conn.execute(_SELECT_DEVICE, {"device_id": device_id}).mappings().first()
             return None if found is None else detached(DeviceRow, found)
 
-        return await self.run(work)
+        return await self.read(work)
 
     async def set_device(self, device_id: str, check: Callable[[DeviceRow | None], None] | None = None,
                          **values: object) -> None:
@@ -645,7 +664,7 @@ class JobStore:
                  .outerjoin(counts, counts.c.service_id == ServiceRow.id).order_by(ServiceRow.name))
         if kind:
             query = query.where(ServiceRow.kind == kind)
-        async with self.sessions() as s:
+        async with self.reads() as s:
             return [(svc, dev, int(n)) for svc, dev, n in (await s.execute(query)).all()]
 
     async def service(self, kind: str, name: str) -> ServiceRow | None:
@@ -653,7 +672,7 @@ class JobStore:
             found = conn.execute(_SELECT_SERVICE, {"kind": kind, "name": name}).mappings().first()
             return None if found is None else detached(ServiceRow, found)
 
-        return await self.run(work)
+        return await self.read(work)
 
     async def upsert_service(self, device_id: str, kind: str, name: str, values: dict) -> bool:
         """Create or update a service; False if the name belongs to another device."""

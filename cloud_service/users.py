@@ -77,7 +77,7 @@ async def create_user(store: JobStore, name: str, *, kind: str = "person", role:
 
 
 async def get_user(store: JobStore, name: str) -> UserInfo:
-    async with store.sessions() as s:
+    async with store.reads() as s:
         row = await s.get(UserRow, name)
     if row is None:
         raise Refusal(404, "not-found", f"no user {name!r}")
@@ -85,7 +85,7 @@ async def get_user(store: JobStore, name: str) -> UserInfo:
 
 
 async def list_users(store: JobStore) -> list[UserInfo]:
-    async with store.sessions() as s:
+    async with store.reads() as s:
         return [UserInfo.of(r) for r in await s.scalars(select(UserRow).order_by(UserRow.name))]
 
 

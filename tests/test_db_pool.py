@@ -45,3 +45,28 @@ async def test_recent_connections_skip_the_ping_idle_ones_are_checked_and_replac
         assert pings, "an idle connection was used without a check"
     finally:
         await engine.dispose()
+
+
+async def test_reads_run_outside_a_transaction_writes_inside_one(pg_database: str) -> None:
+    """``JobStore.read`` runs its statements in autocommit (no BEGIN and COMMIT around a SELECT:
+    one round trip, not three); ``run`` keeps them in one transaction. ``txid_current()`` tells:
+    each autocommit statement is a transaction of its own, the statements of ``run`` share one."""
+    engine = make_engine(pg_database)
+    try:
+        await create_schema(engine)
+        store = JobStore(engine)
+
+        def two_ids(conn):  # type: ignore[no-untyped-def]
+            return [conn.execute(text("SELECT txid_current()")).scalar() for _ in range(2)]
+
+        read_ids = await store.read(two_ids)
+        assert read_ids[0] != read_ids[1]
+        run_ids = await store.run(two_ids)
+        assert run_ids[0] == run_ids[1]
+        # The pool's connection is back in its transactional mode after a read.
+        assert len(set(await store.run(two_ids))) == 1
+        async with store.reads() as session:  # the ORM's read-only sessions too
+            ids = [(await session.execute(text("SELECT txid_current()"))).scalar() for _ in range(2)]
+        assert ids[0] != ids[1]
+    finally:
+        await engine.dispose()

@@ -18,6 +18,7 @@ from cloud_service.devices import DeviceProtocol
 from cloud_service.store import JobStore
 from schemas.enums import ServiceKind
 from schemas.messages import Attributes, Hello, Presence, PrintServiceAttributes, Reply, Sync, decode_down, encode
+from tests.support.hops import count_hops
 from tests.support.inprocess import service_parts
 
 
@@ -41,14 +42,8 @@ class Parts:
 @pytest.fixture
 async def parts(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Parts]:
     async with service_parts(tmp_path, database_url=database_url) as p:
-        store, hops = p.store, []
-        real_run = store.run
-
-        async def counted(work):  # type: ignore[no-untyped-def]
-            hops.append(getattr(work, "__qualname__", "work"))
-            return await real_run(work)
-
-        monkeypatch.setattr(store, "run", counted)
+        store = p.store
+        hops = count_hops(monkeypatch, store)
         devices = p.devices()
         try:
             yield Parts(store, devices, hops)

@@ -34,6 +34,7 @@ from schemas.messages import (
 )
 from schemas.model.job import Cancel
 from schemas.model.reports import Verdict, judge
+from tests.support.hops import count_hops
 from tests.support.inprocess import service_parts
 
 DEVICE = "dev-1"
@@ -160,18 +161,12 @@ async def _history(store: JobStore, job_id: int) -> list[tuple[str, tuple[str, .
 async def test_each_device_message_is_one_hop_to_the_database(service: Service,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A report is read, judged and written in one transaction; fetch-job and hello are each
-    answered from one read: one call of ``JobStore.run`` each (one thread hop on SQLite)."""
+    answered from one read: one call of ``JobStore.run`` or ``JobStore.read`` each (one thread
+    hop on SQLite)."""
     job_id = await service.claimed_job()
     store = service.store
     version = (await store.get_job(job_id)).version
-    hops: list[str] = []
-    real_run = store.run
-
-    async def counted(work):  # type: ignore[no-untyped-def]
-        hops.append(getattr(work, "__qualname__", "work"))
-        return await real_run(work)
-
-    monkeypatch.setattr(store, "run", counted)
+    hops = count_hops(monkeypatch, store)
     report = await service.send(JobStatus(job_id=job_id, version=version, state=JobState.PROCESSING))
     assert report.code == "ok" and len(hops) == 1, hops
     hops.clear()
@@ -198,14 +193,7 @@ async def test_a_claim_is_one_hop_and_builds_its_document_urls_in_it(service: Se
         return row.id, row.version
 
     (good, version), (bad, _) = await new_job("application/pdf"), await new_job("not a media type")
-    hops: list[str] = []
-    real_run = service.store.run
-
-    async def counted(work):  # type: ignore[no-untyped-def]
-        hops.append(getattr(work, "__qualname__", "work"))
-        return await real_run(work)
-
-    monkeypatch.setattr(service.store, "run", counted)
+    hops = count_hops(monkeypatch, service.store)
     ack = await service.send(AcknowledgeJob(job_id=good, version=version, accept=True))
     assert ack.code == "ok" and ack.state is JobState.PENDING and len(ack.documents) == 1 and len(hops) == 1, hops
     assert ack.documents[0].url.startswith("https://")

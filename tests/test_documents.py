@@ -26,6 +26,7 @@ from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
 from schemas.model.pages import PageCounter
 from tests.support.documents import make_pdf
+from tests.support.hops import count_hops
 from tests.support.inprocess import service_parts
 
 # ---------------------------------------------------------------------------- keys
@@ -157,14 +158,7 @@ async def test_a_submit_with_its_document_records_it_in_the_close(rig: Rig, monk
     service with what admission decides on; the new job; the close): size, digest, pages and the
     estimate are written with the close, with no price or quota to check; with a price,
     admission still checks at close with the pages counted."""
-    hops: list[object] = []
-    real_run = rig.store.run
-
-    async def counted(work):  # type: ignore[no-untyped-def]
-        hops.append(work)
-        return await real_run(work)
-
-    monkeypatch.setattr(rig.store, "run", counted)
+    hops = count_hops(monkeypatch, rig.store, names=False)
     row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "office", {"copies": 2}, "application/pdf", "d.pdf",
                                 stream(make_pdf(3), 7))
     info = await rig.store.job_info(row)  # the answer to the submit: read with the close

@@ -12,6 +12,7 @@ import pytest
 
 from broker.credentials import generate_password
 from schemas.messages import Attributes, PrintServiceAttributes
+from tests.support.hops import count_hops
 from tests.support.rawdevice import RawDevice
 from tests.support.stack import running_stack
 
@@ -34,14 +35,7 @@ async def test_a_job_without_its_document_is_aborted_after_the_timeout(tmp_path:
         supervisor = stack.service.supervisor
         limit = supervisor.policy.incoming_timeout
         await supervisor.stop()  # its own timer must not sweep while this test counts
-        hops: list[object] = []
-        real_run = stack.service.store.run
-
-        async def counted(work):  # type: ignore[no-untyped-def]
-            hops.append(work)
-            return await real_run(work)
-
-        monkeypatch.setattr(stack.service.store, "run", counted)
+        hops = count_hops(monkeypatch, stack.service.store, names=False)
         assert (await supervisor.sweep(time.time() + limit / 2)).aborted == 0
         assert len(hops) == 1  # a sweep that changes nothing reads what it decides on in one hop
         monkeypatch.undo()
