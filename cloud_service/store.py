@@ -343,6 +343,10 @@ class DatabaseThread:
         self._thread.join()
 
 
+#: Entries of the known-services hint kept before it starts again from empty.
+MAX_KNOWN_SERVICES = 200_000
+
+
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -353,6 +357,9 @@ class JobStore:
         self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT") if autocommit else engine
         self.reads = async_sessionmaker(self._read_engine, expire_on_commit=False)
         self.feed = ChangeFeed()
+        #: (device, kind, name) of services this replica has seen written: a hint that a report
+        #: of them may take the unlocked path of ``upsert_services`` (a wrong hint costs a hop).
+        self._known_services: set[tuple[str, str, str]] = set()
         configure_mappers()  # _detached rows need the mappers' attribute machinery set up
         #: job id -> (version, what job_info shows of it), read by the change that made that
         #: version for the answer that follows it (a few, the oldest dropped first).
@@ -373,6 +380,14 @@ class JobStore:
         async with self.engine.begin() as conn:
             return await conn.run_sync(work)
 
+    async def _autocommit(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` in one hop; on PostgreSQL each of its statements commits on
+        its own (no BEGIN and COMMIT round trips), on SQLite they share one transaction."""
+        if self._thread is not None:
+            return await self._thread.call(lambda: self._run_here(work))
+        async with self._read_engine.connect() as conn:
+            return await conn.run_sync(work)
+
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run read-only ``work(connection)`` in one hop to the database; its result.
 
@@ -382,10 +397,7 @@ class JobStore:
         must not lock rows (``FOR UPDATE``) nor write. SQLite reads go to the database thread
         as ``run``'s work does (a transaction there costs no round trip).
         """
-        if self._thread is not None:
-            return await self._thread.call(lambda: self._run_here(work))
-        async with self._read_engine.connect() as conn:
-            return await conn.run_sync(work)
+        return await self._autocommit(work)
 
     def _run_here(self, work: Callable[[Connection], T]) -> T:
         assert self._thread_engine is not None
@@ -700,9 +712,24 @@ class JobStore:
         first come, first served: the device that registered one keeps it until an operator
         deletes the device), or if the device would hold more than ``cap`` services. The
         device's row is locked (``FOR UPDATE`` where the database has it) so two replicas
-        cannot both pass the count. One transaction, one hop.
+        cannot both pass the count. One transaction, one hop; when the services are all the
+        device's already and at most one changed (a state change while printing), one hop with
+        no lock and no transaction around its read and its one UPDATE (tried for services this
+        replica has written before; a new one goes to the locked path at once).
         """
-        return await self.run(lambda conn: _upsert_services(conn, device_id, services, cap, device))
+        keys = {(device_id, kind, name) for kind, name, _ in services}
+        if not device and keys <= self._known_services:
+            # The common case, a device reporting a change of its own services' state: no
+            # lock, no transaction (one UPDATE is atomic on its own).
+            done = await self._autocommit(lambda conn: _update_owned_service(conn, device_id, services))
+            if done:
+                return None
+        refused = await self.run(lambda conn: _upsert_services(conn, device_id, services, cap, device))
+        if refused is None:
+            if len(self._known_services) > MAX_KNOWN_SERVICES:
+                self._known_services.clear()
+            self._known_services |= keys
+        return refused
 
 
 class _StoredIsNewer(Exception):
@@ -827,6 +854,29 @@ def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | N
         conn.execute(_INSERT_DEVICE, row)
     elif any(found[key] != value for key, value in values.items()):
         _update(conn, "devices", {"id": device_id}, values)
+
+
+def _update_owned_service(conn: Connection, device_id: str, services: list[tuple[str, str, dict]]) -> bool:
+    """Apply ``services`` if they are all the device's already and at most one changed: one
+    UPDATE, conditioned on the owner, needs no lock nor transaction. False: nothing written,
+    take the locked path (a new service, several changes, the row gone meanwhile)."""
+    owned = {(m["kind"], m["name"]): m for m in conn.execute(_DEVICE_SERVICES, {"device_id": device_id}).mappings()}
+    if len({(kind, name) for kind, name, _ in services}) != len(services):
+        return False
+    changed = []
+    for kind, name, values in services:
+        found = owned.get((kind, name))
+        if found is None:
+            return False
+        if any(found[key] != value for key, value in values.items()):
+            changed.append((kind, name, values))
+    if not changed:
+        return True
+    if len(changed) > 1:
+        return False
+    kind, name, values = changed[0]
+    where = {"device_id": device_id, "kind": kind, "name": name}
+    return _update(conn, "services", where, {**values, "updated_at": time.time()}).rowcount == 1
 
 
 def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str, str, dict]],

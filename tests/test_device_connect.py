@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from cloud_service import devices as devices_module
 from cloud_service.devices import DeviceProtocol
@@ -81,6 +82,36 @@ async def test_unchanged_attributes_write_no_service(parts: Parts) -> None:
     assert (await parts.up("dev-1", office("processing"))).ok  # type: ignore[union-attr]
     changed = await parts.store.service(ServiceKind.PRINT.value, "office")
     assert changed is not None and changed.state == "processing" and changed.updated_at > first.updated_at
+
+
+async def test_a_state_change_takes_no_lock_a_new_service_does(parts: Parts) -> None:
+    """A device reporting a new state of its own service is one hop that takes no lock (on
+    PostgreSQL, no transaction either): it goes through while another transaction holds the
+    device's row. A message that adds a service takes the lock (the cap on services is counted
+    under it) and waits for it."""
+    await parts.presence("dev-1", "online", "s1")
+    assert (await parts.up("dev-1", office())).ok  # type: ignore[union-attr]
+    parts.hops.clear()
+    lobby = PrintServiceAttributes(name="lobby", state="idle")  # type: ignore[arg-type]
+    if parts.store.engine.dialect.name != "postgresql":  # SQLite has no row locks: the hops only
+        assert (await parts.up("dev-1", office("processing"))).ok  # type: ignore[union-attr]
+        assert parts.hops == ["JobStore.upsert_services.<locals>.<lambda>"], parts.hops
+        assert (await parts.up("dev-1", Attributes(services=[office().services[0], lobby]))).ok  # type: ignore[union-attr]
+        assert len(parts.hops) == 2, parts.hops  # a service not seen before: the locked path at once
+    else:
+        async with parts.store.engine.connect() as locker:
+            await locker.begin()
+            await locker.execute(text("SELECT id FROM devices WHERE id = 'dev-1' FOR UPDATE"))
+            reply = await asyncio.wait_for(parts.up("dev-1", office("processing")), 10)
+            assert reply.ok and len(parts.hops) == 1, parts.hops  # type: ignore[union-attr]
+            adding = asyncio.create_task(parts.up("dev-1", Attributes(services=[office().services[0], lobby])))
+            await asyncio.sleep(0.5)
+            assert not adding.done()  # waits for the lock
+            await locker.rollback()
+        assert (await asyncio.wait_for(adding, 10)).ok  # type: ignore[union-attr]
+    assert (await parts.store.service(ServiceKind.PRINT.value, "lobby")) is not None
+    now = await parts.store.service(ServiceKind.PRINT.value, "office")
+    assert now is not None and now.state == "idle"
 
 
 async def test_online_presences_without_a_message_are_written_together(

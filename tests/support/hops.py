@@ -1,5 +1,6 @@
 """Counting a store's hops to the database: each call of ``JobStore.run`` (a transaction) or
-``JobStore.read`` (a read without one) is one hop (one thread hop on SQLite)."""
+``JobStore._autocommit`` (``read`` and the other work done without a transaction on
+PostgreSQL) is one hop (one thread hop on SQLite)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def count_hops(monkeypatch: pytest.MonkeyPatch, store: Any, hops: list[Any] | No
                names: bool = True) -> list[Any]:
     """Patch ``store`` so each hop appends its work (its ``__qualname__`` if ``names``) to ``hops``."""
     hops = [] if hops is None else hops
-    for method in ("run", "read"):
+    for method in ("run", "_autocommit"):
         real = getattr(store, method)
 
         async def counted(work: Any, real: Any = real) -> Any:
