@@ -47,6 +47,8 @@ def row(stack: str, group: str, figure: str, value: float | None, unit: str, *,
     ratio = None
     if value is not None and baseline not in (None, 0) and not math.isnan(value) and not math.isnan(baseline):
         ratio = value / baseline
+    if baseline == 0:  # e.g. a broker's CPU over a few jobs: under one tick of the kernel's clock
+        note = "; ".join(filter(None, [note, "the baseline measured 0 (too small to measure at this size): no ratio"]))
     passed = None
     if check is not None and value is not None and not math.isnan(value):
         passed = bool(check(value, baseline))
