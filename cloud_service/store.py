@@ -606,7 +606,10 @@ class JobStore:
             _set_device(conn, device_id, None, {**(device or {}), "software": software})
             return (_jobs_by_id(conn, ids) if ids else {}), _active(conn, device_id), _fetchable(conn, device_id, 200)
 
-        return await self.run(work)
+        # No transaction around it on PostgreSQL: its one write (the device's row) is atomic on
+        # its own, and the reads need no snapshot shared with it (a hello resent after a
+        # failure writes the same values again).
+        return await self._autocommit(work)
 
     async def job_info(self, row: JobRow, with_history: bool = True) -> JobInfo:
         """The job as clients read it: its documents, history and (while it waits) its device's
