@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 from cloud_service.auth import User
 from cloud_service.db import ServiceRow, UserDefaultRow
 from cloud_service.errors import Refusal
-from cloud_service.sharing import Access
+from cloud_service.sharing import Access, usable_in
 from cloud_service.store import JobStore
 from schemas.enums import ServiceKind
 
@@ -61,18 +61,23 @@ async def _visible(store: JobStore, kind: ServiceKind, user: User | None) -> lis
 
 
 async def choose_service(store: JobStore, kind: ServiceKind, user: User | None) -> ServiceRow:
-    """The service for a job that names none (steps 2 to 4 of the module docstring)."""
-    visible = await _visible(store, kind, user)
+    """The service for a job that names none (steps 2 to 4 of the module docstring).
+
+    A user's default is looked up by its name (one read), not found in a list of every
+    service: with thousands of printers that list is what a submit would cost.
+    """
     if user is not None:
         name = await get_default(store, user.name, kind)
         if name is not None:
-            chosen = next((svc for svc in visible if svc.name == name), None)
-            if chosen is None:
+            found = await store.read(lambda conn: usable_in(conn, user, kind.value, name))
+            if found is None:
+                visible = await _visible(store, kind, user)
                 raise Refusal(404, "not-found", f"your default {kind.value} service {name!r} does not exist "
                                                 f"or is no longer shared with you: name a service, or set "
                                                 f"another default", attribute="service",
                               supported=[svc.name for svc in visible])
-            return chosen
+            return found[0]
+    visible = await _visible(store, kind, user)
     if not visible:
         raise Refusal(404, "not-found", f"no {kind.value} service is registered yet")
     if len(visible) == 1:

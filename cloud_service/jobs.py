@@ -114,20 +114,20 @@ class JobOperations:
     async def _usable(self, user: User, kind: ServiceKind, name: str | None,
                       admitting: bool = False) -> tuple[ServiceRow, Any]:
         """usable_service, and with ``admitting`` what admission decides on (``Admission.read``),
-        read in the same hop as a named service (else None)."""
-        known = None
-        if name:
-            def work(conn: Connection) -> tuple[tuple[ServiceRow, DeviceRow | None] | None, Any]:
-                found = usable_in(conn, user, kind.value, name)
-                return found, (self.admission.read(conn, user, found[0]) if found and admitting else None)
+        read in the same hop as the service and its device (else None)."""
+        if not name:
+            # Chosen (the user's default, or the only one they see), then read as if named:
+            # its device and what admission decides on come in the same hop.
+            name = (await self.resolve_service(kind, None, user)).name
 
-            found, known = await self.store.read(work)
-            if found is None:
-                raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
-            service, device = found
-        else:
-            service = await self.resolve_service(kind, name, user)
-            device = await self.store.device(service.device_id)
+        def work(conn: Connection) -> tuple[tuple[ServiceRow, DeviceRow | None] | None, Any]:
+            found = usable_in(conn, user, kind.value, name)
+            return found, (self.admission.read(conn, user, found[0]) if found and admitting else None)
+
+        found, known = await self.store.read(work)
+        if found is None:
+            raise Refusal(404, "not-found", f"no {kind.value} service named {name!r}")
+        service, device = found
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
             raise Refusal(409, "service-unavailable",
                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud_service import accounting
+from cloud_service import accounting, defaults
 from cloud_service.auth import User
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
@@ -205,3 +205,38 @@ async def test_upload_urls_give_clients_time_and_devices_the_configured_ttl(rig:
     assert put.expires_at >= before + 3600 - 1 and f"/objects/{DocumentKey(row.id, 1)}?" in put.url
     (get,) = await rig.documents.urls(row.id, "GET")
     assert get.expires_at <= time.time() + 60 + 1
+
+
+async def test_a_job_naming_no_service_goes_to_the_default_read_by_its_name(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a default the service is read by its name, with its device and what admission
+    decides on: no list of every service (with thousands of printers that list was what a
+    submit cost). A default that is gone is refused by name, with the services to choose from;
+    with several services and no default the job is refused, never sent to a guess."""
+    assert await rig.store.upsert_service("dev", ServiceKind.PRINT.value, "lobby", {
+        "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
+        "make_and_model": None, "capabilities": SIMULATED_PRINTER_CAPABILITIES})
+    listed: list[object] = []
+    real_services = rig.store.services
+
+    async def counted(kind=None):  # type: ignore[no-untyped-def]
+        listed.append(kind)
+        return await real_services(kind)
+
+    monkeypatch.setattr(rig.store, "services", counted)
+    with pytest.raises(Refusal) as refused:
+        await rig.jobs.create(ADMIN, ServiceKind.PRINT, None, {}, "application/pdf", "a.pdf", stream(make_pdf(1), 64))
+    assert refused.value.code == "service-required" and len(listed) == 1
+    await defaults.set_default(rig.store, "root", ServiceKind.PRINT, "lobby")
+    listed.clear()
+    hops = count_hops(monkeypatch, rig.store)
+    row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, None, {}, "application/pdf", "b.pdf", None)
+    assert row.service_name == "lobby" and listed == []
+    # the default's service, then the service with its device and admission's rules: two reads
+    assert [h for h in hops if "create_job" not in h] == ["choose_service.<locals>.<lambda>",
+                                                           "JobOperations._usable.<locals>.work"], hops
+    await defaults.set_default(rig.store, "root", ServiceKind.PRINT, "gone")
+    with pytest.raises(Refusal) as refused:
+        await rig.jobs.create(ADMIN, ServiceKind.PRINT, None, {}, "application/pdf", "c.pdf", None)
+    assert refused.value.status == 404 and "gone" in refused.value.message
+    assert refused.value.supported == ["lobby", "office"] and len(listed) == 1
