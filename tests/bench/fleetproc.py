@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from client._base import KEEPALIVE_EXPIRY
 from tests.support.fleet import FleetContext, FleetDevice, client_context, connect_all
 
 
@@ -32,7 +33,7 @@ async def main(spec_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     tls = client_context(spec["ca"], spec.get("resume", False))
     limits = httpx.Limits(max_connections=spec.get("http_connections", 64), max_keepalive_connections=64,
-                          keepalive_expiry=2.0)  # under the service's 5 s keep-alive (tests/bench/runner.py)
+                          keepalive_expiry=KEEPALIVE_EXPIRY)  # the clients' own, under the service's keep-alive
     web_tls = client_context(spec["ca"], resume=False)  # a broker's session is for the broker only
     async with httpx.AsyncClient(verify=web_tls, timeout=60.0, limits=limits) as http:
         ctx = FleetContext(

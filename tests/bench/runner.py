@@ -29,6 +29,7 @@ import orjson
 
 from broker.credentials import generate_password
 from broker.pki import ensure_pki
+from client._base import KEEPALIVE_EXPIRY
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas import topics
 from tests.bench.procs import (
@@ -423,10 +424,11 @@ class StackRun:
         self.say(f"[{self.kind}] service at {self.service.url} (pid {self.service.pid})")
         if self.profile:
             await self._profile()
-        # Idle connections kept 2 s, under the service's 5 s keep-alive: reusing one the service
-        # is closing at that moment fails ("Server disconnected without sending a response").
+        # Idle connections kept as the clients keep them, under the service's keep-alive: reusing
+        # one the service is closing at that moment fails ("Server disconnected ...").
         limits = httpx.Limits(max_connections=size.submit_concurrency + 8,
-                              max_keepalive_connections=size.submit_concurrency + 8, keepalive_expiry=2.0)
+                              max_keepalive_connections=size.submit_concurrency + 8,
+                              keepalive_expiry=KEEPALIVE_EXPIRY)
         self.http = await self.exits.enter_async_context(httpx.AsyncClient(
             base_url=self.service.url, verify=str(pki.ca_cert), timeout=120.0, limits=limits,
             headers={"Authorization": f"Bearer {self.service.token}"}))
