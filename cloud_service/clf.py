@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import re
 import threading
 import time
 from pathlib import Path
@@ -27,14 +28,30 @@ CODE_STATUS = {
 }
 
 
+_last_stamp: tuple[int, str] = (-1, "")
+
+
 def clf_time(ts: float | None = None) -> str:
-    return time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(ts or time.time()))
+    """``[day/month/year:hour:minute:second zone]``; formatted once per second (a busy service
+    logs hundreds of lines in one)."""
+    global _last_stamp
+    second = int(ts or time.time())
+    cached = _last_stamp
+    if cached[0] == second:
+        return cached[1]
+    text = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(second))
+    _last_stamp = (second, text)
+    return text
+
+
+#: Printable ASCII but space and '"' stays; everything else becomes '_'.
+_UNSAFE = re.compile(r'[^\x21\x23-\x7e]')
 
 
 def _field(value: str | None) -> str:
     if not value:
         return "-"
-    return "".join(ch if 32 < ord(ch) < 127 and ch != '"' else "_" for ch in value)[:200]
+    return _UNSAFE.sub("_", value[:200])
 
 
 class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
