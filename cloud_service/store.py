@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, CursorResult, Engine, Update, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import configure_mappers
 
@@ -45,6 +45,7 @@ from cloud_service.db import (
     ServiceRow,
     make_thread_engine,
 )
+from cloud_service.prepared import Prepared
 from schemas.api import DocumentInfo, JobEvent, JobInfo
 from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.model.document import Document
@@ -114,24 +115,32 @@ _UPDATE_DESTINATIONS = (update(_destinations).where(_destinations.c.job_id == bi
 _UPDATE_DOC = (update(_docs).where(_docs.c.job_id == bindparam("b_job_id"), _docs.c.number == bindparam("b_number"))
                .values(state=bindparam("b_state"), impressions_completed=bindparam("b_impressions")))
 
+# The statements every device message runs, on the driver's cursor (cloud_service.prepared).
+_JOB_DOCS = Prepared(_SELECT_JOB_DOCS)
+_DOCS = Prepared(_SELECT_DOCS)
+_EVENT = Prepared(insert(_events).values({k: bindparam(k) for k in
+                                          ("job_id", "version", "at", "state", "state_reasons", "message")}))
+_DOC_STATES = Prepared(_UPDATE_DOC)
+
 
 @functools.lru_cache(maxsize=256)
-def _updater(table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> Update:
+def _updater(table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> Prepared:
     """``UPDATE table SET k = :v_k ... WHERE c = :w_c ...``, built once per set of columns.
 
     Building a statement costs several times executing a cached one, and the hot path updates
     the same few column sets over and over.
     """
     t = _TABLES[table]
-    return (update(t).where(*(t.c[c] == bindparam(f"w_{c}") for c in columns))
-            .values({k: bindparam(f"v_{k}") for k in keys}))
+    return Prepared(update(t).where(*(t.c[c] == bindparam(f"w_{c}") for c in columns))
+                    .values({k: bindparam(f"v_{k}") for k in keys}))
 
 
-def _update(conn: Connection, table: str, where: Mapping[str, Any], values: Mapping[str, Any]) -> CursorResult[Any]:
+def _update(conn: Connection, table: str, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
+    """Update the rows matching ``where``; how many it matched."""
     statement = _updater(table, tuple(sorted(values)), tuple(sorted(where)))
     params = {f"v_{k}": v for k, v in values.items()}
     params.update({f"w_{c}": v for c, v in where.items()})
-    return conn.execute(statement, params)
+    return statement.execute(conn, params)
 
 
 def detached(cls: type[R], values: Mapping[str, Any]) -> R:
@@ -150,12 +159,12 @@ def _job_row(values: Mapping[str, Any]) -> JobRow:
 
 
 def _doc_rows(conn: Connection, job_id: int) -> list[DocumentRow]:
-    return [detached(DocumentRow, m) for m in conn.execute(_SELECT_DOCS, {"job_id": job_id}).mappings()]
+    return [detached(DocumentRow, dict(zip(_DOC_KEYS, r, strict=True))) for r in _DOCS.rows(conn, {"job_id": job_id})]
 
 
 def _read_job_docs(conn: Connection, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
     """A job and its documents (by number) in one statement; JobNotFound if there is no such job."""
-    rows = conn.execute(_SELECT_JOB_DOCS, {"job_id": job_id}).all()
+    rows = _JOB_DOCS.rows(conn, {"job_id": job_id})
     if not rows:
         raise JobNotFound(job_id)
     split = len(_JOB_KEYS)
@@ -367,6 +376,8 @@ class JobStore:
         #: SQLite: the same database through the plain driver, used by one thread of our own.
         self._thread_engine: Engine | None = make_thread_engine(engine)
         self._thread = DatabaseThread() if self._thread_engine is not None else None
+        #: The database thread's connection, kept open between transactions (``_run_here``).
+        self._thread_conn: Connection | None = None
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(connection)`` as one transaction in one hop to the database; its result.
@@ -400,15 +411,32 @@ class JobStore:
         return await self._autocommit(work)
 
     def _run_here(self, work: Callable[[Connection], T]) -> T:
-        assert self._thread_engine is not None
-        with self._thread_engine.begin() as conn:
+        """On the database thread: ``work`` in a transaction on the thread's one connection.
+
+        The connection is kept from one call to the next (the thread runs one at a time): taking
+        it from the pool and giving it back cost more than the transaction's own BEGIN and COMMIT.
+        """
+        conn = self._thread_conn
+        if conn is None or conn.invalidated or conn.closed:
+            assert self._thread_engine is not None
+            if conn is not None:
+                conn.close()
+            conn = self._thread_conn = self._thread_engine.connect()
+        with conn.begin():
             return work(conn)
+
+    def _close_here(self) -> None:
+        """On the database thread: give back its connection and close the engine's."""
+        if self._thread_conn is not None:
+            self._thread_conn.close()
+            self._thread_conn = None
+        if self._thread_engine is not None:
+            self._thread_engine.dispose()
 
     async def close(self) -> None:
         """Release the database thread and its connections (the async engine is the caller's)."""
         if self._thread is not None:
-            if self._thread_engine is not None:  # its connections belong to the database thread
-                await self._thread.call(self._thread_engine.dispose)
+            await self._thread.call(self._close_here)  # its connections belong to the database thread
             thread, self._thread = self._thread, None
             await asyncio.to_thread(thread.stop)
 
@@ -806,18 +834,17 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
             values["completed_at"] = now
     if extra:
         values.update(extra(row))
-    result = _update(conn, "jobs", {"id": job_id, "version": before.version}, values)
-    if result.rowcount != 1:
+    if _update(conn, "jobs", {"id": job_id, "version": before.version}, values) != 1:
         return None
     if len(after.history) > len(before.history):  # the job's state moved (not only a document)
-        conn.execute(_INSERT_EVENT, {"job_id": job_id, "version": after.version, "at": now,
+        _EVENT.execute(conn, {"job_id": job_id, "version": after.version, "at": now,
                                      "state": after.state.value, "state_reasons": list(after.reasons),
                                      "message": after.message})
     changed = [{"b_job_id": job_id, "b_number": new.number, "b_state": new.state.value,
                 "b_impressions": new.impressions_completed}
                for old, new in zip(before.documents, after.documents, strict=True) if new != old]
     if changed:
-        conn.execute(_UPDATE_DOC, changed)
+        _DOC_STATES.execute_many(conn, changed)
     row.__dict__.update(values)
     if then is not None:
         then(conn, row)
@@ -879,7 +906,7 @@ def _update_owned_service(conn: Connection, device_id: str, services: list[tuple
         return False
     kind, name, values = changed[0]
     where = {"device_id": device_id, "kind": kind, "name": name}
-    return _update(conn, "services", where, {**values, "updated_at": time.time()}).rowcount == 1
+    return _update(conn, "services", where, {**values, "updated_at": time.time()}) == 1
 
 
 def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str, str, dict]],

@@ -1,0 +1,124 @@
+"""Core statements run on the driver's cursor: the store's hot path without SQLAlchemy's
+per-statement execution machinery.
+
+``Connection.execute`` of a cached Core statement costs SQLAlchemy about 70 us (SQLite) to
+110 us (asyncpg) of Python before and after the driver's own work: an execution context, the
+compiled-cache lookup, parameter processing through generic code, a ``CursorResult`` and its
+row objects. A device message runs a handful of statements, so on the hot path that machinery
+cost more than the database did. ``Prepared`` keeps what SQLAlchemy does that matters here, taken
+from SQLAlchemy itself, once per dialect: the SQL string its compiler writes, the order of the
+positional parameters, and each column type's bind and result processors (JSON, booleans). A
+call is then the driver's ``cursor.execute`` and those processors, nothing else.
+
+The statements run on the same DBAPI connection as the surrounding SQLAlchemy ``Connection``,
+so they are part of its transaction (or of its autocommit); a driver error goes through
+SQLAlchemy's own handling (wrapped in ``sqlalchemy.exc``, the connection invalidated if it was
+lost). Only plain statements qualify: no expanding ``IN`` parameters, no defaults computed by
+Python. Everything else stays on ``Connection.execute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.expression import Executable
+
+Processor = Callable[[Any], Any] | None
+
+
+class _Plan:
+    """One statement compiled for one dialect."""
+
+    __slots__ = ("binds", "columns", "dialect", "names", "positional", "results", "sql")
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        if any(b.expanding for b in compiled.binds.values()):
+            raise ValueError("Prepared: expanding IN parameters need Connection.execute")
+        self.sql: str = compiled.string
+        self.positional: bool = bool(compiled.positional)
+        # Parameter names in the order the driver takes them (positional styles: ?, $1, %s).
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ()) if self.positional else ()
+        self.binds: dict[str, Processor] = {}
+        for name, bind in compiled.binds.items():
+            self.binds[name] = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        self.dialect = dialect
+        self.columns = tuple(getattr(statement, "selected_columns", ()))
+        #: Set at the first run: some processors depend on the type the driver describes.
+        self.results: tuple[Processor, ...] | None = None
+
+    def result_processors(self, description: Sequence[Sequence[Any]]) -> tuple[Processor, ...]:
+        dialect = self.dialect
+        self.results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, d[1])
+                             for c, d in zip(self.columns, description, strict=True))
+        return self.results
+
+    def parameters(self, params: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
+        binds = self.binds
+        if self.positional:
+            # Every processor sees None too: SQLAlchemy's JSON writes None as JSON null, not NULL.
+            return [params[name] if (p := binds[name]) is None else p(params[name]) for name in self.names]
+        return {name: params[name] if p is None else p(params[name]) for name, p in binds.items()}
+
+    @staticmethod
+    def row(processors: tuple[Processor, ...], raw: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(value if p is None else p(value) for p, value in zip(processors, raw, strict=True))
+
+
+class Prepared:
+    """A Core statement (built once, at import) run on the driver's cursor of a ``Connection``."""
+
+    __slots__ = ("_plans", "statement")
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._plans: dict[str, _Plan] = {}
+
+    def _plan(self, conn: Connection) -> _Plan:
+        dialect = conn.dialect
+        plan = self._plans.get(dialect.name)
+        if plan is None:
+            plan = self._plans[dialect.name] = _Plan(self.statement, dialect)
+        return plan
+
+    def _run(self, conn: Connection, plan: _Plan, params: Any, many: bool = False) -> Any:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if many:
+                cursor.executemany(plan.sql, params)
+            else:
+                cursor.execute(plan.sql, params)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            cursor.close()
+            # SQLAlchemy's own handling: the error wrapped as sqlalchemy.exc.*, a lost
+            # connection invalidated so the pool does not hand it out again.
+            conn._handle_dbapi_exception(exc, plan.sql, params, cursor, None)
+            raise  # not reached: the call above raises
+        return cursor
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Run a write; the number of rows it matched."""
+        plan = self._plan(conn)
+        cursor = self._run(conn, plan, plan.parameters(params))
+        count = cursor.rowcount
+        cursor.close()
+        return int(count)
+
+    def execute_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run a write once per parameter set, in one call to the driver."""
+        plan = self._plan(conn)
+        self._run(conn, plan, [plan.parameters(p) for p in params], many=True).close()
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a query; its rows as tuples of processed values (JSON parsed, booleans made)."""
+        plan = self._plan(conn)
+        cursor = self._run(conn, plan, plan.parameters(params))
+        raw = cursor.fetchall()
+        processors = plan.results if plan.results is not None else plan.result_processors(cursor.description)
+        cursor.close()
+        if not any(processors):
+            return [tuple(r) for r in raw]
+        return [plan.row(processors, r) for r in raw]
