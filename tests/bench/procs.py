@@ -49,22 +49,40 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-class CpuMeter:
-    """CPU seconds of named processes between ``start()`` and ``stop()``."""
+def pids_named(command: str) -> list[int]:
+    """Every process whose command name (``/proc/PID/comm``) is ``command``, e.g. PostgreSQL's
+    server and its backends ("postgres")."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry.name}/comm") as fh:
+                if fh.read().strip() == command:
+                    found.append(int(entry.name))
+    return found
 
-    def __init__(self, pids: dict[str, list[int]]) -> None:
+
+class CpuMeter:
+    """CPU seconds of named processes between ``start()`` and ``stop()``.
+
+    ``named`` counts processes by command name, looked up at both ends: a process that started
+    in between counts from zero (PostgreSQL starts a backend per new connection). One that ended
+    in between is not counted; the service's pool keeps its connections, so few do.
+    """
+
+    def __init__(self, pids: dict[str, list[int]], named: dict[str, str] | None = None) -> None:
         self.pids = pids
-        self.before: dict[str, float] = {}
+        self.named = named or {}
+        self.before: dict[str, dict[int, float]] = {}
         self.used: dict[str, float] = {}
 
-    def _read(self) -> dict[str, float]:
-        out = {}
-        for name, pids in self.pids.items():
-            total = 0.0
+    def _read(self) -> dict[str, dict[int, float]]:
+        groups = {**self.pids, **{name: pids_named(command) for name, command in self.named.items()}}
+        out: dict[str, dict[int, float]] = {}
+        for name, pids in groups.items():
+            seen = out.setdefault(name, {})
             for pid in pids:
-                with contextlib.suppress(OSError):
-                    total += cpu_seconds(pid)
-            out[name] = total
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    seen[pid] = cpu_seconds(pid)
         return out
 
     def start(self) -> CpuMeter:
@@ -73,7 +91,8 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         after = self._read()
-        self.used = {name: after[name] - self.before.get(name, 0.0) for name in after}
+        self.used = {name: sum(cpu - self.before.get(name, {}).get(pid, 0.0) for pid, cpu in seen.items())
+                     for name, seen in after.items()}
         return self.used
 
 
