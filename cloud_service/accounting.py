@@ -31,6 +31,7 @@ from cloud_service.auth import User
 from cloud_service.config import ServiceConfig
 from cloud_service.db import CreditRow, DeviceRow, DocumentRow, JobRow, QuotaRow, ServicePolicyRow, ServiceRow
 from cloud_service.errors import Refusal
+from cloud_service.prepared import Prepared
 from cloud_service.store import JobStore, detached
 from schemas.enums import JobState
 from schemas.model.pages import impressions
@@ -42,9 +43,11 @@ _quotas = QuotaRow.__table__
 _docs = DocumentRow.__table__
 _SELECT_POLICY = select(_policies).where(_policies.c.device_id == bindparam("device_id"),
                                          _policies.c.service_name == bindparam("service"))
-_SELECT_USER_QUOTAS = select(_quotas).where(_quotas.c.device_id == bindparam("device_id"),
-                                            _quotas.c.service_name == bindparam("service"),
-                                            _quotas.c.user.in_(bindparam("users", expanding=True)))
+#: Run at every submit and close (the driver's cursor: cloud_service.prepared).
+_POLICY = Prepared(_SELECT_POLICY)
+_USER_QUOTAS = Prepared(select(_quotas).where(_quotas.c.device_id == bindparam("device_id"),
+                                              _quotas.c.service_name == bindparam("service"),
+                                              _quotas.c.user.in_([bindparam("user"), bindparam("everyone")])))
 _HAS_QUOTAS = select(func.count()).select_from(_quotas).where(_quotas.c.device_id == bindparam("device_id"),
                                                               _quotas.c.service_name == bindparam("service"))
 _PAGES = select(_docs.c.pages).where(_docs.c.job_id == bindparam("job_id"))
@@ -142,8 +145,8 @@ async def used(store: JobStore, user: str, device_id: str, service: str, since: 
 
 
 def _user_quotas(conn: Connection, user: User, service: ServiceRow) -> list[QuotaRow]:
-    return [detached(QuotaRow, m) for m in conn.execute(_SELECT_USER_QUOTAS, {
-        "device_id": service.device_id, "service": service.name, "users": [user.name, "*"]}).mappings()]
+    return [detached(QuotaRow, m) for m in _USER_QUOTAS.mappings(conn, {
+        "device_id": service.device_id, "service": service.name, "user": user.name, "everyone": "*"})]
 
 
 async def check(store: JobStore, user: User, service: ServiceRow, impressions: int, price: int | None,
@@ -213,9 +216,8 @@ class Admission:
                                                                               list[QuotaRow]]:
         """What ``on_create`` decides on (the service's policy, the user's quotas on it), read
         inside the caller's transaction: the hop that finds the service can bring it along."""
-        found = conn.execute(_SELECT_POLICY, {"device_id": service.device_id,
-                                              "service": service.name}).mappings().first()
-        return (None if found is None else detached(ServicePolicyRow, found)), _user_quotas(conn, user, service)
+        found = _POLICY.mappings(conn, {"device_id": service.device_id, "service": service.name})
+        return (detached(ServicePolicyRow, found[0]) if found else None), _user_quotas(conn, user, service)
 
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
                         retention: dict[str, Any] | None, known: Any = None) -> tuple[dict[str, Any], bool]:

@@ -32,7 +32,7 @@ Processor = Callable[[Any], Any] | None
 class _Plan:
     """One statement compiled for one dialect."""
 
-    __slots__ = ("binds", "columns", "dialect", "names", "positional", "results", "sql")
+    __slots__ = ("binds", "columns", "dialect", "keys", "names", "positional", "results", "sql")
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -47,6 +47,7 @@ class _Plan:
             self.binds[name] = bind.type.dialect_impl(dialect).bind_processor(dialect)
         self.dialect = dialect
         self.columns = tuple(getattr(statement, "selected_columns", ()))
+        self.keys: tuple[str, ...] = tuple(c.key for c in self.columns)
         #: Set at the first run: some processors depend on the type the driver describes.
         self.results: tuple[Processor, ...] | None = None
 
@@ -122,3 +123,8 @@ class Prepared:
         if not any(processors):
             return [tuple(r) for r in raw]
         return [plan.row(processors, r) for r in raw]
+
+    def mappings(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run a query of one table's columns; its rows as dicts by column key."""
+        keys = self._plan(conn).keys
+        return [dict(zip(keys, r, strict=True)) for r in self.rows(conn, params)]

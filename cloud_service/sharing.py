@@ -23,6 +23,7 @@ from sqlalchemy import Connection, bindparam, delete, select
 from cloud_service.auth import User
 from cloud_service.db import DeviceRow, ServiceRow, ShareRow
 from cloud_service.errors import Refusal
+from cloud_service.prepared import Prepared
 from cloud_service.store import JobStore, detached
 
 PRINCIPAL_KINDS = ("user", "group", "everyone")
@@ -34,6 +35,10 @@ _SHARES_OF = select(_shares).where(_shares.c.device_id == bindparam("device_id")
 _SERVICE_AND_DEVICE = (select(_SERVICES, _DEVICES)
                        .select_from(_SERVICES.outerjoin(_DEVICES, _DEVICES.c.id == _SERVICES.c.device_id))
                        .where(_SERVICES.c.kind == bindparam("kind"), _SERVICES.c.name == bindparam("name")))
+#: Run at every submit (the driver's cursor: cloud_service.prepared).
+_SERVICE_DEVICE = Prepared(_SERVICE_AND_DEVICE)
+_SERVICE_KEYS = tuple(c.key for c in _SERVICES.columns)
+_DEVICE_KEYS = tuple(c.key for c in _DEVICES.columns)
 ALL_SERVICES = "*"
 EVERYONE = "*"
 
@@ -128,13 +133,13 @@ def usable_in(conn: Connection, user: User | None, kind: str, name: str
     """Inside a ``store.run`` transaction: the service ``kind``/``name`` and its device, or None
     if there is none or ``user`` may not see it (the same answer: names of private services
     do not leak). One query for both rows, one more for the device's shares if needed."""
-    found = conn.execute(_SERVICE_AND_DEVICE, {"kind": kind, "name": name}).first()
-    if found is None:
+    found = _SERVICE_DEVICE.rows(conn, {"kind": kind, "name": name})
+    if not found:
         return None
-    values = found._mapping
-    service = detached(ServiceRow, {c.key: values[c] for c in _SERVICES.columns})
-    device = (None if values[_DEVICES.c.id] is None
-              else detached(DeviceRow, {c.key: values[c] for c in _DEVICES.columns}))
+    split = len(_SERVICE_KEYS)
+    service = detached(ServiceRow, dict(zip(_SERVICE_KEYS, found[0][:split], strict=True)))
+    device_values = dict(zip(_DEVICE_KEYS, found[0][split:], strict=True))
+    device = None if device_values["id"] is None else detached(DeviceRow, device_values)
     if user is not None and (device is None or not Access.of_device(conn, user, device).sees(device, name)):
         return None
     return service, device
