@@ -4,6 +4,9 @@ before any statement of the store's runs on it. Real PostgreSQL, real asyncpg.""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import asyncpg
 import pytest
 from sqlalchemy import text
@@ -68,5 +71,42 @@ async def test_reads_run_outside_a_transaction_writes_inside_one(pg_database: st
         async with store.reads() as session:  # the ORM's read-only sessions too
             ids = [(await session.execute(text("SELECT txid_current()"))).scalar() for _ in range(2)]
         assert ids[0] != ids[1]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_cancelled_transaction_is_rolled_back_and_its_connection_returned(pg_database: str) -> None:
+    """``run`` drives a whole transaction from one greenlet: cancelled in the middle of a
+    statement, it writes nothing, gives its connection back to the pool, and the next
+    transaction runs as usual."""
+    engine = make_engine(pg_database)
+    try:
+        await create_schema(engine)
+        store = JobStore(engine)
+        await store.run(lambda conn: conn.execute(text("CREATE TABLE marks (n integer)")))
+
+        def slow(conn):  # type: ignore[no-untyped-def]
+            conn.execute(text("INSERT INTO marks VALUES (1)"))
+            conn.execute(text("SELECT pg_sleep(30)"))
+
+        task = asyncio.create_task(store.run(slow))
+        deadline = time.monotonic() + 10
+        admin = await asyncpg.connect(pg.dsn())
+        try:
+            while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                                           "AND query LIKE 'SELECT pg_sleep%'", engine.url.database):
+                assert time.monotonic() < deadline, "the slow statement never started"
+                await asyncio.sleep(0.02)
+        finally:
+            await admin.close()
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 10  # not after the 30 s sleep
+        assert engine.sync_engine.pool.checkedout() == 0
+        assert await store.read(lambda conn: conn.execute(text("SELECT count(*) FROM marks")).scalar()) == 0
+        await store.run(lambda conn: conn.execute(text("INSERT INTO marks VALUES (2)")))
+        assert await store.read(lambda conn: conn.execute(text("SELECT array_agg(n) FROM marks")).scalar()) == [2]
     finally:
         await engine.dispose()
