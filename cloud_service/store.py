@@ -88,7 +88,9 @@ _DOC_KEYS = tuple(c.key for c in _docs.columns)
 _DOC_JOB_ID = len(_JOB_KEYS) + _DOC_KEYS.index("job_id")
 _SELECT_JOBS = select(_jobs).where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
 #: What a supervisor sweep looks at (cloud_service.supervisor), all in one hop.
-_SELECT_DEVICES = select(_devices)
+_SELECT_DEVICES_IN = select(_devices).where(_devices.c.id.in_(bindparam("ids", expanding=True)))
+#: Device ids per query of a sweep (well under SQLite's limit on parameters).
+SWEEP_DEVICES_PER_QUERY = 500
 _SELECT_CLAIMED = (select(_jobs).where(_jobs.c.claimed.is_(True), _jobs.c.state.not_in(_TERMINAL))
                    .order_by(_jobs.c.id))
 _SELECT_WAITING = (select(_jobs).where(_jobs.c.state == JobState.PENDING.value, _jobs.c.claimed.is_(False),
@@ -231,6 +233,7 @@ ViewParts = tuple[list[DocumentRow], list[Any], DeviceRow | None]
 class SweepView:
     """A supervisor sweep's reading of the database (``JobStore.sweep_view``)."""
 
+    #: The devices of the claimed and the fetchable jobs (not every device).
     devices: list[DeviceRow]
     claimed: list[JobRow]
     fetchable: list[JobRow]
@@ -630,16 +633,21 @@ class JobStore:
 
     async def sweep_view(self, fetchable_before: float, incoming_before: float, limit: int = 10_000) -> SweepView:
         """What a supervisor sweep decides on, read in one hop however many devices there are:
-        every device, the claimed jobs not ended, the pending jobs fetchable since before
+        the devices of the jobs below, the claimed jobs not ended, the pending jobs fetchable since before
         ``fetchable_before`` and the jobs still waiting for their documents since before
         ``incoming_before`` (each list by job id)."""
         def work(conn: Connection) -> SweepView:
-            devices = [detached(DeviceRow, m) for m in conn.execute(_SELECT_DEVICES).mappings()]
             claimed = [_job_row(m) for m in conn.execute(_SELECT_CLAIMED).mappings()]
             waiting = [_job_row(m) for m in conn.execute(_SELECT_WAITING, {"before": fetchable_before,
                                                                            "limit": limit}).mappings()
                        if "job-fetchable" in m["state_reasons"]]
             incoming = [_job_row(m) for m in conn.execute(_SELECT_INCOMING, {"before": incoming_before}).mappings()]
+            # Only the devices those jobs name: thousands of idle devices cost a sweep nothing.
+            wanted = sorted({r.device_id for r in claimed} | {r.device_id for r in waiting})
+            devices = [detached(DeviceRow, m)
+                       for start in range(0, len(wanted), SWEEP_DEVICES_PER_QUERY)
+                       for m in conn.execute(_SELECT_DEVICES_IN,
+                                             {"ids": wanted[start:start + SWEEP_DEVICES_PER_QUERY]}).mappings()]
             return SweepView(devices, claimed, waiting, incoming)
 
         return await self.read(work)
