@@ -11,7 +11,9 @@ positional parameters, and each column type's bind and result processors (JSON, 
 call is then the driver's ``cursor.execute`` and those processors, nothing else.
 
 The statements run on the same DBAPI connection as the surrounding SQLAlchemy ``Connection``,
-so they are part of its transaction (or of its autocommit); a driver error goes through
+so they are part of its transaction (or of its autocommit). Where something listens to
+SQLAlchemy's cursor events (tracing, a test counting statements) they run through
+``Connection.execute`` instead, so nothing goes unseen. A driver error goes through
 SQLAlchemy's own handling (wrapped in ``sqlalchemy.exc``, the connection invalidated if it was
 lost). Only plain statements qualify: no expanding ``IN`` parameters, no defaults computed by
 Python. Everything else stays on ``Connection.execute``.
@@ -100,8 +102,18 @@ class Prepared:
             raise  # not reached: the call above raises
         return cursor
 
+    @staticmethod
+    def _watched(conn: Connection) -> bool:
+        """Whether something listens to SQLAlchemy's cursor events on this connection or its
+        engine (tracing, a test counting statements): then ``Connection.execute`` runs the
+        statement, so the listeners see it as they see every other."""
+        dispatch = conn.dispatch
+        return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run a write; the number of rows it matched."""
+        if self._watched(conn):
+            return int(conn.execute(self.statement, dict(params)).rowcount)  # type: ignore[attr-defined]
         plan = self._plan(conn)
         cursor = self._run(conn, plan, plan.parameters(params))
         count = cursor.rowcount
@@ -110,11 +122,16 @@ class Prepared:
 
     def execute_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
         """Run a write once per parameter set, in one call to the driver."""
+        if self._watched(conn):
+            conn.execute(self.statement, [dict(p) for p in params])
+            return
         plan = self._plan(conn)
         self._run(conn, plan, [plan.parameters(p) for p in params], many=True).close()
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run a query; its rows as tuples of processed values (JSON parsed, booleans made)."""
+        if self._watched(conn):
+            return [tuple(r) for r in conn.execute(self.statement, dict(params))]
         plan = self._plan(conn)
         cursor = self._run(conn, plan, plan.parameters(params))
         raw = cursor.fetchall()

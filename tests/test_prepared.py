@@ -6,7 +6,22 @@ driver errors wrapped as SQLAlchemy's and rolled back with their transaction."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, Table, Text, bindparam, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from cloud_service.db import create_schema, make_engine
@@ -87,10 +102,38 @@ async def test_counts_many_and_errors(store: JobStore) -> None:
 
 def test_expanding_parameters_are_refused() -> None:
     statement = Prepared(select(_things).where(_things.c.id.in_(bindparam("ids", expanding=True))))
-    engine = make_engine("sqlite+aiosqlite://")
+    engine = create_engine("sqlite://")
+    try:
+        with engine.connect() as conn, pytest.raises(ValueError, match="expanding"):
+            statement.rows(conn, {"ids": [1]})
+    finally:
+        engine.dispose()
 
-    class Conn:
-        dialect = engine.sync_engine.dialect
 
-    with pytest.raises(ValueError, match="expanding"):
-        statement.rows(Conn(), {"ids": [1]})  # type: ignore[arg-type]
+async def test_listeners_of_cursor_events_see_every_statement(store: JobStore) -> None:
+    """Tracing or a test counting statements hooks SQLAlchemy's cursor events: with a listener
+    there, the statements run through ``Connection.execute`` and the listener sees each one,
+    with the same results."""
+    seen: list[str] = []
+
+    def listener(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    await store.run(lambda conn: [_INSERT.execute(conn, r) for r in ROWS])
+    assert seen == []
+    unwatched = await store.read(lambda conn: _ROWS.rows(conn, {"low": 0}))
+    sync_engine = store.engine.sync_engine
+    engines = [sync_engine, *([store._thread_engine] if store._thread_engine is not None else [])]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", listener)
+    try:
+        watched = await store.read(lambda conn: _ROWS.rows(conn, {"low": 0}))
+        assert await store.run(lambda conn: _UPDATE.execute(conn, {"b_id": 3, "b_note": "seen"})) == 1
+        await store.run(lambda conn: _UPDATE.execute_many(conn, [{"b_id": 1, "b_note": "a"},
+                                                                 {"b_id": 2, "b_note": "b"}]))
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", listener)
+    assert watched == unwatched
+    assert [s.split()[0] for s in seen] == ["SELECT", "UPDATE", "UPDATE"]
+    assert [r[4] for r in await store.read(lambda conn: _ROWS.rows(conn, {"low": 0}))] == ["a", "b", "seen"]
