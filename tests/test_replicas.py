@@ -29,10 +29,11 @@ from cloud_service.objects import LocalObjectStore, UrlSigner
 from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
-from schemas.enums import JobState, ServiceKind
+from schemas.enums import JobState
 from schemas.messages import JobFetchable, Message
 from schemas.model.job import Accept, DeviceReport, Job, Release
 from tests.support import pg
+from tests.support.jobs import fetchable_job
 from tests.support.stack import running_stack
 
 #: Generous bounds (a loaded 2-core machine): the figures themselves are printed.
@@ -68,18 +69,6 @@ async def replicas(pg_database: str) -> AsyncIterator[tuple[Replica, Replica]]:
             await replica.feed.stop()
         for engine in engines:
             await engine.dispose()
-
-
-async def fetchable_job(store: JobStore, device: str = "dev-1") -> int:
-    await store.set_device(device, online=True, last_seen=time.time())
-    assert await store.upsert_service(device, ServiceKind.PRINT.value, device, {
-        "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
-        "make_and_model": None, "capabilities": {}})
-    service = await store.service(ServiceKind.PRINT.value, device)
-    assert service is not None
-    row = await store.create_job(kind=ServiceKind.PRINT, service=service, owner="alice", ticket={}, documents=[],
-                                 with_documents=True)
-    return row.id
 
 
 async def processing_job(store: JobStore) -> int:

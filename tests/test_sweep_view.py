@@ -11,20 +11,8 @@ import pytest
 from cloud_service import store as store_module
 from cloud_service.db import create_schema, make_engine
 from cloud_service.store import JobStore
-from schemas.enums import ServiceKind
 from schemas.model.job import Accept
-
-
-async def _job_on(store: JobStore, device: str) -> int:
-    await store.set_device(device, online=True, last_seen=time.time())
-    assert await store.upsert_service(device, ServiceKind.PRINT.value, device, {
-        "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
-        "make_and_model": None, "capabilities": {}})
-    service = await store.service(ServiceKind.PRINT.value, device)
-    assert service is not None
-    row = await store.create_job(kind=ServiceKind.PRINT, service=service, owner="alice", ticket={}, documents=[],
-                                 with_documents=True)
-    return row.id
+from tests.support.jobs import fetchable_job
 
 
 async def test_a_sweep_reads_the_devices_of_its_jobs_only(database_url: str,
@@ -36,10 +24,10 @@ async def test_a_sweep_reads_the_devices_of_its_jobs_only(database_url: str,
         await create_schema(engine)
         for i in range(30):
             await store.set_device(f"idle-{i:02}", online=True, last_seen=time.time())
-        claimed = await _job_on(store, "busy-a")
+        claimed = await fetchable_job(store, "busy-a")
         await store.transition(claimed, Accept())
-        await _job_on(store, "busy-b")
-        await _job_on(store, "busy-c")
+        await fetchable_job(store, "busy-b")
+        await fetchable_job(store, "busy-c")
 
         later = time.time() + 60
         view = await store.sweep_view(later, later)
