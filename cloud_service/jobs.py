@@ -26,7 +26,7 @@ from cloud_service.documents import RECORDED, DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.objects import StoredObject
 from cloud_service.sharing import Access, check_service, owns, usable_in
-from cloud_service.store import JobNotFound, JobStore, new_document, write_document
+from cloud_service.store import JobNotFound, JobStore, Known, created_event, new_document
 from cloud_service.transform import advertised_capabilities
 from schemas.enums import JobState, Reason, ServiceKind
 from schemas.messages import JobCanceled, JobFetchable, Message
@@ -112,9 +112,9 @@ class JobOperations:
         return (await self._usable(user, kind, name))[0]
 
     async def _usable(self, user: User, kind: ServiceKind, name: str | None,
-                      admitting: bool = False) -> tuple[ServiceRow, Any]:
-        """usable_service, and with ``admitting`` what admission decides on (``Admission.read``),
-        read in the same hop as the service and its device (else None)."""
+                      admitting: bool = False) -> tuple[ServiceRow, Any, DeviceRow | None]:
+        """usable_service, with ``admitting`` what admission decides on (``Admission.read``,
+        else None), read in the same hop as the service, and its device."""
         if not name:
             # Chosen (the user's default, or the only one they see), then read as if named:
             # its device and what admission decides on come in the same hop.
@@ -131,7 +131,7 @@ class JobOperations:
         if device is not None and (device.revoked_at is not None or device.deregistered_at is not None):
             raise Refusal(409, "service-unavailable",
                           f"{kind.value} service {service.name!r} is unavailable: its device was revoked")
-        return service, known
+        return service, known, device
 
     def check_ticket(self, service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict:
         """Validate against the service's capabilities; return the IPP-named ticket to store."""
@@ -149,7 +149,7 @@ class JobOperations:
                      chunks: AsyncIterator[bytes] | None, retention: dict[str, Any] | None = None) -> JobRow:
         """Create a job; with ``chunks`` the document is stored and the job is fetchable at
         once, without it the job waits (pending-held, job-incoming) for an upload and close."""
-        service, known = await self._usable(user, kind, service_name, admitting=True)
+        service, known, device = await self._usable(user, kind, service_name, admitting=True)
         stored_ticket = self.check_ticket(service, ticket, document_format)
         stored_ticket.pop("document-format", None)
         admitted, check_at_close = await self.admission.on_create(user, service, stored_ticket, retention, known)
@@ -160,9 +160,10 @@ class JobOperations:
         if chunks is not None:
             # Just made, by this user, on this service: store its one document and close it
             # without reading all that back.
-            _, stored = await self.documents.receive_new(
-                new_document(row.id, 1, document_name, document_format, DocumentKey.input_key(row.id, 1)), chunks)
-            row = await self._close(user, row, service, stored, check_at_close)
+            new = new_document(row.id, 1, document_name, document_format, DocumentKey.input_key(row.id, 1))
+            _, stored = await self.documents.receive_new(new, chunks)
+            row = await self._close(user, row, service, stored, check_at_close,
+                                    Known(row, [new], [created_event(row)], device))
         return row
 
     async def create_scan(self, user: User, service_name: str | None, ticket: dict[str, Any],
@@ -189,11 +190,12 @@ class JobOperations:
         return await self._close(user, row, await self.store.service(row.kind, row.service_name))
 
     async def _close(self, user: User, row: JobRow, service: ServiceRow | None,
-                     stored: DocumentRow | None = None, check: bool = True) -> JobRow:
+                     stored: DocumentRow | None = None, check: bool = True, known: Known | None = None) -> JobRow:
         """Close the job. ``stored``: its one document, whose bytes this request has just stored
         (``Documents.receive_new``) and not yet recorded; unless admission must ``check`` the job
-        again (and so read its pages), they are recorded in the close's own transaction, with
-        the estimate of what the job counts (schemas.model.pages.impressions) on the job."""
+        again (and so read its pages), they are recorded with the close, with the estimate of
+        what the job counts (schemas.model.pages.impressions) on the job. ``known``: the job as
+        this request just made it, judged without reading it back."""
         job_id = row.id
         recorded = {k: getattr(stored, k) for k in RECORDED} if stored is not None else None
         if recorded is not None and check:
@@ -209,21 +211,19 @@ class JobOperations:
         note = (await self.documents.make_printable(row, row.kind, service.capabilities,
                                                     [stored] if stored is not None else None)
                 if service else None)
-        first = extra = None
+        documents = extra = None
         if recorded is not None and not check:
             assert stored is not None
-            number = stored.number
+            documents = {stored.number: recorded}
             estimate = impressions(stored.pages or 1, row.ticket)
-
-            def first(conn: Connection) -> None:
-                write_document(conn, job_id, number, recorded)
 
             def extra(_row: JobRow) -> dict:
                 return {"impressions_estimated": estimate}
         try:
-            result = await self.store.transition(job_id, Close(note), extra=extra, first=first, view=True)
+            result = await self.store.transition(job_id, Close(note), extra=extra, documents=documents, view=True,
+                                                 known=known if check is False else None)
         except InvalidTransition as exc:
-            if first is not None and recorded is not None:  # the bytes are stored all the same
+            if documents is not None and recorded is not None:  # the bytes are stored all the same
                 await self.store.set_document(job_id, stored.number, **recorded)  # type: ignore[union-attr]
             raise Refusal(409, "job-not-incoming", str(exc)) from None
         row = result.row

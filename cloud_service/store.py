@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, String, bindparam, cast, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.util import greenlet_spawn
@@ -52,7 +52,7 @@ from cloud_service.prepared import Prepared
 from schemas.api import DocumentInfo, JobEvent, JobInfo
 from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.model.document import Document
-from schemas.model.job import Event, Job
+from schemas.model.job import Event, InvalidTransition, Job
 from schemas.model.reports import Verdict
 from schemas.model.service import job_overlay
 
@@ -142,6 +142,108 @@ def _updater(table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> Pre
                     .values({k: bindparam(f"v_{k}") for k in keys}))
 
 
+#: The columns of a history event, as ``_EVENT`` and ``_change_statement`` write them.
+_EVENT_KEYS = ("job_id", "version", "at", "state", "state_reasons", "message")
+#: The columns ``create_job`` writes of a new document (``_new_document``).
+_NEW_DOC_KEYS = ("job_id", "number", "name", "format", "size", "sha256", "object_key", "state",
+                 "impressions_completed", "pages")
+#: Changed documents one statement writes with their job (``_change_statement``); a change of
+#: more (a cancel of a job of many documents) takes a transaction instead.
+CHANGE_STATEMENT_DOCS = 8
+
+
+@functools.lru_cache(maxsize=256)
+def _change_statement(keys: tuple[str, ...], event: bool, documents: tuple[tuple[str, ...], ...]) -> Prepared:
+    """PostgreSQL: a job's update conditioned on its version, its history event and its
+    documents' changed columns (one column set per document), as one statement of
+    data-modifying CTEs; it returns 1 if the job was written, 0 if its version had moved
+    (nothing written then: the event and the documents are written only from the job's
+    updated row).
+
+    One statement is atomic on its own, so the change needs no transaction: one round trip
+    where ``BEGIN``, the update, the insert, the documents and ``COMMIT`` took five. A
+    concurrent writer is handled as before: the update re-checks the version on the row it
+    locks, and matches nothing if the other writer moved it. Built once per shape.
+    """
+    job = (update(_jobs).where(_jobs.c.id == bindparam("w_id"), _jobs.c.version == bindparam("w_version"))
+           .values({k: bindparam(f"v_{k}") for k in keys}).returning(_jobs.c.id).cte("changed_job"))
+    statement = select(func.count()).select_from(job)
+    if event:
+        statement = statement.add_cte(insert(_events).from_select(_EVENT_KEYS, select(
+            job.c.id, *(bindparam(f"e_{k}", type_=_events.c[k].type) for k in _EVENT_KEYS[1:]))).cte("event"))
+    for i, columns in enumerate(documents):
+        statement = statement.add_cte(
+            update(_docs).where(_docs.c.job_id == select(job.c.id).scalar_subquery(),
+                                _docs.c.number == bindparam(f"d{i}_number"))
+            .values({k: bindparam(f"d{i}_{k}") for k in columns}).cte(f"document_{i}"))
+    return Prepared(statement)
+
+
+@functools.lru_cache(maxsize=64)
+def _create_statement(keys: tuple[str, ...], documents: int) -> Prepared:
+    """PostgreSQL: a new job, its documents and its first history event as one statement
+    (data-modifying CTEs, the documents and the event taking the job's new id); it returns
+    the id. One round trip where a transaction of three inserts took five."""
+    job = insert(_jobs).values({k: bindparam(f"j_{k}") for k in keys}).returning(_jobs.c.id).cte("new_job")
+    statement = select(job.c.id)
+    for i in range(documents):
+        key = (bindparam(f"d{i}_key_prefix", type_=String) + cast(job.c.id, String)
+               + bindparam(f"d{i}_key_suffix", type_=String))
+        statement = statement.add_cte(insert(_docs).from_select(_NEW_DOC_KEYS, select(
+            job.c.id, *(key if k == "object_key" else bindparam(f"d{i}_{k}", type_=_docs.c[k].type)
+                        for k in _NEW_DOC_KEYS[1:]))).cte(f"document_{i}"))
+    return Prepared(statement.add_cte(insert(_events).from_select(_EVENT_KEYS, select(
+        job.c.id, *(bindparam(f"e_{k}", type_=_events.c[k].type) for k in _EVENT_KEYS[1:]))).cte("event")))
+
+
+def _key_pattern(key_for: KeyFor, number: int) -> tuple[str, str] | None:
+    """(prefix, suffix) such that document ``number``'s object key of job ``id`` is prefix + id
+    + suffix; None if ``key_for`` does not name the id that way."""
+    a, b = key_for(918273645, number), key_for(546372819, number)
+    if a.count("918273645") != 1:
+        return None
+    prefix, suffix = a.split("918273645")
+    return (prefix, suffix) if b == f"{prefix}546372819{suffix}" else None
+
+
+#: The document state columns a device's report changes (``_DOC_STATES``).
+_DOC_STATE_KEYS = ("impressions_completed", "state")
+
+
+def _write_change(conn: Connection, job_id: int, version: int, values: Mapping[str, Any],
+                  event: Mapping[str, Any] | None, documents: Mapping[int, Mapping[str, Any]],
+                  single: bool) -> bool:
+    """Write a judged change: the job's ``values`` where its version is still ``version``, its
+    history ``event`` and its ``documents``' columns (by number). False if the version had
+    moved (another writer got there first; nothing written). ``single``: as one statement
+    (PostgreSQL, outside a transaction); else as several, inside the caller's transaction."""
+    if single:
+        params: dict[str, Any] = {f"v_{k}": v for k, v in values.items()}
+        params.update(w_id=job_id, w_version=version)
+        if event is not None:
+            params.update({f"e_{k}": event[k] for k in _EVENT_KEYS[1:]})
+        shape = []
+        for i, (number, columns) in enumerate(documents.items()):
+            params[f"d{i}_number"] = number
+            params.update({f"d{i}_{k}": v for k, v in columns.items()})
+            shape.append(tuple(sorted(columns)))
+        statement = _change_statement(tuple(sorted(values)), event is not None, tuple(shape))
+        return bool(statement.rows(conn, params)[0][0])
+    if _update(conn, "jobs", {"id": job_id, "version": version}, values) != 1:
+        return False
+    if event is not None:
+        _EVENT.execute(conn, {"job_id": job_id, **event})
+    states = [{"b_job_id": job_id, "b_number": number, "b_state": columns["state"],
+               "b_impressions": columns["impressions_completed"]}
+              for number, columns in documents.items() if tuple(sorted(columns)) == _DOC_STATE_KEYS]
+    if states:
+        _DOC_STATES.execute_many(conn, states)
+    for number, columns in documents.items():
+        if tuple(sorted(columns)) != _DOC_STATE_KEYS:
+            write_document(conn, job_id, number, columns)
+    return True
+
+
 def _update(conn: Connection, table: str, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
     """Update the rows matching ``where``; how many it matched."""
     statement = _updater(table, tuple(sorted(values)), tuple(sorted(where)))
@@ -212,6 +314,13 @@ class JobNotFound(Exception):
     pass
 
 
+class _InTransaction:
+    """What a ``single`` attempt of a transition returns when its write needs a transaction."""
+
+
+_IN_TRANSACTION = _InTransaction()
+
+
 #: Formats the object key of document ``number`` of job ``job_id`` (cloud_service.documents).
 KeyFor = Callable[[int, int], str]
 
@@ -269,6 +378,21 @@ class WithDocuments:
     document URLs."""
 
     decide: Callable[[Job, JobRow, list[DocumentRow]], Event | Verdict | None]
+
+
+@dataclass(frozen=True)
+class Known:
+    """A job as its caller holds it, current as far as it knows (a job it has just created):
+    a transition judges it without reading it first, and derives the view of the changed job
+    rather than reading it. The write is conditioned on its version as always; if it was not
+    current, or the outcome is anything but a written change, the job is read and judged again."""
+
+    row: JobRow
+    documents: list[DocumentRow]
+    #: Its history events, as ``_EVENTS`` reads them (version, at, state, state_reasons, message).
+    history: list[dict[str, Any]]
+    #: Its device (what a waiting job's view shows of it), or None.
+    device: DeviceRow | None
 
 
 #: What ``JobStore.transition`` applies: an event, or a callback that picks one on the current job.
@@ -492,6 +616,8 @@ class JobStore:
                       impressions_completed=0, ticket=ticket, applied_ids=[], created_at=now,
                       updated_at=now, completed_at=None, **(columns or {}))
         del values["id"]
+        history = {"version": core.version, "at": now, "state": core.state.value,
+                   "state_reasons": list(core.reasons), "message": None}
 
         def work(conn: Connection) -> JobRow:
             job_id = conn.execute(_INSERT_JOB, values).inserted_primary_key[0]
@@ -501,11 +627,25 @@ class JobStore:
                     _new_document(job_id, number, doc.get("name"), doc["format"], key_for(job_id, number),
                                   doc.get("size"), doc.get("sha256"))
                     for number, doc in enumerate(documents, start=1)])
-            _EVENT.execute(conn, {"job_id": job_id, "version": core.version, "at": now,
-                                  "state": core.state.value, "state_reasons": list(core.reasons), "message": None})
+            _EVENT.execute(conn, {"job_id": job_id, **history})
             return _job_row({**values, "id": job_id})
 
-        return await self.run(work)
+        patterns = [_key_pattern(key_for, n) for n in range(1, len(documents) + 1)] if key_for else []
+        if self._thread is not None or None in patterns:
+            return await self.run(work)
+        # PostgreSQL: one statement, no transaction (one round trip, not five). A document's
+        # object key names the job's id, which the statement makes: it writes the key as
+        # prefix || id || suffix.
+        params: dict[str, Any] = {f"j_{k}": v for k, v in values.items()}
+        params.update({f"e_{k}": v for k, v in history.items() if k != "job_id"})
+        for i, (doc, pattern) in enumerate(zip(documents, patterns, strict=True)):
+            assert pattern is not None
+            columns = _new_document(0, i + 1, doc.get("name"), doc["format"], "", doc.get("size"), doc.get("sha256"))
+            params.update({f"d{i}_{k}": columns[k] for k in _NEW_DOC_KEYS[1:] if k != "object_key"})
+            params.update({f"d{i}_key_prefix": pattern[0], f"d{i}_key_suffix": pattern[1]})
+        statement = _create_statement(tuple(sorted(values)), len(documents))
+        job_id = (await self._autocommit(lambda conn: statement.rows(conn, params)))[0][0]
+        return _job_row({**values, "id": job_id})
 
     async def get_job(self, job_id: int) -> JobRow:
         return await self.read(lambda conn: _read_job(conn, job_id))
@@ -548,6 +688,7 @@ class JobStore:
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
                          attempts: int = 20, first: Callable[[Connection], None] | None = None,
                          view: bool = False, then: Callable[[Connection, JobRow], None] | None = None,
+                         documents: Mapping[int, Mapping[str, Any]] | None = None, known: Known | None = None,
                          ) -> Transition:
         """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
 
@@ -555,23 +696,41 @@ class JobStore:
         write is conditioned on: if another writer changes the job between the judgement and
         the write, the write fails and the job is read and judged again. A ``Verdict`` or None
         writes nothing. The job's documents are part of the model: their changes are written
-        in the same transaction as the job's. Each attempt (read, judge, write) is one
-        transaction in one hop to the database; the callback runs there, so it must be plain
-        code that does no I/O. ``first(connection)`` writes what belongs with the change (a
+        in the same transaction as the job's. Each attempt (read, judge, write) is one hop to
+        the database, and one transaction; on PostgreSQL, when nothing but the change is
+        written or read (no ``first``, ``then`` nor ``view``), no transaction: the job is read in
+        one statement and the change written in one (``_change_statement``), conditioned on the
+        version read as always. The callback runs in that hop, so it must be plain code that
+        does no I/O. ``first(connection)`` writes what belongs with the change (a
         document's bytes just stored, for the close they complete) in the same transaction,
         before the job is read and judged; if the event is refused it is rolled back with it.
         ``view``: also read, in that transaction, what ``job_info`` shows of the changed job, for
         the answer the caller is about to give (no hop of its own then). ``then(connection, row)``
         writes what belongs with an applied change (a fax report's destination statuses), in its
-        transaction, only when the change was written.
+        transaction, only when the change was written. ``documents``: columns of the job's
+        documents (by number) that come with the change (a document's bytes just stored, for
+        the close they complete): applied to the rows before they are judged and written with
+        the change, or alone if the job is not written. ``known``: the job as the caller holds
+        it (``Known``), judged on the first attempt without a read.
 
         Raises JobNotFound, schemas.model.job.InvalidTransition, ConcurrentUpdate.
         """
+        # PostgreSQL: with nothing written or read beside the change, the job is read outside a
+        # transaction and the change written as one statement (two round trips, not five).
+        plain = self._thread is None and first is None and then is None
         for _ in range(attempts):
-            done = await self.run(lambda conn: _transition_once(conn, job_id, event, message_id, extra, first, view,
-                                                                then))
+            # A view is read in the change's transaction, unless derived from ``known``.
+            single = plain and (not view or known is not None)
+            hop = self._autocommit if single else self.run
+            done = await hop(lambda conn, single=single, known=known: _transition_once(
+                conn, job_id, event, message_id, extra, first, view, then, single, documents, known))
+            known = None  # judged on the caller's copy once; again, on what is stored
+            if done is _IN_TRANSACTION:
+                plain = False
+                continue
             if done is None:
                 continue  # another writer got there first: read and judge again
+            assert isinstance(done, Transition)
             if done.view is not None:
                 self._views[job_id] = (done.row.version, done.view)
                 self._views.move_to_end(job_id)
@@ -809,6 +968,12 @@ def _new_document(job_id: int, number: int, name: str | None, document_format: s
             "impressions_completed": 0, "pages": None}
 
 
+def created_event(row: JobRow) -> dict[str, Any]:
+    """The history event ``create_job`` wrote of a job it just made (as ``_EVENTS`` reads it)."""
+    return {"job_id": row.id, "version": row.version, "at": row.created_at, "state": row.state,
+            "state_reasons": list(row.state_reasons), "message": None}
+
+
 def new_document(job_id: int, number: int, name: str | None, document_format: str, object_key: str) -> DocumentRow:
     """The row ``create_job`` wrote for a document of a job it just made (to use it without reading it back)."""
     return detached(DocumentRow, {**_new_document(job_id, number, name, document_format, object_key),
@@ -838,25 +1003,45 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
                      message_id: str | None, extra: Callable[[JobRow], dict] | None,
                      first: Callable[[Connection], None] | None = None,
                      view: bool = False, then: Callable[[Connection, JobRow], None] | None = None,
-                     ) -> Transition | None:
-    """One attempt of JobStore.transition inside one transaction; None if the version moved."""
+                     single: bool = False, documents: Mapping[int, Mapping[str, Any]] | None = None,
+                     known: Known | None = None) -> Transition | _InTransaction | None:
+    """One attempt of JobStore.transition inside one transaction (or, with ``single``, outside
+    any, its write one statement); None if the version moved (or, judged on ``known``, if the
+    change was not written: judge again on a fresh read), ``_IN_TRANSACTION`` if the write is
+    too big for one statement."""
     if first is not None:
         first(conn)
-    row, docs = _read_job_docs(conn, job_id)
+    if known is None:
+        row, docs = _read_job_docs(conn, job_id)
+    else:  # copies: the caller's rows stay as they were if this attempt writes nothing
+        row = _job_row({k: getattr(known.row, k) for k in _JOB_KEYS})
+        docs = [detached(DocumentRow, {k: getattr(d, k) for k in _DOC_KEYS}) for d in known.documents]
+    for doc in docs:
+        if documents and doc.number in documents:
+            doc.__dict__.update(documents[doc.number])
     before = core_job(row, docs)
     if isinstance(event, WithDocuments):
         chosen = event.decide(before, row, docs)
     else:
         chosen = event(before, row) if callable(event) else event
-    if chosen is None:
-        return Transition(before, before, row)
-    if isinstance(chosen, Verdict):
+    if known is not None and (chosen is None or isinstance(chosen, Verdict)):
+        return None  # answered from the caller's copy: judge it again on what is stored
+    if chosen is None or isinstance(chosen, Verdict):
+        _write_documents(conn, job_id, documents)
         return Transition(before, before, row, verdict=chosen)
-    after = before.apply(chosen)
+    try:
+        after = before.apply(chosen)
+    except InvalidTransition:
+        if known is not None:
+            return None
+        raise
     values: dict = {}
     if message_id:
         values["applied_ids"] = [*row.applied_ids, message_id][-APPLIED_IDS_KEPT:]
     if after.version == before.version and not values:
+        if known is not None:
+            return None
+        _write_documents(conn, job_id, documents)
         return Transition(before, after, row)
     now = time.time()
     if after.version != before.version:
@@ -868,21 +1053,37 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
             values["completed_at"] = now
     if extra:
         values.update(extra(row))
-    if _update(conn, "jobs", {"id": job_id, "version": before.version}, values) != 1:
+    history = ({"version": after.version, "at": now, "state": after.state.value,
+                "state_reasons": list(after.reasons), "message": after.message}
+               if len(after.history) > len(before.history) else None)  # the state moved (not only a document)
+    written = {number: dict(columns) for number, columns in (documents or {}).items()}
+    for old, new in zip(before.documents, after.documents, strict=True):
+        if new != old:
+            written.setdefault(new.number, {}).update(state=new.state.value,
+                                                      impressions_completed=new.impressions_completed)
+    if single and len(written) > CHANGE_STATEMENT_DOCS:
+        return _IN_TRANSACTION
+    if not _write_change(conn, job_id, before.version, values, history, written, single):
         return None
-    if len(after.history) > len(before.history):  # the job's state moved (not only a document)
-        _EVENT.execute(conn, {"job_id": job_id, "version": after.version, "at": now,
-                                     "state": after.state.value, "state_reasons": list(after.reasons),
-                                     "message": after.message})
-    changed = [{"b_job_id": job_id, "b_number": new.number, "b_state": new.state.value,
-                "b_impressions": new.impressions_completed}
-               for old, new in zip(before.documents, after.documents, strict=True) if new != old]
-    if changed:
-        _DOC_STATES.execute_many(conn, changed)
     row.__dict__.update(values)
     if then is not None:
         then(conn, row)
-    return Transition(before, after, row, written=True, view=_view_parts(conn, row, True) if view else None)
+    if not view:
+        return Transition(before, after, row, written=True)
+    if known is None:
+        return Transition(before, after, row, written=True, view=_view_parts(conn, row, True))
+    # The view of a job the caller holds: derived, not read (the rows as just written).
+    for doc in docs:
+        doc.__dict__.update(written.get(doc.number, {}))
+    events = [*known.history, {"job_id": job_id, **history}] if history is not None else list(known.history)
+    device = known.device if row.state == JobState.PENDING.value else None
+    return Transition(before, after, row, written=True, view=(docs, events, device))
+
+
+def _write_documents(conn: Connection, job_id: int, documents: Mapping[int, Mapping[str, Any]] | None) -> None:
+    """The ``documents`` columns a transition was given, written when the job itself is not."""
+    for number, columns in (documents or {}).items():
+        write_document(conn, job_id, number, columns)
 
 
 def save_destinations(conn: Connection, job_id: int, version: int, statuses: list[dict[str, Any]]) -> None:

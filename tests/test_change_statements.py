@@ -1,0 +1,227 @@
+"""A job's change in as few round trips as the database allows, on the real JobStore (SQLite in
+tmp_path and PostgreSQL): on PostgreSQL a device's report is one read and one write with no
+transaction, a submit's job is made in one statement and closed in another; each of those
+statements writes all of its change or none of it, and what the close derives instead of
+reading is what a read shows."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, select
+
+from cloud_service.auth import User
+from cloud_service.db import DocumentRow, JobEventRow
+from cloud_service.devices import DeviceProtocol
+from cloud_service.documents import DocumentKey
+from cloud_service.store import JobStore, Known, _key_pattern, _write_change, created_event
+from schemas.enums import DocumentState, JobState, ServiceKind
+from schemas.messages import AcknowledgeJob, Attributes, JobStatus, PrintServiceAttributes, Reply, decode_down, encode
+from schemas.model.job import Cancel, Close, InvalidTransition
+from tests.support.inprocess import ServiceParts, service_parts
+
+DEVICE = "dev-1"
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n" + b"%" * 10_000 + b"\n%%EOF\n"
+
+
+@pytest.fixture
+async def parts(tmp_path: Path, database_url: str) -> AsyncIterator[ServiceParts]:
+    async with service_parts(tmp_path, database_url=database_url) as parts:
+        protocols[id(parts)] = parts.devices()
+        try:
+            reply = await send(parts, Attributes(services=[PrintServiceAttributes(name="office")]))
+            assert reply.ok
+            yield parts
+        finally:
+            del protocols[id(parts)]
+
+
+@contextmanager
+def statements(store: JobStore) -> Iterator[list[str]]:
+    """The SQL of every statement the store sends while the block runs."""
+    sent: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(" ".join(statement.split())[:60])
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+
+
+def on_postgresql(store: JobStore) -> bool:
+    return store.engine.dialect.name == "postgresql"
+
+
+async def new_job(store: JobStore, documents: int = 1) -> int:
+    service = await store.service(ServiceKind.PRINT.value, "office")
+    assert service is not None
+    row = await store.create_job(kind=ServiceKind.PRINT, service=service, owner="alice", ticket={},
+                                 documents=[{"format": "application/pdf", "size": 10, "sha256": "0" * 64}
+                                            for _ in range(documents)],
+                                 with_documents=True, key_for=DocumentKey.input_key)
+    return row.id
+
+
+#: The device protocol of each test's service parts: one, as one replica has one (it writes a
+#: device's liveness once per interval, not with every message).
+protocols: dict[int, DeviceProtocol] = {}
+
+
+async def send(parts: ServiceParts, message: object) -> Reply:
+    """One device message in through the real DeviceProtocol, its reply out as the device reads it."""
+    out = await protocols[id(parts)].handle(DEVICE, "up", encode(message))  # type: ignore[arg-type]
+    reply = decode_down(encode(out[0][1]))
+    assert isinstance(reply, Reply)
+    return reply
+
+
+async def test_a_device_report_on_postgresql_is_one_read_and_one_write(parts: ServiceParts) -> None:
+    store = parts.store
+    job_id = await new_job(store)
+    with statements(store) as sent:
+        ack = await send(parts, AcknowledgeJob(job_id=job_id, version=1, accept=True))
+    assert ack.ok and ack.state is JobState.PENDING
+    with statements(store) as sent2:
+        done = await send(parts, JobStatus(job_id=job_id, version=ack.version, state=JobState.PROCESSING))
+    assert done.ok and done.state is JobState.PROCESSING
+    if on_postgresql(store):
+        for one in (sent, sent2):
+            assert len(one) == 2, one
+            assert one[0].startswith("SELECT jobs.id") and one[1].startswith("WITH changed_job AS"), one
+    # Whatever the path, the report is written whole: the job, its history event, its claim.
+    row = await store.get_job(job_id)
+    assert (row.state, row.version, row.claimed) == (JobState.PROCESSING.value, done.version, True)
+    async with store.reads() as s:
+        versions = list(await s.scalars(select(JobEventRow.version).where(JobEventRow.job_id == job_id)
+                                        .order_by(JobEventRow.id)))
+    assert versions == [1, 2, 3]  # made fetchable, claimed, processing
+
+
+async def test_a_change_on_a_moved_version_writes_none_of_its_parts(parts: ServiceParts) -> None:
+    """The job's update, its event and its documents go together: on a version that has moved
+    the write matches nothing, and neither the event nor the document is written (one
+    statement on PostgreSQL, a transaction on SQLite)."""
+    store = parts.store
+    job_id = await new_job(store)
+    single = on_postgresql(store)
+    before = await store.get_job(job_id)
+    history = {"version": 99, "at": 1.0, "state": "processing", "state_reasons": ["none"], "message": None}
+    documents = {1: {"state": DocumentState.PROCESSING.value, "impressions_completed": 7}}
+
+    def stale(conn):  # type: ignore[no-untyped-def]
+        return _write_change(conn, job_id, before.version + 1, {"version": 99, "state": "processing"},
+                             history, documents, single)
+
+    def current(conn):  # type: ignore[no-untyped-def]
+        return _write_change(conn, job_id, before.version, {"version": 99, "state": "processing"},
+                             history, documents, single)
+
+    hop = store._autocommit if single else store.run
+    assert await hop(stale) is False
+    after = await store.get_job(job_id)
+    docs = await store.documents(job_id)
+    async with store.reads() as s:
+        events = list(await s.scalars(select(JobEventRow.version).where(JobEventRow.job_id == job_id)))
+    assert (after.version, after.state) == (before.version, before.state)
+    assert (docs[0].state, docs[0].impressions_completed) == (DocumentState.PENDING.value, 0)
+    assert 99 not in events
+    assert await hop(current) is True
+    after = await store.get_job(job_id)
+    docs = await store.documents(job_id)
+    async with store.reads() as s:
+        events = list(await s.scalars(select(JobEventRow.version).where(JobEventRow.job_id == job_id)))
+    assert (after.version, after.state) == (99, "processing")
+    assert (docs[0].state, docs[0].impressions_completed) == (DocumentState.PROCESSING.value, 7)
+    assert events[-1] == 99
+
+
+async def test_a_change_of_many_documents_is_written_whole(parts: ServiceParts) -> None:
+    """A cancel of a job of ten documents changes them all: more than one statement takes on
+    PostgreSQL, so it is written in a transaction instead, every document with the job."""
+    store = parts.store
+    job_id = await new_job(store, documents=10)
+    with statements(store) as sent:
+        done = await store.transition(job_id, Cancel(message="enough"))
+    assert done.written and done.after.state is JobState.CANCELED
+    docs = await store.documents(job_id)
+    assert [d.number for d in docs] == list(range(1, 11))
+    assert {d.state for d in docs} == {DocumentState.CANCELED.value}
+    assert [d.object_key for d in docs] == [DocumentKey.input_key(job_id, n) for n in range(1, 11)]
+    if on_postgresql(store):
+        assert not any(s.startswith("WITH changed_job") for s in sent), sent
+
+
+async def test_a_submit_is_made_and_closed_in_a_statement_each_and_its_answer_matches_a_read(
+        parts: ServiceParts) -> None:
+    """A job submitted with its document: on PostgreSQL, the service with its device and what
+    admission decides on (three reads), the job with its document and first event (one
+    statement), its close with the document's size, digest and pages (one statement; the job
+    is not read back). The answer's view of the job is derived, not read: it is what reading
+    the job shows."""
+    store = parts.store
+    ops = parts.jobs()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield PDF
+
+    with statements(store) as sent:
+        row = await ops.create(User("alice", "admin"), ServiceKind.PRINT, "office", {}, "application/pdf",
+                               "a.pdf", body())
+    assert row.state == JobState.PENDING.value and "job-fetchable" in row.state_reasons
+    if on_postgresql(store):
+        assert len(sent) == 5, sent
+        assert sent[3].startswith("WITH new_job AS") and sent[4].startswith("WITH changed_job AS"), sent
+    derived = await store.job_info(row)  # the close's view, kept for this answer
+    assert not store._views
+    read = await store.job_info(row)  # nothing kept now: read
+    assert derived == read
+    assert [e.version for e in read.history] == [0, 1] and read.documents[0].size == len(PDF)
+    assert read.documents[0].sha256 is not None and read.documents[0].state is DocumentState.PENDING
+    async with store.reads() as s:
+        doc = (await s.scalars(select(DocumentRow).where(DocumentRow.job_id == row.id))).one()
+    assert (doc.pages, doc.object_key) == (1, DocumentKey.input_key(row.id, 1))
+    assert (await store.get_job(row.id)).impressions_estimated == 1
+
+
+async def test_a_close_judged_on_a_copy_that_is_no_longer_current_is_judged_again(parts: ServiceParts) -> None:
+    """The caller's copy of a new job is stale (the job was canceled meanwhile): the close is
+    judged again on what is stored, and refused, and the document's columns given with it are
+    not written by it."""
+    store = parts.store
+    service = await store.service(ServiceKind.PRINT.value, "office")
+    assert service is not None
+    row = await store.create_job(kind=ServiceKind.PRINT, service=service, owner="alice", ticket={},
+                                 documents=[{"format": "application/pdf"}], with_documents=False,
+                                 key_for=DocumentKey.input_key)
+    docs = await store.documents(row.id)
+    known = Known(row, docs, [created_event(row)], None)
+    await store.transition(row.id, Cancel(message="changed my mind"))
+    with pytest.raises(InvalidTransition):
+        await store.transition(row.id, Close(None), documents={1: {"size": 5, "sha256": "1" * 64}}, known=known,
+                               view=True)
+    stored = await store.get_job(row.id)
+    assert stored.state == JobState.CANCELED.value
+    assert (await store.documents(row.id))[0].size is None
+    # A copy that is current: closed without a read, and the document's columns written with it.
+    again = await store.create_job(kind=ServiceKind.PRINT, service=service, owner="alice", ticket={},
+                                   documents=[{"format": "application/pdf"}], with_documents=False,
+                                   key_for=DocumentKey.input_key)
+    docs = await store.documents(again.id)
+    with statements(store) as sent:
+        done = await store.transition(again.id, Close(None), documents={1: {"size": 5, "sha256": "1" * 64}},
+                                      known=Known(again, docs, [created_event(again)], None), view=True)
+    assert done.written and done.after.state is JobState.PENDING
+    assert not any(s.startswith("SELECT jobs.id") for s in sent), sent
+    assert (await store.documents(again.id))[0].size == 5
+
+
+def test_the_object_key_pattern_is_found_only_where_the_key_names_the_id_once() -> None:
+    assert _key_pattern(DocumentKey.input_key, 3) == ("jobs/", "/doc-3")
+    assert _key_pattern(lambda job, n: f"fixed-{n}", 1) is None
+    assert _key_pattern(lambda job, n: f"{job}/{job}/{n}", 1) is None
