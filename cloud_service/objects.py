@@ -8,22 +8,26 @@ in an S3 bucket behind the same interface (``object_store`` = "s3").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import anyio
 import anyio.to_thread
 
 from broker.private import create_private, open_private, private_dir
+from cloud_service.worker import WorkerThread
+
+T = TypeVar("T")
 
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
 #: Bytes moved per trip to a worker thread: an object up to this size is written (or read) in
@@ -105,6 +109,18 @@ def load_or_create_secret(path: Path) -> bytes:
     return secret
 
 
+#: The thread that does the object store's one-trip work (a small object written or read whole),
+#: started on first use; bigger objects stream through anyio's worker threads, a chunk a trip.
+_one_trip: WorkerThread | None = None
+
+
+async def _in_one_trip(work: Callable[[], T]) -> T:
+    global _one_trip
+    if _one_trip is None:
+        _one_trip = WorkerThread("objects")
+    return await _one_trip.call(work)
+
+
 def _open_new(tmp: Path) -> IO[bytes]:
     private_dir(tmp.parent)
     return open(tmp, "wb", opener=open_private)
@@ -164,8 +180,9 @@ class LocalObjectStore:
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
         """Network chunks are gathered up to ``CHUNK`` bytes: an object that fits is hashed and
-        written in one trip to a worker thread (directory, file, rename); a larger one is hashed
-        and written one ``CHUNK`` per trip, so the event loop neither hashes nor hops per network
+        written in one trip to the store's own thread (directory, file, rename: ``WorkerThread``,
+        the cheapest hop); a larger one is hashed and written one ``CHUNK`` per trip to anyio's
+        worker threads, so the event loop neither hashes nor hops per network
         chunk, and memory stays about one ``CHUNK`` whatever the size."""
         path = self._path(key)
         tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
@@ -183,7 +200,7 @@ class LocalObjectStore:
                     data, pending = pending, bytearray()
                     fh = await anyio.to_thread.run_sync(_write_batch, fh, tmp, digest, data)
             if fh is None:
-                await anyio.to_thread.run_sync(_write_whole, tmp, digest, pending, path)
+                await _in_one_trip(functools.partial(_write_whole, tmp, digest, pending, path))
             else:
                 await anyio.to_thread.run_sync(_finish, fh, digest, pending, tmp, path)
                 fh = None
@@ -195,8 +212,9 @@ class LocalObjectStore:
         return StoredObject(key, size, digest.hexdigest())
 
     async def read_stream(self, key: str) -> AsyncIterator[bytes]:
-        """The object's bytes; one that fits in a chunk is read in one trip to a worker thread."""
-        fh, chunk = await anyio.to_thread.run_sync(_open_and_read, self._path(key))
+        """The object's bytes; one that fits in a chunk is read in one trip to the store's own
+        thread, a larger one a chunk a trip to anyio's worker threads."""
+        fh, chunk = await _in_one_trip(functools.partial(_open_and_read, self._path(key)))
         try:
             if chunk:
                 yield chunk

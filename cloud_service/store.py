@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import queue
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -49,6 +47,7 @@ from cloud_service.db import (
     make_thread_engine,
 )
 from cloud_service.prepared import Prepared
+from cloud_service.worker import WorkerThread
 from schemas.api import DocumentInfo, JobEvent, JobInfo
 from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.model.document import Document
@@ -434,76 +433,6 @@ class ChangeFeed:
                     del self._waiters[job_id]
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return  # the caller gave up waiting; the work was done (or not) all the same
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-class DatabaseThread:
-    """One thread that runs whole transactions for the event loops that hand it work.
-
-    The least a hop can cost: the work goes on a plain queue, and answers go back in batches:
-    one wake-up of the loop (``call_soon_threadsafe``, a write to its self-pipe) carries every
-    answer finished before the loop got round to it (an executor adds a concurrent future, a
-    condition and a chained asyncio future per call on top).
-    """
-
-    def __init__(self, name: str = "db") -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.AbstractEventLoop,
-                                             asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        #: loop -> answers not handed over yet; a wake-up is scheduled while a list exists.
-        self._done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
-        self._lock = threading.Lock()
-        # A daemon: a store nobody closed must not keep the process alive at exit.
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            work, loop, future = item
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = work()
-            except BaseException as exc:  # handed to the caller, as an executor would
-                error = exc
-            with self._lock:
-                waiting = self._done.get(loop)
-                if waiting is not None:
-                    waiting.append((future, result, error))  # the scheduled wake-up takes it too
-                    continue
-                self._done[loop] = [(future, result, error)]
-            try:
-                loop.call_soon_threadsafe(self._deliver, loop)
-            except RuntimeError:  # that loop is closed: nobody waits any more
-                with self._lock:
-                    self._done.pop(loop, None)
-
-    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._lock:
-            answers = self._done.pop(loop, [])
-        for future, result, error in answers:
-            _settle(future, result, error)
-
-    async def call(self, work: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((work, loop, future))
-        return await future
-
-    def stop(self) -> None:
-        """Finish the work queued so far, then end the thread (waits for it)."""
-        self._queue.put(None)
-        self._thread.join()
-
-
 #: Entries of the known-services hint kept before it starts again from empty.
 MAX_KNOWN_SERVICES = 200_000
 
@@ -531,7 +460,7 @@ class JobStore:
         self._views: OrderedDict[int, tuple[int, ViewParts]] = OrderedDict()
         #: SQLite: the same database through the plain driver, used by one thread of our own.
         self._thread_engine: Engine | None = make_thread_engine(engine)
-        self._thread = DatabaseThread() if self._thread_engine is not None else None
+        self._thread = WorkerThread("db") if self._thread_engine is not None else None
         #: The database thread's connection, kept open between transactions (``_run_here``).
         self._thread_conn: Connection | None = None
 
