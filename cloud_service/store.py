@@ -59,6 +59,8 @@ from schemas.model.service import job_overlay
 APPLIED_IDS_KEPT = 16
 #: How many jobs' views read with a change are kept for the answer that follows it.
 VIEWS_KEPT = 256
+#: How many print jobs a replica keeps as it last wrote them (``JobStore._remember``).
+RECENT_KEPT = 4096
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -364,6 +366,8 @@ class Transition:
     written: bool = False
     #: What job_info shows of the job after the change, when asked for (``view``).
     view: ViewParts | None = None
+    #: The job's document rows after the change (as written), when it was written.
+    documents: list[DocumentRow] | None = None
 
     @property
     def changed(self) -> bool:
@@ -388,10 +392,11 @@ class Known:
 
     row: JobRow
     documents: list[DocumentRow]
-    #: Its history events, as ``_EVENTS`` reads them (version, at, state, state_reasons, message).
-    history: list[dict[str, Any]]
+    #: Its history events, as ``_EVENTS`` reads them (version, at, state, state_reasons, message);
+    #: None if not known (then a view is read, not derived).
+    history: list[dict[str, Any]] | None = None
     #: Its device (what a waiting job's view shows of it), or None.
-    device: DeviceRow | None
+    device: DeviceRow | None = None
 
 
 #: What ``JobStore.transition`` applies: an event, or a callback that picks one on the current job.
@@ -458,6 +463,9 @@ class JobStore:
         #: job id -> (version, what job_info shows of it), read by the change that made that
         #: version for the answer that follows it (a few, the oldest dropped first).
         self._views: OrderedDict[int, tuple[int, ViewParts]] = OrderedDict()
+        #: job id -> the print job as this replica last wrote it, not ended: the next change
+        #: of it is judged on this copy, without a read (``_remember``).
+        self._recent: OrderedDict[int, Known] = OrderedDict()
         #: SQLite: the same database through the plain driver, used by one thread of our own.
         self._thread_engine: Engine | None = make_thread_engine(engine)
         self._thread = WorkerThread("db") if self._thread_engine is not None else None
@@ -600,6 +608,7 @@ class JobStore:
     async def add_document(self, job_id: int, number: int, *, name: str | None, document_format: str,
                            object_key: str) -> DocumentRow:
         """Document ``number`` of a job, added if it is not there yet (idempotent)."""
+        self._recent.pop(job_id, None)
         def work(conn: Connection) -> DocumentRow:
             found = conn.execute(_SELECT_DOC, {"job_id": job_id, "number": number}).mappings().first()
             if found is not None:
@@ -611,6 +620,7 @@ class JobStore:
         return await self.run(work)
 
     async def set_document(self, job_id: int, number: int, **values: object) -> None:
+        self._recent.pop(job_id, None)
         await self.run(lambda conn: write_document(conn, job_id, number, values))
 
     async def transition(self, job_id: int, event: Chooser,
@@ -647,13 +657,20 @@ class JobStore:
         # PostgreSQL: with nothing written or read beside the change, the job is read outside a
         # transaction and the change written as one statement (two round trips, not five).
         plain = self._thread is None and first is None and then is None
+        # Kept for the next change only if read here or kept already: a caller's copy may lack
+        # columns written beside it (a transform's copy of a document, made before a close).
+        remember = known is None
+        if known is None and first is None:
+            known = self._recent.get(job_id)  # as this replica last wrote it (``_remember``)
         for _ in range(attempts):
             # A view is read in the change's transaction, unless derived from ``known``.
-            single = plain and (not view or known is not None)
+            single = plain and (not view or (known is not None and known.history is not None))
             hop = self._autocommit if single else self.run
             done = await hop(lambda conn, single=single, known=known: _transition_once(
                 conn, job_id, event, message_id, extra, first, view, then, single, documents, known))
-            known = None  # judged on the caller's copy once; again, on what is stored
+            if known is not None and done is None:
+                self._recent.pop(job_id, None)  # not current: forget it
+            known = None  # judged on a copy once; again, on what is stored
             if done is _IN_TRANSACTION:
                 plain = False
                 continue
@@ -666,20 +683,46 @@ class JobStore:
                 while len(self._views) > VIEWS_KEPT:
                     self._views.popitem(last=False)
             if done.written:
+                self._remember(done.row, done.documents if remember else None)
                 self.feed.notify(job_id)
             return done
         raise ConcurrentUpdate(f"job {job_id} changed {attempts} times while updating it")
 
+    def _remember(self, row: JobRow, documents: list[DocumentRow] | None) -> None:
+        """Keep a print job as this replica just wrote it, so its next change (the device's next
+        report) is judged without reading it first: a round trip less a report on PostgreSQL.
+
+        Safe because the copy is only ever a first guess: the change is written on its version,
+        so a copy that is no longer current (another replica changed the job) writes nothing
+        and the job is read and judged again; so does any outcome other than a written change
+        (a verdict such as ``duplicate`` or ``stale`` is always given on what is stored). What
+        changes a job without moving its version (a document's columns, the estimate) forgets
+        the copy on this replica, and for print jobs happens before the close, whose version
+        every later copy has. Other kinds (a scan's output documents are added while it runs,
+        without a new version) are not kept.
+        """
+        if (documents is None or row.kind != ServiceKind.PRINT.value
+                or JobState(row.state).terminal):
+            self._recent.pop(row.id, None)
+            return
+        self._recent[row.id] = Known(row, documents)
+        self._recent.move_to_end(row.id)
+        while len(self._recent) > RECENT_KEPT:
+            self._recent.popitem(last=False)
+
     async def set_impressions_estimated(self, job_id: int, estimate: int) -> None:
         """What a job counts against quotas until its device reports (cloud_service.accounting)."""
+        self._recent.pop(job_id, None)
         await self.run(lambda conn: _update(conn, "jobs", {"id": job_id}, {"impressions_estimated": estimate}))
 
     async def mark_documents_discarded(self, job_id: int, at: float) -> None:
+        self._recent.pop(job_id, None)
         async with self.sessions.begin() as s:
             await s.execute(update(JobRow).where(JobRow.id == job_id).values(documents_discarded_at=at))
 
     async def delete_job(self, job_id: int) -> None:
         """Forget a job: its row, documents, history and destination statuses (not its bytes)."""
+        self._recent.pop(job_id, None)
         async with self.sessions.begin() as s:
             await s.execute(delete(JobEventRow).where(JobEventRow.job_id == job_id))
             await s.execute(delete(DocumentRow).where(DocumentRow.job_id == job_id))
@@ -995,18 +1038,18 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
     if not _write_change(conn, job_id, before.version, values, history, written, single):
         return None
     row.__dict__.update(values)
+    for doc in docs:  # the rows as just written
+        doc.__dict__.update(written.get(doc.number, {}))
     if then is not None:
         then(conn, row)
     if not view:
-        return Transition(before, after, row, written=True)
-    if known is None:
-        return Transition(before, after, row, written=True, view=_view_parts(conn, row, True))
-    # The view of a job the caller holds: derived, not read (the rows as just written).
-    for doc in docs:
-        doc.__dict__.update(written.get(doc.number, {}))
+        return Transition(before, after, row, written=True, documents=docs)
+    if known is None or known.history is None:
+        return Transition(before, after, row, written=True, view=_view_parts(conn, row, True), documents=docs)
+    # The view of a job the caller holds: derived, not read.
     events = [*known.history, {"job_id": job_id, **history}] if history is not None else list(known.history)
     device = known.device if row.state == JobState.PENDING.value else None
-    return Transition(before, after, row, written=True, view=(docs, events, device))
+    return Transition(before, after, row, written=True, view=(docs, events, device), documents=docs)
 
 
 def _write_documents(conn: Connection, job_id: int, documents: Mapping[int, Mapping[str, Any]] | None) -> None:

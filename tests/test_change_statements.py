@@ -14,12 +14,21 @@ import pytest
 from sqlalchemy import event, select
 
 from cloud_service.auth import User
-from cloud_service.db import DocumentRow, JobEventRow
+from cloud_service.db import DocumentRow, JobEventRow, make_engine
 from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import DocumentKey
 from cloud_service.store import JobStore, Known, _key_pattern, _write_change, created_event
 from schemas.enums import DocumentState, JobState, ServiceKind
-from schemas.messages import AcknowledgeJob, Attributes, JobStatus, PrintServiceAttributes, Reply, decode_down, encode
+from schemas.messages import (
+    AcknowledgeJob,
+    Attributes,
+    DocumentStatus,
+    JobStatus,
+    PrintServiceAttributes,
+    Reply,
+    decode_down,
+    encode,
+)
 from schemas.model.job import Cancel, Close, InvalidTransition
 from tests.support.inprocess import ServiceParts, service_parts
 
@@ -81,7 +90,10 @@ async def send(parts: ServiceParts, message: object) -> Reply:
     return reply
 
 
-async def test_a_device_report_on_postgresql_is_one_read_and_one_write(parts: ServiceParts) -> None:
+async def test_a_device_report_on_postgresql_is_one_write_after_a_read_or_a_change_kept(
+        parts: ServiceParts) -> None:
+    """The first report of a job this replica has not written is a read and one write; the
+    next is judged on the job as the first one wrote it: one statement."""
     store = parts.store
     job_id = await new_job(store)
     with statements(store) as sent:
@@ -91,9 +103,11 @@ async def test_a_device_report_on_postgresql_is_one_read_and_one_write(parts: Se
         done = await send(parts, JobStatus(job_id=job_id, version=ack.version, state=JobState.PROCESSING))
     assert done.ok and done.state is JobState.PROCESSING
     if on_postgresql(store):
-        for one in (sent, sent2):
-            assert len(one) == 2, one
-            assert one[0].startswith("SELECT jobs.id") and one[1].startswith("WITH changed_job AS"), one
+        assert len(sent) == 2, sent
+        assert sent[0].startswith("SELECT jobs.id") and sent[1].startswith("WITH changed_job AS"), sent
+        assert len(sent2) == 1 and sent2[0].startswith("WITH changed_job AS"), sent2
+    else:
+        assert not any(s.startswith("SELECT jobs.id") for s in sent2), sent2
     # Whatever the path, the report is written whole: the job, its history event, its claim.
     row = await store.get_job(job_id)
     assert (row.state, row.version, row.claimed) == (JobState.PROCESSING.value, done.version, True)
@@ -225,3 +239,44 @@ def test_the_object_key_pattern_is_found_only_where_the_key_names_the_id_once() 
     assert _key_pattern(DocumentKey.input_key, 3) == ("jobs/", "/doc-3")
     assert _key_pattern(lambda job, n: f"fixed-{n}", 1) is None
     assert _key_pattern(lambda job, n: f"{job}/{job}/{n}", 1) is None
+
+
+async def test_a_report_judged_on_a_kept_copy_another_replica_changed_is_judged_on_what_is_stored(
+        parts: ServiceParts, database_url: str) -> None:
+    """This replica keeps the job as its last report wrote it; another replica (another
+    JobStore on the same database) cancels it. The device's next report, judged on the kept
+    copy, writes nothing (its version moved), is judged again on the stored job and answered
+    ``stale`` with the cancel to adopt; a resent report is answered ``duplicate`` from what is
+    stored, and a document's columns written on this replica make it read the job again."""
+    store = parts.store
+    job_id = await new_job(store)
+    ack = await send(parts, AcknowledgeJob(job_id=job_id, version=1, accept=True))
+    started = await send(parts, JobStatus(job_id=job_id, version=ack.version, state=JobState.PROCESSING))
+    assert job_id in store._recent and store._recent[job_id].row.version == started.version
+    other = JobStore(make_engine(database_url))
+    try:
+        await other.transition(job_id, Cancel(message="from the other replica"))
+    finally:
+        await other.close()
+        await other.engine.dispose()
+    report = DocumentStatus(job_id=job_id, document_number=1, version=started.version,
+                            state=DocumentState.PROCESSING)
+    reply = await send(parts, report)
+    assert reply.code == "stale" and reply.version == started.version + 1, reply
+    row = await store.get_job(job_id)
+    assert row.cancel_requested and report.id not in row.applied_ids
+    assert (await store.documents(job_id))[0].state == DocumentState.PENDING.value
+    # On the adopted version: applied, and kept again; resent, a duplicate.
+    stopping = JobStatus(job_id=job_id, version=reply.version, state=JobState.PROCESSING,
+                         reasons=["processing-to-stop-point"])
+    first = await send(parts, stopping)
+    assert first.code == "ok", first
+    assert (await send(parts, stopping)).code == "duplicate"
+    await store.set_document(job_id, 1, pages=3)
+    assert job_id not in store._recent
+    with statements(store) as sent:
+        ended = await send(parts, JobStatus(job_id=job_id, version=first.version, state=JobState.CANCELED))
+    assert ended.code == "ok" and ended.state is JobState.CANCELED
+    if on_postgresql(store):
+        assert sent[0].startswith("SELECT jobs.id"), sent
+    assert job_id not in store._recent  # ended: nothing more to judge

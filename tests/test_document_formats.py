@@ -17,6 +17,8 @@ import pytest
 
 from cloud_service import accounting
 from cloud_service.auth import User
+from cloud_service.clf import ClfLog
+from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
@@ -25,6 +27,7 @@ from cloud_service.transform.service import Transformer
 from manager.drivers.simulated import RASTER_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
 from schemas.ipp.codec import Op, Status, Tag, simple
+from schemas.messages import AcknowledgeJob, Reply, decode_down, encode
 from schemas.model.formats import FormatError, FormatSniffer, sniff
 from schemas.model.pages import PageCounter
 from tests.support.inprocess import service_parts
@@ -175,6 +178,24 @@ async def test_a_pdf_reaches_a_raster_device_transformed_and_counted(rig: Rig, p
     await rig.jobs.close(ADMIN, jpeg_job)
     (url,) = await rig.documents.urls(jpeg_job, "GET")
     assert url.document.format == "image/jpeg" and "-device" not in url.document.object_key
+
+
+async def test_a_job_submitted_with_its_document_is_claimed_with_the_transformed_copy(rig: Rig,
+                                                                                      pdf36: bytes) -> None:
+    """Submitted in one request, the PDF is transformed before the close; the device's claim
+    (judged on the job as the store last wrote it, without a read) carries the raster copy's
+    URL, format, size and digest, not the client's PDF."""
+    row = await rig.jobs.create(ADMIN, ServiceKind.PRINT, "raster", {}, "application/pdf", "doc", stream(pdf36))
+    assert row.state == "pending"
+    devices = DeviceProtocol(rig.store, rig.documents, ClfLog(rig.documents.objects.root.parent / "clf.log"))
+    out = await devices.handle("dev", "up", encode(AcknowledgeJob(job_id=row.id, version=row.version, accept=True)))
+    claim = decode_down(encode(out[0][1]))
+    assert isinstance(claim, Reply) and claim.ok, claim
+    (access,) = claim.documents
+    (made,) = await rig.store.documents(row.id)
+    assert made.transformed and access.document_format == "image/pwg-raster"
+    assert (access.size, access.sha256) == (made.transformed["size"], made.transformed["sha256"])
+    assert made.transformed["object_key"] in access.url
 
 
 def photo_jpeg_bytes() -> bytes:
