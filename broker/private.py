@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 #: Files 0600, directories 0700.
@@ -66,8 +67,14 @@ def open_private(path: Path | str, flags: int) -> int:
 
 
 def _tighten(path: Path, mode: int) -> None:
-    """chmod to ``mode`` when the owner is us and group or other have any bit; never loosen."""
+    """chmod to ``mode`` when the owner is us and group or other have any bit; never loosen.
+
+    A sticky directory (``/tmp``, ``/var/tmp``) is shared by design and left as it is: a
+    database file put straight in ``/tmp`` by a process running as root must not make ``/tmp``
+    root's alone (every other account's programs, CUPS's filters among them, would then fail)."""
     with contextlib.suppress(OSError):
         st = path.stat()
+        if st.st_mode & stat.S_ISVTX and stat.S_ISDIR(st.st_mode):
+            return
         if st.st_uid == os.getuid() and st.st_mode & 0o077:
             os.chmod(path, st.st_mode & 0o700 | mode)

@@ -310,8 +310,9 @@ class UserDefaultRow(Base):
 
 
 def _private_sqlite_file(url: str) -> None:
-    """Create a SQLite database file 0600 (in a 0700 directory) before SQLite does: SQLite makes
-    it with the umask's mode and gives the -wal and -shm files the mode of the database."""
+    """Create a SQLite database file 0600 (in a 0700 directory, unless it is a shared sticky
+    one such as /tmp) before SQLite does: SQLite makes it with the umask's mode and gives the
+    -wal and -shm files the mode of the database."""
     database = make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return

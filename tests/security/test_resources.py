@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from cloud_service import registration
+from cloud_service.db import _private_sqlite_file
 from cloud_service.ipp.conformance import minimal_pdf
 from schemas.ipp.codec import Op, Tag
 from tests.support import flood
@@ -241,6 +242,21 @@ async def test_service_and_journal_files_are_private_whatever_the_umask(tmp_path
         problems += [f"{p.name} {stat.S_IMODE(p.stat().st_mode):o}" for p in [state, *journal]
                      if stat.S_IMODE(p.stat().st_mode) & 0o077]
         assert not problems, problems
+
+
+def test_a_database_put_in_a_shared_sticky_directory_leaves_the_directory_shared(tmp_path: Path) -> None:
+    """A SQLite database placed straight in a /tmp-like directory (sticky, world-writable, ours):
+    the file is made private, the directory is not tightened; a plain directory of ours is."""
+    shared, plain = tmp_path / "shared-tmp", tmp_path / "plain"
+    shared.mkdir()
+    plain.mkdir()
+    shared.chmod(0o1777)
+    plain.chmod(0o755)
+    for directory in (shared, plain):
+        _private_sqlite_file(f"sqlite+aiosqlite:///{directory / 'service.db'}")
+        assert stat.S_IMODE((directory / "service.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o700
 
 
 async def test_cloudimaging_up_keeps_its_data_private_under_umask_022(tmp_path: Path) -> None:
