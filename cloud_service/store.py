@@ -123,8 +123,9 @@ _UPDATE_DOC = (update(_docs).where(_docs.c.job_id == bindparam("b_job_id"), _doc
 # The statements every device message runs, on the driver's cursor (cloud_service.prepared).
 _JOB_DOCS = Prepared(_SELECT_JOB_DOCS)
 _DOCS = Prepared(_SELECT_DOCS)
-_EVENT = Prepared(insert(_events).values({k: bindparam(k) for k in
-                                          ("job_id", "version", "at", "state", "state_reasons", "message")}))
+#: The columns of a history event, as ``_EVENT`` and ``_change_statement`` write them.
+_EVENT_KEYS = ("job_id", "version", "at", "state", "state_reasons", "message")
+_EVENT = Prepared(insert(_events).values({k: bindparam(k) for k in _EVENT_KEYS}))
 _DOC_STATES = Prepared(_UPDATE_DOC)
 _JOB = Prepared(_SELECT_JOB)
 _DEVICE = Prepared(_SELECT_DEVICE)
@@ -143,11 +144,6 @@ def _updater(table: str, keys: tuple[str, ...], columns: tuple[str, ...]) -> Pre
                     .values({k: bindparam(f"v_{k}") for k in keys}))
 
 
-#: The columns of a history event, as ``_EVENT`` and ``_change_statement`` write them.
-_EVENT_KEYS = ("job_id", "version", "at", "state", "state_reasons", "message")
-#: The columns ``create_job`` writes of a new document (``_new_document``).
-_NEW_DOC_KEYS = ("job_id", "number", "name", "format", "size", "sha256", "object_key", "state",
-                 "impressions_completed", "pages")
 #: Changed documents one statement writes with their job (``_change_statement``); a change of
 #: more (a cancel of a job of many documents) takes a transaction instead.
 CHANGE_STATEMENT_DOCS = 8
@@ -234,14 +230,15 @@ def _write_change(conn: Connection, job_id: int, version: int, values: Mapping[s
         return False
     if event is not None:
         _EVENT.execute(conn, {"job_id": job_id, **event})
-    states = [{"b_job_id": job_id, "b_number": number, "b_state": columns["state"],
-               "b_impressions": columns["impressions_completed"]}
-              for number, columns in documents.items() if tuple(sorted(columns)) == _DOC_STATE_KEYS]
+    states = []
+    for number, columns in documents.items():
+        if tuple(sorted(columns)) == _DOC_STATE_KEYS:  # a report's: all in one driver call
+            states.append({"b_job_id": job_id, "b_number": number, "b_state": columns["state"],
+                           "b_impressions": columns["impressions_completed"]})
+        else:
+            write_document(conn, job_id, number, columns)
     if states:
         _DOC_STATES.execute_many(conn, states)
-    for number, columns in documents.items():
-        if tuple(sorted(columns)) != _DOC_STATE_KEYS:
-            write_document(conn, job_id, number, columns)
     return True
 
 
@@ -567,8 +564,10 @@ class JobStore:
             _EVENT.execute(conn, {"job_id": job_id, **history})
             return _job_row({**values, "id": job_id})
 
+        if self._thread is not None:
+            return await self.run(work)
         patterns = [_key_pattern(key_for, n) for n in range(1, len(documents) + 1)] if key_for else []
-        if self._thread is not None or None in patterns:
+        if None in patterns:
             return await self.run(work)
         # PostgreSQL: one statement, no transaction (one round trip, not five). A document's
         # object key names the job's id, which the statement makes: it writes the key as
@@ -625,8 +624,8 @@ class JobStore:
 
     async def transition(self, job_id: int, event: Chooser,
                          message_id: str | None = None, extra: Callable[[JobRow], dict] | None = None,
-                         attempts: int = 20, first: Callable[[Connection], None] | None = None,
-                         view: bool = False, then: Callable[[Connection, JobRow], None] | None = None,
+                         attempts: int = 20, view: bool = False,
+                         then: Callable[[Connection, JobRow], None] | None = None,
                          documents: Mapping[int, Mapping[str, Any]] | None = None, known: Known | None = None,
                          ) -> Transition:
         """Apply ``event`` (or what a callback picks on the current job) with optimistic concurrency.
@@ -637,14 +636,12 @@ class JobStore:
         writes nothing. The job's documents are part of the model: their changes are written
         in the same transaction as the job's. Each attempt (read, judge, write) is one hop to
         the database, and one transaction; on PostgreSQL, when nothing but the change is
-        written or read (no ``first``, ``then`` nor ``view``), no transaction: the job is read in
+        written or read (no ``then`` nor ``view``), no transaction: the job is read in
         one statement and the change written in one (``_change_statement``), conditioned on the
         version read as always. The callback runs in that hop, so it must be plain code that
-        does no I/O. ``first(connection)`` writes what belongs with the change (a
-        document's bytes just stored, for the close they complete) in the same transaction,
-        before the job is read and judged; if the event is refused it is rolled back with it.
-        ``view``: also read, in that transaction, what ``job_info`` shows of the changed job, for
-        the answer the caller is about to give (no hop of its own then). ``then(connection, row)``
+        does no I/O. ``view``: also read, in that transaction, what ``job_info`` shows of the
+        changed job, for the answer the caller is about to give (no hop of its own then).
+        ``then(connection, row)``
         writes what belongs with an applied change (a fax report's destination statuses), in its
         transaction, only when the change was written. ``documents``: columns of the job's
         documents (by number) that come with the change (a document's bytes just stored, for
@@ -656,18 +653,18 @@ class JobStore:
         """
         # PostgreSQL: with nothing written or read beside the change, the job is read outside a
         # transaction and the change written as one statement (two round trips, not five).
-        plain = self._thread is None and first is None and then is None
+        plain = self._thread is None and then is None
         # Kept for the next change only if read here or kept already: a caller's copy may lack
         # columns written beside it (a transform's copy of a document, made before a close).
         remember = known is None
-        if known is None and first is None:
+        if known is None:
             known = self._recent.get(job_id)  # as this replica last wrote it (``_remember``)
         for _ in range(attempts):
             # A view is read in the change's transaction, unless derived from ``known``.
             single = plain and (not view or (known is not None and known.history is not None))
             hop = self._autocommit if single else self.run
             done = await hop(lambda conn, single=single, known=known: _transition_once(
-                conn, job_id, event, message_id, extra, first, view, then, single, documents, known))
+                conn, job_id, event, message_id, extra, view, then, single, documents, known))
             if known is not None and done is None:
                 self._recent.pop(job_id, None)  # not current: forget it
             known = None  # judged on a copy once; again, on what is stored
@@ -940,6 +937,10 @@ def _new_document(job_id: int, number: int, name: str | None, document_format: s
             "impressions_completed": 0, "pages": None}
 
 
+#: The columns ``create_job`` writes of a new document.
+_NEW_DOC_KEYS = tuple(_new_document(0, 0, None, "", ""))
+
+
 def created_event(row: JobRow) -> dict[str, Any]:
     """The history event ``create_job`` wrote of a job it just made (as ``_EVENTS`` reads it)."""
     return {"job_id": row.id, "version": row.version, "at": row.created_at, "state": row.state,
@@ -973,7 +974,6 @@ def _active(conn: Connection, device_id: str) -> list[JobRow]:
 
 def _transition_once(conn: Connection, job_id: int, event: Chooser,
                      message_id: str | None, extra: Callable[[JobRow], dict] | None,
-                     first: Callable[[Connection], None] | None = None,
                      view: bool = False, then: Callable[[Connection, JobRow], None] | None = None,
                      single: bool = False, documents: Mapping[int, Mapping[str, Any]] | None = None,
                      known: Known | None = None) -> Transition | _InTransaction | None:
@@ -981,8 +981,6 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
     any, its write one statement); None if the version moved (or, judged on ``known``, if the
     change was not written: judge again on a fresh read), ``_IN_TRANSACTION`` if the write is
     too big for one statement."""
-    if first is not None:
-        first(conn)
     if known is None:
         row, docs = _read_job_docs(conn, job_id)
     else:  # copies: the caller's rows stay as they were if this attempt writes nothing
