@@ -32,7 +32,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, String, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Engine,
+    Integer,
+    String,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.util import greenlet_spawn
@@ -61,6 +80,8 @@ APPLIED_IDS_KEPT = 16
 VIEWS_KEPT = 256
 #: How many print jobs a replica keeps as it last wrote them (``JobStore._remember``).
 RECENT_KEPT = 4096
+#: Fetchable jobs a hello's answer lists at most (the device fetches the rest as they come).
+HELLO_FETCHABLE = 200
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,15 +124,15 @@ _SELECT_INCOMING = select(_jobs).where(_jobs.c.state == JobState.PENDING_HELD.va
                                        _jobs.c.updated_at <= bindparam("before"))
 _SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
 _SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
-_SERVICE_OWNER = select(_services.c.device_id).where(_services.c.kind == bindparam("kind"),
-                                                     _services.c.name == bindparam("name"))
+#: A device's services and those of any device named as given (``_services_of_or_named``).
+_SELECT_OWNED_OR_NAMED = select(_services).where(or_(_services.c.device_id == bindparam("device_id"),
+                                                     _services.c.name.in_(bindparam("names", expanding=True))))
 _DEVICE_SERVICES = select(_services).where(_services.c.device_id == bindparam("device_id"))
 _LOCK_DEVICE = select(_devices.c.id).where(_devices.c.id == bindparam("device_id")).with_for_update()
 _SELECT_EVENTS = select(_events).where(_events.c.job_id == bindparam("job_id")).order_by(_events.c.id)
 _INSERT_JOB = insert(_jobs)
 _INSERT_DOC = insert(_docs)
 _INSERT_DEVICE = insert(_devices)
-_INSERT_SERVICE = insert(_services)
 _SELECT_DESTINATIONS_VERSION = select(_destinations.c.version).where(_destinations.c.job_id == bindparam("job_id"))
 _INSERT_DESTINATIONS = insert(_destinations)
 _UPDATE_DESTINATIONS = (update(_destinations).where(_destinations.c.job_id == bindparam("b_job_id"))
@@ -129,6 +150,14 @@ _EVENT = Prepared(insert(_events).values({k: bindparam(k) for k in _EVENT_KEYS})
 _DOC_STATES = Prepared(_UPDATE_DOC)
 _JOB = Prepared(_SELECT_JOB)
 _DEVICE = Prepared(_SELECT_DEVICE)
+_LOCK = Prepared(_LOCK_DEVICE)
+_OWNED_OR_NAMED = Prepared(select(_services).where(or_(
+    _services.c.device_id == bindparam("device_id"),
+    _services.c.name == any_(bindparam("names", type_=ARRAY(String))))))
+_INSERT_SERVICE_ROW = Prepared(insert(_services).values({c.key: bindparam(c.key, type_=c.type)
+                                                         for c in _services.columns if c.key != "id"}))
+#: A new service's columns the device did not give (none, from a device's attributes).
+_NO_SERVICE_VALUES: dict[str, Any] = {c.key: None for c in _services.columns if c.key != "id"}
 _EVENTS = Prepared(_SELECT_EVENTS)
 
 
@@ -191,6 +220,43 @@ def _create_statement(keys: tuple[str, ...], documents: int) -> Prepared:
                         for k in _NEW_DOC_KEYS[1:]))).cte(f"document_{i}"))
     return Prepared(statement.add_cte(insert(_events).from_select(_EVENT_KEYS, select(
         job.c.id, *(bindparam(f"e_{k}", type_=_events.c[k].type) for k in _EVENT_KEYS[1:]))).cte("event")))
+
+
+#: A hello's rows, by the part of the answer each is for (``_hello_statement``).
+_HELD, _CLAIMED, _FETCHABLE = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=32)
+def _hello_statement(keys: tuple[str, ...], held: bool) -> Prepared:
+    """PostgreSQL: what a device's ``hello`` does, as one statement.
+
+    The device's row is written by an ``INSERT ... ON CONFLICT DO UPDATE`` of the ``keys``
+    columns, only where one of them differs (as ``_set_device`` writes), in a data-modifying
+    CTE; the query under it returns the held jobs by id, the device's claimed active jobs and
+    its first fetchable ones, each row tagged with its part (``_HELD``, ``_CLAIMED``,
+    ``_FETCHABLE``). One round trip where the read of the device, its write and the three
+    reads took five. The reads need no snapshot shared with the write (they read jobs, it
+    writes the device), so one statement, atomic on its own, is all it needs.
+    """
+    new = pg_insert(_devices).values({c.key: bindparam(f"n_{c.key}", type_=c.type) for c in _devices.columns})
+    device = (new.on_conflict_do_update(
+        index_elements=[_devices.c.id], set_={k: new.excluded[k] for k in keys},
+        where=or_(*(_devices.c[k].is_distinct_from(new.excluded[k]) for k in keys)))
+        .returning(_devices.c.id).cte("device"))
+    # Constants inline: ``Prepared`` passes only the parameters named here.
+    not_ended = and_(*(_jobs.c.state != literal_column(f"'{state}'", String) for state in _TERMINAL))
+    mine = _jobs.c.device_id == bindparam("device_id")
+    parts = []
+    if held:
+        parts.append(select(literal_column(str(_HELD), Integer).label("part"), _jobs)
+                     .where(_jobs.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))))
+    parts.append(select(literal_column(str(_CLAIMED), Integer).label("part"), _jobs)
+                 .where(mine, _jobs.c.claimed.is_(True), not_ended))
+    fetchable = (select(_jobs).where(mine, _jobs.c.state == literal_column(f"'{JobState.PENDING.value}'", String),
+                                     _jobs.c.claimed.is_(False))
+                 .order_by(_jobs.c.id).limit(bindparam("limit")).subquery("fetchable"))
+    parts.append(select(literal_column(str(_FETCHABLE), Integer).label("part"), *fetchable.c))
+    return Prepared(union_all(*parts).add_cte(device))
 
 
 def _key_pattern(key_for: KeyFor, number: int) -> tuple[str, str] | None:
@@ -445,7 +511,7 @@ class JobStore:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         #: Reads that need no transaction around them. On PostgreSQL they run in autocommit: a
         #: transaction would add BEGIN and ROLLBACK, two round trips to a SELECT's one.
-        autocommit = engine.dialect.name == "postgresql"
+        autocommit = self._postgresql = engine.dialect.name == "postgresql"
         self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT") if autocommit else engine
         self.reads = async_sessionmaker(self._read_engine, expire_on_commit=False)
         #: What ``run`` and ``read`` use on PostgreSQL: the async engine's own synchronous face,
@@ -792,9 +858,15 @@ class JobStore:
         by id, its claimed active jobs, its fetchable jobs)."""
         ids = sorted(set(held))
 
+        values = {**(device or {}), "software": software}
+        single = self._postgresql
+
         def work(conn: Connection) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
-            _set_device(conn, device_id, None, {**(device or {}), "software": software})
-            return (_jobs_by_id(conn, ids) if ids else {}), _active(conn, device_id), _fetchable(conn, device_id, 200)
+            if single:
+                return _hello_in_one(conn, device_id, values, ids, HELLO_FETCHABLE)
+            _set_device(conn, device_id, None, values)
+            return ((_jobs_by_id(conn, ids) if ids else {}), _active(conn, device_id),
+                    _fetchable(conn, device_id, HELLO_FETCHABLE))
 
         # No transaction around it on PostgreSQL: its one write (the device's row) is atomic on
         # its own, and the reads need no snapshot shared with it (a hello resent after a
@@ -1082,13 +1154,40 @@ def _set_device(conn: Connection, device_id: str, check: Callable[[DeviceRow | N
     if check is not None:
         check(None if found is None else detached(DeviceRow, found))
     if found is None:
-        row = {c.key: None for c in _devices.columns}
-        row.update(online=False, created_at=time.time())
-        row.update(values)
-        row["id"] = device_id
-        conn.execute(_INSERT_DEVICE, row)
+        conn.execute(_INSERT_DEVICE, _new_device(device_id, values))
     elif any(found[key] != value for key, value in values.items()):
         _update(conn, "devices", {"id": device_id}, values)
+
+
+def _new_device(device_id: str, values: Mapping[str, object]) -> dict[str, object]:
+    """A device's row as ``_set_device`` first writes it: ``values`` over the defaults."""
+    row: dict[str, object] = {c.key: None for c in _devices.columns}
+    row.update(online=False, created_at=time.time())
+    row.update(values)
+    row["id"] = device_id
+    return row
+
+
+def _hello_in_one(conn: Connection, device_id: str, values: Mapping[str, object], ids: list[int],
+                  limit: int) -> tuple[dict[int, JobRow], list[JobRow], list[JobRow]]:
+    """PostgreSQL: ``JobStore.hello_view``'s work as one statement (``_hello_statement``)."""
+    params: dict[str, object] = {f"n_{k}": v for k, v in _new_device(device_id, values).items()}
+    params.update(device_id=device_id, limit=limit)
+    if ids:
+        params["ids"] = ids
+    held: dict[int, JobRow] = {}
+    claimed: list[JobRow] = []
+    fetchable: list[JobRow] = []
+    for m in _hello_statement(tuple(sorted(values)), bool(ids)).mappings(conn, params):
+        part = m.pop("part")
+        row = _job_row(m)
+        if part == _HELD:
+            held[row.id] = row
+        elif part == _CLAIMED:
+            claimed.append(row)
+        elif "job-fetchable" in row.state_reasons:
+            fetchable.append(row)
+    return held, claimed, fetchable
 
 
 def _update_owned_service(conn: Connection, device_id: str, services: list[tuple[str, str, dict]]) -> bool:
@@ -1114,19 +1213,33 @@ def _update_owned_service(conn: Connection, device_id: str, services: list[tuple
     return _update(conn, "services", where, {**values, "updated_at": time.time()}) == 1
 
 
+def _services_of_or_named(conn: Connection, device_id: str, names: list[str]) -> list[dict[str, Any]]:
+    """The device's services and any other service that bears one of ``names``, in one read:
+    what a device's attributes are judged on (its own, and the names another device holds)."""
+    if conn.dialect.name == "postgresql":
+        return _OWNED_OR_NAMED.mappings(conn, {"device_id": device_id, "names": names})
+    return [dict(m) for m in conn.execute(_SELECT_OWNED_OR_NAMED, {"device_id": device_id, "names": names}).mappings()]
+
+
 def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str, str, dict]],
                      cap: int, device: Mapping[str, object] | None = None) -> ServicesRefused | None:
     if device:
         _set_device(conn, device_id, None, device)
-    conn.execute(_LOCK_DEVICE, {"device_id": device_id})
-    owned = {(m["kind"], m["name"]): m for m in
-             conn.execute(_DEVICE_SERVICES, {"device_id": device_id}).mappings()}
+    # The lock first, in a statement of its own: under READ COMMITTED the read after it takes
+    # a new snapshot, so it sees what a writer that held the lock before committed.
+    _LOCK.rows(conn, {"device_id": device_id})
+    owned: dict[tuple[str, str], dict[str, Any]] = {}
+    taken: set[tuple[str, str]] = set()
+    for m in _services_of_or_named(conn, device_id, sorted({name for _, name, _ in services})):
+        if m["device_id"] == device_id:
+            owned[(m["kind"], m["name"])] = m
+        else:
+            taken.add((m["kind"], m["name"]))
     new: list[tuple[str, str, dict]] = []
     for kind, name, values in services:
         if (kind, name) in owned:
             continue
-        other = conn.execute(_SERVICE_OWNER, {"kind": kind, "name": name}).scalar()
-        if other is not None:
+        if (kind, name) in taken:
             return ServicesRefused("not-yours", f"service name {name!r} belongs to another device")
         if all((kind, name) != (k, n) for k, n, _ in new):
             new.append((kind, name, values))
@@ -1139,8 +1252,8 @@ def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str,
     for kind, name, values in services:
         found = owned.get((kind, name))
         if found is None and (kind, name) not in written:
-            conn.execute(_INSERT_SERVICE, {**values, "device_id": device_id, "kind": kind, "name": name,
-                                           "updated_at": now})
+            _INSERT_SERVICE_ROW.execute(conn, {**_NO_SERVICE_VALUES, **values, "device_id": device_id, "kind": kind,
+                                               "name": name, "updated_at": now})
         elif (kind, name) in written or any(found[key] != value for key, value in values.items()):
             _update(conn, "services", {"kind": kind, "name": name}, {**values, "updated_at": now})
         written.add((kind, name))
