@@ -605,6 +605,24 @@ class StackRun:
         self.add(row(self.kind, "connect", f"service RSS with {n} devices online", rss / MiB, "MB",
                      goal="<= 512 MB with 10,000", check=(lambda v, b: v <= 512) if at_goal else None,
                      note=f"growth while they connected: {(rss - rss_before) / MiB:.1f} MB"))
+        self.connect_floor(used, n)
+
+    def connect_floor(self, used: dict[str, float], n: int) -> None:
+        """What this machine's cores allow for a connect storm: every process of the run (the
+        fleet's TLS clients, the broker, the service, PostgreSQL) shares them, so N devices
+        take at least N x (CPU per device of all of them) / cores. Printed beside the 10 s goal
+        for 10,000: how much of a miss is the service's and how much is the rest."""
+        cores = len(os.sched_getaffinity(0))
+        per_device = {name: cpu / n * 1000 for name, cpu in used.items()}
+        everything = sum(per_device.values())
+        others = everything - per_device["service"]
+        parts = ", ".join(f"{name} {ms:.2f}" for name, ms in per_device.items())
+        self.add(row(self.kind, "connect", f"least time {cores} cores allow {n} devices at the CPU per device "
+                     "of every process", n * everything / 1000 / cores, "s",
+                     note=f"CPU per device of every process: {everything:.2f} ms ({parts}); 10,000 devices: "
+                          f"{10000 * everything / 1000 / cores:.1f} s, with the service costing nothing "
+                          f"{10000 * others / 1000 / cores:.1f} s",
+                     cpu_ms_per_device=per_device, cores=cores))
 
     def fleet_targets(self) -> list[str]:
         names = list(self.fleet_users)[: self.size.fleet_active]
