@@ -125,8 +125,11 @@ _SELECT_INCOMING = select(_jobs).where(_jobs.c.state == JobState.PENDING_HELD.va
 _SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
 _SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
 #: A device's services and those of any device named as given (``_services_of_or_named``).
-_SELECT_OWNED_OR_NAMED = select(_services).where(or_(_services.c.device_id == bindparam("device_id"),
-                                                     _services.c.name.in_(bindparam("names", expanding=True))))
+#: (Kinds and names each a list: the index on (kind, name) finds the pairs among them.)
+_SELECT_OWNED_OR_NAMED = select(_services).where(or_(
+    _services.c.device_id == bindparam("device_id"),
+    and_(_services.c.kind.in_(bindparam("kinds", expanding=True)),
+         _services.c.name.in_(bindparam("names", expanding=True)))))
 _DEVICE_SERVICES = select(_services).where(_services.c.device_id == bindparam("device_id"))
 _LOCK_DEVICE = select(_devices.c.id).where(_devices.c.id == bindparam("device_id")).with_for_update()
 _SELECT_EVENTS = select(_events).where(_events.c.job_id == bindparam("job_id")).order_by(_events.c.id)
@@ -153,7 +156,8 @@ _DEVICE = Prepared(_SELECT_DEVICE)
 _LOCK = Prepared(_LOCK_DEVICE)
 _OWNED_OR_NAMED = Prepared(select(_services).where(or_(
     _services.c.device_id == bindparam("device_id"),
-    _services.c.name == any_(bindparam("names", type_=ARRAY(String))))))
+    and_(_services.c.kind == any_(bindparam("kinds", type_=ARRAY(String))),
+         _services.c.name == any_(bindparam("names", type_=ARRAY(String)))))))
 _INSERT_SERVICE_ROW = Prepared(insert(_services).values({c.key: bindparam(c.key, type_=c.type)
                                                          for c in _services.columns if c.key != "id"}))
 #: A new service's columns the device did not give (none, from a device's attributes).
@@ -1213,12 +1217,18 @@ def _update_owned_service(conn: Connection, device_id: str, services: list[tuple
     return _update(conn, "services", where, {**values, "updated_at": time.time()}) == 1
 
 
-def _services_of_or_named(conn: Connection, device_id: str, names: list[str]) -> list[dict[str, Any]]:
-    """The device's services and any other service that bears one of ``names``, in one read:
-    what a device's attributes are judged on (its own, and the names another device holds)."""
+def _services_of_or_named(conn: Connection, device_id: str,
+                          services: Iterable[tuple[str, str, object]]) -> list[dict[str, Any]]:
+    """The device's services and any other that bears the kind and name of one of
+    ``services``, in one read: what a device's attributes are judged on (its own, and the
+    names another device holds). A few more may come (another kind's service of one of those
+    names); the caller matches pairs."""
+    wanted = {(kind, name) for kind, name, _ in services}
+    params = {"device_id": device_id, "kinds": sorted({k for k, _ in wanted}),
+              "names": sorted({n for _, n in wanted})}
     if conn.dialect.name == "postgresql":
-        return _OWNED_OR_NAMED.mappings(conn, {"device_id": device_id, "names": names})
-    return [dict(m) for m in conn.execute(_SELECT_OWNED_OR_NAMED, {"device_id": device_id, "names": names}).mappings()]
+        return _OWNED_OR_NAMED.mappings(conn, params)
+    return [dict(m) for m in conn.execute(_SELECT_OWNED_OR_NAMED, params).mappings()]
 
 
 def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str, str, dict]],
@@ -1230,7 +1240,7 @@ def _upsert_services(conn: Connection, device_id: str, services: list[tuple[str,
     _LOCK.rows(conn, {"device_id": device_id})
     owned: dict[tuple[str, str], dict[str, Any]] = {}
     taken: set[tuple[str, str]] = set()
-    for m in _services_of_or_named(conn, device_id, sorted({name for _, name, _ in services})):
+    for m in _services_of_or_named(conn, device_id, services):
         if m["device_id"] == device_id:
             owned[(m["kind"], m["name"])] = m
         else:
