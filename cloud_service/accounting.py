@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, and_, bindparam, func, select
 
 from cloud_service import retention as retention_rules
 from cloud_service.auth import User
@@ -32,6 +32,7 @@ from cloud_service.config import ServiceConfig
 from cloud_service.db import CreditRow, DeviceRow, DocumentRow, JobRow, QuotaRow, ServicePolicyRow, ServiceRow
 from cloud_service.errors import Refusal
 from cloud_service.prepared import Prepared
+from cloud_service.sharing import SERVICE_AND_DEVICE, SERVICE_AND_DEVICE_WIDTH, usable_from
 from cloud_service.store import JobStore, detached
 from schemas.enums import JobState
 from schemas.model.pages import impressions
@@ -48,6 +49,24 @@ _POLICY = Prepared(_SELECT_POLICY)
 _USER_QUOTAS = Prepared(select(_quotas).where(_quotas.c.device_id == bindparam("device_id"),
                                               _quotas.c.service_name == bindparam("service"),
                                               _quotas.c.user.in_([bindparam("user"), bindparam("everyone")])))
+#: A submit's one read (``Admission.read_usable``): the service with its device
+#: (cloud_service.sharing), its policy, and the user's own quota and the each-user one on it.
+_QUOTA_OF_USER = _quotas.alias("quota_of_user")
+_QUOTA_OF_EACH = _quotas.alias("quota_of_each")
+
+
+def _of_service(table: Any) -> Any:
+    services = ServiceRow.__table__
+    return and_(table.c.device_id == services.c.device_id, table.c.service_name == services.c.name)
+
+
+_USABLE_WITH_RULES = Prepared(
+    SERVICE_AND_DEVICE.add_columns(_policies, _QUOTA_OF_USER, _QUOTA_OF_EACH)
+    .outerjoin(_policies, _of_service(_policies))
+    .outerjoin(_QUOTA_OF_USER, and_(_of_service(_QUOTA_OF_USER), _QUOTA_OF_USER.c.user == bindparam("user")))
+    .outerjoin(_QUOTA_OF_EACH, and_(_of_service(_QUOTA_OF_EACH), _QUOTA_OF_EACH.c.user == bindparam("everyone"))))
+_POLICY_KEYS = tuple(c.key for c in _policies.columns)
+_QUOTA_KEYS = tuple(c.key for c in _quotas.columns)
 _HAS_QUOTAS = select(func.count()).select_from(_quotas).where(_quotas.c.device_id == bindparam("device_id"),
                                                               _quotas.c.service_name == bindparam("service"))
 _PAGES = select(_docs.c.pages).where(_docs.c.job_id == bindparam("job_id"))
@@ -205,12 +224,34 @@ async def report(store: JobStore, *, user: str | None = None, owner_of: str | No
     return [table[key] for key in sorted(table)]
 
 
+#: What a job's admission decides on: the service's policy, the user's quotas on it.
+Rules = tuple[ServicePolicyRow | None, list[QuotaRow]]
+
+
 class Admission:
     """What the job operations ask when a job is created and closed: price, quota, retention."""
 
     def __init__(self, store: JobStore, config: ServiceConfig) -> None:
         self.store = store
         self.config = config
+
+    def read_usable(self, conn: Connection, user: User, kind: str, name: str
+                    ) -> tuple[tuple[ServiceRow, DeviceRow | None], Rules] | None:
+        """The service ``kind``/``name`` ``user`` may use, with its device
+        (``sharing.usable_in``), and what ``on_create`` decides on (as ``read``), in one
+        statement: the submit's one read where three were made. None: no such service, or
+        not one the user sees."""
+        found = _USABLE_WITH_RULES.rows(conn, {"kind": kind, "name": name, "user": user.name, "everyone": "*"})
+        usable = usable_from(conn, user, name, found[0]) if found else None
+        if usable is None:
+            return None
+        rest = found[0][SERVICE_AND_DEVICE_WIDTH:]
+        split = len(_POLICY_KEYS)
+        policy = dict(zip(_POLICY_KEYS, rest[:split], strict=True))
+        quotas = [detached(QuotaRow, dict(zip(_QUOTA_KEYS, part, strict=True)))
+                  for part in (rest[split:split + len(_QUOTA_KEYS)], rest[split + len(_QUOTA_KEYS):])
+                  if part[0] is not None]
+        return usable, (detached(ServicePolicyRow, policy) if policy["device_id"] is not None else None, quotas)
 
     def read(self, conn: Connection, user: User, service: ServiceRow) -> tuple[ServicePolicyRow | None,
                                                                               list[QuotaRow]]:

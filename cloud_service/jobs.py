@@ -45,8 +45,11 @@ Notify = Callable[[str, Message], None]
 class Admission(Protocol):
     """Price, quota and retention decisions at submit (cloud_service.accounting.Admission)."""
 
-    def read(self, conn: Connection, user: User, service: ServiceRow) -> Any:
-        """What ``on_create`` decides on, read inside the caller's transaction (no I/O of its own)."""
+    def read_usable(self, conn: Connection, user: User, kind: str, name: str
+                    ) -> tuple[tuple[ServiceRow, DeviceRow | None], Any] | None:
+        """The service ``kind``/``name`` the user may use with its device (as
+        ``sharing.usable_in``), and what ``on_create`` decides on, read inside the caller's
+        transaction (no I/O of its own); None if there is no such service the user sees."""
         ...
 
     async def on_create(self, user: User, service: ServiceRow, ticket: dict[str, Any],
@@ -113,16 +116,17 @@ class JobOperations:
 
     async def _usable(self, user: User, kind: ServiceKind, name: str | None,
                       admitting: bool = False) -> tuple[ServiceRow, Any, DeviceRow | None]:
-        """usable_service, with ``admitting`` what admission decides on (``Admission.read``,
-        else None), read in the same hop as the service, and its device."""
+        """usable_service, with ``admitting`` what admission decides on (``Admission.read_usable``,
+        else None), read in the same statement as the service, and its device."""
         if not name:
             # Chosen (the user's default, or the only one they see), then read as if named:
             # its device and what admission decides on come in the same hop.
             name = (await self.resolve_service(kind, None, user)).name
 
         def work(conn: Connection) -> tuple[tuple[ServiceRow, DeviceRow | None] | None, Any]:
-            found = usable_in(conn, user, kind.value, name)
-            return found, (self.admission.read(conn, user, found[0]) if found and admitting else None)
+            if admitting:
+                return self.admission.read_usable(conn, user, kind.value, name) or (None, None)
+            return usable_in(conn, user, kind.value, name), None
 
         found, known = await self.store.read(work)
         if found is None:

@@ -15,8 +15,9 @@ are seen by admins only; a revoked device's services are seen but refuse new job
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select
 
@@ -39,6 +40,11 @@ _SERVICE_AND_DEVICE = (select(_SERVICES, _DEVICES)
 _SERVICE_DEVICE = Prepared(_SERVICE_AND_DEVICE)
 _SERVICE_KEYS = tuple(c.key for c in _SERVICES.columns)
 _DEVICE_KEYS = tuple(c.key for c in _DEVICES.columns)
+#: A service of a kind and name with its device: a statement that reads more beside them
+#: extends this one and hands its rows to ``usable_from`` (cloud_service.accounting).
+SERVICE_AND_DEVICE = _SERVICE_AND_DEVICE
+#: How many of such a row's leading columns are the service's and its device's.
+SERVICE_AND_DEVICE_WIDTH = len(_SERVICE_KEYS) + len(_DEVICE_KEYS)
 ALL_SERVICES = "*"
 EVERYONE = "*"
 
@@ -134,11 +140,16 @@ def usable_in(conn: Connection, user: User | None, kind: str, name: str
     if there is none or ``user`` may not see it (the same answer: names of private services
     do not leak). One query for both rows, one more for the device's shares if needed."""
     found = _SERVICE_DEVICE.rows(conn, {"kind": kind, "name": name})
-    if not found:
-        return None
+    return usable_from(conn, user, name, found[0]) if found else None
+
+
+def usable_from(conn: Connection, user: User | None, name: str, row: Sequence[Any]
+                ) -> tuple[ServiceRow, DeviceRow | None] | None:
+    """``usable_in`` on a row already read that starts with ``SERVICE_AND_DEVICE``'s columns
+    (a statement that reads more about the service in the same round trip)."""
     split = len(_SERVICE_KEYS)
-    service = detached(ServiceRow, dict(zip(_SERVICE_KEYS, found[0][:split], strict=True)))
-    device_values = dict(zip(_DEVICE_KEYS, found[0][split:], strict=True))
+    service = detached(ServiceRow, dict(zip(_SERVICE_KEYS, row[:split], strict=True)))
+    device_values = dict(zip(_DEVICE_KEYS, row[split:SERVICE_AND_DEVICE_WIDTH], strict=True))
     device = None if device_values["id"] is None else detached(DeviceRow, device_values)
     if user is not None and (device is None or not Access.of_device(conn, user, device).sees(device, name)):
         return None
