@@ -41,6 +41,7 @@ TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
 _policies = ServicePolicyRow.__table__
 _quotas = QuotaRow.__table__
+_services = ServiceRow.__table__
 _docs = DocumentRow.__table__
 _SELECT_POLICY = select(_policies).where(_policies.c.device_id == bindparam("device_id"),
                                          _policies.c.service_name == bindparam("service"))
@@ -56,8 +57,7 @@ _QUOTA_OF_EACH = _quotas.alias("quota_of_each")
 
 
 def _of_service(table: Any) -> Any:
-    services = ServiceRow.__table__
-    return and_(table.c.device_id == services.c.device_id, table.c.service_name == services.c.name)
+    return and_(table.c.device_id == _services.c.device_id, table.c.service_name == _services.c.name)
 
 
 _USABLE_WITH_RULES = Prepared(
@@ -253,8 +253,7 @@ class Admission:
                   if part[0] is not None]
         return usable, (detached(ServicePolicyRow, policy) if policy["device_id"] is not None else None, quotas)
 
-    def read(self, conn: Connection, user: User, service: ServiceRow) -> tuple[ServicePolicyRow | None,
-                                                                              list[QuotaRow]]:
+    def read(self, conn: Connection, user: User, service: ServiceRow) -> Rules:
         """What ``on_create`` decides on (the service's policy, the user's quotas on it), read
         inside the caller's transaction: the hop that finds the service can bring it along."""
         found = _POLICY.mappings(conn, {"device_id": service.device_id, "service": service.name})

@@ -9,12 +9,11 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.bench.procs import CpuMeter, ManagerProc, Unavailable, rss_bytes, stop_process
+from tests.bench.procs import CpuMeter, ManagerProc, Unavailable, rss_bytes, running_sink
 from tests.bench.report import Row, row
 
 if TYPE_CHECKING:
@@ -74,18 +73,9 @@ async def measure_big(run: StackRun, manager: ManagerProc) -> list[Row]:
         if code != 0:
             raise RuntimeError(f"cp failed: {out}")
         # A bare HTTPS sink (Python asyncio + TLS, writes to a file), fed by curl.
-        sink_out = work / "sink.bin"
-        sink = subprocess.Popen([sys.executable, "-m", "tests.bench.sink", str(pki.server_cert), str(pki.server_key),
-                                 str(sink_out)], stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]),
-                                start_new_session=True)
-        try:
-            assert sink.stdout is not None
-            port = int((await asyncio.to_thread(sink.stdout.readline)).strip())
+        async with running_sink(pki, work / "sink.bin") as port:
             sink_elapsed, sink_curl_cpu = await asyncio.to_thread(
                 curl_put, curl, source, f"https://127.0.0.1:{port}/sink", pki.ca_cert)
-        finally:
-            stop_process(sink)
-            sink_out.unlink(missing_ok=True)
 
         # The service: create with upload=true, PUT, close; the Manager downloads and writes.
         response = await run.http.post("/api/v1/jobs", json={

@@ -96,6 +96,21 @@ class CpuMeter:
         return self.used
 
 
+@contextlib.asynccontextmanager
+async def running_sink(pki: Pki, out: Path) -> Any:
+    """The bare HTTPS sink (tests/bench/sink.py) in a process of its own, writing to ``out``;
+    yields its port, and stops it (by its pid) and removes ``out`` after."""
+    sink = subprocess.Popen([sys.executable, "-m", "tests.bench.sink", str(pki.server_cert), str(pki.server_key),
+                             str(out)], stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]),
+                            start_new_session=True)
+    try:
+        assert sink.stdout is not None
+        yield int((await asyncio.to_thread(sink.stdout.readline)).strip())
+    finally:
+        await asyncio.to_thread(stop_process, sink)
+        out.unlink(missing_ok=True)
+
+
 def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
     """Signal a process we started (by its pid), then kill its group if it lingers."""
     if proc.poll() is None:

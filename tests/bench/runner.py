@@ -42,6 +42,7 @@ from tests.bench.procs import (
     new_users,
     pg_database,
     rss_bytes,
+    running_sink,
     start_manager,
 )
 from tests.bench.report import Row, percentile, row, skipped
@@ -323,10 +324,7 @@ class StackRun:
         """What this machine's cores allow: every process of the run shares them, so the jobs/s
         of a group can be no more than cores / (CPU per job of all of them). Printed beside the
         jobs/s goals: it says how much of a miss is the service's and how much is the rest."""
-        cores = len(os.sched_getaffinity(0))
-        per_job = {name: cpu / jobs * 1000 for name, cpu in used.items()}
-        everything = sum(per_job.values())
-        others = everything - per_job["service"]
+        cores, per_job, everything, others = cpu_shares(used, jobs)
         parts = ", ".join(f"{name} {ms:.1f}" for name, ms in per_job.items())
         self.add(row(self.kind, group, f"jobs/s {cores} cores allow at the CPU per job of every process ({label})",
                      cores * 1000 / everything if everything else math_nan(), "jobs/s",
@@ -610,10 +608,7 @@ class StackRun:
         fleet's TLS clients, the broker, the service, PostgreSQL) shares them, so N devices
         take at least N x (CPU per device of all of them) / cores. Printed beside the 10 s goal
         for 10,000: how much of a miss is the service's and how much is the rest."""
-        cores = len(os.sched_getaffinity(0))
-        per_device = {name: cpu / n * 1000 for name, cpu in used.items()}
-        everything = sum(per_device.values())
-        others = everything - per_device["service"]
+        cores, per_device, everything, others = cpu_shares(used, n)
         parts = ", ".join(f"{name} {ms:.2f}" for name, ms in per_device.items())
         self.add(row(self.kind, "connect", f"least time {cores} cores allow {n} devices at the CPU per device "
                      "of every process", n * everything / 1000 / cores, "s",
@@ -744,14 +739,7 @@ class StackRun:
         """A bare HTTPS sink (tests/bench/sink.py) and a call that POSTs it the submit's very
         request with the same client settings: the milliseconds it took. The floor of the
         submit's latency on this machine: TLS, loopback and the client, with no service."""
-        from tests.bench.procs import stop_process
-
-        out = self.dir / "idle-sink.bin"
-        sink = subprocess.Popen([sys.executable, "-m", "tests.bench.sink", str(self.broker.pki.server_cert),
-                                 str(self.broker.pki.server_key), str(out)], stdout=subprocess.PIPE, cwd=str(REPO))
-        try:
-            assert sink.stdout is not None
-            port = int((await asyncio.to_thread(sink.stdout.readline)).strip())
+        async with running_sink(self.broker.pki, self.dir / "idle-sink.bin") as port:
             limits = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=KEEPALIVE_EXPIRY)
             async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=str(self.broker.pki.ca_cert),
                                          timeout=30.0, limits=limits,
@@ -765,9 +753,6 @@ class StackRun:
                     return elapsed
 
                 yield post
-        finally:
-            await asyncio.to_thread(stop_process, sink)
-            out.unlink(missing_ok=True)
 
     async def fig_idle(self) -> None:
         (manager,) = await self._ensure_managers(1)
@@ -830,6 +815,14 @@ class StackRun:
 
         for r in await measure(self.kind, self.size.transform_pages):
             self.add(r)
+
+
+def cpu_shares(used: dict[str, float], count: int) -> tuple[int, dict[str, float], float, float]:
+    """(this machine's cores, each process's CPU ms per job or device, all of them, all but the
+    service's): what the bounds of ``ceiling`` and ``connect_floor`` are worked out from."""
+    per_unit = {name: cpu / count * 1000 for name, cpu in used.items()}
+    everything = sum(per_unit.values())
+    return len(os.sched_getaffinity(0)), per_unit, everything, everything - per_unit["service"]
 
 
 def profile_summary(path: Path, top: int = 12) -> list[str]:
