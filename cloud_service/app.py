@@ -85,7 +85,7 @@ class CloudService:
         cfg = self.config
         private_dir(cfg.data_dir)
         cert, key, ca = self._tls_files()
-        self.engine = make_engine(cfg.db_url)
+        self.engine = make_engine(cfg.db_url, pool_size=cfg.database_pool_size)
         await create_schema(self.engine)
         self.store = JobStore(self.engine)
         # Replicas on PostgreSQL: job changes cross replicas (LISTEN/NOTIFY), and one replica at

@@ -42,6 +42,12 @@ class ServiceConfig(BaseModel):
     #: SQLAlchemy async URL; default: SQLite in the data directory. PostgreSQL:
     #: ``postgresql+asyncpg://user@host/db``.
     database_url: str | None = None
+    #: Connections to PostgreSQL each replica keeps open for its transactions and reads, at
+    #: most (a request finding all in use waits for one). Kept open rather than made per burst:
+    #: a new connection costs a server process, its handshake and the driver's prepared
+    #: statements again.
+    #: Unused on SQLite.
+    database_pool_size: int = Field(default=15, ge=1)
     #: The MQTT broker (TLS only): ``mqtts://host:port``.
     broker_url: str = "mqtts://127.0.0.1:8883"
     #: The service's user name at the broker.

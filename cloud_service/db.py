@@ -350,13 +350,23 @@ def read_json(text: str | bytes) -> Any:
 PING_IDLE_AFTER = 2.0
 
 
-def make_engine(url: str) -> AsyncEngine:
+#: PostgreSQL connections a replica keeps open by default (``database_pool_size``).
+POOL_SIZE = 15
+
+
+def make_engine(url: str, pool_size: int = POOL_SIZE) -> AsyncEngine:
+    """The engine of ``url``. On PostgreSQL its pool keeps all ``pool_size`` connections open
+    once made and never makes more (no overflow): SQLAlchemy's default of 5 kept plus 10 made
+    and closed per burst had a fleet of 16 devices with 32 submitting clients open a connection
+    every 80 ms (about 130 in a 10 s run), each a TLS handshake, a new server process and the
+    driver's statements prepared again. A request finding every connection in use waits for one
+    (``pool_timeout``), as it did past the old 15."""
     if url.startswith("sqlite"):
         _private_sqlite_file(url)
         engine = create_async_engine(url, pool_pre_ping=True, json_deserializer=read_json)
         _sqlite_pragmas(engine.sync_engine)
         return engine
-    engine = create_async_engine(url, json_deserializer=read_json)
+    engine = create_async_engine(url, json_deserializer=read_json, pool_size=pool_size, max_overflow=0)
     _ping_idle_connections(engine)
     return engine
 

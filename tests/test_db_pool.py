@@ -9,7 +9,7 @@ import time
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from cloud_service import db
 from cloud_service.db import create_schema, make_engine
@@ -108,5 +108,31 @@ async def test_a_cancelled_transaction_is_rolled_back_and_its_connection_returne
         assert await store.read(lambda conn: conn.execute(text("SELECT count(*) FROM marks")).scalar()) == 0
         await store.run(lambda conn: conn.execute(text("INSERT INTO marks VALUES (2)")))
         assert await store.read(lambda conn: conn.execute(text("SELECT array_agg(n) FROM marks")).scalar()) == [2]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_pool_keeps_its_connections_across_bursts_and_never_opens_more(pg_database: str) -> None:
+    """Bursts of more concurrent transactions than the pool holds wait for a connection; no
+    connection is opened beyond the pool's size, and none is closed between bursts (each new one
+    would cost PostgreSQL a process and the driver its prepared statements again)."""
+    engine = make_engine(pg_database, pool_size=3)
+    opened: list[object] = []
+    event.listen(engine.sync_engine, "connect", lambda dbapi_connection, record: opened.append(dbapi_connection))
+    try:
+        await create_schema(engine)
+        store = JobStore(engine)
+        busiest = 0
+
+        def held(conn):  # type: ignore[no-untyped-def]
+            nonlocal busiest
+            busiest = max(busiest, engine.sync_engine.pool.checkedout())
+            return conn.execute(text("SELECT pg_sleep(0.02)")).scalar()
+
+        for _ in range(3):  # three bursts of 10, reads and transactions mixed
+            await asyncio.gather(*(store.read(held) if n % 2 else store.run(held) for n in range(10)))
+        assert busiest == 3
+        assert len(opened) <= 3, f"{len(opened)} connections opened for a pool of 3"
+        assert engine.sync_engine.pool.checkedin() == len(opened)
     finally:
         await engine.dispose()
