@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -159,12 +160,35 @@ def run_service(args: argparse.Namespace) -> int:
             await engine.dispose()
             return
         await service.start()
+        settle_heap()
         print(f"cloudimaging service at {service.url}; Ctrl-C stops it", flush=True)
         await _until_signal()
         await service.stop()
 
     run_loop(main(), config.event_loop)
     return 0
+
+
+#: Allocations (less deallocations) between two collections of the youngest generation; Python's
+#: default is 700.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """Once started, keep the cyclic garbage collector off what start-up made and will keep.
+
+    Start-up leaves a large heap that lives as long as the process (modules, the ASGI app and its
+    routes, compiled statements, pydantic validators); each full collection walked all of it (45
+    ms of CPU each, four in a 10 s run of 800 jobs), and collections of the youngest generation
+    ran every 700 allocations, 600 times in that run: 4.6% of the service's CPU. ``gc.freeze``
+    moves what is alive now to a generation the collector never scans, and a higher threshold
+    for the youngest generation makes its collections fewer. Reference counting frees almost
+    everything a request or a message makes; the collector is only for cycles, which still
+    go, a little later.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "auto") -> T:
@@ -203,6 +227,7 @@ def run_up(args: argparse.Namespace) -> int:
         stack = EmbeddedStack(args.data_dir, http_port=args.http_port, broker_port=args.broker_port,
                               printer=not args.no_printer)
         await stack.start()
+        settle_heap()
         print(stack.banner(), flush=True)
         try:
             await _until_signal()

@@ -122,3 +122,26 @@ def test_cli_prints_table_and_effective_config_without_a_file(tmp_path: Path) ->
     assert "hunter2" not in effective.stdout
     bad = _cli("--show-config", "effective", env={"CLOUDIMAGING_HTTP_PORT": "many"})
     assert bad.returncode == 2 and "http_port" in bad.stdout
+
+
+def test_settled_heap_is_frozen_and_cycles_made_later_are_still_collected() -> None:
+    """After start-up the service freezes its heap for the collector and collects the youngest
+    generation less often; the collector still runs: a cycle made afterwards goes. In a child
+    process, so this test's own interpreter keeps its settings."""
+    code = """
+import gc, weakref
+from cloud_service.cli import GC_YOUNG_THRESHOLD, settle_heap
+import cloud_service.app  # a started service's modules
+settle_heap()
+assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
+assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > 700
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+gone = weakref.ref(a)
+del a, b
+gc.collect()
+assert gone() is None
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
