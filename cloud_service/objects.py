@@ -50,12 +50,24 @@ class StoredObject:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Peeked:
+    """An object's size, and its bytes when it fits in one ``CHUNK`` (else None: stream it)."""
+
+    size: int
+    data: bytes | None
+
+
 class ObjectStore(Protocol):
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject: ...
 
     def read_stream(self, key: str) -> AsyncIterator[bytes]: ...
 
     async def size(self, key: str) -> int | None: ...
+
+    async def peek(self, key: str) -> Peeked | None:
+        """The object's size and, if it fits in one chunk, its bytes; None if there is none."""
+        ...
 
     async def delete(self, key: str) -> None: ...
 
@@ -149,6 +161,13 @@ def _finish(fh: IO[bytes], digest: Any, data: bytes | bytearray, tmp: Path, path
     os.replace(tmp, path)
 
 
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 def _open_and_read(path: Path) -> tuple[IO[bytes] | None, bytes]:
     """The file opened and its first chunk; the file is closed already (None) if that was all."""
     fh = open(path, "rb")  # noqa: SIM115 (closed here at its end, else by read_stream)
@@ -161,6 +180,15 @@ def _open_and_read(path: Path) -> tuple[IO[bytes] | None, bytes]:
         fh.close()
         return None, chunk
     return fh, chunk
+
+
+def _peek(path: Path) -> Peeked | None:
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            return Peeked(size, fh.read() if size <= CHUNK else None)
+    except FileNotFoundError:
+        return None
 
 
 class LocalObjectStore:
@@ -226,17 +254,30 @@ class LocalObjectStore:
 
     async def size(self, key: str) -> int | None:
         try:
-            return self._path(key).stat().st_size
-        except (FileNotFoundError, KeyError):
+            path = self._path(key)
+        except KeyError:
             return None
+        return await _in_one_trip(functools.partial(_size, path))
+
+    async def peek(self, key: str) -> Peeked | None:
+        """One trip to the store's thread: open, size, and the bytes of an object of one chunk
+        (a device's download of a small document is then answered whole, without a stream)."""
+        try:
+            path = self._path(key)
+        except KeyError:
+            return None
+        return await _in_one_trip(functools.partial(_peek, path))
 
     async def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        await _in_one_trip(functools.partial(self._path(key).unlink, missing_ok=True))
 
     def presign(self, key: str, method: str, ttl: float) -> tuple[str, float]:
         self._path(key)
         return self.signer.sign(key, method, ttl)
 
     async def check(self) -> None:
-        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+        if not await _in_one_trip(self._usable):
             raise OSError(f"{self.root} is not a writable directory")
+
+    def _usable(self) -> bool:
+        return self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)

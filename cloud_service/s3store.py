@@ -31,7 +31,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from cloud_service.objects import KEY_RE, ObjectTooLarge, StoredObject, UrlSigner
+from cloud_service.objects import KEY_RE, ObjectTooLarge, Peeked, StoredObject, UrlSigner
 
 log = logging.getLogger("cloudimaging.objects")
 
@@ -179,6 +179,22 @@ class S3ObjectStore:
                 return None
             raise
         return int(answer["ContentLength"])
+
+    async def peek(self, key: str) -> Peeked | None:
+        """One GET: the object's size and, when it fits in one chunk, its bytes."""
+        try:
+            answer = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except KeyError:
+            return None
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return None
+            raise
+        body, size = answer["Body"], int(answer["ContentLength"])
+        try:
+            return Peeked(size, await body.read() if size <= CHUNK else None)
+        finally:
+            body.close()
 
     async def delete(self, key: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -107,6 +107,12 @@ async def test_local_objects_small_in_one_trip_large_streamed_same_bytes(tmp_pat
     stored = await store.put_stream("jobs/1/doc-1", pieces(), max_bytes=4 * CHUNK)
     assert (stored.size, stored.sha256) == (size, hashlib.sha256(data).hexdigest())
     assert b"".join([c async for c in store.read_stream("jobs/1/doc-1")]) == data
+    # peek: the size, and the bytes only of an object of at most one chunk (else streamed).
+    peeked = await store.peek("jobs/1/doc-1")
+    assert peeked is not None and peeked.size == size == await store.size("jobs/1/doc-1")
+    assert peeked.data == (data if size <= CHUNK else None)
+    assert await store.peek("jobs/1/doc-9") is None and await store.size("jobs/1/doc-9") is None
+    assert await store.peek("../escape") is None
     if size:
         with pytest.raises(ObjectTooLarge):
             await store.put_stream("jobs/1/doc-2", pieces(), max_bytes=size - 1)

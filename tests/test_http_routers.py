@@ -15,11 +15,14 @@ import pytest
 from fastapi import APIRouter, FastAPI
 
 from cloud_service.audit import AuditLog
-from cloud_service.auth import create_token
+from cloud_service.auth import User, create_token
 from cloud_service.config import ServiceConfig
 from cloud_service.http import Deps, manage, objects, operators, services
 from cloud_service.http.responses import add_error_handlers
+from cloud_service.objects import CHUNK
 from cloud_service.store import JobStore
+from schemas.enums import ServiceKind
+from tests.support.documents import make_pdf
 from tests.support.inprocess import service_parts
 
 
@@ -34,7 +37,8 @@ async def parts(tmp_path: Path, database_url: str) -> AsyncIterator[Parts]:
     async def notify(*_: object) -> None:
         raise AssertionError("these routes publish nothing")
 
-    async with service_parts(tmp_path, url_ttl=ServiceConfig().url_ttl, database_url=database_url) as service:
+    async with service_parts(tmp_path, max_bytes=4 << 20, url_ttl=ServiceConfig().url_ttl,
+                             database_url=database_url) as service:
         audit = AuditLog(tmp_path / "security.log")
         deps = Deps(store=service.store, jobs=service.jobs(notify), objects=service.objects, clf=service.clf,
                     audit=audit, config=service.config, ipp_base=lambda: "ipps://cloud.example:8443")
@@ -157,3 +161,30 @@ async def test_objects_router_alone(parts: Parts) -> None:
     refused = [(e["method"], e["reason"]) for e in _audit(parts) if e["event"] == "presigned-refused"]
     assert [method for method, _ in refused] == ["PUT", "GET"]
     assert refused[1][1] == "the job has ended"
+
+
+async def test_objects_router_serves_a_small_document_whole_and_a_large_one_streamed(parts: Parts) -> None:
+    """A document of at most one chunk is read in one trip and answered whole; a larger one is
+    streamed: either way the bytes and the length are the stored document's."""
+    await _printer(parts.deps.store, "root")
+    jobs = parts.deps.jobs
+    fetchable: list[object] = []
+    jobs.notify = lambda device, message: fetchable.append(message)  # the doorbell, unheard here
+    small = make_pdf(1)
+    large = small + b"%" + bytes(range(256)) * (CHUNK // 256 + 1000)  # a comment after %%EOF
+    assert len(small) <= CHUNK < len(large)
+
+    async def once(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    async with _client(parts.deps, objects.router) as http:
+        for data in (small, large):
+            row = await jobs.create(User("root", "admin"), ServiceKind.PRINT, "office", {}, "application/pdf",
+                                    None, once(data))
+            url = urlsplit(parts.deps.objects.presign(f"jobs/{row.id}/doc-1", "GET", 60)[0])
+            got = await http.get(f"{url.path}?{url.query}")
+            assert got.status_code == 200 and got.content == data
+            assert got.headers["content-length"] == str(len(data))
+        missing = urlsplit(parts.deps.objects.presign(f"jobs/{row.id}/doc-2", "GET", 60)[0])
+        assert (await http.get(f"{missing.path}?{missing.query}")).status_code == 404
+    assert len(fetchable) == 2

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from broker.credentials import generate_password
-from cloud_service.objects import ObjectTooLarge, UrlSigner
+from cloud_service.objects import ObjectTooLarge, Peeked, UrlSigner
 from cloud_service.s3store import S3ObjectStore
 from tests.support.brokers import embedded_broker
 from tests.support.documents import pdf_bytes
@@ -64,6 +64,10 @@ async def test_multipart_upload_presigned_urls_and_delete(s3: S3Server) -> None:
 
         small = b"%PDF-1.4 small"
         assert (await store.put_stream("jobs/2/doc-1", _chunks(small), max_bytes=MIB)).size == len(small)
+        # peek: one GET; the bytes of an object of one chunk, only the size of a larger one.
+        assert await store.peek("jobs/2/doc-1") == Peeked(len(small), small)
+        assert await store.peek("jobs/1/doc-1") == Peeked(len(big), None)
+        assert await store.peek("jobs/9/doc-1") is None
 
         # GET is presigned by S3 itself: the bucket's host, a SigV4 signature, and it works.
         url, expires = store.presign("jobs/2/doc-1", "GET", 60)

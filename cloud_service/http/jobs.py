@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cloud_service import retention
@@ -22,7 +22,7 @@ from cloud_service.errors import Refusal
 from cloud_service.http.deps import Deps, current_user, get_deps
 from cloud_service.http.multipart import read_job_form
 from cloud_service.http.params import DocumentNumber, JobId
-from cloud_service.http.responses import OrjsonResponse
+from cloud_service.http.responses import OrjsonResponse, object_response
 from cloud_service.sharing import Access
 from schemas.api import API_PREFIX, JobCreate, JobInfo
 from schemas.enums import ServiceKind
@@ -161,11 +161,10 @@ async def get_document(job_id: JobId, number: DocumentNumber, user: User = Depen
     if not full or (row.owner != user.name and not user.is_admin):
         raise Refusal(403, "forbidden", f"job {job_id} is not yours")
     doc = next((d for d in await deps.store.documents(job_id) if d.number == number), None)
-    size = await objects.size(doc.object_key) if doc is not None else None
-    if doc is None or size is None:
+    peeked = await objects.peek(doc.object_key) if doc is not None else None
+    if doc is None or peeked is None:
         raise Refusal(404, "not-found", f"job {job_id} has no document {number} (any more)")
-    return StreamingResponse(objects.read_stream(doc.object_key), media_type=doc.format,
-                             headers={"Content-Length": str(size), "Cache-Control": "no-store"})
+    return object_response(objects, doc.object_key, peeked, doc.format, {"Cache-Control": "no-store"})
 
 
 #: A thumbnail's width in pixels (its height follows the page, capped at twice that), and the

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from cloud_service.documents import DocumentKey
 from cloud_service.http.deps import Deps, get_deps
 from cloud_service.http.multipart import declared_length
-from cloud_service.http.responses import OrjsonResponse, error_response
+from cloud_service.http.responses import OrjsonResponse, error_response, object_response
 from cloud_service.objects import BadSignature
 from cloud_service.store import JobNotFound, JobStore
 from schemas.enums import JobState
@@ -50,12 +50,11 @@ async def get_object(key: str, request: Request, deps: Deps = Depends(get_deps))
         # A GET URL only serves while its job is under way: replaying it later gets nothing.
         _refused(deps, request, "GET", key, "the job has ended")
         return error_response(410, "gone", "the job has ended; its documents are no longer served")
-    size = await objects.size(key)
-    if size is None:
+    peeked = await objects.peek(key)
+    if peeked is None:
         return error_response(404, "not-found", "no such object")
     request.scope.setdefault("state", {})["user"] = "presigned"
-    return StreamingResponse(objects.read_stream(key), media_type="application/octet-stream",
-                             headers={"Content-Length": str(size)})
+    return object_response(objects, key, peeked, "application/octet-stream")
 
 
 @router.put("/objects/{key:path}", tags=["objects"], include_in_schema=False)

@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cloud_service.errors import Refusal
+from cloud_service.objects import ObjectStore, Peeked
 
 log = logging.getLogger("cloudimaging.http")
 
@@ -28,6 +29,16 @@ class OrjsonResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def object_response(objects: ObjectStore, key: str, peeked: Peeked, media_type: str,
+                    headers: dict[str, str] | None = None) -> Response:
+    """A stored object as the answer: whole when it fits in one chunk (read already by
+    ``peek``: no stream, no task watching the client), else streamed with its length."""
+    if peeked.data is not None:
+        return Response(peeked.data, media_type=media_type, headers=headers)
+    return StreamingResponse(objects.read_stream(key), media_type=media_type,
+                             headers={**(headers or {}), "Content-Length": str(peeked.size)})
 
 
 def error_response(status: int, code: str, message: str, attribute: str | None = None,
