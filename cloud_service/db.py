@@ -346,6 +346,16 @@ def read_json(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+def write_json(value: Any) -> str:
+    """JSON columns as written: orjson (a service's capabilities and a job's ticket
+    are written on every change of them), falling back to ``json`` for what orjson refuses
+    (keys that are not strings, integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 #: A pooled connection idle longer than this (seconds) is pinged before it is used again.
 PING_IDLE_AFTER = 2.0
 
@@ -366,7 +376,8 @@ def make_engine(url: str, pool_size: int = POOL_SIZE) -> AsyncEngine:
         engine = create_async_engine(url, pool_pre_ping=True, json_deserializer=read_json)
         _sqlite_pragmas(engine.sync_engine)
         return engine
-    engine = create_async_engine(url, json_deserializer=read_json, pool_size=pool_size, max_overflow=0)
+    engine = create_async_engine(url, json_serializer=write_json, json_deserializer=read_json, pool_size=pool_size,
+                                 max_overflow=0)
     _ping_idle_connections(engine)
     return engine
 
@@ -420,7 +431,8 @@ def make_thread_engine(engine: AsyncEngine) -> Engine | None:
     # Used by the store's one database thread (closed by whichever thread disposes of it); a
     # local file needs no ping before each transaction.
     thread_engine = create_engine(url.set(drivername="sqlite+pysqlite"),
-                                  connect_args={"check_same_thread": False}, json_deserializer=read_json)
+                                  connect_args={"check_same_thread": False}, json_serializer=write_json,
+                                  json_deserializer=read_json)
     _sqlite_pragmas(thread_engine)
     return thread_engine
 

@@ -163,6 +163,7 @@ _INSERT_SERVICE_ROW = Prepared(insert(_services).values({c.key: bindparam(c.key,
 #: A new service's columns the device did not give (none, from a device's attributes).
 _NO_SERVICE_VALUES: dict[str, Any] = {c.key: None for c in _services.columns if c.key != "id"}
 _EVENTS = Prepared(_SELECT_EVENTS)
+_SERVICES_OF_DEVICE = Prepared(_DEVICE_SERVICES)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1198,7 +1199,7 @@ def _update_owned_service(conn: Connection, device_id: str, services: list[tuple
     """Apply ``services`` if they are all the device's already and at most one changed: one
     UPDATE, conditioned on the owner, needs no lock nor transaction. False: nothing written,
     take the locked path (a new service, several changes, the row gone meanwhile)."""
-    owned = {(m["kind"], m["name"]): m for m in conn.execute(_DEVICE_SERVICES, {"device_id": device_id}).mappings()}
+    owned = {(m["kind"], m["name"]): m for m in _SERVICES_OF_DEVICE.mappings(conn, {"device_id": device_id})}
     if len({(kind, name) for kind, name, _ in services}) != len(services):
         return False
     changed = []
