@@ -124,6 +124,18 @@ _SELECT_INCOMING = select(_jobs).where(_jobs.c.state == JobState.PENDING_HELD.va
                                        _jobs.c.updated_at <= bindparam("before"))
 _SELECT_DOC = select(_docs).where(_docs.c.job_id == bindparam("job_id"), _docs.c.number == bindparam("number"))
 _SELECT_SERVICE = select(_services).where(_services.c.kind == bindparam("kind"), _services.c.name == bindparam("name"))
+#: A service's not-ended jobs, counted on the (device, state) index of jobs: a service's ended
+#: history, however long, is not read.
+_QUEUED = (select(func.count()).select_from(_jobs)
+           .where(_jobs.c.device_id == _services.c.device_id,
+                  _jobs.c.state.in_([s.value for s in JobState if not s.terminal]),
+                  _jobs.c.service_id == _services.c.id)
+           .scalar_subquery())
+#: Services with their device and queued jobs (``JobStore.services``), columns labelled by table.
+_SELECT_SERVICES = (select(*[c.label(f"s_{c.key}") for c in _services.c], *[c.label(f"d_{c.key}") for c in _devices.c],
+                           _QUEUED.label("queued"))
+                    .join_from(_services, _devices, _devices.c.id == _services.c.device_id)
+                    .order_by(_services.c.name))
 #: A device's services and those of any device named as given (``_services_of_or_named``).
 #: (Kinds and names each a list: the index on (kind, name) finds the pairs among them.)
 _SELECT_OWNED_OR_NAMED = select(_services).where(or_(
@@ -936,18 +948,23 @@ class JobStore:
 
         await self.run(work)
 
-    async def services(self, kind: str | None = None) -> list[tuple[ServiceRow, DeviceRow, int]]:
-        """Services with their device and the count of their not-ended jobs."""
-        active = [s.value for s in JobState if not s.terminal]
-        counts = (select(JobRow.service_id, func.count().label("n")).where(JobRow.state.in_(active))
-                  .group_by(JobRow.service_id).subquery())
-        query = (select(ServiceRow, DeviceRow, func.coalesce(counts.c.n, 0))
-                 .join(DeviceRow, DeviceRow.id == ServiceRow.device_id)
-                 .outerjoin(counts, counts.c.service_id == ServiceRow.id).order_by(ServiceRow.name))
+    async def services(self, kind: str | None = None,
+                       name: str | None = None) -> list[tuple[ServiceRow, DeviceRow, int]]:
+        """Services (of ``kind``, named ``name``) with their device and the count of their
+        not-ended jobs, in one hop. One named service is one row read, however many services
+        there are: the service view and the IPP front's printer attributes ask for one."""
+        query = _SELECT_SERVICES
         if kind:
-            query = query.where(ServiceRow.kind == kind)
-        async with self.reads() as s:
-            return [(svc, dev, int(n)) for svc, dev, n in (await s.execute(query)).all()]
+            query = query.where(_services.c.kind == kind)
+        if name is not None:
+            query = query.where(_services.c.name == name)
+
+        def work(conn: Connection) -> list[tuple[ServiceRow, DeviceRow, int]]:
+            return [(detached(ServiceRow, {c.key: m[f"s_{c.key}"] for c in _services.c}),
+                     detached(DeviceRow, {c.key: m[f"d_{c.key}"] for c in _devices.c}), int(m["queued"]))
+                    for m in conn.execute(query).mappings()]
+
+        return await self.read(work)
 
     async def service(self, kind: str, name: str) -> ServiceRow | None:
         def work(conn: Connection) -> ServiceRow | None:

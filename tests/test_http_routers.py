@@ -188,3 +188,30 @@ async def test_objects_router_serves_a_small_document_whole_and_a_large_one_stre
         missing = urlsplit(parts.deps.objects.presign(f"jobs/{row.id}/doc-2", "GET", 60)[0])
         assert (await http.get(f"{missing.path}?{missing.query}")).status_code == 404
     assert len(fetchable) == 2
+
+
+async def test_a_named_service_is_read_alone_with_its_queued_jobs(parts: Parts) -> None:
+    """One service by name is one row, with the count of its jobs not ended; the list has every
+    service, each with its own count, in name order."""
+    store, jobs = parts.deps.store, parts.deps.jobs
+    jobs.notify = lambda device, message: None  # the doorbell, unheard here
+    await _printer(store, owner="root")
+    assert await store.upsert_service("dev-1", "print", "annex", {
+        "state": "idle", "state_reasons": ["none"], "state_message": None, "capabilities": {}})
+    admin = User("root", "admin")
+
+    async def once(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    made = [await jobs.create(admin, ServiceKind.PRINT, name, {}, "application/pdf", None, once(make_pdf(1)))
+            for name in ("office", "office", "office", "annex")]
+    await jobs.cancel(admin, made[0].id)  # ended: not queued any more
+
+    named = await store.services("print", "office")
+    assert [(svc.name, dev.id, queued) for svc, dev, queued in named] == [("office", "dev-1", 2)]
+    assert await store.services("print", "nowhere") == []
+    assert [(svc.name, queued) for svc, _, queued in await store.services()] == [("annex", 1), ("office", 2)]
+    token = await create_token(store, "root", "admin")
+    async with _client(parts.deps, services.router) as http:
+        office = (await http.get("/api/v1/services/print/office", headers={"Authorization": f"Bearer {token}"}))
+        assert office.status_code == 200 and office.json()["queued_jobs"] == 2

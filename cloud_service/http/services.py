@@ -25,9 +25,7 @@ async def service_info(deps: Deps, kind: str | None, name: str | None = None,
     store, ipp_base = deps.store, deps.ipp_base
     out = []
     access = await Access.load(store, user) if user is not None else None
-    for svc, dev, queued in await store.services(kind):
-        if name is not None and svc.name != name:
-            continue
+    for svc, dev, queued in await store.services(kind, name):
         if access is not None and not access.sees(dev, svc.name):
             continue
         status = service_overlay(svc.state, svc.state_reasons, svc.state_message, dev.online,

@@ -347,10 +347,9 @@ class IppFront:
     async def _printer_info(self, service: ServiceRow) -> tuple[PrintCapabilities, ia.PrinterInfo]:
         online = revoked = False
         queued = 0
-        for svc, dev, count in await self.store.services(ServiceKind.PRINT.value):
+        for svc, dev, count in await self.store.services(ServiceKind.PRINT.value, service.name):
             if svc.id == service.id:
                 online, revoked, queued = dev.online, dev.revoked_at is not None, count
-                break
         # A revoked device's printer says so and refuses jobs, so CUPS stops retrying.
         status = service_overlay(service.state, service.state_reasons, service.state_message, online, revoked)
         uri = self.printer_uri(service.name)
