@@ -368,8 +368,8 @@ def make_engine(url: str, pool_size: int = POOL_SIZE) -> AsyncEngine:
     """The engine of ``url``. On PostgreSQL its pool keeps all ``pool_size`` connections open
     once made and never makes more (no overflow): SQLAlchemy's default of 5 kept plus 10 made
     and closed per burst had a fleet of 16 devices with 32 submitting clients open a connection
-    every 80 ms (about 130 in a 10 s run), each a TLS handshake, a new server process and the
-    driver's statements prepared again. A request finding every connection in use waits for one
+    every 80 ms (about 130 in a 10 s run), each a new server process, its startup handshake and
+    the driver's statements prepared again. A request finding every connection in use waits for one
     (``pool_timeout``), as it did past the old 15."""
     if url.startswith("sqlite"):
         _private_sqlite_file(url)

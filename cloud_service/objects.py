@@ -252,21 +252,21 @@ class LocalObjectStore:
             if fh is not None:
                 fh.close()
 
-    async def size(self, key: str) -> int | None:
+    async def _at(self, key: str, work: Callable[[Path], T]) -> T | None:
+        """``work(path of key)`` in one trip to the store's thread; None for a key it never names."""
         try:
             path = self._path(key)
         except KeyError:
             return None
-        return await _in_one_trip(functools.partial(_size, path))
+        return await _in_one_trip(functools.partial(work, path))
+
+    async def size(self, key: str) -> int | None:
+        return await self._at(key, _size)
 
     async def peek(self, key: str) -> Peeked | None:
         """One trip to the store's thread: open, size, and the bytes of an object of one chunk
         (a device's download of a small document is then answered whole, without a stream)."""
-        try:
-            path = self._path(key)
-        except KeyError:
-            return None
-        return await _in_one_trip(functools.partial(_peek, path))
+        return await self._at(key, _peek)
 
     async def delete(self, key: str) -> None:
         await _in_one_trip(functools.partial(self._path(key).unlink, missing_ok=True))

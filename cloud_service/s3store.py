@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -169,27 +169,26 @@ class S3ObjectStore:
         finally:
             body.close()
 
-    async def size(self, key: str) -> int | None:
+    async def _found(self, call: Callable[..., Awaitable[Any]], key: str) -> Any | None:
+        """S3's answer to ``call`` (HEAD or GET) of the object; None if there is no such object."""
         try:
-            answer = await self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return await call(Bucket=self.bucket, Key=self._key(key))
         except KeyError:
             return None
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
                 return None
             raise
-        return int(answer["ContentLength"])
+
+    async def size(self, key: str) -> int | None:
+        answer = await self._found(self._client.head_object, key)
+        return None if answer is None else int(answer["ContentLength"])
 
     async def peek(self, key: str) -> Peeked | None:
         """One GET: the object's size and, when it fits in one chunk, its bytes."""
-        try:
-            answer = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except KeyError:
+        answer = await self._found(self._client.get_object, key)
+        if answer is None:
             return None
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                return None
-            raise
         body, size = answer["Body"], int(answer["ContentLength"])
         try:
             return Peeked(size, await body.read() if size <= CHUNK else None)
