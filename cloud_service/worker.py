@@ -11,8 +11,9 @@ woken does not preempt the thread that woke it. Without it, each hand-over of wo
 worker on the event loop's own core, the worker took that core, found the GIL still held by
 the loop and went back to sleep: two context switches for nothing, every hop. Over a fleet run
 of 800 jobs on the embedded stack the service switched 46 times a job before and 18 after, and
-a job cost it 15% less CPU (docs/bench.md). The worker still gets its fair share of the CPU;
-it only waits for the loop to block, or for another core, instead of interrupting it.
+a job cost it about 10% less CPU against the same broker work (docs/bench.md). The worker
+still gets its fair share of the CPU; it only waits for the loop to block, or for another core,
+instead of interrupting it.
 """
 
 from __future__ import annotations

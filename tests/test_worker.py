@@ -63,10 +63,10 @@ async def test_a_caller_that_gives_up_does_not_stop_the_worker(worker: WorkerThr
 
 async def test_answers_reach_each_callers_own_loop(worker: WorkerThread) -> None:
     """Two event loops (the service's and, say, a test's in another thread) share one worker."""
-    def other_loop() -> int:
-        return asyncio.run(worker.call(lambda: threading.current_thread().name.count("test-worker")))
+    def other_loop() -> str:
+        return asyncio.run(worker.call(lambda: threading.current_thread().name))
 
-    assert await asyncio.to_thread(other_loop) == 1
+    assert await asyncio.to_thread(other_loop) == "test-worker"
     assert await worker.call(lambda: threading.current_thread().name) == "test-worker"
 
 
