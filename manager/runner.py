@@ -41,7 +41,7 @@ from manager.requests import Requester, RequestTimeout
 from manager.services import KindDriver, ServiceRuntime
 from manager.wirelog import describe, log_in, log_out
 from schemas import topics
-from schemas.enums import JobState, Reason
+from schemas.enums import JobState, Reason, ServiceState
 from schemas.messages import (
     MAX_JOBS_PER_HELLO,
     AcknowledgeJob,
@@ -73,6 +73,10 @@ INTAKE_CONCURRENCY = 4
 #: ignored without asking the service. Later ones are asked about once more (a restored
 #: database offers finished jobs again; its supervisor rings their doorbells again).
 RECHECK_FINISHED_AFTER = 10.0
+#: A service that goes back to idle when a job ends is reported idle once it has stayed idle
+#: this long: back-to-back jobs keep it processing without two attributes messages a job, and
+#: the idle report never waits in front of the job's final job-status at the service.
+IDLE_SETTLE_SECONDS = 0.5
 
 
 class Runner:
@@ -102,7 +106,9 @@ class Runner:
         #: Set by the first Sync: recovered jobs wait for it, so that nothing is reported for
         #: them before the service's database is known to be theirs.
         self._first_sync = asyncio.Event()
-        self._last_attributes: object = None
+        self._last_attributes: list[dict[str, Any]] | None = None
+        #: The pending report of services gone idle (IDLE_SETTLE_SECONDS), if any.
+        self._settle: asyncio.TimerHandle | None = None
         self._closing = False
         #: Set while connected and subscribed (threading: tests wait on it from outside).
         self.connected = threading.Event()
@@ -160,6 +166,7 @@ class Runner:
         them by the recovery policy (manager.recovery).
         """
         self._closing = True
+        self._cancel_settle()
         self.requester.set_online(False)
         tasks = [r.task for r in self.book.records() if r.task and not r.task.done()]
         for record in self.book.records():
@@ -251,15 +258,38 @@ class Runner:
             log.info("   (not sent: offline) %s", describe(message))
         return sent
 
-    def _publish_attributes(self, re: str | None = None, force: bool = False) -> None:
+    def _publish_attributes(self, re: str | None = None, force: bool = False, settled: bool = False) -> None:
+        """Send the services' Attributes if they changed (always with ``force`` or ``re``).
+
+        A change that only takes services from processing back to idle waits
+        IDLE_SETTLE_SECONDS first (a new job in the meantime cancels it); every other change,
+        a stop included, goes out at once and carries any idle state with it.
+        """
         services = [s.attributes() for s in self.services.values()]
         key = [s.model_dump() for s in services]
-        if not force and re is None and key == self._last_attributes:
-            return
+        if not force and re is None:
+            if key == self._last_attributes:
+                self._cancel_settle()
+                return
+            if not settled and _only_went_idle(self._last_attributes, key):
+                if self._settle is None:
+                    self._settle = asyncio.get_running_loop().call_later(IDLE_SETTLE_SECONDS, self._settle_due)
+                return
+        self._cancel_settle()
         message = Attributes(services=services, re=re)
         self._attributes_sent.append(message.id)
         if self._send(message):
             self._last_attributes = key
+
+    def _settle_due(self) -> None:
+        self._settle = None
+        if not self._closing:
+            self._publish_attributes(settled=True)
+
+    def _cancel_settle(self) -> None:
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -621,3 +651,17 @@ def _kind_driver(driver: DeviceDriver) -> KindDriver:
     if not isinstance(driver, KindDriver):
         raise TypeError(f"{type(driver).__name__} is neither a print, a scan nor a fax driver")
     return driver
+
+
+def _only_went_idle(last: list[dict[str, Any]] | None, now: list[dict[str, Any]]) -> bool:
+    """True if ``now`` differs from ``last`` only by services gone from processing to idle."""
+    if last is None or len(last) != len(now):
+        return False
+    for before, after in zip(last, now, strict=True):
+        if before == after:
+            continue
+        if before.get("state") != ServiceState.PROCESSING or after.get("state") != ServiceState.IDLE:
+            return False
+        if {**before, "state": None} != {**after, "state": None}:
+            return False
+    return True

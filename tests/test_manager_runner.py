@@ -21,8 +21,9 @@ import pytest
 from broker.pki import Pki
 from manager.config import ManagerConfig
 from manager.drivers import make_driver
+from manager.drivers.base import DeviceStatus
 from manager.requests import Requester, RequestTimeout
-from manager.runner import Runner
+from manager.runner import IDLE_SETTLE_SECONDS, Runner
 from schemas.enums import JobState
 from schemas.messages import (
     AcknowledgeJob,
@@ -140,6 +141,11 @@ async def make_rig(tmp_path: Path, pki: Pki, docs: DocServer, database_url: str)
         yield make
 
 
+def printer_states(rig: Rig) -> list[str]:
+    """The state of the device's (first) service in each attributes message it sent."""
+    return [a.services[0].state for a in rig.link.of(Attributes)]
+
+
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -182,9 +188,49 @@ async def test_happy_path_prints_and_reports_in_order(make_rig: RigFactory) -> N
     assert (rig.output / f"job-{job}-doc-1.pdf").read_bytes() == pdf
     assert (rig.output / f"job-{job}-doc-2.txt").read_bytes() == b"a\nb\n"
     assert not list((rig.config.state_dir / "spool").iterdir())  # downloads cleaned up
-    states = [a.services[0].state for a in link.of(Attributes)]
-    assert states[0] == "idle" and "processing" in states and states[-1] == "idle"
     assert rig.runner.book.recent()[job] is JobState.COMPLETED
+    await until(lambda: printer_states(rig)[-1] == "idle")  # once it has settled
+    assert printer_states(rig) == ["idle", "processing", "idle"]
+
+
+async def test_the_printer_is_reported_idle_after_the_job_once_it_has_settled(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
+    rig.connect()
+    await until(lambda: rig.finished(job))
+    ended = time.monotonic()
+    up = rig.link.up
+    # The printer went processing after the job's reports had been answered, not before them.
+    processing = next(i for i, m in enumerate(up) if isinstance(m, Attributes) and m.services[0].state == "processing")
+    assert [m.type for m in up[:processing] if getattr(m, "job_id", None) == job][-1] == "document-status"
+    # The final job-status went out without an attributes message in front of it; idle follows.
+    assert printer_states(rig) == ["idle", "processing"]
+    await until(lambda: printer_states(rig)[-1] == "idle")
+    assert time.monotonic() - ended >= IDLE_SETTLE_SECONDS - 0.1
+    assert printer_states(rig) == ["idle", "processing", "idle"]
+
+
+async def test_back_to_back_jobs_keep_the_printer_processing(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    jobs = [await rig.side.add_job([(make_pdf(1), PDF)]) for _ in range(3)]
+    rig.connect()
+    await until(lambda: all(rig.finished(job) for job in jobs))
+    await until(lambda: printer_states(rig)[-1] == "idle")
+    # One processing for the three jobs, not a processing and an idle each.
+    assert printer_states(rig) == ["idle", "processing", "idle"]
+    assert all((rig.output / f"job-{job}-doc-1.pdf").exists() for job in jobs)
+
+
+async def test_a_stop_is_reported_at_once_while_idle_waits(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    job = await rig.side.add_job([(make_pdf(1), PDF)])
+    rig.connect()
+    await until(lambda: rig.finished(job))
+    assert printer_states(rig) == ["idle", "processing"]
+    rig.driver.set_status(DeviceStatus(stopped=True, reasons=("media-empty",)))  # within the settle time
+    await until(lambda: printer_states(rig)[-1] == "stopped", timeout=IDLE_SETTLE_SECONDS / 2)
+    await asyncio.sleep(IDLE_SETTLE_SECONDS + 0.2)
+    assert printer_states(rig) == ["idle", "processing", "stopped"]  # no late idle after the stop
 
 
 async def test_duplicate_doorbells_print_exactly_once(make_rig: RigFactory) -> None:
@@ -503,6 +549,7 @@ async def test_device_stop_and_resume_are_reported(make_rig: RigFactory) -> None
     ]
     stopped = next(m for m in rig.link.of(JobStatus, job) if m.state == "processing-stopped")
     assert stopped.reasons == ["printer-stopped"] and "media-jam" in stopped.message
+    await until(lambda: printer_states(rig)[-1] == "idle")
     services = [(a.services[0].state, tuple(a.services[0].state_reasons)) for a in rig.link.of(Attributes)]
     assert services == [("idle", ()), ("processing", ()), ("stopped", ("media-jam",)), ("processing", ()), ("idle", ())]
     assert await rig.side.state(job) == JobState.COMPLETED and rig.printed() == [job]

@@ -4,11 +4,19 @@ job-status processing (or processing-stopped if the printer is stopped) -> per d
 yet done: document-status processing, download (verified), print, document-status completed
 -> the Outcome. A document is journaled as printing before the driver gets it, and as done
 right after, so a restart never prints it twice (docs/reliability.md).
+
+The download starts as the document-status processing report goes out rather than after its
+answer, so the two overlap; nothing is printed before that answer, which may say the job was
+canceled. The printer's own state (``attributes``, processing) is published after that answer,
+so the service judges the job's reports first and records the printer's state while the
+device downloads and prints.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 from manager.channel import JobChannel
 from manager.drivers.base import DocumentTask, DriverError, PrintCanceled, PrintDriver, PrintJob
@@ -24,6 +32,12 @@ log = logging.getLogger("cloudimaging.manager")
 
 class _Canceled(Exception):
     """A cancel was requested while the job ran."""
+
+
+def _discard_download(fetching: asyncio.Future[tuple[Path, object]]) -> None:
+    """Remove a document downloaded for a job that ended before it could be printed."""
+    if not fetching.cancelled() and fetching.exception() is None:
+        fetching.result()[0].unlink(missing_ok=True)
 
 
 def print_job(record: JobRecord) -> PrintJob:
@@ -44,7 +58,6 @@ class PrintFlow:
         assert isinstance(driver, PrintDriver)
         record.start_work()
         self.ctx.book.save(record)
-        self.ctx.publish_attributes()
         job = print_job(record)
         await driver.start_job(job)
         outcome: Outcome = (JobState.ABORTED, (Reason.ABORTED_BY_SYSTEM,), "interrupted")
@@ -79,11 +92,17 @@ class PrintFlow:
         """Download and print one document; an Outcome if the job ends here, else None."""
         if record.cancel_requested:
             raise _Canceled
-        await channel.report_document(number, DocumentState.PROCESSING)
-        if record.cancel_requested:
-            raise _Canceled
+        fetching = asyncio.ensure_future(self.ctx.download(record, number, channel))
         try:
-            path, access = await self.ctx.download(record, number, channel)
+            await channel.report_document(number, DocumentState.PROCESSING)
+            if record.cancel_requested:
+                raise _Canceled
+        except BaseException:
+            fetching.add_done_callback(_discard_download)
+            raise
+        self.ctx.publish_attributes()
+        try:
+            path, access = await fetching
         except DownloadError as exc:
             if exc.kind == "canceled" or record.cancel_requested:
                 await channel.report_document(number, DocumentState.CANCELED)
