@@ -155,8 +155,10 @@ def run_service(args: argparse.Namespace) -> int:
             private_dir(config.data_dir)
             engine = make_engine(config.db_url)
             await create_schema(engine)
-            await ensure_user(JobStore(engine), args.new_token, "admin", promote=True)  # operator bootstrap
-            print(await create_token(JobStore(engine), args.new_token, "admin"))
+            store = JobStore(engine)
+            await ensure_user(store, args.new_token, "admin", promote=True)  # operator bootstrap
+            print(await create_token(store, args.new_token, "admin"))
+            await store.close()
             await engine.dispose()
             return
         await service.start()

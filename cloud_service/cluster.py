@@ -484,8 +484,8 @@ class LocalCluster:
 
         admin = getpass.getuser()
         engine = make_engine(self.database_url)
+        store = JobStore(engine)
         try:
-            store = JobStore(engine)
             await ensure_user(store, admin, "admin", promote=True)
             path = self.data_dir / "client.json"
             kept: dict[str, Any] = {}
@@ -505,6 +505,7 @@ class LocalCluster:
                     await store.set_device(device_id, owner=admin, registered_at=time.time())
                     await add_share(store, device_id, ALL_SERVICES, "everyone", "*", admin)
         finally:
+            await store.close()
             await engine.dispose()
 
     def manager_config(self, device_id: str) -> dict[str, Any]:

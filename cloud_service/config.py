@@ -45,7 +45,8 @@ class ServiceConfig(BaseModel):
     #: Connections to PostgreSQL each replica keeps open for its transactions and reads, at
     #: most (a request finding all in use waits for one). Kept open rather than made per burst:
     #: a new connection costs a server process, its handshake and the driver's prepared
-    #: statements again.
+    #: statements again. Two thirds of them (rounded down) are held for the single-statement
+    #: reads and changes of the hot path, the rest serve transactions and the console's reads.
     #: Unused on SQLite.
     database_pool_size: int = Field(default=15, ge=1)
     #: The MQTT broker (TLS only): ``mqtts://host:port``.

@@ -13,7 +13,9 @@ run as one unit (``JobStore.run``): read, judge and write in one transaction and
 database. On SQLite that hop is one call to a dedicated database thread with the plain
 ``sqlite3`` driver (aiosqlite hops to its thread and back once per statement, and that hop,
 not SQLite, cost most of a job's CPU); on PostgreSQL it is one greenlet that takes a pooled
-connection, runs the transaction and gives the connection back (``_in_transaction``). The
+connection, runs the transaction and gives the connection back (``_in_transaction``), and a
+single-statement hop (``_autocommit``) runs on a connection held between hops
+(cloud_service.held). The
 statements every device message runs go to the driver's cursor (cloud_service.prepared).
 Rows come back as detached ORM objects (``JobRow``, ``DocumentRow``, ...) built without a
 session (``detached``), so callers read them as before.
@@ -65,6 +67,7 @@ from cloud_service.db import (
     ServiceRow,
     make_thread_engine,
 )
+from cloud_service.held import HeldConnections, held_limit
 from cloud_service.prepared import Prepared
 from cloud_service.worker import WorkerThread
 from schemas.api import DocumentInfo, JobEvent, JobInfo
@@ -535,6 +538,9 @@ class JobStore:
         #: driven from one greenlet per transaction (see ``_in_transaction``).
         self._sync_engine = engine.sync_engine
         self._read_sync_engine = self._read_engine.sync_engine
+        #: PostgreSQL: the autocommit hops' connections, held between hops (cloud_service.held).
+        limit = held_limit(engine.sync_engine.pool.size()) if autocommit else 0
+        self._held = HeldConnections(self._read_sync_engine, limit) if limit else None
         self.feed = ChangeFeed()
         #: (device, kind, name) of services this replica has seen written: a hint that a report
         #: of them may take the unlocked path of ``upsert_services`` (a wrong hint costs a hop).
@@ -565,9 +571,12 @@ class JobStore:
 
     async def _autocommit(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(connection)`` in one hop; on PostgreSQL each of its statements commits on
-        its own (no BEGIN and COMMIT round trips), on SQLite they share one transaction."""
+        its own (no BEGIN and COMMIT round trips), on a held connection (no pool checkout: see
+        cloud_service.held); on SQLite they share one transaction."""
         if self._thread is not None:
             return await self._thread.call(lambda: self._run_here(work))
+        if self._held is not None and not self._held.closed:
+            return await self._held.run(work)
         return await greenlet_spawn(_in_autocommit, self._read_sync_engine, work)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
@@ -605,7 +614,10 @@ class JobStore:
             self._thread_engine.dispose()
 
     async def close(self) -> None:
-        """Release the database thread and its connections (the async engine is the caller's)."""
+        """Release the database thread and its connections, and give back the held ones (the
+        async engine is the caller's)."""
+        if self._held is not None:
+            await self._held.close()
         if self._thread is not None:
             await self._thread.call(self._close_here)  # its connections belong to the database thread
             thread, self._thread = self._thread, None

@@ -50,7 +50,9 @@ def test_malformed_empty_and_other_schemes(header: str) -> None:
 async def store(database_url: str) -> AsyncIterator[JobStore]:
     engine = make_engine(database_url)
     await create_schema(engine)
-    yield JobStore(engine)
+    store = JobStore(engine)
+    yield store
+    await store.close()
     await engine.dispose()
 
 

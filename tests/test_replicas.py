@@ -67,6 +67,7 @@ async def replicas(pg_database: str) -> AsyncIterator[tuple[Replica, Replica]]:
     finally:
         for replica in made:
             await replica.feed.stop()
+            await replica.store.close()
         for engine in engines:
             await engine.dispose()
 

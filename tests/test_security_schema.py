@@ -42,5 +42,6 @@ async def test_schema_1_database_is_upgraded(database_url: str) -> None:
         async with engine.connect() as conn:
             version = (await conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'"))).scalar()
         assert version == str(SCHEMA_VERSION)
+        await store.close()
     finally:
         await engine.dispose()

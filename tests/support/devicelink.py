@@ -283,4 +283,5 @@ async def service_side(directory: Path, pki: Pki, device_id: str, *, url_ttl: fl
         sock.close()
         audit.close()
         clf.close()
+        await store.close()
         await engine.dispose()

@@ -115,4 +115,5 @@ async def edge_app(tmp: Path, max_document_bytes: int = 4096) -> AsyncIterator[E
         await http.aclose()
         audit.close()
         clf.close()
+        await store.close()
         await engine.dispose()

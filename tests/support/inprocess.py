@@ -56,4 +56,5 @@ async def service_parts(directory: Path, *, max_bytes: int = 1 << 20, url_ttl: f
                            config or ServiceConfig())
     finally:
         clf.close()
+        await store.close()
         await engine.dispose()
