@@ -681,9 +681,19 @@ class JobStore:
     async def get_job(self, job_id: int) -> JobRow:
         return await self.read(lambda conn: _read_job(conn, job_id))
 
-    async def job_with_documents(self, job_id: int) -> tuple[JobRow, list[DocumentRow]]:
-        """A job and its documents (by number) in one hop; JobNotFound if there is no such job."""
-        return await self.read(lambda conn: _read_job_docs(conn, job_id))
+    async def job_with_documents(self, job_id: int, remember: bool = False) -> tuple[JobRow, list[DocumentRow]]:
+        """A job and its documents (by number) in one hop; JobNotFound if there is no such job.
+
+        ``remember``: keep what was read as the job's copy for its next change (``_remember``),
+        unless this replica holds a copy as new already: a device's claim follows its fetch,
+        and is then judged without reading the job again. The caller must not change the rows.
+        """
+        row, docs = await self.read(lambda conn: _read_job_docs(conn, job_id))
+        if remember:
+            kept = self._recent.get(job_id)
+            if kept is None or kept.row.version < row.version:
+                self._remember(row, docs)
+        return row, docs
 
     async def get_jobs(self, job_ids: list[int] | set[int]) -> dict[int, JobRow]:
         """The jobs among ``job_ids`` that exist, by id, in one query.

@@ -23,6 +23,7 @@ from schemas.messages import (
     AcknowledgeJob,
     Attributes,
     DocumentStatus,
+    FetchJob,
     JobStatus,
     PrintServiceAttributes,
     Reply,
@@ -50,17 +51,21 @@ async def parts(tmp_path: Path, database_url: str) -> AsyncIterator[ServiceParts
 
 @contextmanager
 def statements(store: JobStore) -> Iterator[list[str]]:
-    """The SQL of every statement the store sends while the block runs."""
+    """The SQL of every statement the store sends while the block runs (on SQLite, also those
+    of its database thread's engine)."""
     sent: list[str] = []
 
     def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         sent.append(" ".join(statement.split())[:60])
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    engines = [store.engine.sync_engine, *([store._thread_engine] if store._thread_engine is not None else [])]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         yield sent
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
 
 
 def on_postgresql(store: JobStore) -> bool:
@@ -115,6 +120,45 @@ async def test_a_device_report_on_postgresql_is_one_write_after_a_read_or_a_chan
         versions = list(await s.scalars(select(JobEventRow.version).where(JobEventRow.job_id == job_id)
                                         .order_by(JobEventRow.id)))
     assert versions == [1, 2, 3]  # made fetchable, claimed, processing
+
+
+async def test_a_claim_after_a_fetch_is_judged_on_what_the_fetch_read(parts: ServiceParts) -> None:
+    """A device fetches a job, then claims it: the fetch's read is kept, so the claim is one
+    statement, its write (no read of the job before it), on either database."""
+    store = parts.store
+    job_id = await new_job(store)
+    with statements(store) as fetched:
+        fetch = await send(parts, FetchJob(job_id=job_id))
+    assert fetch.ok and fetch.version == 1
+    assert len(fetched) == 1 and fetched[0].startswith("SELECT jobs.id"), fetched
+    with statements(store) as claimed:
+        ack = await send(parts, AcknowledgeJob(job_id=job_id, version=fetch.version, accept=True))
+    assert ack.ok and ack.documents and ack.version == 2
+    assert not any(s.startswith("SELECT jobs.id") for s in claimed), claimed
+    if on_postgresql(store):
+        assert len(claimed) == 1 and claimed[0].startswith("WITH changed_job AS"), claimed
+    row = await store.get_job(job_id)
+    assert (row.version, row.claimed) == (2, True)
+
+
+async def test_a_claim_judged_on_a_fetch_another_replica_overtook_is_judged_on_what_is_stored(
+        parts: ServiceParts, database_url: str) -> None:
+    """The kept read is only a first guess: a job another replica canceled after the fetch is
+    not claimed; the claim is judged again on the stored job and refused."""
+    store = parts.store
+    job_id = await new_job(store)
+    fetch = await send(parts, FetchJob(job_id=job_id))
+    other = JobStore(make_engine(database_url))
+    try:
+        done = await other.transition(job_id, Cancel(message="changed my mind"))
+        assert done.written
+    finally:
+        await other.close()
+        await other.engine.dispose()
+    ack = await send(parts, AcknowledgeJob(job_id=job_id, version=fetch.version, accept=True))
+    assert not ack.ok and ack.state is JobState.CANCELED and not ack.documents
+    row = await store.get_job(job_id)
+    assert (row.state, row.claimed) == (JobState.CANCELED.value, False)
 
 
 async def test_a_change_on_a_moved_version_writes_none_of_its_parts(parts: ServiceParts) -> None:
