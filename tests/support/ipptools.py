@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -121,6 +122,35 @@ def mdns_daemons() -> Iterator[dict[str, str]]:
     ``-r off``: the running avahi, or a private D-Bus (its own socket, not the system bus) and
     an avahi-daemon on it, stopped at the end."""
     avahi = need_tool("avahi-daemon", "avahi-daemon")
+    with _one_at_a_time():
+        yield from _mdns_daemons(avahi)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(timeout: float = 600.0) -> Iterator[None]:
+    """Hold the machine-wide lock of the private mDNS daemons while they run.
+
+    avahi-daemon keeps one pid file per machine, so two test workers each starting their own
+    collide ("Daemon already running"), and a worker that finds the other's daemon running
+    would take it for the system's while its D-Bus is private to the other: each waits for the
+    other instead."""
+    with (Path(tempfile.gettempdir()) / "cloudimaging-tests-mdns.lock").open("a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"another test held the mDNS daemons for {timeout:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _mdns_daemons(avahi: str) -> Iterator[dict[str, str]]:
     if subprocess.run([avahi, "--check"], capture_output=True, timeout=10).returncode == 0:
         yield {}
         return
