@@ -132,15 +132,27 @@ async def test_an_idle_held_connection_the_server_dropped_is_replaced_before_use
     assert small.held.count == 1
 
 
+#: The server process's id, on the driver's cursor (cloud_service.prepared): once its result
+#: types are known, in autocommit it goes straight to asyncpg.
+PID = Prepared(select(func.pg_backend_pid()))
+
+
+@pytest.mark.parametrize("path", ["connection", "prepared"])
 async def test_a_connection_lost_while_held_fails_one_hop_and_is_not_held_again(
-        small: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+        small: Rig, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """Within the no-ping moment a dropped connection fails the one hop that uses it (as the
-    pool's own connections do); it is discarded, and the next hop gets a new one."""
-    first = await small.store.read(backend)
+    pool's own connections do); it is discarded, and the next hop gets a new one. The same when
+    the statement went straight to asyncpg."""
+    def lookup(conn):  # type: ignore[no-untyped-def]
+        return PID.rows(conn, {})[0][0] if path == "prepared" else backend(conn)
+
+    first = await small.store.read(lookup)
+    assert await small.store.read(lookup) == first
     monkeypatch.setattr(db, "PING_IDLE_AFTER", 3600.0)
     assert await kill_all(small.engine.url.database) >= 1
-    with pytest.raises(exc.DBAPIError):
-        await small.store.read(backend)
+    with pytest.raises(exc.DBAPIError) as lost:
+        await small.store.read(lookup)
+    assert lost.value.connection_invalidated
     assert small.held.count == 0
     assert await small.store.read(backend) != first
     assert small.held.count == 1

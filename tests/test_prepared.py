@@ -137,3 +137,53 @@ async def test_listeners_of_cursor_events_see_every_statement(store: JobStore) -
     assert watched == unwatched
     assert [s.split()[0] for s in seen] == ["SELECT", "UPDATE", "UPDATE"]
     assert [r[4] for r in await store.read(lambda conn: _ROWS.rows(conn, {"low": 0}))] == ["a", "b", "seen"]
+
+
+async def test_autocommit_statements_on_postgresql_go_straight_to_asyncpg_and_read_the_same(
+        pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In autocommit (``JobStore.read``, the held connections) a statement whose result types are
+    known goes to asyncpg's own ``fetch``, not SQLAlchemy's cursor; in a transaction (``run``) it
+    still goes through the cursor, which begins it. The rows are the same either way, and a
+    driver error is SQLAlchemy's, the connection fit for the next statement."""
+    import asyncpg
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_cursor
+    from sqlalchemy.exc import DBAPIError
+
+    engine = make_engine(pg_database)
+    await create_schema(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    store = JobStore(engine)
+    calls = {"driver": 0, "cursor": 0}
+    real_fetch, real_execute = asyncpg.connection.Connection.fetch, AsyncAdapt_asyncpg_cursor._prepare_and_execute
+
+    def fetch(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["driver"] += 1
+        return real_fetch(self, *args, **kwargs)
+
+    def through_cursor(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["cursor"] += 1
+        return real_execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", fetch)
+    monkeypatch.setattr(AsyncAdapt_asyncpg_cursor, "_prepare_and_execute", through_cursor)
+    listed = Prepared(_SELECT)  # its own: the module's statements learnt their types in other tests
+    quotient = Prepared(select((bindparam("n", type_=Integer) / bindparam("d", type_=Integer)).label("q")))
+    try:
+        await store.run(lambda conn: [_INSERT.execute(conn, r) for r in ROWS])
+        first = await store.read(lambda conn: listed.rows(conn, {"low": 0}))  # learns the result types
+        assert calls == {"driver": 0, "cursor": 4}
+        again = await store.read(lambda conn: listed.rows(conn, {"low": 0}))
+        assert calls == {"driver": 1, "cursor": 4}
+        assert again == first and [dict(zip(_COLUMNS, r, strict=True)) for r in again] == ROWS
+        in_transaction = await store.run(lambda conn: listed.rows(conn, {"low": 0}))
+        assert in_transaction == first and calls == {"driver": 1, "cursor": 5}
+
+        assert await store.read(lambda conn: quotient.rows(conn, {"n": 6, "d": 3})) == [(2,)]
+        with pytest.raises(DBAPIError, match="division by zero") as raised:
+            await store.read(lambda conn: quotient.rows(conn, {"n": 1, "d": 0}))
+        assert calls["driver"] == 2 and not raised.value.connection_invalidated
+        assert await store.read(lambda conn: quotient.rows(conn, {"n": 9, "d": 3})) == [(3,)]
+    finally:
+        await store.close()
+        await engine.dispose()
