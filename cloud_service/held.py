@@ -70,12 +70,17 @@ def _use(held: _Held, work: Callable[[Connection], T]) -> T:
 
 
 def _checked(held: _Held) -> bool:
-    """Inside a greenlet: whether a connection idle a while still answers (if not, closed)."""
+    """Inside a greenlet: whether a connection idle a while still answers (if not, closed; if the
+    hop is cancelled during the ping, closed too, and the cancellation goes on)."""
     conn = held.conn
     try:
         alive = conn.dialect.do_ping(conn.connection.dbapi_connection)  # type: ignore[arg-type]
     except Exception:
         alive = False
+    except BaseException:
+        conn.invalidate()
+        conn.close()
+        raise
     if not alive:
         conn.invalidate()
         conn.close()
@@ -115,7 +120,14 @@ class HeldConnections:
                 raise RuntimeError("the held connections are closed")
             if self._idle:
                 held = self._idle.pop()
-                if time.monotonic() - held.used < db.PING_IDLE_AFTER or await greenlet_spawn(_checked, held):
+                if time.monotonic() - held.used < db.PING_IDLE_AFTER:
+                    return held
+                try:
+                    alive = await greenlet_spawn(_checked, held)
+                except BaseException:
+                    self._give(held)  # closed by the check: its place is freed
+                    raise
+                if alive:
                     return held
                 self.count -= 1  # dropped by the server while idle: make another
                 continue

@@ -244,3 +244,38 @@ async def test_close_gives_the_held_connections_back_and_dispose_closes_them(pg_
     while await sessions(name):
         assert time.monotonic() < deadline, "connections were left open after dispose"
         await asyncio.sleep(0.05)
+
+
+async def test_a_hop_cancelled_during_the_idle_check_frees_its_place(
+        small: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check of a connection that sat idle is part of the hop: cancelled there, the
+    connection is closed, its place is freed, and the next hop works."""
+    first = await small.store.read(backend)
+    dialect = small.engine.sync_engine.dialect
+    real_ping = dialect.do_ping
+
+    def slow_ping(dbapi_connection):  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT pg_sleep(30)")
+        cursor.close()
+        return True
+
+    monkeypatch.setattr(dialect, "do_ping", slow_ping)
+    monkeypatch.setattr(db, "PING_IDLE_AFTER", 0.0)
+    task = asyncio.create_task(small.store.read(backend))
+    deadline = time.monotonic() + 10
+    admin = await asyncpg.connect(pg.dsn())
+    try:
+        while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
+                                       "AND query LIKE 'SELECT pg_sleep%'", first):
+            assert time.monotonic() < deadline, "the check never started"
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert small.held.count == 0
+    finally:
+        await admin.close()
+    monkeypatch.setattr(dialect, "do_ping", real_ping)
+    assert await small.store.read(backend) != first
+    assert small.held.count == 1
