@@ -52,6 +52,14 @@ class _Held:
         self.used = time.monotonic()
 
 
+def _discard(conn: Connection) -> None:
+    """Inside a greenlet: close a connection not fit to hold again (invalidated first, so the
+    pool does not take it back either)."""
+    if not conn.invalidated:
+        conn.invalidate()
+    conn.close()
+
+
 def _use(held: _Held, work: Callable[[Connection], T]) -> T:
     """Inside the hop's greenlet: ``work`` on the held connection; a connection SQLAlchemy
     invalidated, or one cancelled mid-statement, is closed here (it can still await)."""
@@ -63,9 +71,7 @@ def _use(held: _Held, work: Callable[[Connection], T]) -> T:
             conn.close()
         raise
     except BaseException:
-        if not conn.invalidated:
-            conn.invalidate()  # the driver may be mid-statement: not fit to hold
-        conn.close()
+        _discard(conn)  # the driver may be mid-statement: not fit to hold
         raise
 
 
@@ -78,12 +84,10 @@ def _checked(held: _Held) -> bool:
     except Exception:
         alive = False
     except BaseException:
-        conn.invalidate()
-        conn.close()
+        _discard(conn)
         raise
     if not alive:
-        conn.invalidate()
-        conn.close()
+        _discard(conn)
     return alive
 
 

@@ -138,11 +138,12 @@ class Prepared:
         if self._watched(conn):
             return [tuple(r) for r in conn.execute(self.statement, dict(params))]
         plan = self._plan(conn)
+        parameters = plan.parameters(params)
         processors = plan.results
         if processors is not None and (driver := _autocommit_asyncpg(conn)) is not None:
-            raw = _fetch_asyncpg(conn, driver, plan, plan.parameters(params))
+            raw = _fetch_asyncpg(conn, driver, plan, parameters)
         else:
-            cursor = self._run(conn, plan, plan.parameters(params))
+            cursor = self._run(conn, plan, parameters)
             raw = cursor.fetchall()
             processors = plan.results if plan.results is not None else plan.result_processors(cursor.description)
             cursor.close()

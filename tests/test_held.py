@@ -66,6 +66,14 @@ async def kill_all(database: str) -> int:
         await admin.close()
 
 
+async def wait_sleeping(admin: asyncpg.Connection, pid: int, deadline: float, what: str) -> None:
+    """Until server process ``pid`` runs a ``pg_sleep``."""
+    while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
+                                   "AND query LIKE 'SELECT pg_sleep%'", pid):
+        assert time.monotonic() < deadline, f"{what} never started"
+        await asyncio.sleep(0.02)
+
+
 async def sessions(database: str) -> int:
     admin = await asyncpg.connect(pg.dsn())
     try:
@@ -186,10 +194,7 @@ async def test_a_hop_cancelled_mid_statement_discards_its_connection(small: Rig,
     deadline = time.monotonic() + 10
     admin = await asyncpg.connect(pg.dsn())
     try:
-        while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
-                                       "AND query LIKE 'SELECT pg_sleep%'", first):
-            assert time.monotonic() < deadline, "the slow statement never started"
-            await asyncio.sleep(0.02)
+        await wait_sleeping(admin, first, deadline, "the slow statement")
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -266,10 +271,7 @@ async def test_a_hop_cancelled_during_the_idle_check_frees_its_place(
     deadline = time.monotonic() + 10
     admin = await asyncpg.connect(pg.dsn())
     try:
-        while not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 "
-                                       "AND query LIKE 'SELECT pg_sleep%'", first):
-            assert time.monotonic() < deadline, "the check never started"
-            await asyncio.sleep(0.02)
+        await wait_sleeping(admin, first, deadline, "the check")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
