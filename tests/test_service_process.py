@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -48,6 +50,25 @@ async def _until(probe, timeout: float, what: str):  # type: ignore[no-untyped-d
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
+async def _start_listening(env: dict[str, str], log: IO[bytes], log_path: Path,
+                           attempts: int = 5) -> tuple[subprocess.Popen[bytes], str]:
+    """The service on a free port, listening; its process and URL. A port found free can be
+    taken by another test before the service binds it: then another port, a few times."""
+    for _ in range(attempts):
+        port = free_port()
+        service = subprocess.Popen(CLI, env={**env, "CLOUDIMAGING_HTTP_PORT": str(port)}, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while service.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return service, f"https://127.0.0.1:{port}"
+            await asyncio.sleep(0.1)
+        terminate(service)
+        if "Address already in use" not in log_path.read_text(errors="replace"):
+            break
+    raise AssertionError(f"the service did not listen: {log_path.read_text(errors='replace')[-3000:]}")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_service_from_environment_readiness_and_a_1_gib_document_in_constant_memory(tmp_path: Path) -> None:
@@ -59,8 +80,6 @@ async def test_service_from_environment_readiness_and_a_1_gib_document_in_consta
     secret = tmp_path / "secrets" / "broker-password"
     secret.parent.mkdir()
     secret.write_text(service_password + "\n")
-    port = free_port()
-    url = f"https://127.0.0.1:{port}"
     with s3_server(tmp_path / "moto") as s3:
         async with embedded_broker(tmp_path / "broker") as b:
             await asyncio.to_thread(b.add_user, "cloud-service", service_password)
@@ -73,7 +92,6 @@ async def test_service_from_environment_readiness_and_a_1_gib_document_in_consta
                 "CLOUDIMAGING_CA_FILE": str(b.pki.ca_cert),
                 "CLOUDIMAGING_TLS_CERT": str(b.pki.server_cert),
                 "CLOUDIMAGING_TLS_KEY": str(b.pki.server_key),
-                "CLOUDIMAGING_HTTP_PORT": str(port),
                 "CLOUDIMAGING_MAX_DOCUMENT_BYTES": str(2 * GIB),
                 "CLOUDIMAGING_LOG_LEVEL": "WARNING",
             }
@@ -84,7 +102,7 @@ async def test_service_from_environment_readiness_and_a_1_gib_document_in_consta
 
             await b.stop()  # the broker is down when the service starts
             log = (tmp_path / "service.log").open("wb")
-            service = subprocess.Popen(CLI, env=env, stdout=log, stderr=subprocess.STDOUT)
+            service, url = await _start_listening(env, log, tmp_path / "service.log")
             try:
                 async with httpx.AsyncClient(base_url=url, verify=str(b.pki.ca_cert), timeout=30.0,
                                              headers={"Authorization": f"Bearer {token}"}) as http:
