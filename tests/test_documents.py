@@ -7,6 +7,10 @@ Real components in-process: SQLite, the local object store, the job operations a
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +24,7 @@ from cloud_service.auth import User
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
-from cloud_service.objects import CHUNK, LocalObjectStore, ObjectTooLarge, UrlSigner
+from cloud_service.objects import CHUNK, LocalObjectStore, ObjectTooLarge, UrlSigner, _read_up_to
 from cloud_service.store import JobStore
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
@@ -117,6 +121,61 @@ async def test_local_objects_small_in_one_trip_large_streamed_same_bytes(tmp_pat
         with pytest.raises(ObjectTooLarge):
             await store.put_stream("jobs/1/doc-2", pieces(), max_bytes=size - 1)
     assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "1").iterdir()) == ["doc-1"]
+
+
+async def test_local_objects_are_private_whatever_the_umask_and_a_loosened_directory_is_tightened(
+        tmp_path: Path) -> None:
+    """A new job's directory is made 0700 and its object 0600 even under umask 000 (one mkdir,
+    nothing left to tighten); an existing job directory someone opened up is tightened by the
+    next object written there, and a removed ``jobs`` directory is made again."""
+    store = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+    jobs = tmp_path / "objects" / "jobs"
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    previous = os.umask(0)
+    try:
+        for key in ("jobs/1/doc-1", "jobs/2/doc-1"):
+            await store.put_stream(key, one(b"%PDF-1.4\n"), max_bytes=100)
+        assert stat.S_IMODE((jobs / "1").stat().st_mode) == 0o700
+        assert stat.S_IMODE((jobs / "1" / "doc-1").stat().st_mode) == 0o600
+        (jobs / "2").chmod(0o755)
+        await store.put_stream("jobs/2/scan-1", one(b"scan"), max_bytes=100)
+        assert stat.S_IMODE((jobs / "2").stat().st_mode) == 0o700
+        assert stat.S_IMODE((jobs / "2" / "scan-1").stat().st_mode) == 0o600
+        shutil.rmtree(jobs)
+        await store.put_stream("jobs/3/doc-1", one(b"again"), max_bytes=100)
+        assert [stat.S_IMODE(p.stat().st_mode) for p in (jobs, jobs / "3", jobs / "3" / "doc-1")] == [0o700, 0o700,
+                                                                                                      0o600]
+    finally:
+        os.umask(previous)
+    assert b"".join([c async for c in store.read_stream("jobs/3/doc-1")]) == b"again"
+
+
+def test_reading_up_to_a_limit_goes_on_after_short_reads() -> None:
+    """A read may return less than asked before the end (a pipe, a network file system): the
+    object store's small reads go on until they have the limit or reach the end."""
+    reader, writer = os.pipe()
+
+    def later() -> None:
+        time.sleep(0.05)
+        os.write(writer, b"ef")
+        os.write(writer, b"gh")
+        os.close(writer)
+
+    try:
+        os.write(writer, b"ab")
+        assert _read_up_to(reader, 2) == b"ab"  # exactly the limit: one read
+        os.write(writer, b"cd")
+        thread = threading.Thread(target=later)
+        thread.start()
+        assert _read_up_to(reader, 4) == b"cdef"  # "cd" now, "ef" 50 ms later
+        thread.join(5)
+        assert _read_up_to(reader, 10) == b"gh"  # then the end
+        assert _read_up_to(reader, 10) == b""
+    finally:
+        os.close(reader)
 
 
 # ---------------------------------------------------------------------------- the one writer
@@ -246,3 +305,4 @@ async def test_a_job_naming_no_service_goes_to_the_default_read_by_its_name(
         await rig.jobs.create(ADMIN, ServiceKind.PRINT, None, {}, "application/pdf", "c.pdf", None)
     assert refused.value.status == 404 and "gone" in refused.value.message
     assert refused.value.supported == ["lobby", "office"] and len(listed) == 1
+
