@@ -13,7 +13,9 @@ output documents are made by the device (cloud_service.documents).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -68,20 +70,47 @@ class Admission(Protocol):
         ...
 
 
+#: Services whose capabilities were parsed most recently: (kind, id) -> (the stored JSON as read,
+#: the parsed model). A submit reads its service each time (another replica, or the device, may
+#: have changed it); comparing what it read with the kept JSON costs a few microseconds where
+#: parsing the model again cost 50 (the transforms' formats added, then pydantic's validation).
+_parsed_capabilities: OrderedDict[tuple[str, int], tuple[dict[str, Any], Any]] = OrderedDict()
+#: Most services kept: beyond it the least recently used is parsed again next time.
+PARSED_CAPABILITIES_KEPT = 1024
+
+
+def _capabilities(service: ServiceRow) -> Any:
+    """The service's capabilities as the model of its kind (print: with the formats the service
+    transforms into one it takes, cloud_service.transform), parsed once while they are unchanged."""
+    key = (service.kind, service.id)
+    kept = _parsed_capabilities.get(key)
+    if kept is not None and kept[0] == service.capabilities:
+        _parsed_capabilities.move_to_end(key)
+        return kept[1]
+    if service.kind == ServiceKind.SCAN.value:
+        parsed: Any = ScanCapabilities.model_validate(service.capabilities)
+    elif service.kind == ServiceKind.FAXOUT.value:
+        parsed = FaxOutCapabilities.model_validate(service.capabilities)
+    else:
+        parsed = PrintCapabilities.model_validate(advertised_capabilities(service.capabilities))
+    _parsed_capabilities[key] = (copy.deepcopy(service.capabilities), parsed)
+    if len(_parsed_capabilities) > PARSED_CAPABILITIES_KEPT:
+        _parsed_capabilities.popitem(last=False)
+    return parsed
+
+
 def _validated(service: ServiceRow, raw: dict[str, Any], document_format: str | None) -> dict[str, Any]:
     """The IPP-named ticket of ``raw`` if the service supports it (TicketError if not)."""
     if service.kind == ServiceKind.SCAN.value:
         scan = parse_scan_ticket(raw)
-        validate_scan_ticket(scan, ScanCapabilities.model_validate(service.capabilities))
+        validate_scan_ticket(scan, _capabilities(service))
         return scan.wire()
     if service.kind == ServiceKind.FAXOUT.value:
         fax = parse_fax_ticket(raw)
-        validate_fax_ticket(fax, FaxOutCapabilities.model_validate(service.capabilities), document_format)
+        validate_fax_ticket(fax, _capabilities(service), document_format)
         return fax.wire()
     ticket = parse_print_ticket(raw)
-    # Formats the service transforms count as supported (cloud_service.transform).
-    caps = PrintCapabilities.model_validate(advertised_capabilities(service.capabilities))
-    validate_print_ticket(ticket, caps, document_format)
+    validate_print_ticket(ticket, _capabilities(service), document_format)
     return ticket.wire()
 
 

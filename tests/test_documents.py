@@ -14,12 +14,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace as DetachedService
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cloud_service import accounting, defaults
+from cloud_service import jobs as jobs_module
 from cloud_service.auth import User
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
@@ -306,3 +308,49 @@ async def test_a_job_naming_no_service_goes_to_the_default_read_by_its_name(
     assert refused.value.status == 404 and "gone" in refused.value.message
     assert refused.value.supported == ["lobby", "office"] and len(listed) == 1
 
+
+async def test_a_services_capabilities_are_parsed_once_while_unchanged_and_again_when_they_change(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each submit reads its service; the capabilities it read are parsed into the model only
+    when they differ from what was parsed last: a device that drops a size has tickets asking
+    for it refused at once, and one that adds it back has them taken again."""
+    parsed: list[int] = []
+    model_validate = jobs_module.PrintCapabilities.model_validate
+
+    def counted(value: object) -> object:
+        parsed.append(1)
+        return model_validate(value)
+
+    monkeypatch.setattr(jobs_module.PrintCapabilities, "model_validate", counted)
+    jobs_module._parsed_capabilities.clear()
+    letter = {"media": "na_letter_8.5x11in"}
+
+    async def check(ticket: dict) -> dict:
+        service = await rig.store.service(ServiceKind.PRINT.value, "office")
+        assert service is not None
+        return rig.jobs.check_ticket(service, ticket, "application/pdf")
+
+    assert (await check(letter))["media"] == "na_letter_8.5x11in"
+    assert (await check({})) == {} and len(parsed) == 1  # read again, unchanged: not parsed again
+
+    async def report(media: list[str]) -> None:
+        assert await rig.store.upsert_service("dev", ServiceKind.PRINT.value, "office", {
+            "state": "idle", "state_reasons": ["none"], "state_message": None, "info": None, "location": None,
+            "make_and_model": None, "capabilities": {**SIMULATED_PRINTER_CAPABILITIES, "media-supported": media}})
+
+    await report(["iso_a4_210x297mm"])
+    with pytest.raises(Refusal) as refused:
+        await check(letter)
+    assert refused.value.code == "unsupported-attribute" and len(parsed) == 2
+    await report(["iso_a4_210x297mm", "na_letter_8.5x11in"])
+    assert (await check(letter))["media"] == "na_letter_8.5x11in" and len(parsed) == 3
+
+    # Only so many services are kept: the least recently used is parsed again.
+    monkeypatch.setattr(jobs_module, "PARSED_CAPABILITIES_KEPT", 1)
+    service = await rig.store.service(ServiceKind.PRINT.value, "office")
+    assert service is not None
+    other = DetachedService(kind=ServiceKind.PRINT.value, id=service.id + 1000,
+                            capabilities=SIMULATED_PRINTER_CAPABILITIES)
+    rig.jobs.check_ticket(other, {}, "application/pdf")  # type: ignore[arg-type]
+    rig.jobs.check_ticket(service, {}, "application/pdf")
+    assert len(parsed) == 5 and len(jobs_module._parsed_capabilities) == 1
