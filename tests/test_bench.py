@@ -5,6 +5,7 @@ checked, only that each figure was measured and written to the JSON results."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -46,6 +47,12 @@ def test_tiny_bench_emits_every_figure(tmp_path: Path) -> None:
     for goal in ("<= 5 ms", "<= 25 ms", "<= 3x broker one-hop p99", ">= 0.7x the sink", "<= 64 MB", "<= 50 ms",
                  ">= CUPS's jobs/s", ">= 300 jobs/s (Mosquitto + PostgreSQL)"):
         assert goal in goals or any(r["value"] is None for r in rows), f"goal {goal!r} missing"
+    # the doorbell is split into the POST's own answer and the doorbell's arrival after it
+    for r in rows:
+        if r["group"] == "doorbell" and r["value"] is not None and "p99, " in r["figure"]:
+            parts = [r["extra"][k] for k in ("submit_p50", "submit_p99", "after_201_p50", "after_201_p99")]
+            assert all(math.isfinite(v) for v in parts) and 0 < parts[0] <= parts[1], r
+            assert "the POST's own 201 under the same load" in r["note"], r
     for r in rows:
         if r["value"] is not None and r["baseline"] is not None:
             # A baseline of 0 (a CPU time under one clock tick at this size) has no ratio, and says so.
