@@ -187,9 +187,11 @@ class JobOperations:
         stored_ticket.pop("document-format", None)
         admitted, check_at_close = await self.admission.on_create(user, service, stored_ticket, retention, known)
         doc = {"name": document_name, "format": document_format}
+        # With its document the job is closed before the answer, by a commit that makes this
+        # one durable too (JobStore.create_job); without, the answer follows this commit.
         row = await self.store.create_job(kind=kind, service=service, owner=user.name, ticket=stored_ticket,
                                           documents=[doc], with_documents=False, key_for=DocumentKey.input_key,
-                                          columns=admitted)
+                                          columns=admitted, flushed_by_next_commit=chunks is not None)
         if chunks is not None:
             # Just made, by this user, on this service: store its one document and close it
             # without reading all that back.

@@ -50,6 +50,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     union_all,
     update,
 )
@@ -225,13 +226,24 @@ def _change_statement(keys: tuple[str, ...], event: bool, documents: tuple[tuple
     return Prepared(statement)
 
 
+#: PostgreSQL: the statement's own (implicit) transaction commits without waiting for its WAL
+#: to reach the disk (``synchronous_commit`` off for that transaction only, as ``SET LOCAL``).
+_NO_FLUSH = select(literal_column("set_config('synchronous_commit', 'off', true)", String)
+                   .label("unflushed")).cte("no_flush")
+
+
 @functools.lru_cache(maxsize=64)
-def _create_statement(keys: tuple[str, ...], documents: int) -> Prepared:
+def _create_statement(keys: tuple[str, ...], documents: int, unflushed: bool = False) -> Prepared:
     """PostgreSQL: a new job, its documents and its first history event as one statement
     (data-modifying CTEs, the documents and the event taking the job's new id); it returns
-    the id. One round trip where a transaction of three inserts took five."""
+    the id. One round trip where a transaction of three inserts took five.
+
+    ``unflushed``: its commit does not wait for the WAL flush (``JobStore.create_job``'s
+    ``flushed_by_next_commit``); the setting is local to the statement's transaction."""
     job = insert(_jobs).values({k: bindparam(f"j_{k}") for k in keys}).returning(_jobs.c.id).cte("new_job")
-    statement = select(job.c.id)
+    # Selecting the setting's CTE makes PostgreSQL evaluate it (an unreferenced one is skipped).
+    statement = (select(job.c.id, _NO_FLUSH.c.unflushed).select_from(job.join(_NO_FLUSH, true()))
+                 if unflushed else select(job.c.id))
     for i in range(documents):
         key = (bindparam(f"d{i}_key_prefix", type_=String) + cast(job.c.id, String)
                + bindparam(f"d{i}_key_suffix", type_=String))
@@ -627,11 +639,19 @@ class JobStore:
 
     async def create_job(self, *, kind: ServiceKind, service: ServiceRow, owner: str, ticket: dict,
                          documents: list[dict], with_documents: bool, key_for: KeyFor | None = None,
-                         columns: dict | None = None) -> JobRow:
+                         columns: dict | None = None, flushed_by_next_commit: bool = False) -> JobRow:
         """Insert a job and its documents; the job is fetchable at once if documents are in.
 
         ``columns``: the admission and retention columns decided at submit, written with the
         row. ``key_for`` names each document's object once the job has its id.
+
+        ``flushed_by_next_commit``: the caller commits again before anyone learns of this job
+        (a submit with its document closes the job before its 201), so on PostgreSQL this
+        commit does not wait for the disk. The WAL is written in order and a commit waits
+        until the WAL up to its own record is on disk, so the close's commit makes this one
+        durable too; a database that crashes before it loses a job no client was told of, as
+        if its insert had been rolled back. (On SQLite, in WAL mode with ``synchronous=NORMAL``,
+        no commit waits for the disk.)
         """
         if documents and key_for is None:
             raise ValueError("documents need key_for to name their objects")
@@ -674,7 +694,7 @@ class JobStore:
             columns = _new_document(0, i + 1, doc.get("name"), doc["format"], "", doc.get("size"), doc.get("sha256"))
             params.update({f"d{i}_{k}": columns[k] for k in _NEW_DOC_KEYS[1:] if k != "object_key"})
             params.update({f"d{i}_key_prefix": pattern[0], f"d{i}_key_suffix": pattern[1]})
-        statement = _create_statement(tuple(sorted(values)), len(documents))
+        statement = _create_statement(tuple(sorted(values)), len(documents), flushed_by_next_commit)
         job_id = (await self._autocommit(lambda conn: statement.rows(conn, params)))[0][0]
         return _job_row({**values, "id": job_id})
 

@@ -6,6 +6,7 @@ reading is what a read shows."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, select
 
+from cloud_service import store as store_module
 from cloud_service.auth import User
 from cloud_service.db import DocumentRow, JobEventRow, make_engine
 from cloud_service.devices import DeviceProtocol
@@ -246,6 +248,47 @@ async def test_a_submit_is_one_read_a_statement_to_make_it_one_to_close_it_and_i
         doc = (await s.scalars(select(DocumentRow).where(DocumentRow.job_id == row.id))).one()
     assert (doc.pages, doc.object_key) == (1, DocumentKey.input_key(row.id, 1))
     assert (await store.get_job(row.id)).impressions_estimated == 1
+
+
+async def test_a_submits_first_commit_waits_for_no_flush_only_when_its_close_follows(
+        parts: ServiceParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL a submit with its document makes the job with ``synchronous_commit`` off
+    for that statement alone: the close's commit, before the 201, flushes both. A job made
+    without its document (the answer follows that commit) waits for the flush as before, and
+    no connection keeps the setting."""
+    made: list[tuple[bool, list[tuple]]] = []
+    real = store_module._create_statement
+
+    class Spy:
+        def __init__(self, prepared: object, unflushed: bool) -> None:
+            self.prepared, self.unflushed = prepared, unflushed
+
+        def rows(self, conn: object, params: dict) -> list[tuple]:
+            rows = self.prepared.rows(conn, params)  # type: ignore[attr-defined]
+            made.append((self.unflushed, rows))
+            return rows
+
+    monkeypatch.setattr(store_module, "_create_statement",
+                        lambda keys, documents, unflushed=False: Spy(real(keys, documents, unflushed), unflushed))
+    ops = parts.jobs()
+    user = User("alice", "admin")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield PDF
+
+    closed = await ops.create(user, ServiceKind.PRINT, "office", {}, "application/pdf", "a.pdf", body())
+    waiting = await ops.create(user, ServiceKind.PRINT, "office", {}, "application/pdf", "b.pdf", None)
+    assert "job-fetchable" in closed.state_reasons and waiting.state == JobState.PENDING_HELD.value
+    if not on_postgresql(parts.store):
+        assert made == []  # SQLite: a transaction on the database thread, no commit waits for the disk
+        return
+    (first, with_document), (second, without) = made
+    assert first is True and with_document == [(closed.id, "off")]  # the setting was evaluated
+    assert second is False and without == [(waiting.id,)]
+    # More reads at once than there are held connections: every one of them answers "on".
+    settings = await asyncio.gather(*(parts.store.read(
+        lambda conn: conn.exec_driver_sql("SHOW synchronous_commit").scalar()) for _ in range(20)))
+    assert set(settings) == {"on"}
 
 
 async def test_a_close_judged_on_a_copy_that_is_no_longer_current_is_judged_again(parts: ServiceParts) -> None:
