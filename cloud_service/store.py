@@ -168,6 +168,8 @@ _EVENT_KEYS = ("job_id", "version", "at", "state", "state_reasons", "message")
 _EVENT = Prepared(insert(_events).values({k: bindparam(k) for k in _EVENT_KEYS}))
 _DOC_STATES = Prepared(_UPDATE_DOC)
 _JOB = Prepared(_SELECT_JOB)
+#: A job's state alone: no JSON column decoded, no row object built.
+_JOB_STATE = Prepared(select(_jobs.c.state).where(_jobs.c.id == bindparam("job_id")))
 _DEVICE = Prepared(_SELECT_DEVICE)
 _LOCK = Prepared(_LOCK_DEVICE)
 _OWNED_OR_NAMED = Prepared(select(_services).where(or_(
@@ -700,6 +702,12 @@ class JobStore:
 
     async def get_job(self, job_id: int) -> JobRow:
         return await self.read(lambda conn: _read_job(conn, job_id))
+
+    async def job_state(self, job_id: int) -> str | None:
+        """The job's state (``JobState`` value), None if there is no such job: for a check that
+        needs nothing else (a download's "still under way")."""
+        found = await self.read(lambda conn: _JOB_STATE.rows(conn, {"job_id": job_id}))
+        return found[0][0] if found else None
 
     async def job_with_documents(self, job_id: int, remember: bool = False) -> tuple[JobRow, list[DocumentRow]]:
         """A job and its documents (by number) in one hop; JobNotFound if there is no such job.

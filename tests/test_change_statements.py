@@ -291,6 +291,19 @@ async def test_a_submits_first_commit_waits_for_no_flush_only_when_its_close_fol
     assert set(settings) == {"on"}
 
 
+async def test_a_downloads_check_reads_the_jobs_state_alone(parts: ServiceParts) -> None:
+    """A device's download asks only whether its job is still under way: one statement reading
+    one column, no row with its JSON columns decoded; a job that does not exist has no state."""
+    store = parts.store
+    job_id = await new_job(store)
+    with statements(store) as sent:
+        assert await store.job_state(job_id) == JobState.PENDING.value
+    assert len(sent) == 1 and sent[0].startswith("SELECT jobs.state FROM jobs WHERE jobs.id = "), sent
+    await store.transition(job_id, Cancel(message="canceled"))
+    assert await store.job_state(job_id) == JobState.CANCELED.value
+    assert await store.job_state(job_id + 1000) is None
+
+
 async def test_a_close_judged_on_a_copy_that_is_no_longer_current_is_judged_again(parts: ServiceParts) -> None:
     """The caller's copy of a new job is stale (the job was canceled meanwhile): the close is
     judged again on what is stored, and refused, and the document's columns given with it are

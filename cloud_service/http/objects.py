@@ -16,7 +16,7 @@ from cloud_service.http.deps import Deps, get_deps
 from cloud_service.http.multipart import declared_length
 from cloud_service.http.responses import OrjsonResponse, error_response, object_response
 from cloud_service.objects import BadSignature
-from cloud_service.store import JobNotFound, JobStore
+from cloud_service.store import JobStore
 from schemas.enums import JobState
 
 log = logging.getLogger("cloudimaging.http")
@@ -45,8 +45,7 @@ async def get_object(key: str, request: Request, deps: Deps = Depends(get_deps))
     objects = deps.objects
     if (refusal := _signature_refusal(deps, request, "GET", key)) is not None:
         return refusal
-    ended = await _job_ended(deps.store, key)
-    if ended:
+    if await _job_ended(deps.store, key):
         # A GET URL only serves while its job is under way: replaying it later gets nothing.
         _refused(deps, request, "GET", key, "the job has ended")
         return error_response(410, "gone", "the job has ended; its documents are no longer served")
@@ -72,12 +71,12 @@ async def put_object(key: str, request: Request, deps: Deps = Depends(get_deps))
 
 
 async def _job_ended(store: JobStore, key: str) -> bool:
+    """Whether the document's job has ended (or never was): its state alone is read. (Reading it
+    at once with the object, rather than before, measured no faster: two tasks cost what the
+    overlap saved.)"""
     try:
         document = DocumentKey.parse(key)
     except ValueError:
         return False
-    try:
-        row = await store.get_job(document.job_id)
-    except JobNotFound:
-        return True
-    return JobState(row.state).terminal
+    state = await store.job_state(document.job_id)
+    return state is None or JobState(state).terminal
