@@ -143,7 +143,7 @@ def _create_new(tmp: Path) -> int:
     A new job's directory is one ``mkdir``: its mode is 0700 or stricter whatever the umask, so
     there is nothing to tighten. Only an existing directory, or a missing parent, goes through
     ``private_dir`` (probe, create, tighten). An input document is always the first object of
-    its job, so the common case costs two system calls before the write, not nine.
+    its job, so the common case costs two system calls before the write, where it took twelve.
     """
     try:
         os.mkdir(tmp.parent, DIR_MODE)
@@ -158,7 +158,7 @@ def _open_new(tmp: Path) -> IO[bytes]:
 
 def _write_whole(tmp: Path, digest: Any, data: bytes | bytearray, path: Path) -> None:
     """A small object in the fewest system calls: mkdir, open, write, close, rename (a Python
-    file object would add four more: fstat, ioctl, lseek, and a second fstat for its buffer)."""
+    file object would add four more: two ioctls, an fstat and an lseek)."""
     digest.update(data)
     fd = _create_new(tmp)
     try:
