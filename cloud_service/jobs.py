@@ -79,7 +79,7 @@ _parsed_capabilities: OrderedDict[tuple[str, int], tuple[dict[str, Any], Any]] =
 PARSED_CAPABILITIES_KEPT = 1024
 
 
-def _capabilities(service: ServiceRow) -> Any:
+def parsed_capabilities(service: ServiceRow) -> Any:
     """The service's capabilities as the model of its kind (print: with the formats the service
     transforms into one it takes, cloud_service.transform), parsed once while they are unchanged."""
     key = (service.kind, service.id)
@@ -103,14 +103,14 @@ def _validated(service: ServiceRow, raw: dict[str, Any], document_format: str | 
     """The IPP-named ticket of ``raw`` if the service supports it (TicketError if not)."""
     if service.kind == ServiceKind.SCAN.value:
         scan = parse_scan_ticket(raw)
-        validate_scan_ticket(scan, _capabilities(service))
+        validate_scan_ticket(scan, parsed_capabilities(service))
         return scan.wire()
     if service.kind == ServiceKind.FAXOUT.value:
         fax = parse_fax_ticket(raw)
-        validate_fax_ticket(fax, _capabilities(service), document_format)
+        validate_fax_ticket(fax, parsed_capabilities(service), document_format)
         return fax.wire()
     ticket = parse_print_ticket(raw)
-    validate_print_ticket(ticket, _capabilities(service), document_format)
+    validate_print_ticket(ticket, parsed_capabilities(service), document_format)
     return ticket.wire()
 
 

@@ -57,13 +57,18 @@ def backend(conn):  # type: ignore[no-untyped-def]
     return conn.execute(text("SELECT pg_backend_pid()")).scalar()
 
 
-async def kill_all(database: str) -> int:
+async def _others(database: str, what: str) -> int:
+    """``what`` counted over the other server processes on ``database``, asked by an admin session."""
     admin = await asyncpg.connect(pg.dsn())
     try:
-        return int(await admin.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        return int(await admin.fetchval(f"SELECT count({what}) FROM pg_stat_activity "
                                         "WHERE datname = $1 AND pid <> pg_backend_pid()", database))
     finally:
         await admin.close()
+
+
+async def kill_all(database: str) -> int:
+    return await _others(database, "pg_terminate_backend(pid)")
 
 
 async def wait_sleeping(admin: asyncpg.Connection, pid: int, deadline: float, what: str) -> None:
@@ -75,12 +80,7 @@ async def wait_sleeping(admin: asyncpg.Connection, pid: int, deadline: float, wh
 
 
 async def sessions(database: str) -> int:
-    admin = await asyncpg.connect(pg.dsn())
-    try:
-        return int(await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                                        "AND pid <> pg_backend_pid()", database))
-    finally:
-        await admin.close()
+    return await _others(database, "*")
 
 
 def test_two_thirds_of_the_pool_are_held() -> None:

@@ -43,9 +43,8 @@ from cloud_service.credentials import parse_authorization, user_for
 from cloud_service.db import JobRow, ServiceRow
 from cloud_service.errors import Refusal
 from cloud_service.ipp import everywhere
-from cloud_service.jobs import JobOperations
+from cloud_service.jobs import JobOperations, parsed_capabilities
 from cloud_service.store import JobStore
-from cloud_service.transform import advertised_capabilities
 from schemas.api import JobInfo
 from schemas.enums import JobState, ServiceKind
 from schemas.ipp import attributes as ia
@@ -353,7 +352,7 @@ class IppFront:
         # A revoked device's printer says so and refuses jobs, so CUPS stops retrying.
         status = service_overlay(service.state, service.state_reasons, service.state_message, online, revoked)
         uri = self.printer_uri(service.name)
-        caps = PrintCapabilities.model_validate(advertised_capabilities(service.capabilities))
+        caps = parsed_capabilities(service)  # parsed once while unchanged (CUPS polls this)
         base = self.https_base()
         changed = int(service.updated_at or 0)
         supplies = everywhere.reported_supplies(service.supplies)
