@@ -132,8 +132,11 @@ class ReplicatedFeed(ChangeFeed):
     async def _serve(self, lost: asyncio.Event) -> None:
         """Announce pending changes as they come; check the connection when idle."""
         while True:
+            # Not ``wait_for``: on Python 3.11 it swallows a cancel that lands as the event is
+            # set, and this loop would then outlive ``stop`` (which waits for it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.check_interval)
+                async with asyncio.timeout(self.check_interval):
+                    await self._wake.wait()
             self._wake.clear()
             if lost.is_set():
                 raise ConnectionError("the listening connection was closed")

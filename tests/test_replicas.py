@@ -147,6 +147,31 @@ async def test_a_change_on_one_replica_wakes_a_waiter_on_the_other(replicas: tup
     assert a.feed.heard >= 100
 
 
+async def test_a_feed_stops_when_stopped_just_as_a_change_wakes_it(pg_database: str) -> None:
+    """``stop`` cancels the feed's task just as a change wakes it (after 0-3 turns of the loop),
+    20 times: each stop returns within its bound, none leaves the task running."""
+    hung = 0
+    for turns in range(4):
+        for _ in range(5):
+            feed = ReplicatedFeed(pg_database)
+            await feed.start()
+            await asyncio.wait_for(feed.listening.wait(), 20)
+            task = feed._task
+            feed.notify(1)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            try:
+                await asyncio.wait_for(feed.stop(), 3.0)
+            except TimeoutError:
+                hung += 1
+                feed._task = None
+                await feed._close()
+            assert task is not None and (task.done() or hung)
+            if task is not None and not task.done():
+                task.cancel()
+    assert hung == 0, f"{hung} of 20 stops did not return"
+
+
 async def test_the_listener_comes_back_after_its_connection_is_killed(replicas: tuple[Replica, Replica]) -> None:
     import asyncpg
 
