@@ -30,7 +30,8 @@ EXTRA_MODELS = (JobCreate,)
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is not None:
         return app.openapi_schema
-    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                           tags=app.openapi_tags)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for model in EXTRA_MODELS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
