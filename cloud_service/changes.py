@@ -5,15 +5,11 @@ its own replica. On PostgreSQL, ``ReplicatedFeed`` also tells the other replicas
 change committed here is announced with ``pg_notify`` on ``CHANNEL`` (payload
 ``<replica>:<job id>``), and every replica LISTENs on one dedicated connection and wakes its
 local waiters when another replica's announcement arrives, typically within milliseconds.
-A change written as one statement (most are: ``JobStore.transition``) announces itself in that
-statement (``announcement``), so the notification goes with its commit and costs no round
-trip; the others are announced by this feed's task right after their commit, together when
-several are waiting.
 
 A notification is a hint, never the data: waiters re-read the job from the database, and they
 still re-read it periodically (``event_poll_interval``), so a notification lost with a dropped
-connection or a replica that died between a transaction's commit and its announcement costs
-latency, never correctness. After the listening connection is re-made every local waiter is woken once,
+connection or a replica that died between its commit and its announcement costs latency,
+never correctness. After the listening connection is re-made every local waiter is woken once,
 since announcements may have been missed while it was down. On SQLite (one replica) the plain
 ``ChangeFeed`` is used and nothing here runs.
 """
@@ -52,7 +48,6 @@ class ReplicatedFeed(ChangeFeed):
         self.check_interval = check_interval
         #: Tells this replica's own announcements apart from the others'.
         self.origin = uuid.uuid4().hex[:16]
-        self.announcement = (CHANNEL, f"{self.origin}:")
         self._pending: dict[int, None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -62,12 +57,9 @@ class ReplicatedFeed(ChangeFeed):
         #: Announcements heard from other replicas (a figure for logs and tests).
         self.heard = 0
 
-    def notify(self, job_id: int, announced: bool = False) -> None:
-        """Wake this replica's waiters now and, unless the change's statement ``announced`` it
-        already, announce the change to the others."""
+    def notify(self, job_id: int) -> None:
+        """Wake this replica's waiters now and announce the change to the others."""
         super().notify(job_id)
-        if announced:
-            return
         self._pending[job_id] = None
         while len(self._pending) > MAX_PENDING:
             del self._pending[next(iter(self._pending))]

@@ -202,19 +202,12 @@ CHANGE_STATEMENT_DOCS = 8
 
 
 @functools.lru_cache(maxsize=256)
-def _change_statement(keys: tuple[str, ...], event: bool, documents: tuple[tuple[str, ...], ...],
-                      announced: bool = False) -> Prepared:
+def _change_statement(keys: tuple[str, ...], event: bool, documents: tuple[tuple[str, ...], ...]) -> Prepared:
     """PostgreSQL: a job's update conditioned on its version, its history event and its
     documents' changed columns (one column set per document), as one statement of
     data-modifying CTEs; it returns 1 if the job was written, 0 if its version had moved
     (nothing written then: the event and the documents are written only from the job's
     updated row).
-
-    ``announced``: the statement also announces the change to the other replicas
-    (``pg_notify`` on the channel and with the payload prefix bound as ``n_channel`` and
-    ``n_prefix``, the job's id appended; ``ChangeFeed.announcement``). PostgreSQL delivers a
-    notification when its transaction commits, so the announcement is sent if and only if the
-    change is, with no round trip of its own.
 
     One statement is atomic on its own, so the change needs no transaction: one round trip
     where ``BEGIN``, the update, the insert, the documents and ``COMMIT`` took five. A
@@ -223,15 +216,7 @@ def _change_statement(keys: tuple[str, ...], event: bool, documents: tuple[tuple
     """
     job = (update(_jobs).where(_jobs.c.id == bindparam("w_id"), _jobs.c.version == bindparam("w_version"))
            .values({k: bindparam(f"v_{k}") for k in keys}).returning(_jobs.c.id).cte("changed_job"))
-    if announced:
-        # One row per changed job (none when the version had moved); joining it makes
-        # PostgreSQL evaluate it, as an unreferenced CTE that modifies nothing is skipped.
-        notified = select(func.pg_notify(bindparam("n_channel", type_=String),
-                                         bindparam("n_prefix", type_=String) + cast(job.c.id, String))
-                          .label("announced")).select_from(job).cte("announced")
-        statement = select(func.count()).select_from(job.join(notified, true()))
-    else:
-        statement = select(func.count()).select_from(job)
+    statement = select(func.count()).select_from(job)
     if event:
         statement = statement.add_cte(insert(_events).from_select(_EVENT_KEYS, select(
             job.c.id, *(bindparam(f"e_{k}", type_=_events.c[k].type) for k in _EVENT_KEYS[1:]))).cte("event"))
@@ -324,17 +309,14 @@ _DOC_STATE_KEYS = ("impressions_completed", "state")
 
 def _write_change(conn: Connection, job_id: int, version: int, values: Mapping[str, Any],
                   event: Mapping[str, Any] | None, documents: Mapping[int, Mapping[str, Any]],
-                  single: bool, announcement: tuple[str, str] | None = None) -> bool:
+                  single: bool) -> bool:
     """Write a judged change: the job's ``values`` where its version is still ``version``, its
     history ``event`` and its ``documents``' columns (by number). False if the version had
     moved (another writer got there first; nothing written). ``single``: as one statement
-    (PostgreSQL, outside a transaction), which with an ``announcement`` (channel, payload
-    prefix) also announces the change; else as several, inside the caller's transaction."""
+    (PostgreSQL, outside a transaction); else as several, inside the caller's transaction."""
     if single:
         params: dict[str, Any] = {f"v_{k}": v for k, v in values.items()}
         params.update(w_id=job_id, w_version=version)
-        if announcement is not None:
-            params.update(n_channel=announcement[0], n_prefix=announcement[1])
         if event is not None:
             params.update({f"e_{k}": event[k] for k in _EVENT_KEYS[1:]})
         shape = []
@@ -342,8 +324,7 @@ def _write_change(conn: Connection, job_id: int, version: int, values: Mapping[s
             params[f"d{i}_number"] = number
             params.update({f"d{i}_{k}": v for k, v in columns.items()})
             shape.append(tuple(sorted(columns)))
-        statement = _change_statement(tuple(sorted(values)), event is not None, tuple(shape),
-                                      announcement is not None)
+        statement = _change_statement(tuple(sorted(values)), event is not None, tuple(shape))
         return bool(statement.rows(conn, params)[0][0])
     if _update(conn, "jobs", {"id": job_id, "version": version}, values) != 1:
         return False
@@ -533,16 +514,10 @@ class ChangeFeed:
     """In-process wake-ups for event streams. Only a hint: streams also poll the database,
     so a change made by another replica is seen too."""
 
-    #: (channel, payload prefix) with which a change's own statement may announce it to other
-    #: replicas (``_change_statement``); None where there are none to tell (one replica).
-    announcement: tuple[str, str] | None = None
-
     def __init__(self) -> None:
         self._waiters: dict[int, set[asyncio.Event]] = {}
 
-    def notify(self, job_id: int, announced: bool = False) -> None:
-        """Wake this replica's waiters on the job. ``announced``: the change's statement told
-        the other replicas already (no announcement of the feed's own is needed)."""
+    def notify(self, job_id: int) -> None:
         for ev in self._waiters.get(job_id, ()):
             ev.set()
 
@@ -821,10 +796,8 @@ class JobStore:
             # A view is read in the change's transaction, unless derived from ``known``.
             single = plain and (not view or (known is not None and known.history is not None))
             hop = self._autocommit if single else self.run
-            # One statement announces its own change to the other replicas, on commit.
-            announcement = self.feed.announcement if single else None
-            done = await hop(lambda conn, single=single, known=known, announcement=announcement: _transition_once(
-                conn, job_id, event, message_id, extra, view, then, single, documents, known, announcement))
+            done = await hop(lambda conn, single=single, known=known: _transition_once(
+                conn, job_id, event, message_id, extra, view, then, single, documents, known))
             if known is not None and done is None:
                 self._recent.pop(job_id, None)  # not current: forget it
             known = None  # judged on a copy once; again, on what is stored
@@ -841,7 +814,7 @@ class JobStore:
                     self._views.popitem(last=False)
             if done.written:
                 self._remember(done.row, done.documents if remember else None)
-                self.feed.notify(job_id, announced=announcement is not None)
+                self.feed.notify(job_id)
             return done
         raise ConcurrentUpdate(f"job {job_id} changed {attempts} times while updating it")
 
@@ -1147,12 +1120,11 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
                      message_id: str | None, extra: Callable[[JobRow], dict] | None,
                      view: bool = False, then: Callable[[Connection, JobRow], None] | None = None,
                      single: bool = False, documents: Mapping[int, Mapping[str, Any]] | None = None,
-                     known: Known | None = None,
-                     announcement: tuple[str, str] | None = None) -> Transition | _InTransaction | None:
+                     known: Known | None = None) -> Transition | _InTransaction | None:
     """One attempt of JobStore.transition inside one transaction (or, with ``single``, outside
-    any, its write one statement, announcing the change with ``announcement``); None if the
-    version moved (or, judged on ``known``, if the change was not written: judge again on a
-    fresh read), ``_IN_TRANSACTION`` if the write is too big for one statement."""
+    any, its write one statement); None if the version moved (or, judged on ``known``, if the
+    change was not written: judge again on a fresh read), ``_IN_TRANSACTION`` if the write is
+    too big for one statement."""
     if known is None:
         row, docs = _read_job_docs(conn, job_id)
     else:  # copies: the caller's rows stay as they were if this attempt writes nothing
@@ -1205,7 +1177,7 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
                                                       impressions_completed=new.impressions_completed)
     if single and len(written) > CHANGE_STATEMENT_DOCS:
         return _IN_TRANSACTION
-    if not _write_change(conn, job_id, before.version, values, history, written, single, announcement):
+    if not _write_change(conn, job_id, before.version, values, history, written, single):
         return None
     row.__dict__.update(values)
     for doc in docs:  # the rows as just written

@@ -27,7 +27,7 @@ from cloud_service.db import JobEventRow, create_schema, make_engine
 from cloud_service.lease import AdvisoryLease, lock_key
 from cloud_service.objects import LocalObjectStore, UrlSigner
 from cloud_service.retention import Sweeper
-from cloud_service.store import JobStore, _write_change
+from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
 from schemas.enums import JobState
 from schemas.messages import JobFetchable, Message
@@ -145,49 +145,6 @@ async def test_a_change_on_one_replica_wakes_a_waiter_on_the_other(replicas: tup
               f"{statistics.median(figures) * 1000:.1f} ms, p99 {figures[98] * 1000:.1f} ms, "
               f"max {figures[-1] * 1000:.1f} ms")
     assert a.feed.heard >= 100
-
-
-async def test_a_change_of_one_statement_announces_itself_and_a_transaction_through_the_feed(
-        replicas: tuple[Replica, Replica]) -> None:
-    """With A's own announcing task stopped, B still hears A's changes written as one statement
-    (the statement's ``pg_notify``, sent with its commit), once each, and nothing of a
-    statement whose version had moved; a change written in a transaction is left to the
-    task, which sends it once started again."""
-    a, b = replicas
-    job_id = await processing_job(a.store)
-    await a.feed.stop()  # A's listener and announcer: what B hears now comes from A's statements
-    await wait_until(lambda: not a.feed._pending, CHANGE_BOUND)
-
-    async def settled() -> int:
-        """B's count of what it heard, once nothing more arrives for 0.3 s."""
-        while True:
-            before = b.feed.heard
-            await asyncio.sleep(0.3)
-            if b.feed.heard == before:
-                return before
-
-    heard = await settled()
-    for i in range(5):
-        async with b.store.feed.watch(job_id) as woken:
-            await a.store.transition(job_id, DeviceReport(JobState.PROCESSING, impressions_completed=i + 1))
-            await asyncio.wait_for(woken.wait(), CHANGE_BOUND)
-    assert not a.feed._pending
-    assert await settled() == heard + 5
-
-    # The statement itself, on a version that has moved: nothing written, nothing announced.
-    written = await a.store._autocommit(lambda conn: _write_change(
-        conn, job_id, 10_000, {"state_message": "stale"}, None, {}, True, a.feed.announcement))
-    assert written is False
-    assert await settled() == heard + 5
-
-    # A change in a transaction (``then``) waits for the feed's task.
-    await a.store.transition(job_id, DeviceReport(JobState.PROCESSING, impressions_completed=9),
-                             then=lambda _conn, _row: None)
-    assert list(a.feed._pending) == [job_id]
-    assert await settled() == heard + 5
-    await a.feed.start()
-    await wait_until(lambda: b.feed.heard == heard + 6, CHANGE_BOUND)
-    assert not a.feed._pending
 
 
 async def test_a_feed_stops_when_stopped_just_as_a_change_wakes_it(pg_database: str) -> None:
