@@ -18,7 +18,6 @@ from cloud_service.audit import AuditLog
 from cloud_service.auth import User, create_token
 from cloud_service.config import ServiceConfig
 from cloud_service.http import Deps, manage, objects, operators, services
-from cloud_service.http.app import create_app
 from cloud_service.http.responses import add_error_handlers
 from cloud_service.objects import CHUNK
 from cloud_service.store import JobStore
@@ -189,41 +188,6 @@ async def test_objects_router_serves_a_small_document_whole_and_a_large_one_stre
         missing = urlsplit(parts.deps.objects.presign(f"jobs/{row.id}/doc-2", "GET", 60)[0])
         assert (await http.get(f"{missing.path}?{missing.query}")).status_code == 404
     assert len(fetchable) == 2
-
-
-async def test_the_apps_presigned_gets_are_answered_before_its_routes(parts: Parts, tmp_path: Path) -> None:
-    """In the service's app a presigned GET is answered by ``PresignedReads``: with the objects
-    router taken out of the app, a download is still served (and a bad signature, an ended job
-    and a missing document refused as the route refuses them), logged as the route's are,
-    while a PUT, which the router alone serves, now finds no route."""
-    await _printer(parts.deps.store, "root")
-    jobs = parts.deps.jobs
-    jobs.notify = lambda device, message: None  # the doorbell, unheard here
-    app = create_app(parts.deps)
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "original_router", None) is not objects.router]
-    data = make_pdf(1)
-
-    async def once() -> AsyncIterator[bytes]:
-        yield data
-
-    row = await jobs.create(User("root", "admin"), ServiceKind.PRINT, "office", {}, "application/pdf", None, once())
-
-    def signed(key: str, method: str) -> str:
-        url = urlsplit(parts.deps.objects.presign(key, method, 60)[0])
-        return f"{url.path}?{url.query}"
-
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
-        got = await http.get(signed(f"jobs/{row.id}/doc-1", "GET"))
-        assert got.status_code == 200 and got.content == data
-        tampered = await http.get(signed(f"jobs/{row.id}/doc-1", "PUT"))
-        assert tampered.status_code == 403 and tampered.json()["error"]["code"] == "bad-signature"
-        assert (await http.get(signed(f"jobs/{row.id}/doc-2", "GET"))).status_code == 404
-        gone = await http.get(signed("jobs/424242/doc-1", "GET"))
-        assert gone.status_code == 410 and gone.json()["error"]["code"] == "gone"
-        assert (await http.put(signed(f"jobs/{row.id}/doc-1", "PUT"), content=b"x")).status_code == 404
-    lines = (tmp_path / "access.log").read_text().splitlines()
-    served = [line for line in lines if f"GET /objects/jobs/{row.id}/doc-1 " in line]
-    assert len(served) == 2 and " presigned " in served[0] and '" 200 ' in served[0], served
 
 
 async def test_a_named_service_is_read_alone_with_its_queued_jobs(parts: Parts) -> None:

@@ -1,8 +1,8 @@
 """``create_app``: the FastAPI application of the Cloud Service's HTTPS port.
 
-It adds the access log middleware, the presigned GETs' short way (``objects.PresignedReads``)
-and the error envelope, puts the ``Deps`` on ``app.state`` and includes one router per
-resource, those every job calls first (no two share a path).
+It adds the access log middleware, the short way of the calls every job makes
+(``shortcuts.Shortcuts``) and the error envelope, puts the ``Deps`` on ``app.state`` and
+includes one router per resource, those every job calls first (no two share a path).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from cloud_service.clf import ClfLog
 from cloud_service.http import apidocs, console, defaults, events, jobs, manage, objects, operators, services
 from cloud_service.http.deps import Deps
 from cloud_service.http.responses import OrjsonResponse, add_error_handlers
+from cloud_service.http.shortcuts import Shortcuts
 
 
 class ClfMiddleware:
@@ -55,7 +56,7 @@ def create_app(deps: Deps) -> FastAPI:
                   description="Cloud Print Service after the PWG Cloud Imaging Model. "
                               "Authenticate with `Authorization: Bearer <token>`.")
     app.state.deps = deps
-    app.add_middleware(objects.PresignedReads, deps=deps)  # inside the access log: added first
+    app.add_middleware(Shortcuts, deps=deps)  # inside the access log: added first
     app.add_middleware(ClfMiddleware, clf=deps.clf)
     add_error_handlers(app)
     # No two routers share a path (tests/test_http_routes.py), so their order decides only how

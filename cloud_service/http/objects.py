@@ -2,7 +2,7 @@
 
 PUT stores a job's document (from a client) or a scan's output (from the device); GET serves a
 document to the device only while its job is under way. In the service's app a GET is answered
-by ``PresignedReads`` before FastAPI's routing, with this router's own ``get_object``.
+before FastAPI's routing by this router's own ``get_object`` (``cloud_service.http.shortcuts``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_service.documents import DocumentKey
 from cloud_service.http.deps import Deps, get_deps
@@ -86,26 +85,3 @@ async def _job_ended(store: JobStore, key: str) -> bool:
     state = await store.job_state(document.job_id)
     return state is None or JobState(state).terminal
 
-
-class PresignedReads:
-    """ASGI middleware: a presigned GET, a device's download of each document of every job,
-    answered by ``get_object`` before FastAPI matches routes and solves dependencies, which
-    took about half of a small download's 0.4 ms of CPU in process. Everything else (a PUT, a
-    HEAD, any other path) goes on to the app; an error ``get_object`` raises is answered 500 by
-    the app's outermost handler, as a route's would be."""
-
-    def __init__(self, app: ASGIApp, deps: Deps) -> None:
-        self.app = app
-        self.deps = deps
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root + "/"):
-                path = path[len(root):]
-            if path.startswith(PREFIX):
-                response = await get_object(path[len(PREFIX):], Request(scope, receive), self.deps)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

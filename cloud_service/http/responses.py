@@ -57,12 +57,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Refusal)
     async def _job_error(request: Request, exc: Refusal) -> OrjsonResponse:
-        if exc.status == 403:
-            audit = request.app.state.deps.audit
-            audit.event("access-denied", outcome="denied", actor=request.scope.get("state", {}).get("user"),
-                        client=request.client.host if request.client else None, method=request.method,
-                        path=request.url.path, code=exc.code)
-        return error_response(exc.status, exc.code, exc.message, exc.attribute, exc.supported)
+        return refusal_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> OrjsonResponse:
@@ -77,5 +72,20 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, _exc: ClientDisconnect) -> OrjsonResponse:
-        log.info("client went away during %s %s", request.method, request.url.path)
-        return error_response(400, "client-disconnected", "the client closed the connection before the body ended")
+        return disconnect_response(request)
+
+
+def refusal_response(request: Request, exc: Refusal) -> OrjsonResponse:
+    """A Refusal as the envelope, a 403 audited (the audit log is ``app.state.deps.audit``)."""
+    if exc.status == 403:
+        audit = request.app.state.deps.audit
+        audit.event("access-denied", outcome="denied", actor=request.scope.get("state", {}).get("user"),
+                    client=request.client.host if request.client else None, method=request.method,
+                    path=request.url.path, code=exc.code)
+    return error_response(exc.status, exc.code, exc.message, exc.attribute, exc.supported)
+
+
+def disconnect_response(request: Request) -> OrjsonResponse:
+    """A client gone mid-body: one log line and a 400 nobody reads."""
+    log.info("client went away during %s %s", request.method, request.url.path)
+    return error_response(400, "client-disconnected", "the client closed the connection before the body ended")
