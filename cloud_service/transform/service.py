@@ -13,6 +13,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -45,7 +46,8 @@ class Transformer:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_quiet_on_interrupt)
         return self._pool
 
     async def run(self, source: Path, source_format: str, target: Path, target_format: str,
@@ -75,3 +77,10 @@ class Transformer:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _quiet_on_interrupt() -> None:
+    """In each worker: SIGINT ends the process as the system's default does, without Python's
+    KeyboardInterrupt. A terminal's Ctrl-C reaches every process of the service (``make run``);
+    the service stops its pool itself, and a traceback from each idle worker said nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
