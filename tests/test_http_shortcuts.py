@@ -35,6 +35,14 @@ async def deps(tmp_path: Path, database_url: str) -> AsyncIterator[Deps]:
         audit.close()
 
 
+async def office(deps: Deps) -> str:
+    """A printer "office" of olga's device; olga's token."""
+    await deps.store.set_device("dev-1", online=True, last_seen=None, owner="olga")
+    assert await deps.store.upsert_service("dev-1", "print", "office", {
+        "state": "idle", "state_reasons": ["none"], "state_message": None, "capabilities": {}})
+    return await create_token(deps.store, "olga", "owner")
+
+
 def without_routers(deps: Deps) -> FastAPI:
     """The service's app with the jobs and objects routers taken out."""
     app = create_app(deps)
@@ -51,12 +59,8 @@ def form(job: dict, document: bytes | None) -> dict:
 
 
 async def test_a_submit_and_its_download_are_answered_without_the_routers(deps: Deps, tmp_path: Path) -> None:
-    store = deps.store
-    await store.set_device("dev-1", online=True, last_seen=None, owner="olga")
-    assert await store.upsert_service("dev-1", "print", "office", {
-        "state": "idle", "state_reasons": ["none"], "state_message": None, "capabilities": {}})
-    olga = await create_token(store, "olga", "owner")
-    bob = await create_token(store, "bob", "user")
+    olga = await office(deps)
+    bob = await create_token(deps.store, "bob", "user")
     document = make_pdf(2)
     app = without_routers(deps)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
@@ -109,11 +113,7 @@ async def test_a_submit_and_its_download_are_answered_without_the_routers(deps: 
 async def test_the_apps_answers_match_the_routes(deps: Deps) -> None:
     """The same submit and download through the whole app: status, headers and body are those of
     the router mounted alone (no shortcut there)."""
-    store = deps.store
-    await store.set_device("dev-1", online=True, last_seen=None, owner="olga")
-    assert await store.upsert_service("dev-1", "print", "office", {
-        "state": "idle", "state_reasons": ["none"], "state_message": None, "capabilities": {}})
-    olga = await create_token(store, "olga", "owner")
+    olga = await office(deps)
     routers = FastAPI()
     routers.state.deps = deps
     add_error_handlers(routers)

@@ -84,4 +84,3 @@ async def _job_ended(store: JobStore, key: str) -> bool:
         return False
     state = await store.job_state(document.job_id)
     return state is None or JobState(state).terminal
-

@@ -35,21 +35,17 @@ class Shortcuts:
         self.deps = deps
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            root = scope.get("root_path", "")
-            if root and path.startswith(root + "/"):
-                path = path[len(root):]
-            method = scope["method"]
-            if method == "GET" and path.startswith(objects.PREFIX):
-                response = await objects.get_object(path[len(objects.PREFIX):], Request(scope, receive), self.deps)
-                await response(scope, receive, send)
-                return
-            if method == "POST" and path == SUBMIT:
-                request = Request(scope, receive)
-                await (await self._submit(request))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        # The app is served at the root (cloud_service.httpserver); a path below a root_path
+        # matches neither and goes on to FastAPI's routes, which answer it the same.
+        path = scope["path"] if scope["type"] == "http" else ""
+        if scope.get("method") == "GET" and path.startswith(objects.PREFIX):
+            response = await objects.get_object(path[len(objects.PREFIX):], Request(scope, receive), self.deps)
+        elif scope.get("method") == "POST" and path == SUBMIT:
+            response = await self._submit(Request(scope, receive))
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
     async def _submit(self, request: Request) -> Response:
         try:
