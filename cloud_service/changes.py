@@ -6,6 +6,21 @@ change committed here is announced with ``pg_notify`` on ``CHANNEL`` (payload
 ``<replica>:<job id>``), and every replica LISTENs on one dedicated connection and wakes its
 local waiters when another replica's announcement arrives, typically within milliseconds.
 
+Announcements are made only while another replica listens: a replica alone on its database
+(the common deployment) would otherwise send a statement for every few job changes that
+nobody hears, and hear each of them back. The replicas find one another on the same channel:
+
+- on listening (and again after its connection is re-made) a replica says ``<replica>:hello?``;
+  every replica that hears it answers ``<replica>:hello``;
+- each replica says ``hello`` every ``check_interval`` seconds (it doubles as the listening
+  connection's liveness check), and ``bye`` when it stops;
+- a replica counts another as present from the first word heard from it until
+  ``PEER_LIFETIMES`` intervals pass without one, or its ``bye``.
+
+A change made while a replica believed itself alone is remembered for ``RECENT`` seconds and
+announced as soon as a new replica is heard, so a replica that starts listening just after such
+a change still hears of it.
+
 A notification is a hint, never the data: waiters re-read the job from the database, and they
 still re-read it periodically (``event_poll_interval``), so a notification lost with a dropped
 connection or a replica that died between its commit and its announcement costs latency,
@@ -20,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -36,6 +52,12 @@ MAX_PENDING = 10_000
 #: Server-side TCP keepalives: a listener whose peer vanished is noticed and re-made.
 SERVER_SETTINGS = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3",
                    "application_name": "cloudimaging-changes"}
+#: The words replicas say to one another on ``CHANNEL`` in place of a job id.
+ASK, HELLO, BYE = "hello?", "hello", "bye"
+#: A replica unheard for this many of its ``check_interval`` periods is taken to be gone.
+PEER_LIFETIMES = 3
+#: Seconds a change made while alone is kept, to be announced to a replica heard just after it.
+RECENT = 2.0
 
 
 class ReplicatedFeed(ChangeFeed):
@@ -49,6 +71,13 @@ class ReplicatedFeed(ChangeFeed):
         #: Tells this replica's own announcements apart from the others'.
         self.origin = uuid.uuid4().hex[:16]
         self._pending: dict[int, None] = {}
+        #: Changes made while alone (job id -> when), oldest first.
+        self._recent: dict[int, float] = {}
+        #: The other replicas heard (origin -> when last heard), and until when one counts as present.
+        self._peers: dict[str, float] = {}
+        self._peers_until = 0.0
+        #: What this replica is to say next besides its announcements (ASK or HELLO), if anything.
+        self._say: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
@@ -56,10 +85,27 @@ class ReplicatedFeed(ChangeFeed):
         self.listening = asyncio.Event()
         #: Announcements heard from other replicas (a figure for logs and tests).
         self.heard = 0
+        #: Job changes announced to other replicas (a figure for logs and tests).
+        self.announced = 0
+
+    @property
+    def peer_lifetime(self) -> float:
+        return PEER_LIFETIMES * self.check_interval
+
+    @property
+    def alone(self) -> bool:
+        """Whether no other replica has been heard within its lifetime."""
+        return time.monotonic() >= self._peers_until
 
     def notify(self, job_id: int) -> None:
-        """Wake this replica's waiters now and announce the change to the others."""
+        """Wake this replica's waiters now and announce the change to the others, if any."""
         super().notify(job_id)
+        if self.alone:
+            self._recent.pop(job_id, None)
+            self._recent[job_id] = time.monotonic()
+            if len(self._recent) > MAX_PENDING:
+                del self._recent[next(iter(self._recent))]
+            return
         self._pending[job_id] = None
         while len(self._pending) > MAX_PENDING:
             del self._pending[next(iter(self._pending))]
@@ -77,15 +123,52 @@ class ReplicatedFeed(ChangeFeed):
         self._wake.set()
 
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        origin, _, job = payload.partition(":")
+        origin, _, what = payload.partition(":")
         if origin == self.origin:
             return
+        if what == BYE:
+            self._peers.pop(origin, None)
+            self._peers_until = max(self._peers.values(), default=-self.peer_lifetime) + self.peer_lifetime
+            return
+        now = time.monotonic()
+        last = self._peers.get(origin)
+        self._peers[origin] = now
+        self._peers_until = now + self.peer_lifetime
+        if last is None or last + self.peer_lifetime <= now:
+            self._met()
+        if what == ASK:
+            self._say = self._say or HELLO
+            self._wake.set()
+        if what in (ASK, HELLO):
+            return
         try:
-            job_id = int(job)
+            job_id = int(what)
         except ValueError:
             return
         self.heard += 1
         self._wake_local(job_id)
+
+    def _met(self) -> None:
+        """A replica newly heard: say hello to it, and announce the changes it may have missed."""
+        self._say = self._say or HELLO
+        since = time.monotonic() - RECENT
+        for job_id, when in self._recent.items():
+            if when >= since:
+                self._pending[job_id] = None
+        self._recent.clear()
+        self._wake.set()
+
+    def _forget(self, now: float) -> None:
+        """Drop what is too old to matter: changes made alone, replicas long unheard."""
+        recent = self._recent
+        while recent:
+            job_id = next(iter(recent))
+            if recent[job_id] >= now - RECENT:
+                break
+            del recent[job_id]
+        for origin, last in list(self._peers.items()):
+            if last + self.peer_lifetime <= now:
+                del self._peers[origin]
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="change-feed")
@@ -95,6 +178,11 @@ class ReplicatedFeed(ChangeFeed):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            # The others stop announcing to this replica now rather than when it goes unheard.
+            with contextlib.suppress(Exception):
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{self.origin}:{BYE}", timeout=1.0)
         await self._close()
 
     async def _close(self) -> None:
@@ -130,21 +218,30 @@ class ReplicatedFeed(ChangeFeed):
             await asyncio.sleep(self.retry)
 
     async def _serve(self, lost: asyncio.Event) -> None:
-        """Announce pending changes as they come; check the connection when idle."""
+        """Ask who else listens, then announce changes as they come and say hello every
+        ``check_interval`` (which also checks the connection)."""
+        self._say = ASK
+        hello_at = time.monotonic()
         while True:
             # Not ``wait_for``: on Python 3.11 it swallows a cancel that lands as the event is
             # set, and this loop would then outlive ``stop`` (which waits for it).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.check_interval):
+                async with asyncio.timeout(max(0.0, hello_at - time.monotonic())):
                     await self._wake.wait()
             self._wake.clear()
             if lost.is_set():
                 raise ConnectionError("the listening connection was closed")
-            if not self._pending:
-                await self._conn.fetchval("SELECT 1", timeout=self.check_interval)
-                continue
+            now = time.monotonic()
+            payloads = []
+            if self._say is not None or now >= hello_at:
+                payloads.append(f"{self.origin}:{self._say or HELLO}")
+                self._say = None
+                hello_at = now + self.check_interval
+                self._forget(now)
             ids, self._pending = list(self._pending), {}
-            payloads = [f"{self.origin}:{job_id}" for job_id in ids]
+            payloads.extend(f"{self.origin}:{job_id}" for job_id in ids)
+            if not payloads:
+                continue
             try:
                 await self._conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads,
                                          timeout=self.check_interval)
@@ -152,6 +249,7 @@ class ReplicatedFeed(ChangeFeed):
                 for job_id in ids:  # announced after the reconnect instead (late, not lost)
                     self._pending.setdefault(job_id, None)
                 raise
+            self.announced += len(ids)
 
 
 def replicated_feed(database_url: str, **options: Any) -> ReplicatedFeed | None:

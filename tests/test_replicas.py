@@ -7,6 +7,7 @@ holder goes away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
-from cloud_service.changes import ReplicatedFeed
+from cloud_service.changes import CHANNEL, PEER_LIFETIMES, ReplicatedFeed
 from cloud_service.clock import Clock
 from cloud_service.config import ServiceConfig
 from cloud_service.db import JobEventRow, create_schema, make_engine
@@ -149,27 +151,127 @@ async def test_a_change_on_one_replica_wakes_a_waiter_on_the_other(replicas: tup
 
 async def test_a_feed_stops_when_stopped_just_as_a_change_wakes_it(pg_database: str) -> None:
     """``stop`` cancels the feed's task just as a change wakes it (after 0-3 turns of the loop),
-    20 times: each stop returns within its bound, none leaves the task running."""
+    20 times: each stop returns within its bound, none leaves the task running. Another replica
+    listens throughout, so each change is one to announce."""
     hung = 0
-    for turns in range(4):
-        for _ in range(5):
-            feed = ReplicatedFeed(pg_database)
-            await feed.start()
-            await asyncio.wait_for(feed.listening.wait(), 20)
-            task = feed._task
-            feed.notify(1)
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            try:
-                await asyncio.wait_for(feed.stop(), 3.0)
-            except TimeoutError:
-                hung += 1
-                feed._task = None
-                await feed._close()
-            assert task is not None and (task.done() or hung)
-            if task is not None and not task.done():
-                task.cancel()
+    peer = ReplicatedFeed(pg_database)
+    await peer.start()
+    try:
+        for turns in range(4):
+            for _ in range(5):
+                feed = ReplicatedFeed(pg_database)
+                await feed.start()
+                await asyncio.wait_for(feed.listening.wait(), 20)
+                await until_true(lambda f=feed: not f.alone, CHANGE_BOUND)  # type: ignore[misc]
+                task = feed._task
+                feed.notify(1)
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                try:
+                    await asyncio.wait_for(feed.stop(), 3.0)
+                except TimeoutError:
+                    hung += 1
+                    feed._task = None
+                    await feed._close()
+                assert task is not None and (task.done() or hung)
+                if task is not None and not task.done():
+                    task.cancel()
+    finally:
+        await peer.stop()
     assert hung == 0, f"{hung} of 20 stops did not return"
+
+
+async def until_true(predicate, bound: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + bound
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {bound} s"
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def overheard(pg_database: str) -> AsyncIterator[list[str]]:
+    """Every payload said on the feed's channel, heard by a plain listening connection (not a
+    replica: it says nothing, so no feed counts it as one)."""
+    import asyncpg
+
+    said: list[str] = []
+    conn = await asyncpg.connect(make_url(pg_database).set(drivername="postgresql")
+                                 .render_as_string(hide_password=False))
+    try:
+        await conn.add_listener(CHANNEL, lambda _c, _p, _ch, payload: said.append(payload))
+        yield said
+    finally:
+        await conn.close()
+
+
+def job_ids_said(said: list[str], feed: ReplicatedFeed) -> list[int]:
+    return [int(word) for origin, _, word in (p.partition(":") for p in said)
+            if origin == feed.origin and word.isdigit()]
+
+
+async def test_a_replica_alone_announces_nothing_until_another_listens(pg_database: str) -> None:
+    """Alone on its database, a replica asks who listens and then says only its periodic hello:
+    none of its job changes is sent. The moment a second replica listens, the first hears of it,
+    announces the changes of the last moments (so the newcomer misses none) and every later one;
+    when the second says bye, the first is alone again."""
+    async with overheard(pg_database) as said:
+        a = ReplicatedFeed(pg_database, check_interval=0.3)
+        b = ReplicatedFeed(pg_database, check_interval=0.3)
+        await a.start()
+        try:
+            await until_true(lambda: f"{a.origin}:hello?" in said, CHANGE_BOUND)
+            for job_id in range(1, 51):
+                a.notify(job_id)
+            await until_true(lambda: f"{a.origin}:hello" in said, CHANGE_BOUND)  # a later turn of its loop
+            await asyncio.sleep(0.1)
+            assert a.alone and a.announced == 0 and job_ids_said(said, a) == []
+
+            async with b.watch(50) as missed, b.watch(51) as later:
+                await b.start()
+                await asyncio.wait_for(missed.wait(), CHANGE_BOUND)
+                assert not a.alone
+                await until_true(lambda: not b.alone, CHANGE_BOUND)
+                a.notify(51)
+                await asyncio.wait_for(later.wait(), CHANGE_BOUND)
+            assert job_ids_said(said, a) == list(range(1, 52))
+            assert a.announced == 51 and b.heard == 51
+
+            await b.stop()
+            await until_true(lambda: a.alone, CHANGE_BOUND)
+            a.notify(52)
+            await until_true(lambda: said.count(f"{a.origin}:hello") >= 2, CHANGE_BOUND)
+            assert 52 not in job_ids_said(said, a) and a.announced == 51
+        finally:
+            await a.stop()
+            await b.stop()
+
+
+async def test_a_replica_unheard_for_its_lifetime_is_taken_to_be_gone(pg_database: str) -> None:
+    """A replica whose connection vanishes without a bye (killed) is counted present until
+    PEER_LIFETIMES of its intervals pass unheard, then no longer announced to."""
+    import asyncpg
+
+    a = ReplicatedFeed(pg_database, check_interval=0.2)
+    b = ReplicatedFeed(pg_database, check_interval=0.2, retry=60.0)
+    await a.start()
+    await b.start()
+    try:
+        await until_true(lambda: not a.alone and not b.alone, CHANGE_BOUND)
+        admin = await asyncpg.connect(pg.dsn())
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", b._conn.get_server_pid())
+        finally:
+            await admin.close()
+        await until_true(lambda: not b.listening.is_set(), CHANGE_BOUND)
+        # Still counted while its last hello is fresh, then gone.
+        await until_true(lambda: a.alone, PEER_LIFETIMES * 0.2 + CHANGE_BOUND)
+        before = a.announced
+        a.notify(7)
+        await asyncio.sleep(0.5)  # two of A's intervals: a pending change would have been sent
+        assert a.announced == before
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 async def test_the_listener_comes_back_after_its_connection_is_killed(replicas: tuple[Replica, Replica]) -> None:
