@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.procs import cpu_line_ticks, stolen_share
 from tests.bench.sizes import GROUPS, STACKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def test_tiny_bench_emits_every_figure(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     assert results["meta"]["size"] == "tiny"
+    assert results["meta"]["python_loop_ms"] > 0 and "this machine's speed" in done.stdout
     failed = [r for r in rows if r["value"] is None and not r["note"].startswith("unavailable:")]
     assert not failed, "figures that failed:\n" + "\n".join(f"{r['stack']} {r['figure']}: {r['note']}" for r in failed)
     unavailable = [r for r in rows if r["value"] is None]
@@ -60,3 +62,16 @@ def test_tiny_bench_emits_every_figure(tmp_path: Path) -> None:
                 and r["baseline_label"], r
         if r["value"] is not None and r["goal"] and "10,000" not in r["goal"] and "16 Managers" not in r["goal"]:
             assert r["passed"] in (True, False), r
+
+
+def test_the_hypervisors_share_is_read_from_the_machines_steal_time() -> None:
+    """/proc/stat's cpu line: user nice system idle iowait irq softirq steal guest guest_nice;
+    guest time is inside user and nice already, so it does not count twice."""
+    before = cpu_line_ticks("cpu  32855 0 9493 48172 863 0 718 1627 500 0\n")
+    after = cpu_line_ticks("cpu  33855 0 9993 48672 863 0 718 2127 900 0\n")
+    assert before == (1627, 32855 + 9493 + 48172 + 863 + 718 + 1627)
+    assert stolen_share(before, after) == 500 / 2500
+    assert stolen_share(before, before) is None  # no time passed
+    assert stolen_share(None, after) is None
+    assert cpu_line_ticks("cpu0 1 2 3 4 5 6 7 8") is None  # a core's line, not the machine's
+    assert cpu_line_ticks("cpu  1 2 3 4") is None  # a kernel without a steal column

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.bench.procs import python_loop_ms
 from tests.bench.report import Row, skipped, table, write_json
 from tests.bench.sizes import GROUPS, SIZES, STACKS
 
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"cloudimaging bench: size {args.size}, stacks {','.join(args.stack_list)}, "
           f"figures {','.join(args.groups)}", flush=True)
+    loop_ms = python_loop_ms()
+    print(f"this machine's speed: a fixed pure-Python loop takes {loop_ms:.0f} ms of CPU "
+          "(compare runs of different days by it)", flush=True)
     try:
         rows = asyncio.run(bench(args, out))
     finally:
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     results = out / "results.json"
     meta = {"size": args.size, "stacks": args.stack_list, "groups": args.groups, "seconds": round(elapsed, 1),
+            "python_loop_ms": round(loop_ms, 1),
             "argv": sys.argv[1:] if argv is None else argv}
     write_json(results, rows, meta)
     if args.json:

@@ -41,6 +41,51 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def python_loop_ms(rounds: int = 3) -> float:
+    """CPU milliseconds of a fixed pure-Python loop, the best of ``rounds``: the speed of this
+    machine's cores for the interpreter today. Machines of one kind differ several-fold from
+    day to day (a slower host, caches shared with other guests), and not all of it shows as
+    steal time; runs of different days compare only after dividing by this."""
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.process_time()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i % 7
+        best = min(best, time.process_time() - began)
+    return best * 1000
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    """The whole machine's (steal, total) CPU clock ticks so far, from /proc/stat; None where
+    there is no such file."""
+    try:
+        with open("/proc/stat") as fh:
+            return cpu_line_ticks(fh.readline())
+    except OSError:
+        return None
+
+
+def cpu_line_ticks(line: str) -> tuple[int, int] | None:
+    """(steal, total) of /proc/stat's ``cpu`` line: user nice system idle iowait irq softirq
+    steal [guest guest_nice]. Guest time is already counted in user and nice, so it is left out
+    of the total."""
+    fields = line.split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(f) for f in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time that the hypervisor gave to others between two
+    readings (steal time): a run on a machine whose host is busy is slower for no fault of its
+    own, and says so."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:

@@ -39,11 +39,13 @@ from tests.bench.procs import (
     ManagerProc,
     ServiceProc,
     Unavailable,
+    machine_ticks,
     new_users,
     pg_database,
     rss_bytes,
     running_sink,
     start_manager,
+    stolen_share,
 )
 from tests.bench.report import Row, percentile, row, skipped
 from tests.bench.sizes import Size
@@ -58,6 +60,9 @@ FLEET_DEVICES_PER_PROCESS = 2500
 FLEET_RESUMES_TLS = True
 
 HOP_USER = "bench-hop"
+#: A figure group during which the hypervisor took at least this share of the machine's CPU
+#: time gets a row saying how much (below it, the progress line alone says).
+STOLEN_NOTED = 0.01
 
 
 def ten_kb_pdf() -> bytes:
@@ -305,9 +310,17 @@ class StackRun:
             return
         self.say(f"[{self.kind}] {group} ...")
         began = time.monotonic()
+        ticks = machine_ticks()
         try:
             await body()
-            self.say(f"[{self.kind}] {group}: {time.monotonic() - began:.1f} s")
+            stolen = stolen_share(ticks, machine_ticks())
+            self.say(f"[{self.kind}] {group}: {time.monotonic() - began:.1f} s"
+                     + ("" if stolen is None else f", the hypervisor took {stolen:.0%} of the machine's CPU time"))
+            if stolen is not None and stolen >= STOLEN_NOTED:
+                self.add(row(self.kind, group, f"CPU time the hypervisor took during the {group} figures",
+                             stolen * 100, "%",
+                             note="steal time in /proc/stat: for that share of the time the host ran other work on "
+                                  "this machine's cores, and this group's figures are slower by as much"))
         except Unavailable as exc:
             self.add(skipped(self.kind, group, figure, str(exc), unavailable=True))
         except (BenchError, httpx.HTTPError, OSError, RuntimeError, TimeoutError) as exc:
