@@ -29,7 +29,7 @@ import functools
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -359,6 +359,17 @@ def detached(cls: type[R], values: Mapping[str, Any]) -> R:
     obj = cls._sa_class_manager.new_instance()  # type: ignore[attr-defined]
     obj.__dict__.update(values)
     return obj  # type: ignore[no-any-return]
+
+
+def _columns(obj: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The values of an ORM row's columns ``keys``, read from its ``__dict__`` where ``detached``
+    and the ORM's loader put them: the ORM's attribute descriptor costs a call per column, and a
+    report's copy of its job reads some forty."""
+    values = obj.__dict__
+    try:
+        return {k: values[k] for k in keys}
+    except KeyError:  # an attribute expired or never loaded: the ORM loads it
+        return {k: getattr(obj, k) for k in keys}
 
 
 def _job_row(values: Mapping[str, Any]) -> JobRow:
@@ -1128,8 +1139,8 @@ def _transition_once(conn: Connection, job_id: int, event: Chooser,
     if known is None:
         row, docs = _read_job_docs(conn, job_id)
     else:  # copies: the caller's rows stay as they were if this attempt writes nothing
-        row = _job_row({k: getattr(known.row, k) for k in _JOB_KEYS})
-        docs = [detached(DocumentRow, {k: getattr(d, k) for k in _DOC_KEYS}) for d in known.documents]
+        row = _job_row(_columns(known.row, _JOB_KEYS))
+        docs = [detached(DocumentRow, _columns(d, _DOC_KEYS)) for d in known.documents]
     for doc in docs:
         if documents and doc.number in documents:
             doc.__dict__.update(documents[doc.number])
