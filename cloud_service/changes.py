@@ -73,9 +73,8 @@ class ReplicatedFeed(ChangeFeed):
         self._pending: dict[int, None] = {}
         #: Changes made while alone (job id -> when), oldest first.
         self._recent: dict[int, float] = {}
-        #: The other replicas heard (origin -> when last heard), and until when one counts as present.
+        #: The other replicas heard (origin -> when last heard).
         self._peers: dict[str, float] = {}
-        self._peers_until = 0.0
         #: What this replica is to say next besides its announcements (ASK or HELLO), if anything.
         self._say: str | None = None
         self._wake = asyncio.Event()
@@ -95,7 +94,8 @@ class ReplicatedFeed(ChangeFeed):
     @property
     def alone(self) -> bool:
         """Whether no other replica has been heard within its lifetime."""
-        return time.monotonic() >= self._peers_until
+        last = max(self._peers.values(), default=None)
+        return last is None or time.monotonic() >= last + self.peer_lifetime
 
     def notify(self, job_id: int) -> None:
         """Wake this replica's waiters now and announce the change to the others, if any."""
@@ -128,12 +128,10 @@ class ReplicatedFeed(ChangeFeed):
             return
         if what == BYE:
             self._peers.pop(origin, None)
-            self._peers_until = max(self._peers.values(), default=-self.peer_lifetime) + self.peer_lifetime
             return
         now = time.monotonic()
         last = self._peers.get(origin)
         self._peers[origin] = now
-        self._peers_until = now + self.peer_lifetime
         if last is None or last + self.peer_lifetime <= now:
             self._met()
         if what == ASK:

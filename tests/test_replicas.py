@@ -81,6 +81,14 @@ async def processing_job(store: JobStore) -> int:
     return job_id
 
 
+async def wait_until(predicate, bound: float = MOVE_BOUND) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < bound, f"not within {bound} s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
 async def test_two_replicas_writing_one_job_lose_no_update(replicas: tuple[Replica, Replica]) -> None:
     a, b = replicas
     job_id = await processing_job(a.store)
@@ -162,7 +170,7 @@ async def test_a_feed_stops_when_stopped_just_as_a_change_wakes_it(pg_database: 
                 feed = ReplicatedFeed(pg_database)
                 await feed.start()
                 await asyncio.wait_for(feed.listening.wait(), 20)
-                await until_true(lambda f=feed: not f.alone, CHANGE_BOUND)  # type: ignore[misc]
+                await wait_until(lambda f=feed: not f.alone, CHANGE_BOUND)  # type: ignore[misc]
                 task = feed._task
                 feed.notify(1)
                 for _ in range(turns):
@@ -179,13 +187,6 @@ async def test_a_feed_stops_when_stopped_just_as_a_change_wakes_it(pg_database: 
     finally:
         await peer.stop()
     assert hung == 0, f"{hung} of 20 stops did not return"
-
-
-async def until_true(predicate, bound: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + bound
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {bound} s"
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -221,10 +222,10 @@ async def test_a_replica_alone_announces_nothing_until_another_listens(pg_databa
         b = ReplicatedFeed(pg_database, check_interval=1.0)
         await a.start()
         try:
-            await until_true(lambda: f"{a.origin}:hello?" in said, CHANGE_BOUND)
+            await wait_until(lambda: f"{a.origin}:hello?" in said, CHANGE_BOUND)
             for job_id in range(1, 51):
                 a.notify(job_id)
-            await until_true(lambda: f"{a.origin}:hello" in said, 1.0 + CHANGE_BOUND)  # a later turn of its loop
+            await wait_until(lambda: f"{a.origin}:hello" in said, 1.0 + CHANGE_BOUND)  # a later turn of its loop
             await asyncio.sleep(0.1)
             assert a.alone and a.announced == 0 and job_ids_said(said, a) == []
 
@@ -232,18 +233,18 @@ async def test_a_replica_alone_announces_nothing_until_another_listens(pg_databa
                 await b.start()
                 await asyncio.wait_for(missed.wait(), CHANGE_BOUND)
                 assert not a.alone
-                await until_true(lambda: not b.alone, CHANGE_BOUND)
+                await wait_until(lambda: not b.alone, CHANGE_BOUND)
                 a.notify(51)
                 await asyncio.wait_for(later.wait(), CHANGE_BOUND)
-            await until_true(lambda: job_ids_said(said, a) == list(range(1, 52)), CHANGE_BOUND)
+            await wait_until(lambda: job_ids_said(said, a) == list(range(1, 52)), CHANGE_BOUND)
             assert a.announced == 51 and b.heard == 51
 
             await b.stop()
-            await until_true(lambda: a.alone, CHANGE_BOUND)
+            await wait_until(lambda: a.alone, CHANGE_BOUND)
             hellos = said.count(f"{a.origin}:hello")
             a.notify(52)
             # A turn of A's loop after the change: had it been pending, it went with this hello.
-            await until_true(lambda: said.count(f"{a.origin}:hello") > hellos, 1.0 + CHANGE_BOUND)
+            await wait_until(lambda: said.count(f"{a.origin}:hello") > hellos, 1.0 + CHANGE_BOUND)
             assert 52 not in job_ids_said(said, a) and a.announced == 51
         finally:
             await a.stop()
@@ -260,15 +261,15 @@ async def test_a_replica_unheard_for_its_lifetime_is_taken_to_be_gone(pg_databas
     await a.start()
     await b.start()
     try:
-        await until_true(lambda: not a.alone and not b.alone, CHANGE_BOUND)
+        await wait_until(lambda: not a.alone and not b.alone, CHANGE_BOUND)
         admin = await asyncpg.connect(pg.dsn())
         try:
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", b._conn.get_server_pid())
         finally:
             await admin.close()
-        await until_true(lambda: not b.listening.is_set(), CHANGE_BOUND)
+        await wait_until(lambda: not b.listening.is_set(), CHANGE_BOUND)
         # Still counted while its last hello is fresh, then gone.
-        await until_true(lambda: a.alone, PEER_LIFETIMES * 0.2 + CHANGE_BOUND)
+        await wait_until(lambda: a.alone, PEER_LIFETIMES * 0.2 + CHANGE_BOUND)
         before = a.announced
         a.notify(7)
         await asyncio.sleep(0.5)  # two of A's intervals: a pending change would have been sent
@@ -308,14 +309,6 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(replicas: 
 
 
 # ------------------------------------------------------------------ leases
-
-
-async def wait_until(predicate, bound: float = MOVE_BOUND) -> float:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < bound, f"not within {bound} s"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 async def test_one_of_two_replicas_holds_the_lease_and_it_moves_when_the_holder_closes(pg_database: str) -> None:
