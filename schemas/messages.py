@@ -95,7 +95,7 @@ class Hello(Message):
 
     type: Literal["hello"] = "hello"
     software: Name
-    jobs: Annotated[list[HeldJob], Field(max_length=MAX_JOBS_PER_HELLO)] = []
+    jobs: Annotated[list[HeldJob], Field(max_length=MAX_JOBS_PER_HELLO)] = Field(default_factory=list)
 
 
 class PrintServiceAttributes(BaseModel):
@@ -109,12 +109,12 @@ class PrintServiceAttributes(BaseModel):
     location: Text | None = None
     make_and_model: Text | None = None
     state: ServiceState = ServiceState.IDLE
-    state_reasons: Reasons = []
+    state_reasons: Reasons = Field(default_factory=list)
     state_message: Text | None = None
     capabilities: PrintCapabilities = PrintCapabilities()
     #: The device's supplies (printer markers: toner, ink, waste bins) with their levels; empty
     #: when it reports none (and from Managers older than the field).
-    supplies: Supplies = []
+    supplies: Supplies = Field(default_factory=list)
 
 
 class ScanServiceAttributes(PrintServiceAttributes):
@@ -192,7 +192,7 @@ class DocumentStatus(Message):
     document_number: Annotated[int, Field(ge=1)]
     version: Version
     state: DocumentState
-    reasons: Reasons = []
+    reasons: Reasons = Field(default_factory=list)
     message: Text | None = None
     impressions_completed: Annotated[int, Field(ge=0)] = 0
     #: Scan output: the uploaded document's size and SHA-256 as the device computed them; the
@@ -223,7 +223,7 @@ class JobStatus(Message):
     job_id: JobId
     version: Version
     state: JobState
-    reasons: Reasons = []
+    reasons: Reasons = Field(default_factory=list)
     message: Text | None = None
     impressions_completed: Annotated[int, Field(ge=0)] = 0
     #: FaxOut: the outcome per destination (PWG 5100.15 ``destination-statuses``).
@@ -287,9 +287,9 @@ class Sync(Message):
     """
 
     type: Literal["sync"] = "sync"
-    fetchable: list[JobId] = []
-    stop: list[StopJob] = []
-    unknown: list[JobId] = []
+    fetchable: list[JobId] = Field(default_factory=list)
+    stop: list[StopJob] = Field(default_factory=list)
+    unknown: list[JobId] = Field(default_factory=list)
     server_time: float = Field(default_factory=time.time)
     instance: Instance | None = None
 
@@ -368,14 +368,14 @@ class Reply(Message):
     message: Text | None = None
     job_id: JobId | None = None
     state: JobState | None = None
-    reasons: Reasons = []
+    reasons: Reasons = Field(default_factory=list)
     version: Version | None = None
     service: Annotated[str, Field(max_length=64)] | None = None
     #: The job's service kind (fetch-job); absent means print, so ``ticket`` is a print ticket.
     kind: ServiceKind | None = None
     ticket: PrintJobTicket | ScanJobTicket | FaxOutJobTicket | None = None
-    documents: list[DocumentAccess] = []
-    uploads: list[UploadAccess] = []
+    documents: list[DocumentAccess] = Field(default_factory=list)
+    uploads: list[UploadAccess] = Field(default_factory=list)
     document_count: int | None = None
     #: fetch-job: the job's ``job-uuid`` (made at random with the job, kept in backups). A
     #: restored database offers a job the device finished again under the same id and uuid; a
