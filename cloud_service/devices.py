@@ -363,11 +363,18 @@ class DeviceProtocol:
                      reasons=[r for r in row.state_reasons if is_keyword(r)], version=row.version)
 
     async def _fetch_job(self, device_id: str, msg: FetchJob) -> Outgoing:
-        try:
-            # Kept for the claim that follows: judged then without reading the job again.
-            row, docs = await self.store.job_with_documents(msg.job_id, remember=True)
-        except JobNotFound:
-            return [(device_id, self._not_found(msg, msg.job_id))]
+        kept = self.store.kept(msg.job_id)
+        if kept is not None and _offered(kept.row, device_id):
+            # The job as this replica last wrote it (a submit's close, just before the doorbell
+            # this fetch answers): offered without a read. The claim that follows is written on
+            # this version, so a job changed elsewhere meanwhile is refused there, not printed.
+            row, docs = kept.row, kept.documents
+        else:
+            try:
+                # Kept for the claim that follows: judged then without reading the job again.
+                row, docs = await self.store.job_with_documents(msg.job_id, remember=True)
+            except JobNotFound:
+                return [(device_id, self._not_found(msg, msg.job_id))]
         if row.device_id != device_id:
             return [(device_id, self._not_yours(device_id, msg, msg.job_id))]
         state = JobState(row.state)
@@ -544,3 +551,11 @@ def _describe(message: Message) -> str:
     job_id = getattr(message, "job_id", None)
     kind = getattr(message, "type", "message")
     return f"{kind}#{job_id}" if job_id else kind
+
+
+def _offered(row: JobRow, device_id: str) -> bool:
+    """Whether a kept copy of a job may answer its device's fetch: a job waiting to be fetched
+    (pending, ``job-fetchable``, not claimed) by this device. Any other answer (not fetchable,
+    not yours, a claimed job fetched again) is given from what is stored."""
+    return (row.device_id == device_id and row.state == JobState.PENDING.value and not row.claimed
+            and "job-fetchable" in row.state_reasons)

@@ -17,6 +17,7 @@ import copy
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
@@ -254,6 +255,10 @@ class JobOperations:
 
             def extra(_row: JobRow) -> dict:
                 return {"impressions_estimated": estimate}
+        if known is not None and note is None:
+            # Nothing written beside the job since it was made (no transform, no document
+            # columns of their own): its copy is whole, and kept for the device's fetch.
+            known = replace(known, whole=True)
         try:
             result = await self.store.transition(job_id, Close(note), extra=extra, documents=documents, view=True,
                                                  known=known if check is False else None)

@@ -505,6 +505,9 @@ class Known:
     history: list[dict[str, Any]] | None = None
     #: Its device (what a waiting job's view shows of it), or None.
     device: DeviceRow | None = None
+    #: Every column of the job and of its documents as stored (a job this request has just
+    #: made, nothing written beside it since): kept after the change as a read would be.
+    whole: bool = False
 
 
 #: What ``JobStore.transition`` applies: an event, or a callback that picks one on the current job.
@@ -798,9 +801,9 @@ class JobStore:
         # PostgreSQL: with nothing written or read beside the change, the job is read outside a
         # transaction and the change written as one statement (two round trips, not five).
         plain = self._thread is None and then is None
-        # Kept for the next change only if read here or kept already: a caller's copy may lack
-        # columns written beside it (a transform's copy of a document, made before a close).
-        remember = known is None
+        # Kept for the next change only if read here or kept already, or if the caller's copy
+        # is whole: a copy may lack columns written beside it (a transform's, before a close).
+        remember = known is None or known.whole
         if known is None:
             known = self._recent.get(job_id)  # as this replica last wrote it (``_remember``)
         for _ in range(attempts):
@@ -828,6 +831,14 @@ class JobStore:
                 self.feed.notify(job_id)
             return done
         raise ConcurrentUpdate(f"job {job_id} changed {attempts} times while updating it")
+
+    def kept(self, job_id: int) -> Known | None:
+        """The print job as this replica last wrote or read it (``_remember``), if it keeps it.
+
+        A first guess, not what is stored: another replica may have changed the job since. Use
+        it only for an answer that a write conditioned on its version settles (a fetch, whose
+        claim follows). The caller must not change the rows."""
+        return self._recent.get(job_id)
 
     def _remember(self, row: JobRow, documents: list[DocumentRow] | None) -> None:
         """Keep a print job as this replica just wrote it, so its next change (the device's next

@@ -19,7 +19,16 @@ from cloud_service.auth import User
 from cloud_service.db import DocumentRow, JobEventRow, make_engine
 from cloud_service.devices import DeviceProtocol
 from cloud_service.documents import DocumentKey
-from cloud_service.store import JobStore, Known, _key_pattern, _write_change, created_event
+from cloud_service.store import (
+    _DOC_KEYS,
+    _JOB_KEYS,
+    JobStore,
+    Known,
+    _columns,
+    _key_pattern,
+    _write_change,
+    created_event,
+)
 from schemas.enums import DocumentState, JobState, ServiceKind
 from schemas.messages import (
     AcknowledgeJob,
@@ -34,6 +43,7 @@ from schemas.messages import (
 )
 from schemas.model.job import Cancel, Close, InvalidTransition
 from tests.support.inprocess import ServiceParts, service_parts
+from tests.support.rasterdocs import photo_jpeg
 
 DEVICE = "dev-1"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n" + b"%" * 10_000 + b"\n%%EOF\n"
@@ -248,6 +258,106 @@ async def test_a_submit_is_one_read_a_statement_to_make_it_one_to_close_it_and_i
         doc = (await s.scalars(select(DocumentRow).where(DocumentRow.job_id == row.id))).one()
     assert (doc.pages, doc.object_key) == (1, DocumentKey.input_key(row.id, 1))
     assert (await store.get_job(row.id)).impressions_estimated == 1
+
+
+async def submitted(parts: ServiceParts) -> int:
+    """A print job submitted with its document through JobOperations, as the HTTP API does."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield PDF
+
+    row = await parts.jobs().create(User("alice", "admin"), ServiceKind.PRINT, "office", {}, "application/pdf",
+                                    "a.pdf", body())
+    assert "job-fetchable" in row.state_reasons
+    return row.id
+
+
+def answered(reply: Reply) -> dict:
+    """What a reply says, less what each message has of its own (its id and time)."""
+    return reply.model_dump(exclude={"id", "ts", "re"})
+
+
+async def test_a_fetch_after_its_submit_is_answered_from_the_closes_copy_which_is_what_a_read_shows(
+        parts: ServiceParts) -> None:
+    """The close of a job submitted with its document keeps the job as it wrote it: every column
+    of the job and of its document is what a read shows. The device's fetch, which its doorbell
+    brings, is answered from that copy with no statement, as a fetch that reads answers it; the
+    claim that follows is judged on it too."""
+    store = parts.store
+    job_id = await submitted(parts)
+    kept = store.kept(job_id)
+    assert kept is not None
+    row, docs = await store.job_with_documents(job_id)
+    assert _columns(kept.row, _JOB_KEYS) == _columns(row, _JOB_KEYS)
+    assert [_columns(d, _DOC_KEYS) for d in kept.documents] == [_columns(d, _DOC_KEYS) for d in docs]
+    with statements(store) as sent:
+        fetch = await send(parts, FetchJob(job_id=job_id))
+    assert fetch.ok and fetch.version == row.version and fetch.document_count == 1
+    assert sent == [], sent
+    store._recent.pop(job_id)  # the same fetch, answered from a read
+    with statements(store) as sent:
+        read = await send(parts, FetchJob(job_id=job_id))
+    assert sent, "a fetch without a kept copy reads the job"
+    assert answered(fetch) == answered(read)
+    with statements(store) as claimed:
+        ack = await send(parts, AcknowledgeJob(job_id=job_id, version=fetch.version, accept=True))
+    assert ack.ok and ack.documents and ack.version == fetch.version + 1
+    assert not any(s.startswith("SELECT jobs.id") for s in claimed), claimed
+
+
+async def test_a_fetch_answered_from_a_copy_another_replica_overtook_is_settled_by_its_claim(
+        parts: ServiceParts, database_url: str) -> None:
+    """The copy is a first guess: another replica cancels the job after its close; the fetch,
+    answered from the copy, offers it, and the claim, written on the copy's version, writes
+    nothing, is judged again on the stored job and refused: the job is not claimed, and its
+    documents' URLs are not given. A fetch that is not an offer is answered from what is stored."""
+    store = parts.store
+    job_id = await submitted(parts)
+    other = JobStore(make_engine(database_url))
+    try:
+        assert (await other.transition(job_id, Cancel(message="changed my mind"))).written
+    finally:
+        await other.close()
+        await other.engine.dispose()
+    fetch = await send(parts, FetchJob(job_id=job_id))
+    assert fetch.ok and fetch.state is JobState.PENDING  # the copy's word
+    ack = await send(parts, AcknowledgeJob(job_id=job_id, version=fetch.version, accept=True))
+    assert not ack.ok and ack.state is JobState.CANCELED and not ack.documents
+    row = await store.get_job(job_id)
+    assert (row.state, row.claimed) == (JobState.CANCELED.value, False)
+    assert store.kept(job_id) is None
+    # Fetched again: no copy now, so what is stored answers.
+    again = await send(parts, FetchJob(job_id=job_id))
+    assert not again.ok and again.code == "not-fetchable" and again.state is JobState.CANCELED
+
+
+async def test_a_fetch_after_a_transformed_submit_is_answered_as_a_read_answers_it(
+        parts: ServiceParts, tmp_path: Path) -> None:
+    """A JPEG to a PDF printer is transformed before its close, which writes the transform's
+    columns beside the job's copy: that close keeps no copy, and the fetch reads the job (its
+    ticket names the format the device gets)."""
+    jpeg = photo_jpeg(tmp_path / "photo.jpg").read_bytes()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield jpeg
+
+    row = await parts.jobs().create(User("alice", "admin"), ServiceKind.PRINT, "office", {}, "image/jpeg",
+                                    "photo.jpg", body())
+    assert "job-fetchable" in row.state_reasons
+    assert parts.store.kept(row.id) is None
+    fetch = await send(parts, FetchJob(job_id=row.id))
+    assert fetch.ok and fetch.ticket is not None
+    assert fetch.ticket.model_dump(by_alias=True).get("document-format") == "application/pdf"
+
+
+async def test_a_fetch_by_another_device_is_answered_from_what_is_stored(parts: ServiceParts) -> None:
+    """A kept copy answers only its own device's fetch of a job waiting to be fetched."""
+    store = parts.store
+    job_id = await submitted(parts)
+    assert store.kept(job_id) is not None
+    out = await protocols[id(parts)].handle("dev-2", "up", encode(FetchJob(job_id=job_id)))
+    reply = decode_down(encode(out[0][1]))
+    assert isinstance(reply, Reply) and reply.code == "not-yours"
 
 
 async def test_a_submits_first_commit_waits_for_no_flush_only_when_its_close_follows(
