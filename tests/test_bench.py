@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.procs import cpu_line_ticks, stolen_share
+from tests.bench.procs import cpu_line_ticks, speed_change, stolen_share
 from tests.bench.sizes import GROUPS, STACKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +30,7 @@ def test_tiny_bench_emits_every_figure(tmp_path: Path) -> None:
     rows = results["rows"]
     assert results["meta"]["size"] == "tiny"
     assert results["meta"]["python_loop_ms"] > 0 and "this machine's speed" in done.stdout
+    assert "the fixed loop took" in done.stdout  # each group is timed against the machine's speed
     failed = [r for r in rows if r["value"] is None and not r["note"].startswith("unavailable:")]
     assert not failed, "figures that failed:\n" + "\n".join(f"{r['stack']} {r['figure']}: {r['note']}" for r in failed)
     unavailable = [r for r in rows if r["value"] is None]
@@ -62,6 +63,12 @@ def test_tiny_bench_emits_every_figure(tmp_path: Path) -> None:
                 and r["baseline_label"], r
         if r["value"] is not None and r["goal"] and "10,000" not in r["goal"] and "16 Managers" not in r["goal"]:
             assert r["passed"] in (True, False), r
+
+
+def test_a_change_of_the_machines_speed_is_the_slower_timing_over_the_faster() -> None:
+    assert speed_change(100.0, 100.0) == 1.0
+    assert speed_change(72.0, 144.0) == speed_change(144.0, 72.0) == 2.0
+    assert speed_change(0.0, 5.0) == float("inf")  # a clock too coarse to time the loop
 
 
 def test_the_hypervisors_share_is_read_from_the_machines_steal_time() -> None:

@@ -56,6 +56,14 @@ def python_loop_ms(rounds: int = 3) -> float:
     return best * 1000
 
 
+def speed_change(before_ms: float, after_ms: float) -> float:
+    """How much the machine's speed moved between two timings of ``python_loop_ms``: the
+    slower over the faster (1.0: unchanged). On a shared host a figure group can start on a
+    fast machine and end on one twice as slow; its figures then compare with nothing."""
+    low, high = sorted((before_ms, after_ms))
+    return high / low if low > 0 else float("inf")
+
+
 def machine_ticks() -> tuple[int, int] | None:
     """The whole machine's (steal, total) CPU clock ticks so far, from /proc/stat; None where
     there is no such file."""

@@ -42,8 +42,10 @@ from tests.bench.procs import (
     machine_ticks,
     new_users,
     pg_database,
+    python_loop_ms,
     rss_bytes,
     running_sink,
+    speed_change,
     start_manager,
     stolen_share,
 )
@@ -63,6 +65,12 @@ HOP_USER = "bench-hop"
 #: A figure group during which the hypervisor took at least this share of the machine's CPU
 #: time gets a row saying how much (below it, the progress line alone says).
 STOLEN_NOTED = 0.01
+#: A figure group whose machine ran the fixed Python loop this many times slower (or faster) at
+#: its end than at its start gets a row saying so: a figure measured half on a fast machine and
+#: half on a slow one compares neither with its baseline nor with another run.
+SPEED_NOTED = 1.25
+#: Rounds of ``python_loop_ms`` at each end of a group (the best is kept; about 0.1 s each).
+SPEED_ROUNDS = 2
 
 
 def ten_kb_pdf() -> bytes:
@@ -311,11 +319,21 @@ class StackRun:
         self.say(f"[{self.kind}] {group} ...")
         began = time.monotonic()
         ticks = machine_ticks()
+        loop_before = python_loop_ms(SPEED_ROUNDS)
         try:
             await body()
             stolen = stolen_share(ticks, machine_ticks())
+            loop_after = python_loop_ms(SPEED_ROUNDS)
             self.say(f"[{self.kind}] {group}: {time.monotonic() - began:.1f} s"
-                     + ("" if stolen is None else f", the hypervisor took {stolen:.0%} of the machine's CPU time"))
+                     + ("" if stolen is None else f", the hypervisor took {stolen:.0%} of the machine's CPU time")
+                     + f", the fixed loop took {loop_before:.0f} ms before and {loop_after:.0f} ms after")
+            changed = speed_change(loop_before, loop_after)
+            if changed >= SPEED_NOTED:
+                self.add(row(self.kind, group, f"the machine's speed changed during the {group} figures",
+                             changed, "x", loop_before_ms=loop_before, loop_after_ms=loop_after,
+                             note=f"the fixed Python loop took {loop_before:.0f} ms before the group and "
+                                  f"{loop_after:.0f} ms after: the host ran this machine at another speed "
+                                  f"meanwhile, and this group's figures compare with nothing but each other"))
             if stolen is not None and stolen >= STOLEN_NOTED:
                 self.add(row(self.kind, group, f"CPU time the hypervisor took during the {group} figures",
                              stolen * 100, "%",
