@@ -31,7 +31,7 @@ from sqlalchemy import Connection
 from cloud_service.clf import ClfLog
 from cloud_service.db import DocumentRow, JobRow
 from cloud_service.documents import MAX_SCAN_DOCUMENTS, Documents, device_ticket
-from cloud_service.store import JobNotFound, JobStore, WithDocuments, save_destinations
+from cloud_service.store import JobNotFound, JobStore, WithDocuments, core_job, save_destinations
 from schemas import topics
 from schemas.enums import DocumentState, JobState, Reason, ServiceKind
 from schemas.messages import (
@@ -555,7 +555,6 @@ def _describe(message: Message) -> str:
 
 def _offered(row: JobRow, device_id: str) -> bool:
     """Whether a kept copy of a job may answer its device's fetch: a job waiting to be fetched
-    (pending, ``job-fetchable``, not claimed) by this device. Any other answer (not fetchable,
-    not yours, a claimed job fetched again) is given from what is stored."""
-    return (row.device_id == device_id and row.state == JobState.PENDING.value and not row.claimed
-            and "job-fetchable" in row.state_reasons)
+    (the model's ``fetchable``) by this device. Any other answer (not fetchable, not yours, a
+    claimed job fetched again) is given from what is stored."""
+    return row.device_id == device_id and core_job(row).fetchable
