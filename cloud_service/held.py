@@ -31,9 +31,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.util import greenlet_spawn
 
 from cloud_service import db
+from cloud_service.greenlets import spawn
 
 T = TypeVar("T")
 
@@ -110,7 +110,7 @@ class HeldConnections:
         """``work(connection)`` in one greenlet on a held connection; its result."""
         held = await self._take()
         try:
-            return await greenlet_spawn(_use, held, work)
+            return await spawn(_use, held, work)
         finally:
             self._give(held)
 
@@ -127,7 +127,7 @@ class HeldConnections:
                 if time.monotonic() - held.used < db.PING_IDLE_AFTER:
                     return held
                 try:
-                    alive = await greenlet_spawn(_checked, held)
+                    alive = await spawn(_checked, held)
                 except BaseException:
                     self._give(held)  # closed by the check: its place is freed
                     raise
@@ -138,7 +138,7 @@ class HeldConnections:
             if self.count < self.limit:
                 self.count += 1
                 try:
-                    conn = await greenlet_spawn(self.engine.connect)
+                    conn = await spawn(self.engine.connect)
                 except BaseException:
                     self.count -= 1
                     self._wake_one()
@@ -184,7 +184,7 @@ class HeldConnections:
                 return
 
     def _close_later(self, held: _Held) -> None:
-        task = asyncio.get_running_loop().create_task(greenlet_spawn(held.conn.close))
+        task = asyncio.get_running_loop().create_task(spawn(held.conn.close))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def close(self) -> None:
@@ -193,7 +193,7 @@ class HeldConnections:
         idle, self._idle = self._idle, []
         for held in idle:
             self.count -= 1
-            await greenlet_spawn(held.conn.close)
+            await spawn(held.conn.close)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

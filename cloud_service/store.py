@@ -12,10 +12,10 @@ The hot path (every device message, every submit) is written as SQLAlchemy Core 
 run as one unit (``JobStore.run``): read, judge and write in one transaction and one hop to the
 database. On SQLite that hop is one call to a dedicated database thread with the plain
 ``sqlite3`` driver (aiosqlite hops to its thread and back once per statement, and that hop,
-not SQLite, cost most of a job's CPU); on PostgreSQL it is one greenlet that takes a pooled
-connection, runs the transaction and gives the connection back (``_in_transaction``), and a
-single-statement hop (``_autocommit``) runs on a connection held between hops
-(cloud_service.held). The
+not SQLite, cost most of a job's CPU); on PostgreSQL it is one greenlet (kept from an earlier
+hop: cloud_service.greenlets) that takes a pooled connection, runs the transaction and gives
+the connection back (``_in_transaction``), and a single-statement hop (``_autocommit``) runs on
+a connection held between hops (cloud_service.held). The
 statements every device message runs go to the driver's cursor (cloud_service.prepared).
 Rows come back as detached ORM objects (``JobRow``, ``DocumentRow``, ...) built without a
 session (``detached``), so callers read them as before.
@@ -57,7 +57,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import configure_mappers
-from sqlalchemy.util import greenlet_spawn
 
 from cloud_service.db import (
     DeviceRow,
@@ -68,6 +67,7 @@ from cloud_service.db import (
     ServiceRow,
     make_thread_engine,
 )
+from cloud_service.greenlets import spawn
 from cloud_service.held import HeldConnections, held_limit
 from cloud_service.prepared import Prepared
 from cloud_service.worker import WorkerThread
@@ -595,7 +595,7 @@ class JobStore:
         """
         if self._thread is not None:
             return await self._thread.call(lambda: self._run_here(work))
-        return await greenlet_spawn(_in_transaction, self._sync_engine, work)
+        return await spawn(_in_transaction, self._sync_engine, work)
 
     async def _autocommit(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(connection)`` in one hop; on PostgreSQL each of its statements commits on
@@ -605,7 +605,7 @@ class JobStore:
             return await self._thread.call(lambda: self._run_here(work))
         if self._held is not None and not self._held.closed:
             return await self._held.run(work)
-        return await greenlet_spawn(_in_autocommit, self._read_sync_engine, work)
+        return await spawn(_in_autocommit, self._read_sync_engine, work)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run read-only ``work(connection)`` in one hop to the database; its result.
