@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.procs import cpu_line_ticks, speed_change, stolen_share
+from tests.bench.procs import Switches, cpu_line_ticks, speed_change, stolen_share, switches, switches_note
 from tests.bench.sizes import GROUPS, STACKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +56,12 @@ def test_tiny_bench_emits_every_figure(tmp_path: Path) -> None:
             parts = [r["extra"][k] for k in ("submit_p50", "submit_p99", "after_201_p50", "after_201_p99")]
             assert all(math.isfinite(v) for v in parts) and 0 < parts[0] <= parts[1], r
             assert "the POST's own 201 under the same load" in r["note"], r
+    # the service's CPU per job says how much of it was in the kernel and how often it switched
+    for r in rows:
+        if r["value"] is not None and r["figure"].startswith("service CPU per completed job"):
+            assert "of which in the kernel" in r["note"] and "preempted" in r["note"], r
+            assert 0 <= r["extra"]["system_ms_per_job"] <= r["value"] + 10, r
+            assert r["extra"]["voluntary_switches_per_job"] > 0, r
     for r in rows:
         if r["value"] is not None and r["baseline"] is not None:
             # A baseline of 0 (a CPU time under one clock tick at this size) has no ratio, and says so.
@@ -82,3 +88,41 @@ def test_the_hypervisors_share_is_read_from_the_machines_steal_time() -> None:
     assert stolen_share(None, after) is None
     assert cpu_line_ticks("cpu0 1 2 3 4 5 6 7 8") is None  # a core's line, not the machine's
     assert cpu_line_ticks("cpu  1 2 3 4") is None  # a kernel without a steal column
+
+
+def test_a_process_switches_are_its_threads_and_its_kernel_time_is_its_system_cpu() -> None:
+    """A child whose second thread waits 50 times on a pipe while the main thread spins, then
+    spends its time in system calls: the waits count as voluntary switches (the second thread's:
+    the main thread's own are few) and the system calls as kernel time."""
+    child = subprocess.Popen([sys.executable, "-c", """
+import os, sys, threading, time
+r, w = os.pipe()
+held = threading.Event()
+def waiter():
+    for _ in range(50):
+        os.read(r, 1)
+    held.wait()
+threading.Thread(target=waiter, daemon=True).start()
+for _ in range(50):
+    spin = time.perf_counter() + 0.002  # the main thread spins: its own switches are few
+    while time.perf_counter() < spin:
+        pass
+    os.write(w, b"x")
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    os.stat("/")
+print("done", flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        before = Switches(0.0, 0, 0)
+        assert child.stdout is not None and child.stdout.readline() == "done\n"
+        used = switches(child.pid).since(before)
+        assert used.voluntary >= 50, used  # the waiting thread's switches count
+        assert used.system > 0.05, used  # os.stat is all system call
+        assert used.preempted >= 0
+    finally:
+        child.communicate("", timeout=10)
+    note = switches_note(Switches(0.5, 300, 20), 100)
+    assert note == ("of which in the kernel 5.00 ms (system calls, page faults); its threads gave up the CPU "
+                    "3.0 times a job (waiting) and were preempted 0.2 times")

@@ -41,6 +41,50 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+@dataclass(frozen=True)
+class Switches:
+    """What a process's time in the kernel and its threads' switches came to so far: the costs a
+    profile of Python code does not show (system calls, page faults; waiting for a lock, the
+    GIL or I/O; being preempted by another process)."""
+
+    system: float
+    voluntary: int
+    preempted: int
+
+    def since(self, before: Switches) -> Switches:
+        return Switches(self.system - before.system, self.voluntary - before.voluntary,
+                        self.preempted - before.preempted)
+
+
+def switches(pid: int) -> Switches:
+    """System CPU of /proc/PID/stat (all threads) and the context switches of the threads alive
+    now (/proc/PID/task/*/status; a thread that ended takes its count with it)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        system = int(fh.read().rsplit(")", 1)[1].split()[12]) / TICK
+    voluntary = preempted = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as fh:
+            for line in fh:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    preempted += int(line.split()[1])
+    return Switches(system, voluntary, preempted)
+
+
+def switches_note(used: Switches, jobs: int) -> str:
+    """Per job, in the words of a figure's note."""
+    return (f"of which in the kernel {used.system / jobs * 1000:.2f} ms (system calls, page faults); its "
+            f"threads gave up the CPU {used.voluntary / jobs:.1f} times a job (waiting) and were preempted "
+            f"{used.preempted / jobs:.1f} times")
+
+
+def switches_extra(used: Switches, jobs: int) -> dict[str, float]:
+    """Per job, for the figure's JSON."""
+    return {"system_ms_per_job": used.system / jobs * 1000, "voluntary_switches_per_job": used.voluntary / jobs,
+            "preempted_per_job": used.preempted / jobs}
+
+
 def python_loop_ms(rounds: int = 3) -> float:
     """CPU milliseconds of a fixed pure-Python loop, the best of ``rounds``: the speed of this
     machine's cores for the interpreter today. Machines of one kind differ several-fold from
