@@ -8,6 +8,7 @@ in an S3 bucket behind the same interface (``object_store`` = "s3").
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -30,6 +31,10 @@ from cloud_service.worker import WorkerThread
 T = TypeVar("T")
 
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.-]{0,200}$")
+#: A job's document key (``jobs/7/doc-1``): its job id and its name in the job.
+_JOB_KEY = re.compile(r"jobs/(0|[1-9][0-9]{0,17})/([a-z][a-z0-9_.-]*)")
+#: Jobs whose documents share one directory of the local store (see ``LocalObjectStore``).
+JOBS_PER_DIRECTORY = 1000
 #: Bytes moved per trip to a worker thread: an object up to this size is written (or read) in
 #: one trip; a larger one is gathered from the network and hashed and written this much at a time.
 CHUNK = 1024 * 1024
@@ -137,14 +142,21 @@ async def _in_one_trip(work: Callable[[], T]) -> T:
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-def _create_new(tmp: Path) -> int:
-    """Create ``tmp`` (mode 0600) in its job's directory, made 0700 if missing; its descriptor.
+def _create_new(tmp: Path, checked: bool) -> int:
+    """Create ``tmp`` (mode 0600) in its directory, made 0700 if missing; its descriptor.
 
-    A new job's directory is one ``mkdir``: its mode is 0700 or stricter whatever the umask, so
-    there is nothing to tighten. Only an existing directory, or a missing parent, goes through
-    ``private_dir`` (probe, create, tighten). An input document is always the first object of
-    its job, so the common case costs two system calls before the write, where it took twelve.
+    A directory this process has not ``checked`` yet is made private first (created 0700, or
+    tightened if someone opened it up). A checked one (a thousand jobs' directory, written to
+    before) is there nearly always: one ``open``. One missing since (removed by hand) is one
+    ``mkdir``, whose mode is 0700 or stricter whatever the umask, so there is nothing to
+    tighten; only a missing parent goes through ``private_dir`` (probe, create, tighten).
     """
+    if not checked:
+        private_dir(tmp.parent)
+    try:
+        return os.open(tmp, _NEW_FILE, FILE_MODE)
+    except FileNotFoundError:
+        pass
     try:
         os.mkdir(tmp.parent, DIR_MODE)
     except (FileExistsError, FileNotFoundError):
@@ -152,15 +164,15 @@ def _create_new(tmp: Path) -> int:
     return os.open(tmp, _NEW_FILE, FILE_MODE)
 
 
-def _open_new(tmp: Path) -> IO[bytes]:
-    return open(_create_new(tmp), "wb")
+def _open_new(tmp: Path, checked: bool) -> IO[bytes]:
+    return open(_create_new(tmp, checked), "wb")
 
 
-def _write_whole(tmp: Path, digest: Any, data: bytes | bytearray, path: Path) -> None:
-    """A small object in the fewest system calls: mkdir, open, write, close, rename (a Python
-    file object would add four more: two ioctls, an fstat and an lseek)."""
+def _write_whole(tmp: Path, digest: Any, data: bytes | bytearray, path: Path, checked: bool) -> None:
+    """A small object in the fewest system calls: open, write, close, rename (a Python file
+    object would add four more: two ioctls, an fstat and an lseek)."""
     digest.update(data)
-    fd = _create_new(tmp)
+    fd = _create_new(tmp, checked)
     try:
         view = memoryview(data)
         while view:
@@ -170,11 +182,12 @@ def _write_whole(tmp: Path, digest: Any, data: bytes | bytearray, path: Path) ->
     os.replace(tmp, path)
 
 
-def _write_batch(fh: IO[bytes] | None, tmp: Path, digest: Any, data: bytes | bytearray) -> IO[bytes]:
+def _write_batch(fh: IO[bytes] | None, tmp: Path, digest: Any, data: bytes | bytearray,
+                 checked: bool = True) -> IO[bytes]:
     """Hash and write one batch (hashlib and the write release the GIL), opening the file first."""
     digest.update(data)
     if fh is None:
-        fh = _open_new(tmp)
+        fh = _open_new(tmp, checked)
     fh.write(data)
     return fh
 
@@ -186,11 +199,11 @@ def _finish(fh: IO[bytes], digest: Any, data: bytes | bytearray, tmp: Path, path
     os.replace(tmp, path)
 
 
-def _size(path: Path) -> int | None:
+def _size(path: Path, legacy: Path | None) -> int | None:
     try:
         return path.stat().st_size
     except FileNotFoundError:
-        return None
+        return _size(legacy, None) if legacy is not None else None
 
 
 def _read_up_to(fd: int, limit: int) -> bytes:
@@ -206,10 +219,21 @@ def _read_up_to(fd: int, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _open_and_read(path: Path) -> tuple[IO[bytes] | None, bytes]:
+def _open_read(path: Path, legacy: Path | None) -> int:
+    """A descriptor of the object at ``path``, or else at ``legacy`` (where it was written
+    before the store's present layout); FileNotFoundError if at neither."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if legacy is None:
+            raise
+        return os.open(legacy, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _open_and_read(path: Path, legacy: Path | None) -> tuple[IO[bytes] | None, bytes]:
     """The file opened and its first chunk; the file is closed already (None) if that was all.
     A small object costs open, read, read, close: no file object (see ``_write_whole``)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = _open_read(path, legacy)
     try:
         chunk = _read_up_to(fd, CHUNK)
         if len(chunk) < CHUNK:
@@ -221,10 +245,10 @@ def _open_and_read(path: Path) -> tuple[IO[bytes] | None, bytes]:
         raise
 
 
-def _peek(path: Path) -> Peeked | None:
+def _peek(path: Path, legacy: Path | None) -> Peeked | None:
     """Size, and the bytes of an object of one chunk: open, fstat, read, close."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_read(path, legacy)
     except FileNotFoundError:
         return None
     try:
@@ -234,29 +258,61 @@ def _peek(path: Path) -> Peeked | None:
         os.close(fd)
 
 
+def _delete(path: Path, legacy: Path | None) -> None:
+    """Unlink the object wherever it is; a legacy job directory left empty goes too."""
+    path.unlink(missing_ok=True)
+    if legacy is not None:
+        legacy.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty (the job's other documents), or gone
+            legacy.parent.rmdir()
+
+
 class LocalObjectStore:
     """Files under ``root``; writes go to a temp file and are renamed, so readers never see
     half an object. Memory use is one chunk whatever the size. Documents are private: files
-    0600 in 0700 directories, whatever the process umask."""
+    0600 in 0700 directories, whatever the process umask.
+
+    A job's documents (``jobs/7/doc-1``) are files of a directory shared by a thousand jobs
+    (``jobs/0xxx/7-doc-1``; job 12345's are in ``jobs/12xxx``). A directory of its own per job
+    cost a ``mkdir`` per job, a new directory inode (the most expensive file system call of a
+    submit here), and stayed behind, empty, once retention deleted the documents: an inode
+    and a block per job, for ever. Documents written under that earlier layout
+    (``jobs/7/doc-1`` as a path) are still found there, and their directory goes with the last
+    of them. Any other key is a path under ``root`` as it reads, except under ``jobs/``, where
+    it is refused (``jobs/0xxx/7-doc-1`` would otherwise name job 7's document).
+    """
 
     def __init__(self, root: Path, signer: UrlSigner) -> None:
         self.root = root
         self.signer = signer
         private_dir(root)
+        #: Directories this process has made private (created 0700, or tightened) already.
+        self._checked: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         if not KEY_RE.match(key) or ".." in key:
             raise KeyError(key)
-        return self.root / key
+        job = _JOB_KEY.fullmatch(key)
+        if job is None:
+            if key.startswith("jobs/"):  # no other key may name a path among the jobs' files
+                raise KeyError(key)
+            return self.root / key
+        job_id = int(job[1])
+        return self.root / "jobs" / f"{job_id // JOBS_PER_DIRECTORY}xxx" / f"{job_id}-{job[2]}"
+
+    def _legacy(self, key: str) -> Path | None:
+        """Where a job's document lived under the earlier layout (a directory per job)."""
+        return self.root / key if _JOB_KEY.fullmatch(key) else None
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int) -> StoredObject:
         """Network chunks are gathered up to ``CHUNK`` bytes: an object that fits is hashed and
-        written in one trip to the store's own thread (directory, file, rename: ``WorkerThread``,
+        written in one trip to the store's own thread (file, write, rename: ``WorkerThread``,
         the cheapest hop); a larger one is hashed and written one ``CHUNK`` per trip to anyio's
         worker threads, so the event loop neither hashes nor hops per network
         chunk, and memory stays about one ``CHUNK`` whatever the size."""
         path = self._path(key)
         tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
+        checked = path.parent in self._checked
         digest = hashlib.sha256()
         size = 0
         pending = bytearray()
@@ -269,9 +325,9 @@ class LocalObjectStore:
                 pending += chunk
                 if len(pending) >= CHUNK:
                     data, pending = pending, bytearray()
-                    fh = await anyio.to_thread.run_sync(_write_batch, fh, tmp, digest, data)
+                    fh = await anyio.to_thread.run_sync(_write_batch, fh, tmp, digest, data, checked)
             if fh is None:
-                await _in_one_trip(functools.partial(_write_whole, tmp, digest, pending, path))
+                await _in_one_trip(functools.partial(_write_whole, tmp, digest, pending, path, checked))
             else:
                 await anyio.to_thread.run_sync(_finish, fh, digest, pending, tmp, path)
                 fh = None
@@ -280,12 +336,13 @@ class LocalObjectStore:
                 fh.close()
             tmp.unlink(missing_ok=True)
             raise
+        self._checked.add(path.parent)
         return StoredObject(key, size, digest.hexdigest())
 
     async def read_stream(self, key: str) -> AsyncIterator[bytes]:
         """The object's bytes; one that fits in a chunk is read in one trip to the store's own
         thread, a larger one a chunk a trip to anyio's worker threads."""
-        fh, chunk = await _in_one_trip(functools.partial(_open_and_read, self._path(key)))
+        fh, chunk = await _in_one_trip(functools.partial(_open_and_read, self._path(key), self._legacy(key)))
         try:
             if chunk:
                 yield chunk
@@ -295,13 +352,14 @@ class LocalObjectStore:
             if fh is not None:
                 fh.close()
 
-    async def _at(self, key: str, work: Callable[[Path], T]) -> T | None:
-        """``work(path of key)`` in one trip to the store's thread; None for a key it never names."""
+    async def _at(self, key: str, work: Callable[[Path, Path | None], T]) -> T | None:
+        """``work(path of key, its legacy path)`` in one trip to the store's thread; None for a
+        key it never names."""
         try:
             path = self._path(key)
         except KeyError:
             return None
-        return await _in_one_trip(functools.partial(work, path))
+        return await _in_one_trip(functools.partial(work, path, self._legacy(key)))
 
     async def size(self, key: str) -> int | None:
         return await self._at(key, _size)
@@ -312,7 +370,7 @@ class LocalObjectStore:
         return await self._at(key, _peek)
 
     async def delete(self, key: str) -> None:
-        await _in_one_trip(functools.partial(self._path(key).unlink, missing_ok=True))
+        await _in_one_trip(functools.partial(_delete, self._path(key), self._legacy(key)))
 
     def presign(self, key: str, method: str, ttl: float) -> tuple[str, float]:
         self._path(key)

@@ -26,7 +26,7 @@ from cloud_service.auth import User
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
 from cloud_service.jobs import JobOperations
-from cloud_service.objects import CHUNK, LocalObjectStore, ObjectTooLarge, UrlSigner, _read_up_to
+from cloud_service.objects import CHUNK, LocalObjectStore, ObjectTooLarge, Peeked, UrlSigner, _read_up_to
 from cloud_service.store import JobStore
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas.enums import ServiceKind
@@ -122,14 +122,14 @@ async def test_local_objects_small_in_one_trip_large_streamed_same_bytes(tmp_pat
     if size:
         with pytest.raises(ObjectTooLarge):
             await store.put_stream("jobs/1/doc-2", pieces(), max_bytes=size - 1)
-    assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "1").iterdir()) == ["doc-1"]
+    assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "0xxx").iterdir()) == ["1-doc-1"]
 
 
 async def test_local_objects_are_private_whatever_the_umask_and_a_loosened_directory_is_tightened(
         tmp_path: Path) -> None:
-    """A new job's directory is made 0700 and its object 0600 even under umask 000 (one mkdir,
-    nothing left to tighten); an existing job directory someone opened up is tightened by the
-    next object written there, and a removed ``jobs`` directory is made again."""
+    """A new directory of jobs is made 0700 and an object 0600 even under umask 000; a
+    directory someone opened up is tightened by the first object a store writes there, and a
+    removed ``jobs`` directory is made again."""
     store = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
     jobs = tmp_path / "objects" / "jobs"
 
@@ -140,19 +140,70 @@ async def test_local_objects_are_private_whatever_the_umask_and_a_loosened_direc
     try:
         for key in ("jobs/1/doc-1", "jobs/2/doc-1"):
             await store.put_stream(key, one(b"%PDF-1.4\n"), max_bytes=100)
-        assert stat.S_IMODE((jobs / "1").stat().st_mode) == 0o700
-        assert stat.S_IMODE((jobs / "1" / "doc-1").stat().st_mode) == 0o600
-        (jobs / "2").chmod(0o755)
-        await store.put_stream("jobs/2/scan-1", one(b"scan"), max_bytes=100)
-        assert stat.S_IMODE((jobs / "2").stat().st_mode) == 0o700
-        assert stat.S_IMODE((jobs / "2" / "scan-1").stat().st_mode) == 0o600
+        assert stat.S_IMODE((jobs / "0xxx").stat().st_mode) == 0o700
+        assert stat.S_IMODE((jobs / "0xxx" / "1-doc-1").stat().st_mode) == 0o600
+        (jobs / "0xxx").chmod(0o755)
+        restarted = LocalObjectStore(tmp_path / "objects", UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+        await restarted.put_stream("jobs/2/scan-1", one(b"scan"), max_bytes=100)
+        assert stat.S_IMODE((jobs / "0xxx").stat().st_mode) == 0o700
+        assert stat.S_IMODE((jobs / "0xxx" / "2-scan-1").stat().st_mode) == 0o600
         shutil.rmtree(jobs)
-        await store.put_stream("jobs/3/doc-1", one(b"again"), max_bytes=100)
-        assert [stat.S_IMODE(p.stat().st_mode) for p in (jobs, jobs / "3", jobs / "3" / "doc-1")] == [0o700, 0o700,
-                                                                                                      0o600]
+        await restarted.put_stream("jobs/3/doc-1", one(b"again"), max_bytes=100)
+        assert [stat.S_IMODE(p.stat().st_mode) for p in (jobs, jobs / "0xxx", jobs / "0xxx" / "3-doc-1")] == [
+            0o700, 0o700, 0o600]
+        await restarted.put_stream("jobs/4000/doc-1", one(b"next thousand"), max_bytes=100)
+        assert stat.S_IMODE((jobs / "4xxx").stat().st_mode) == 0o700
     finally:
         os.umask(previous)
-    assert b"".join([c async for c in store.read_stream("jobs/3/doc-1")]) == b"again"
+    assert b"".join([c async for c in restarted.read_stream("jobs/3/doc-1")]) == b"again"
+
+
+async def test_local_objects_of_a_thousand_jobs_share_a_directory_and_leave_none_behind(tmp_path: Path) -> None:
+    """A job's documents are files of the directory of its thousand (no directory made per
+    job); deleting them leaves no directory of the job behind. Documents written under the
+    earlier layout (a directory per job) are read, sized, peeked and deleted where they are,
+    and their directory goes with the last of them."""
+    root = tmp_path / "objects"
+    store = LocalObjectStore(root, UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    for job_id in (998, 999, 1000, 1999, 12345):
+        await store.put_stream(f"jobs/{job_id}/doc-1", one(b"doc %d" % job_id), max_bytes=100)
+    await store.put_stream("jobs/999/doc-1-device", one(b"made for the device"), max_bytes=100)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "jobs", "jobs/0xxx", "jobs/0xxx/998-doc-1", "jobs/0xxx/999-doc-1", "jobs/0xxx/999-doc-1-device",
+        "jobs/12xxx", "jobs/12xxx/12345-doc-1", "jobs/1xxx", "jobs/1xxx/1000-doc-1", "jobs/1xxx/1999-doc-1"]
+    assert (await store.peek("jobs/999/doc-1-device")) == Peeked(19, b"made for the device")
+    for job_id in (998, 999, 1000, 1999, 12345):
+        await store.delete(f"jobs/{job_id}/doc-1")
+    await store.delete("jobs/999/doc-1-device")
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "jobs", "jobs/0xxx", "jobs/12xxx", "jobs/1xxx"]  # a directory a thousand jobs, not one a job
+
+    # Written before this layout: jobs/7/doc-1 and jobs/7/doc-2 as paths.
+    legacy = root / "jobs" / "7"
+    legacy.mkdir(mode=0o700)
+    big = os.urandom(CHUNK + 10)
+    (legacy / "doc-1").write_bytes(b"%PDF-1.4 old")
+    (legacy / "doc-2").write_bytes(big)
+    assert await store.size("jobs/7/doc-1") == 12
+    assert await store.peek("jobs/7/doc-1") == Peeked(12, b"%PDF-1.4 old")
+    assert await store.peek("jobs/7/doc-2") == Peeked(CHUNK + 10, None)
+    assert b"".join([c async for c in store.read_stream("jobs/7/doc-2")]) == big
+    assert await store.peek("jobs/7/doc-3") is None and await store.size("jobs/7/doc-3") is None
+    await store.delete("jobs/7/doc-1")
+    assert legacy.is_dir() and await store.size("jobs/7/doc-1") is None  # doc-2 is still there
+    await store.delete("jobs/7/doc-2")
+    assert not legacy.exists()
+    await store.delete("jobs/7/doc-2")  # deleting what is gone is no error
+    # Every key names one path: none other under jobs/ reaches a job's file.
+    await store.put_stream("jobs/5/doc-1", one(b"job 5"), max_bytes=100)
+    for other in ("jobs/0xxx/5-doc-1", "jobs/05/doc-1", "jobs/5/Doc-1x/../doc-1"):
+        assert await store.peek(other) is None and await store.size(other) is None
+        with pytest.raises(KeyError):
+            store.presign(other, "GET", 60)
 
 
 def test_reading_up_to_a_limit_goes_on_after_short_reads() -> None:
