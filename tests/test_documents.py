@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from cloud_service import accounting, defaults
 from cloud_service import jobs as jobs_module
+from cloud_service import objects as objects_module
 from cloud_service.auth import User
 from cloud_service.documents import DocumentKey, Documents
 from cloud_service.errors import Refusal
@@ -204,6 +205,55 @@ async def test_local_objects_of_a_thousand_jobs_share_a_directory_and_leave_none
         assert await store.peek(other) is None and await store.size(other) is None
         with pytest.raises(KeyError):
             store.presign(other, "GET", 60)
+
+
+async def test_a_small_input_document_is_read_from_memory_once_then_from_its_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's input document (or its transformed copy) of up to FRESH_MAX bytes is answered
+    from memory at its first read (the device's download), and from its file after that; scan
+    output and larger documents always from the file; at most FRESH_BUDGET bytes are kept, the
+    oldest let go first; a deleted document is let go. The file is removed behind the store's
+    back below, so that a read from memory shows."""
+    monkeypatch.setattr(objects_module, "FRESH_BUDGET", 3 * 1000)
+    root = tmp_path / "objects"
+    store = LocalObjectStore(root, UrlSigner(b"k" * 32, "https://127.0.0.1:1"))
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    def unlink(key: str) -> None:
+        job, name = key.split("/")[1:]
+        (root / "jobs" / "0xxx" / f"{job}-{name}").unlink()
+
+    doc = b"d" * 1000
+    await store.put_stream("jobs/1/doc-1", one(doc), max_bytes=1 << 20)
+    unlink("jobs/1/doc-1")
+    assert await store.size("jobs/1/doc-1") == 1000
+    assert await store.peek("jobs/1/doc-1") == Peeked(1000, doc)  # from memory
+    assert await store.peek("jobs/1/doc-1") is None  # then from the file, which is gone
+
+    await store.put_stream("jobs/2/doc-1-device", one(doc), max_bytes=1 << 20)
+    unlink("jobs/2/doc-1-device")
+    assert b"".join([c async for c in store.read_stream("jobs/2/doc-1-device")]) == doc
+    with pytest.raises(FileNotFoundError):
+        _ = [c async for c in store.read_stream("jobs/2/doc-1-device")]
+
+    big = b"b" * (objects_module.FRESH_MAX + 1)
+    await store.put_stream("jobs/3/doc-1", one(big), max_bytes=1 << 20)
+    await store.put_stream("jobs/3/scan-1", one(doc), max_bytes=1 << 20)
+    unlink("jobs/3/doc-1")
+    unlink("jobs/3/scan-1")
+    assert await store.peek("jobs/3/doc-1") is None and await store.peek("jobs/3/scan-1") is None
+
+    for job in (4, 5, 6, 7):  # four of 1000 bytes with room for three: job 4's is let go
+        await store.put_stream(f"jobs/{job}/doc-1", one(doc), max_bytes=1 << 20)
+        unlink(f"jobs/{job}/doc-1")
+    assert [await store.peek(f"jobs/{job}/doc-1") is not None for job in (4, 5, 6, 7)] == [False, True, True, True]
+
+    await store.put_stream("jobs/8/doc-1", one(doc), max_bytes=1 << 20)
+    await store.delete("jobs/8/doc-1")
+    assert await store.peek("jobs/8/doc-1") is None and await store.size("jobs/8/doc-1") is None
+    assert store._fresh_bytes == 0 and not store._fresh
 
 
 def test_reading_up_to_a_limit_goes_on_after_short_reads() -> None:
