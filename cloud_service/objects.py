@@ -275,8 +275,9 @@ def _delete(path: Path, legacy: Path | None) -> None:
 
 class LocalObjectStore:
     """Files under ``root``; writes go to a temp file and are renamed, so readers never see
-    half an object. Memory use is one chunk whatever the size. Documents are private: files
-    0600 in 0700 directories, whatever the process umask.
+    half an object. Memory use is one chunk whatever the size (beside the small documents kept
+    until their first read, below). Documents are private: files 0600 in 0700 directories,
+    whatever the process umask.
 
     A job's documents (``jobs/7/doc-1``) are files of a directory shared by a thousand jobs
     (``jobs/0xxx/7-doc-1``; job 12345's are in ``jobs/12xxx``). A directory of its own per job
