@@ -151,16 +151,19 @@ async def test_the_work_sees_the_calling_tasks_context_variables() -> None:
 
 
 async def test_a_kept_greenlet_holds_neither_the_last_works_arguments_nor_its_result() -> None:
-    given, returned = Token(), Token()
+    given = Token()
+    made: list[weakref.ref[Token]] = []
 
     def work(_given: Token) -> Token:
         await_only(asyncio.sleep(0))
+        returned = Token()
+        made.append(weakref.ref(returned))
         return returned
 
     result = await spawn(work, given)
-    assert result is returned
-    watched = [weakref.ref(given), weakref.ref(returned)]
-    del given, returned, result
+    assert result is made[0]()
+    watched = [weakref.ref(given), made[0]]
+    del given, result
     gc.collect()
     assert [ref() for ref in watched] == [None, None]
     assert len(greenlets._kept.free) == 1
