@@ -104,6 +104,26 @@ def free_port(host: str = "127.0.0.1", wanted: int = 0) -> int:
     raise ClusterError("no free port")
 
 
+def hold_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``port`` (not listening) with SO_REUSEPORT, held until the process
+    that will listen there has started.
+
+    A port picked long before its listener binds it (the HTTPS port, named in every replica's
+    configuration before HAProxy starts) can be taken meanwhile, above all as the source port
+    of an outgoing connection (the replicas connect to PostgreSQL, Mosquitto and S3 while they
+    start): the kernel gives a connection no port that a socket holds by ``bind``. HAProxy sets
+    SO_REUSEPORT on its listeners, so it binds the held port beside this socket, which takes no
+    connection since it does not listen."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def find_tool(name: str, *candidates: str) -> str | None:
     for path in candidates:
         if os.access(path, os.X_OK):
@@ -212,6 +232,8 @@ class LocalCluster:
         self.replica_ports: list[int] = []
         self.s3_url: str | None = None
         self.stats_port = 0
+        #: The HTTPS port held from the start until HAProxy listens on it (``hold_port``).
+        self._http_held: socket.socket | None = None
 
     # ------------------------------------------------------------------ names
 
@@ -251,6 +273,7 @@ class LocalCluster:
         private_dir(self.logs)
         self.pki = ensure_pki(private_dir(self.root / "pki"))
         self.http_port = free_port(self.host, self.http_port)
+        self._http_held = hold_port(self.host, self.http_port)  # until HAProxy listens there
         self.broker_port = free_port(self.host, self.broker_port)
         self.passwords = self._passwords()
         try:
@@ -471,6 +494,12 @@ class LocalCluster:
         proc = self.procs["haproxy"] = Process("haproxy", [binary, "-db", "-f", str(conf)], self.logs / "haproxy.log")
         proc.start()
         self._wait(lambda: self._http_ok(f"{self.url}/healthz"), proc, 20)
+        self._release_http_port()
+
+    def _release_http_port(self) -> None:
+        held, self._http_held = self._http_held, None
+        if held is not None:
+            held.close()
 
     # -- the admin and the devices
 
@@ -599,6 +628,7 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Stop every process we started, newest first (devices, HAProxy, replicas, S3, broker)."""
+        self._release_http_port()
         for proc in reversed(list(self.procs.values())):
             await asyncio.to_thread(proc.stop)
         with contextlib.suppress(FileNotFoundError):
