@@ -308,20 +308,18 @@ class LocalObjectStore:
         self._fresh: OrderedDict[str, bytes] = OrderedDict()
         self._fresh_bytes = 0
 
-    def _path(self, key: str) -> Path:
+    def _paths(self, key: str) -> tuple[Path, Path | None]:
+        """Where ``key`` is stored, and where a job's document lived under the earlier layout
+        (a directory per job; None for other keys). KeyError for a key the store never names."""
         if not KEY_RE.match(key) or ".." in key:
             raise KeyError(key)
         job = _JOB_KEY.fullmatch(key)
         if job is None:
             if key.startswith("jobs/"):  # no other key may name a path among the jobs' files
                 raise KeyError(key)
-            return self.root / key
+            return self.root / key, None
         job_id = int(job[1])
-        return self.root / "jobs" / f"{job_id // JOBS_PER_DIRECTORY}xxx" / f"{job_id}-{job[2]}"
-
-    def _legacy(self, key: str) -> Path | None:
-        """Where a job's document lived under the earlier layout (a directory per job)."""
-        return self.root / key if _JOB_KEY.fullmatch(key) else None
+        return self.root / "jobs" / f"{job_id // JOBS_PER_DIRECTORY}xxx" / f"{job_id}-{job[2]}", self.root / key
 
     def _keep_fresh(self, key: str, data: bytes) -> None:
         job = _JOB_KEY.fullmatch(key)
@@ -346,7 +344,7 @@ class LocalObjectStore:
         the cheapest hop); a larger one is hashed and written one ``CHUNK`` per trip to anyio's
         worker threads, so the event loop neither hashes nor hops per network
         chunk, and memory stays about one ``CHUNK`` whatever the size."""
-        path = self._path(key)
+        path, _ = self._paths(key)
         tmp = path.with_name(path.name + f".tmp-{secrets.token_hex(4)}")
         checked = path.parent in self._checked
         digest = hashlib.sha256()
@@ -384,7 +382,7 @@ class LocalObjectStore:
             if fresh:
                 yield fresh
             return
-        fh, chunk = await _in_one_trip(functools.partial(_open_and_read, self._path(key), self._legacy(key)))
+        fh, chunk = await _in_one_trip(functools.partial(_open_and_read, *self._paths(key)))
         try:
             if chunk:
                 yield chunk
@@ -398,10 +396,10 @@ class LocalObjectStore:
         """``work(path of key, its legacy path)`` in one trip to the store's thread; None for a
         key it never names."""
         try:
-            path = self._path(key)
+            paths = self._paths(key)
         except KeyError:
             return None
-        return await _in_one_trip(functools.partial(work, path, self._legacy(key)))
+        return await _in_one_trip(functools.partial(work, *paths))
 
     async def size(self, key: str) -> int | None:
         fresh = self._fresh.get(key)
@@ -420,10 +418,10 @@ class LocalObjectStore:
 
     async def delete(self, key: str) -> None:
         self._take_fresh(key)
-        await _in_one_trip(functools.partial(_delete, self._path(key), self._legacy(key)))
+        await _in_one_trip(functools.partial(_delete, *self._paths(key)))
 
     def presign(self, key: str, method: str, ttl: float) -> tuple[str, float]:
-        self._path(key)
+        self._paths(key)
         return self.signer.sign(key, method, ttl)
 
     async def check(self) -> None:

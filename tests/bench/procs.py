@@ -34,10 +34,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 PG_HOST = "127.0.0.1"
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): field 3 (state) first."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -59,8 +64,7 @@ class Switches:
 def switches(pid: int) -> Switches:
     """System CPU of /proc/PID/stat (all threads) and the context switches of the threads alive
     now (/proc/PID/task/*/status; a thread that ended takes its count with it)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        system = int(fh.read().rsplit(")", 1)[1].split()[12]) / TICK
+    system = int(_stat_fields(pid)[12]) / TICK
     voluntary = preempted = 0
     for task in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as fh:
