@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 from broker.embedded import EmbeddedBroker
+from broker.eventloop import EVENT_LOOPS, chosen_loop, run_loop, running_loop_name
 from broker.limits import RateLimitFilter, raise_open_files_limit
 from broker.pki import DEFAULT_HOSTNAMES, ensure_pki
 from broker.private import private_dir, private_umask
@@ -41,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--require-device-certificates", action="store_true",
                    help="devices must log in with a client certificate (enrolled); only the service "
                         "keeps a password")
+    p.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                   help="auto: uvloop where installed (sockets and TLS in C: fewer CPU cycles a message), "
+                        "else Python's asyncio loop (default auto)")
     p.set_defaults(func=run)
 
 
@@ -56,6 +60,7 @@ def hostnames_for(host: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop."""
+    loop = chosen_loop(getattr(args, "event_loop", "auto"))  # an unusable choice fails before anything is made
     private_umask()  # the password file, keys and CRL: this account's alone
     raise_open_files_limit()  # the connection budget is taken from it (broker.limits)
     if not logging.getLogger().handlers:
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     broker = EmbeddedBroker(pki, data_dir / "broker" / "passwd", host=args.host, port=args.port,
                             device_passwords=not getattr(args, "require_device_certificates", False))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(broker))
+        run_loop(_serve(broker), loop)
     return 0
 
 
@@ -81,6 +86,7 @@ async def _serve(broker: EmbeddedBroker) -> None:
     print(f"  CA certificate  {broker.pki.ca_cert}", flush=True)
     print(f"  password file   {broker.credentials_path}", flush=True)
     print(f"  CRL (revoked)   {broker.pki.crl}", flush=True)
+    print(f"  event loop      {running_loop_name()}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -10,17 +10,14 @@ import gc
 import json
 import logging
 import signal
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from broker.eventloop import run_loop
 from broker.limits import RateLimitFilter, raise_open_files_limit
 from broker.private import private_dir, private_umask
 from cloud_service.config import SECRET_FIELDS, ConfigError, ServiceConfig, env_table
-
-T = TypeVar("T")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -191,21 +188,6 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
-def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "auto") -> T:
-    """Run ``main`` on uvloop (libuv; TLS and sockets in C: less CPU per request and message)
-    where installed and chosen, else on asyncio's own loop."""
-    if event_loop != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if event_loop == "uvloop":
-                raise SystemExit("cloudimaging service: event_loop is uvloop, which is not installed") from None
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(main)
-    return asyncio.run(main)
 
 
 async def _until_signal() -> None:

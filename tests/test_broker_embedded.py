@@ -282,3 +282,65 @@ def test_cli_broker_runs_until_interrupted(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_cli_broker_carries_a_message_on_either_event_loop(tmp_path: Path, event_loop: str) -> None:
+    """``--event-loop``: the broker says which loop it runs on, and a device and the service
+    exchange a message through it on that loop (the default, auto, is uvloop where installed)."""
+    pytest.importorskip("uvloop")
+    from types import SimpleNamespace
+
+    from broker.pki import ensure_pki
+
+    device_pw, service_pw = generate_password(), generate_password()
+    store = CredentialStore(tmp_path / "broker" / "passwd")
+    store.set(DEV_A, device_pw)
+    store.set(SVC, service_pw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "broker", "--data-dir", str(tmp_path), "--port", "0",
+         "--event-loop", event_loop],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    clients: list[MqttTestClient] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        url = loop = ""
+        while time.monotonic() < deadline and not loop:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("broker listening on "):
+                url = line.split()[-1]
+            elif line.strip().startswith("event loop"):
+                loop = line.split()[-1]
+        assert loop == event_loop and url.startswith("mqtts://127.0.0.1:"), (loop, url)
+        handle = SimpleNamespace(url=url, pki=ensure_pki(tmp_path / "pki"))
+        device = MqttTestClient(handle, DEV_A, device_pw)
+        service = MqttTestClient(handle, SVC, service_pw, client_id=f"{SVC}-test")
+        clients += [device, service]
+        assert device.connect() == 0 and service.connect() == 0
+        assert device.subscribe(topics.down(DEV_A)) == [1]
+        assert service.publish(topics.down(DEV_A), b"doorbell")
+        got = device.wait_message(10)
+        assert got is not None and got.payload == b"doorbell"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        for client in clients:
+            client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_cli_broker_refuses_an_unknown_event_loop(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "broker", "--data-dir", str(tmp_path), "--port", "0",
+         "--event-loop", "tornado"],
+        capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 2 and "invalid choice: 'tornado'" in done.stderr
+    assert not (tmp_path / "pki").exists()
