@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: ``auto`` takes uvloop when it is installed; ``uvloop`` insists on it; ``asyncio`` is Python's.
-EventLoop = Literal["auto", "uvloop", "asyncio"]
+#: ``auto`` takes uvloop when it is installed; ``uvloop`` insists on it; ``asyncio`` is Python's
+#: (the service's ``event_loop`` setting takes the same three).
 EVENT_LOOPS: tuple[str, ...] = ("auto", "uvloop", "asyncio")
 
 
