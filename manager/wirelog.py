@@ -18,34 +18,39 @@ _SHORT = {"job_id": "job", "document_number": "doc", "version": "v"}
 
 
 def describe(message: BaseModel) -> str:
-    kind = getattr(message, "type", type(message).__name__)
+    # A message's fields are read from its ``__dict__``: ``getattr`` of a field the message
+    # type lacks goes through pydantic's ``__getattr__`` and an AttributeError, several
+    # microseconds each, seven times a line.
+    fields = message.__dict__
+    kind = fields.get("type", type(message).__name__)
     parts = [str(kind)]
     for name in _FIELDS:
-        value = getattr(message, name, None)
+        value = fields.get(name)
         if value is not None:
             parts.append(f"{_SHORT.get(name, name)}={value}")
-    fetchable = getattr(message, "fetchable", None)
     if kind == "sync":
-        parts.append(f"fetchable={list(fetchable or [])}")
-        parts.append(f"stop={[s.job_id for s in getattr(message, 'stop', [])]}")
-        parts.append(f"unknown={list(getattr(message, 'unknown', []))}")
+        parts.append(f"fetchable={list(fields.get('fetchable') or [])}")
+        parts.append(f"stop={[s.job_id for s in fields.get('stop') or []]}")
+        parts.append(f"unknown={list(fields.get('unknown') or [])}")
     if kind == "hello":
-        parts.append(f"jobs={[j.job_id for j in getattr(message, 'jobs', [])]}")
+        parts.append(f"jobs={[j.job_id for j in fields.get('jobs') or []]}")
     if kind == "attributes":
         parts.extend(
             f"{s.name}={s.state}{'/' + ','.join(s.state_reasons) if s.state_reasons else ''}"
-            for s in getattr(message, "services", [])
+            for s in fields.get("services") or []
         )
-    if getattr(message, "re", None):
-        parts.append(f"re={message.re}")  # type: ignore[attr-defined]
-    if getattr(message, "id", None) and kind != "presence":
-        parts.append(f"id={message.id}")  # type: ignore[attr-defined]
+    if fields.get("re"):
+        parts.append(f"re={fields['re']}")
+    if fields.get("id") and kind != "presence":
+        parts.append(f"id={fields['id']}")
     return " ".join(parts)
 
 
 def log_out(message: BaseModel) -> None:
-    log.info("-> %s", describe(message))
+    if log.isEnabledFor(logging.INFO):  # the line is made only when it is written
+        log.info("-> %s", describe(message))
 
 
 def log_in(message: BaseModel) -> None:
-    log.info("<- %s", describe(message))
+    if log.isEnabledFor(logging.INFO):
+        log.info("<- %s", describe(message))
