@@ -254,34 +254,44 @@ def test_password_hashes() -> None:
 # -- the CLI verb --------------------------------------------------------------------------------------
 
 
-def test_cli_broker_runs_until_interrupted(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def cli_broker(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    """``python -m broker.cli broker`` on any free port, with its banner read up to its last line
+    (``event loop``): {"url": ..., "event loop": ...} and whatever else it names. Killed at the
+    end if it is still running."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "broker", "--data-dir", str(tmp_path), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [sys.executable, "-m", "broker.cli", "broker", "--data-dir", str(data_dir), "--port", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
         assert proc.stdout is not None
+        banner: dict[str, str] = {}
         deadline = time.monotonic() + 20
-        url = ""
-        while time.monotonic() < deadline and not url:
+        while time.monotonic() < deadline and "event loop" not in banner:
             line = proc.stdout.readline()
             if not line:
                 break
             if line.startswith("broker listening on "):
-                url = line.split()[-1]
+                banner["url"] = line.split()[-1]
+            elif line.strip().startswith("event loop"):
+                banner["event loop"] = line.split()[-1]
+        yield proc, banner
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_cli_broker_runs_until_interrupted(tmp_path: Path) -> None:
+    with cli_broker(tmp_path) as (proc, banner):
+        url = banner.get("url", "")
         assert url.startswith("mqtts://127.0.0.1:"), url
         port = int(url.rsplit(":", 1)[1])
         assert tls_port_ready("127.0.0.1", port, tmp_path / "pki" / "ca.pem")
         assert (tmp_path / "pki" / "server.key").stat().st_mode & 0o777 == 0o600
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
@@ -297,43 +307,25 @@ def test_cli_broker_carries_a_message_on_either_event_loop(tmp_path: Path, event
     store = CredentialStore(tmp_path / "broker" / "passwd")
     store.set(DEV_A, device_pw)
     store.set(SVC, service_pw)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "broker", "--data-dir", str(tmp_path), "--port", "0",
-         "--event-loop", event_loop],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
     clients: list[MqttTestClient] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 20
-        url = loop = ""
-        while time.monotonic() < deadline and not loop:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("broker listening on "):
-                url = line.split()[-1]
-            elif line.strip().startswith("event loop"):
-                loop = line.split()[-1]
-        assert loop == event_loop and url.startswith("mqtts://127.0.0.1:"), (loop, url)
-        handle = SimpleNamespace(url=url, pki=ensure_pki(tmp_path / "pki"))
-        device = MqttTestClient(handle, DEV_A, device_pw)
-        service = MqttTestClient(handle, SVC, service_pw, client_id=f"{SVC}-test")
-        clients += [device, service]
-        assert device.connect() == 0 and service.connect() == 0
-        assert device.subscribe(topics.down(DEV_A)) == [1]
-        assert service.publish(topics.down(DEV_A), b"doorbell")
-        got = device.wait_message(10)
-        assert got is not None and got.payload == b"doorbell"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-    finally:
-        for client in clients:
-            client.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    with cli_broker(tmp_path, "--event-loop", event_loop) as (proc, banner):
+        try:
+            url, loop = banner.get("url", ""), banner.get("event loop")
+            assert loop == event_loop and url.startswith("mqtts://127.0.0.1:"), (loop, url)
+            handle = SimpleNamespace(url=url, pki=ensure_pki(tmp_path / "pki"))
+            device = MqttTestClient(handle, DEV_A, device_pw)
+            service = MqttTestClient(handle, SVC, service_pw, client_id=f"{SVC}-test")
+            clients += [device, service]
+            assert device.connect() == 0 and service.connect() == 0
+            assert device.subscribe(topics.down(DEV_A)) == [1]
+            assert service.publish(topics.down(DEV_A), b"doorbell")
+            got = device.wait_message(10)
+            assert got is not None and got.payload == b"doorbell"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 0
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_cli_broker_refuses_an_unknown_event_loop(tmp_path: Path) -> None:
