@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloud_service.audit import AuditLog
 from cloud_service.clf import ClfLog
+from cloud_service.clf import _field as clf_field
 from tests.support.brokers import MqttTestClient, connect_code
 from tests.support.secstack import CertBroker, secure_stack
 
@@ -105,3 +109,32 @@ def test_audit_values_are_cut_to_printable_text(tmp_path: Path) -> None:
     event = json.loads(lines[0])
     assert event["event"] == "x" and "\n" not in event["actor"] and "\x1b" not in event["actor"]
     assert len(event["reason"]) == 300
+
+
+@given(st.text(max_size=260))
+def test_a_clf_field_is_printable_ascii_without_spaces_or_quotes_whatever_it_was(value: str) -> None:
+    """The fast path (a field already safe goes as it is) gives what the substitution gives."""
+    field = clf_field(value)
+    expected = re.sub(r'[^\x21\x23-\x7e]', "_", value[:200]) if value else "-"
+    assert field == expected
+    assert field.isascii() and field.isprintable() and " " not in field and '"' not in field
+
+
+def test_clf_lines_are_on_disk_whole_and_in_order_when_written(tmp_path: Path) -> None:
+    """Each line is in the file when ``line`` returns (no buffer to flush), a field with a space,
+    a quote or a control character cannot split or forge one, and a non-ASCII user stays one
+    field; the size kept for rotation counts bytes."""
+    clf = ClfLog(tmp_path / "access.log")
+    path = tmp_path / "access.log"
+    try:
+        clf.mqtt("RECV", "dev-1", "cloudimaging/devices/dev-1/up", "job-status#7", "ok", 120)
+        assert path.read_text().endswith('"MQTT-RECV cloudimaging/devices/dev-1/up job-status#7" 200 120\n')
+        clf.http("127.0.0.1", 'ev"il \n x', "GET", "/a b", "1.1", 404, None)
+        clf.http("127.0.0.1", "zoë", "GET", "/é", "1.1", 200, 5)
+        lines = path.read_text().splitlines()
+        assert len(lines) == 3
+        assert lines[1].startswith("127.0.0.1 - ev_il___x [") and lines[1].endswith('"GET /a_b HTTP/1.1" 404 -')
+        assert lines[2].startswith("127.0.0.1 - zo_ [") and '"GET /_ HTTP/1.1" 200 5' in lines[2]
+        assert clf._size == path.stat().st_size
+    finally:
+        clf.close()
