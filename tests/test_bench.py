@@ -4,17 +4,21 @@ checked, only that each figure was measured and written to the JSON results."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench.__main__ import parse
+from tests.bench.instructions import Callgrind, prefix
 from tests.bench.procs import Switches, cpu_line_ticks, speed_change, stolen_share, switches, switches_note
-from tests.bench.sizes import GROUPS, STACKS
+from tests.bench.sizes import ALONE, DEFAULT_GROUPS, STACKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,9 +46,10 @@ def test_tiny_bench_emits_every_figure(tmp_path: Path) -> None:
     for stack in STACKS:
         if any(r["stack"] == stack and r["group"] == "stack" for r in unavailable):
             continue
-        for group in GROUPS:
+        for group in DEFAULT_GROUPS:
             measured = [r for r in rows if r["stack"] == stack and r["group"] == group]
             assert measured, f"{stack}: no row for the {group} figures"
+    assert not [r for r in rows if r["group"] in ALONE], "a group that runs alone ran with the others"
     # every goal of the issue's table appears with its mark, and each ratio has its baseline
     goals = {r["goal"] for r in rows if r["goal"]}
     for goal in ("<= 5 ms", "<= 25 ms", "<= 3x broker one-hop p99", ">= 0.7x the sink", "<= 64 MB", "<= 50 ms",
@@ -126,3 +131,75 @@ sys.stdin.read()
     note = switches_note(Switches(0.5, 300, 20), 100)
     assert note == ("of which in the kernel 5.00 ms (system calls, page faults); its threads gave up the CPU "
                     "3.0 times a job (waiting) and were preempted 0.2 times")
+
+
+def valgrind_or_skip() -> None:
+    if shutil.which("valgrind") and shutil.which("callgrind_control"):
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("CI=true, so a missing tool is a failure: valgrind is not installed")
+    pytest.skip("valgrind is not installed (Debian: apt-get install valgrind)")
+
+
+def test_the_instructions_group_runs_only_alone_and_only_when_named() -> None:
+    assert "instructions" not in parse([]).groups
+    assert parse(["--only", "instructions"]).groups == ["instructions"]
+    for argv in (["--only", "instructions,fleet"], ["--only", "instructions", "--profile"]):
+        with pytest.raises(SystemExit) as exc:
+            parse(argv)
+        assert exc.value.code == 2
+
+
+async def test_callgrind_counts_a_process_only_between_start_and_stop(tmp_path: Path) -> None:
+    """A child under callgrind sums N numbers when told: counted from ``start`` to ``stop`` only,
+    so ten times the work counts about ten times the instructions, and none counts little."""
+    valgrind_or_skip()
+    out = tmp_path / "child.out"
+    child = subprocess.Popen([*prefix(out), sys.executable, "-c", """
+import sys
+print("ready", flush=True)
+for line in sys.stdin:
+    total = 0
+    for i in range(int(line)):
+        total += i
+    print("done", flush=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    counter = Callgrind(out)
+    counter.pid = child.pid
+
+    async def counted(rounds: int | None) -> int:
+        await counter.start()
+        if rounds is not None:
+            child.stdin.write(f"{rounds}\n")
+            child.stdin.flush()
+            assert await asyncio.to_thread(child.stdout.readline) == "done\n"
+        return await counter.stop()
+
+    try:
+        assert await asyncio.to_thread(child.stdout.readline) == "ready\n"
+        small, large, idle = await counted(100_000), await counted(1_000_000), await counted(None)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=120)
+    assert 8 < large / small < 12, (small, large)
+    assert idle < small / 10, (idle, small)
+
+
+@pytest.mark.timeout(900)
+def test_the_instructions_group_counts_the_service_and_the_fleet(tmp_path: Path) -> None:
+    valgrind_or_skip()
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "tests.bench", "--size", "tiny", "--only", "instructions",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    failed = [r for r in rows if r["value"] is None]
+    assert not failed, failed
+    for stack in STACKS:
+        (counted,) = [r for r in rows if r["stack"] == stack and r["group"] == "instructions"
+                      and r["figure"].startswith("service instructions per completed job")]
+        extra = counted["extra"]
+        assert extra["jobs_counted"] == 16 and extra["instructions_per_job"] > 1e6, counted
+        assert extra["fleet_instructions_per_job"] > 1e6 and counted["baseline_label"], counted
+        assert counted["value"] == extra["instructions_per_job"] / 1e6 and counted["ratio"] > 0, counted

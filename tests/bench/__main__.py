@@ -21,14 +21,15 @@ from pathlib import Path
 
 from tests.bench.procs import python_loop_ms
 from tests.bench.report import Row, skipped, table, write_json
-from tests.bench.sizes import GROUPS, SIZES, STACKS
+from tests.bench.sizes import ALONE, DEFAULT_GROUPS, GROUPS, SIZES, STACKS
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="small",
                    help="tiny (proves it works; 1-2 min), small (usable figures), full (the goals' sizes)")
-    p.add_argument("--only", default="", help=f"comma-separated figure groups: {','.join(GROUPS)}")
+    p.add_argument("--only", default="", help=f"comma-separated figure groups: {','.join(GROUPS)} (default: all but "
+                        f"{','.join(ALONE)}, which runs only alone)")
     p.add_argument("--stacks", default=",".join(STACKS), help=f"comma-separated: {','.join(STACKS)}")
     p.add_argument("--profile", action="store_true",
                    help="attach py-spy to each service process and save a speedscope profile")
@@ -36,10 +37,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work files (logs, databases, spools)")
     p.add_argument("--json", type=Path, help="also write the results JSON here")
     args = p.parse_args(argv)
-    args.groups = [g for g in args.only.split(",") if g] or list(GROUPS)
+    args.groups = [g for g in args.only.split(",") if g] or list(DEFAULT_GROUPS)
     unknown = set(args.groups) - set(GROUPS)
     if unknown:
         p.error(f"unknown figure groups: {', '.join(sorted(unknown))}")
+    alone = set(args.groups) & set(ALONE)
+    if alone and len(args.groups) > 1:
+        p.error(f"{', '.join(sorted(alone))} runs alone (the service runs under valgrind): "
+                f"--only {','.join(sorted(alone))}")
+    if alone and args.profile:
+        p.error("--profile cannot attach to a service under valgrind")
     args.stack_list = [s for s in args.stacks.split(",") if s]
     if set(args.stack_list) - set(STACKS):
         p.error(f"unknown stacks: {', '.join(sorted(set(args.stack_list) - set(STACKS)))}")

@@ -377,6 +377,8 @@ class ServiceProc:
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     token: str = ""
+    #: A command the service runs under (``tests.bench.instructions.prefix``: callgrind).
+    under: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -394,8 +396,9 @@ class ServiceProc:
             raise RuntimeError(f"could not make an admin token: {err.decode(errors='replace')[-2000:]}")
         self.token = out.decode().strip().splitlines()[-1]
         log = self.directory / "service.out"
-        self.proc = spawn([*CLI, "service", "--config", str(path)], log)
-        match = await wait_line(log, r"cloudimaging service at (https://\S+);", self.proc, 120)
+        self.proc = spawn([*self.under, *CLI, "service", "--config", str(path)], log)
+        # Under valgrind, start-up (imports, TLS context, the database) runs several times slower.
+        match = await wait_line(log, r"cloudimaging service at (https://\S+);", self.proc, 600 if self.under else 120)
         self.url = match.group(1)
 
     def stop(self) -> None:

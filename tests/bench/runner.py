@@ -32,6 +32,8 @@ from broker.pki import ensure_pki
 from client._base import KEEPALIVE_EXPIRY
 from manager.drivers.simulated import SIMULATED_PRINTER_CAPABILITIES
 from schemas import topics
+from tests.bench.instructions import Callgrind
+from tests.bench.instructions import prefix as callgrind_prefix
 from tests.bench.procs import (
     SERVICE_USER,
     BrokerProc,
@@ -183,9 +185,10 @@ class Fleet:
 
     @classmethod
     async def start(cls, directory: Path, broker: BrokerProc, users: dict[str, str], mode: str,
-                    concurrency: int = 100, processes: int = 1, resume: bool = False) -> Fleet:
+                    concurrency: int = 100, processes: int = 1, resume: bool = False,
+                    under: list[str] | None = None) -> Fleet:
         """Start the processes and, once all are ready, let them connect together (``concurrency``
-        handshakes at once in all)."""
+        handshakes at once in all). ``under``: a command to run the (single) process under."""
         directory.mkdir(parents=True, exist_ok=True)
         items = list(users.items())
         processes = max(1, min(processes, len(items)))
@@ -198,13 +201,13 @@ class Fleet:
                                         "capabilities": SIMULATED_PRINTER_CAPABILITIES}))
             err = (directory / f"fleet-{mode}-{i}.err").open("ab")
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.bench.fleetproc", str(spec), cwd=str(REPO),
+                *(under or []), sys.executable, "-m", "tests.bench.fleetproc", str(spec), cwd=str(REPO),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, limit=1 << 20,
                 start_new_session=True))
             err.close()
         fleet = cls(procs)
         try:
-            await asyncio.wait_for(asyncio.gather(*fleet._ready), 120)
+            await asyncio.wait_for(asyncio.gather(*fleet._ready), 600 if under else 120)
         except BaseException:
             await fleet.stop()
             raise
@@ -450,6 +453,8 @@ class StackRun:
         self.service_pw = generate_password()
         self.hop_pw = generate_password()
         fleet_n = size.fleet_devices[self.broker_kind] if self.wants("connect", "doorbell", "fleet") else 0
+        if self.wants("instructions"):
+            fleet_n = size.fleet_active  # only the devices that print: a connect storm is not counted
         self.fleet_users = new_users("fleet", fleet_n)
         self.manager_users = new_users("mgr", max(size.managers))
         users = {SERVICE_USER: self.service_pw, HOP_USER: self.hop_pw, **self.fleet_users, **self.manager_users}
@@ -468,8 +473,15 @@ class StackRun:
             "broker_password": self.service_pw, "ca_file": str(pki.ca_cert), "tls_cert": str(pki.server_cert),
             "tls_key": str(pki.server_key), "http_host": "127.0.0.1", "http_port": 0,
             "broker_kind": self.broker_kind, "max_document_bytes": 4 * 1024 * MiB})
+        self.callgrind: Callgrind | None = None
+        if self.wants("instructions"):
+            counted = self.results / f"callgrind-{self.kind}-service.out"
+            self.service.under = callgrind_prefix(counted)
+            self.callgrind = Callgrind(counted)
         self.exits.callback(self.service.stop)
         await self.service.start()
+        if self.callgrind is not None:
+            self.callgrind.pid = self.service.pid
         self.say(f"[{self.kind}] service at {self.service.url} (pid {self.service.pid})")
         if self.profile:
             await self._profile()
@@ -493,6 +505,7 @@ class StackRun:
         await self.guarded("big", "large document end to end", self.fig_big)
         await self.guarded("ipp", "ipp driver", self.fig_ipp)
         await self.guarded("transform", "PDF -> PWG raster", self.fig_transform)
+        await self.guarded("instructions", "the service's instructions per job", self.fig_instructions)
 
     async def _profile(self) -> None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -725,6 +738,41 @@ class StackRun:
                      goal="<= 5 ms", check=lambda v, b: v <= 5, note=switches_note(switched, n),
                      fleet_ms_per_job=used["fleet"] / n * 1000, **switches_extra(switched, n)))
         self.ceiling("fleet", used, n, "fleet")
+
+    async def fig_instructions(self) -> None:
+        """The service's instructions per print job through the fleet, and the fleet's for the same
+        jobs, counted by callgrind: figures the machine's changing speed does not move
+        (tests/bench/instructions.py)."""
+        assert self.callgrind is not None
+        counted = self.results / f"callgrind-{self.kind}-fleet.out"
+        self.fleet = fleet = await Fleet.start(self.dir / "fleet", self.broker, self.fleet_users, "service",
+                                               resume=FLEET_RESUMES_TLS, under=callgrind_prefix(counted))
+        devices = Callgrind(counted)
+        devices.pid = fleet.pids[0]
+        event = await fleet.wait_connected(600)
+        if event["n_errors"]:
+            raise BenchError(f"{event['n_errors']} devices did not come online: {event['errors']}")
+        targets = self.fleet_targets()
+        concurrency = self.size.submit_concurrency
+        # Uncounted first: the first jobs make what later ones reuse (statement plans, pooled
+        # connections, the devices' download connections).
+        warm = await self.submit_many(targets, len(targets), concurrency)
+        await fleet.wait_done(set(warm), 600)
+        n = self.size.instruction_jobs
+        await asyncio.gather(self.callgrind.start(), devices.start())
+        job_ids = await self.submit_many(targets, n, concurrency)
+        await fleet.wait_done(set(job_ids), 600 + 5 * n)
+        service, fleet_count = await asyncio.gather(self.callgrind.stop(), devices.stop())
+        failed = [fleet.done[j][0] for j in job_ids if fleet.done[j][0] != "completed"]
+        if failed:
+            raise BenchError(f"{len(failed)} of {n} counted jobs did not complete, e.g. {failed[0]}")
+        self.add(row(self.kind, "instructions", f"service instructions per completed job (fleet, {len(targets)} "
+                     f"devices, {n} jobs counted)", service / n / 1e6, "M", baseline=fleet_count / n / 1e6,
+                     baseline_label="the fleet's, same jobs",
+                     note="counted by callgrind: user space only (no kernel work), within a few percent from run "
+                          "to run whatever the machine's speed; the fleet is the devices' side "
+                          f"of the same jobs ({len(targets)} devices in one process)",
+                     instructions_per_job=service / n, fleet_instructions_per_job=fleet_count / n, jobs_counted=n))
 
     async def _ensure_managers(self, count: int) -> list[ManagerProc]:
         names = list(self.manager_users)
