@@ -1,7 +1,7 @@
 """Counting a process's instructions with callgrind, where its CPU time cannot be trusted.
 
 On a shared virtual machine the CPU time of the same work moves 1.5-2x from one run to the next
-and within one run (docs/bench.md: the fixed loop took 50-143 ms on one day), so a change worth
+and within one run (docs/bench.md: the fixed loop took 62-143 ms in one evening), so a change worth
 ten or twenty percent of a job's CPU can hide in it. Instructions show it: valgrind's callgrind
 counts each one a process executes in user space, whatever else the machine is doing. The same
 code gives counts within 2-5% of each other (how many messages arrive together still depends on
