@@ -161,7 +161,13 @@ def test_scan_and_download_a_pdf_with_the_pages_asked_for(console: LiveStack, br
     with page.expect_download() as info:
         link.click()
     target = tmp_path / "scan.pdf"
-    info.value.save_as(target)
+    download = info.value
+    failure = download.failure()  # waits for the download to end
+    if failure is not None:  # say what the service answers for that URL, then fail
+        again = page.context.request.get(download.url)
+        pytest.fail(f"the browser's download of {download.url} failed ({failure}); the same GET now: "
+                    f"{again.status} {again.headers.get('content-type')} {len(again.body())} bytes")
+    download.save_as(target)
     assert len(PdfReader(io.BytesIO(target.read_bytes())).pages) == 4
 
     # One thumbnail per page, rendered by the service from the PDF, each loaded.
