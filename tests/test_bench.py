@@ -8,7 +8,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,16 @@ import pytest
 
 from tests.bench.__main__ import parse
 from tests.bench.instructions import Callgrind, prefix
-from tests.bench.procs import Switches, cpu_line_ticks, speed_change, stolen_share, switches, switches_note
+from tests.bench.instructions import tools as callgrind_tools
+from tests.bench.procs import (
+    Switches,
+    Unavailable,
+    cpu_line_ticks,
+    speed_change,
+    stolen_share,
+    switches,
+    switches_note,
+)
 from tests.bench.sizes import ALONE, DEFAULT_GROUPS, STACKS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,11 +142,12 @@ sys.stdin.read()
 
 
 def valgrind_or_skip() -> None:
-    if shutil.which("valgrind") and shutil.which("callgrind_control"):
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("CI=true, so a missing tool is a failure: valgrind is not installed")
-    pytest.skip("valgrind is not installed (Debian: apt-get install valgrind)")
+    try:
+        callgrind_tools()
+    except Unavailable as missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true, so a missing tool is a failure: {missing}")
+        pytest.skip(str(missing))
 
 
 def test_the_instructions_group_runs_only_alone_and_only_when_named() -> None:

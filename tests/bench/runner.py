@@ -574,9 +574,9 @@ class StackRun:
         one per core (a process does its TLS handshakes on one core)."""
         return max(1, min(os.cpu_count() or 1, math.ceil(len(self.fleet_users) / FLEET_DEVICES_PER_PROCESS)))
 
-    async def start_fleet(self, mode: str, resume: bool) -> Fleet:
+    async def start_fleet(self, mode: str, resume: bool, under: list[str] | None = None) -> Fleet:
         return await Fleet.start(self.dir / "fleet", self.broker, self.fleet_users, mode,
-                                 processes=self.fleet_processes(), resume=resume)
+                                 processes=self.fleet_processes(), resume=resume, under=under)
 
     async def _broker_alone(self, resume: bool) -> tuple[dict, int, int, float]:
         """The fleet's devices CONNECT and SUBSCRIBE only: (event, RSS before, RSS with them, CPU s)."""
@@ -745,8 +745,7 @@ class StackRun:
         (tests/bench/instructions.py)."""
         assert self.callgrind is not None
         counted = self.results / f"callgrind-{self.kind}-fleet.out"
-        self.fleet = fleet = await Fleet.start(self.dir / "fleet", self.broker, self.fleet_users, "service",
-                                               resume=FLEET_RESUMES_TLS, under=callgrind_prefix(counted))
+        self.fleet = fleet = await self.start_fleet("service", FLEET_RESUMES_TLS, under=callgrind_prefix(counted))
         devices = Callgrind(counted)
         devices.pid = fleet.pids[0]
         event = await fleet.wait_connected(600)
