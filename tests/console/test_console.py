@@ -158,15 +158,27 @@ def test_scan_and_download_a_pdf_with_the_pages_asked_for(console: LiveStack, br
     link = page.locator(".scan-result a.download").first
     link.wait_for(timeout=JOB_MS)
     shot(page, tmp_path, "scanned")
-    with page.expect_download() as info:
-        link.click()
     target = tmp_path / "scan.pdf"
-    download = info.value
-    failure = download.failure()  # waits for the download to end
-    if failure is not None:  # say what the service answers for that URL, then fail
+    for attempt in (1, 2):
+        with page.expect_download() as info:
+            link.click()
+        download = info.value
+        failure = download.failure()  # waits for the download to end
+        if failure is None:
+            break
+        # Under CI's load Chromium sometimes cancels this download on its own side ("canceled")
+        # while the service answers the same GET whole (seen: 200, application/pdf, all 98,968
+        # bytes). A second click is allowed only when the service's answer is whole; any other
+        # answer, or a second cancel, fails the test with both.
         again = page.context.request.get(download.url)
-        pytest.fail(f"the browser's download of {download.url} failed ({failure}); the same GET now: "
-                    f"{again.status} {again.headers.get('content-type')} {len(again.body())} bytes")
+        said = f"{again.status} {again.headers.get('content-type')} {len(again.body())} bytes"
+        whole = again.status == 200 and again.headers.get("content-type") == "application/pdf" \
+            and len(again.body()) == int(again.headers.get("content-length", "-1"))
+        if attempt == 2 or not whole:
+            pytest.fail(f"the browser's download of {download.url} failed ({failure}, attempt {attempt}); "
+                        f"the same GET now: {said}")
+        print(f"the browser canceled its download of {download.url}; the service answers it whole ({said}): "
+              "clicking once more")
     download.save_as(target)
     assert len(PdfReader(io.BytesIO(target.read_bytes())).pages) == 4
 
