@@ -41,6 +41,7 @@ from cloud_service.registration import Registry
 from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
+from cloud_service.transform import thumbnail
 from cloud_service.transform.service import Transformer
 from schemas.messages import JobFetchable, Message
 
@@ -102,6 +103,7 @@ class CloudService:
         self.objects = await self._object_store(signer)
         self.clf = ClfLog(cfg.logs_dir / "access.log")
         self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl, Transformer())
+        self.thumbnails = Transformer(workers=1, timeout=thumbnail.TIMEOUT)  # apart from the transforms
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
                                       max_services=cfg.max_services_per_device,
                                       coalesce_presence=cfg.mqtt_shared_group is None)
@@ -125,7 +127,7 @@ class CloudService:
                                      self._notify, self.lease)
         self.app = create_app(Deps(store=self.store, jobs=self.jobs, objects=self.objects, clf=self.clf,
                                    audit=self.audit, config=cfg, registry=self.registry, ca_file=str(ca),
-                                   ipp_base=self.ipp_base, readiness=self.readiness,
+                                   ipp_base=self.ipp_base, readiness=self.readiness, thumbnails=self.thumbnails,
                                    request_status=lambda device_id: self.devices.request_status(
                                        device_id, self.mqtt.publish, cfg.status_timeout)))
         self.app.mount("/ipp", IppFront(store=self.store, jobs=self.jobs, https_base=lambda: self.url,
@@ -205,6 +207,8 @@ class CloudService:
             self.clf.close()
         if hasattr(self, "documents"):
             await asyncio.to_thread(self.documents.transformer.close)  # its worker processes
+        if hasattr(self, "thumbnails"):
+            await asyncio.to_thread(self.thumbnails.close)
         if self._socket is not None:
             self._socket.close()
 

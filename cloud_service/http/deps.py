@@ -8,7 +8,7 @@ router on a bare app the same way.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
@@ -24,6 +24,8 @@ from cloud_service.objects import ObjectStore
 from cloud_service.registration import Registry
 from cloud_service.sessions import COOKIE, CSRF_HEADER, find_session
 from cloud_service.store import JobStore
+from cloud_service.transform import thumbnail
+from cloud_service.transform.service import Transformer
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Deps:
     request_status: Callable[[str], Awaitable[bool]] | None = None
     #: Each dependency ("database", "broker", "objects") -> "ok" or why not, for /readyz.
     readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
+    #: The worker that draws page thumbnails (PDFium, never in the service's own threads).
+    thumbnails: Transformer = field(default_factory=lambda: Transformer(workers=1, timeout=thumbnail.TIMEOUT))
 
 
 async def get_deps(request: Request) -> Deps:

@@ -167,37 +167,9 @@ async def get_document(job_id: JobId, number: DocumentNumber, user: User = Depen
     return object_response(objects, doc.object_key, peeked, doc.format, {"Cache-Control": "no-store"})
 
 
-#: A thumbnail's width in pixels (its height follows the page, capped at twice that), and the
-#: largest PDF rendered for one: a thumbnail is a glance at a scan, not a document viewer.
-THUMBNAIL_WIDTH = 160
+#: The largest PDF drawn for a thumbnail: a thumbnail is a glance at a scan, not a document viewer.
 THUMBNAIL_MAX_BYTES = 64 * 1024 * 1024
 PageNumber = Annotated[int, Path(ge=1, le=100_000, description="a page's number in a PDF document")]
-
-
-def _thumbnail(data: bytes, page_number: int) -> tuple[bytes | None, int]:
-    """Page ``page_number`` of a PDF as a small PNG (None when the PDF has no such page) and the
-    PDF's page count; run in a worker thread (PDFium renders synchronously)."""
-    import io
-
-    import pypdfium2 as pdfium
-
-    doc = pdfium.PdfDocument(data)
-    try:
-        count = len(doc)
-        if page_number > count:
-            return None, count
-        page = doc[page_number - 1]
-        try:
-            width, height = page.get_size()
-            scale = min(THUMBNAIL_WIDTH / width, 2 * THUMBNAIL_WIDTH / height)
-            image = page.render(scale=scale, fill_color=(255, 255, 255, 255)).to_pil()
-        finally:
-            page.close()
-    finally:
-        doc.close()
-    out = io.BytesIO()
-    image.convert("RGB").save(out, format="PNG", optimize=True)
-    return out.getvalue(), count
 
 
 @router.get(f"{API_PREFIX}/jobs/{{job_id}}/documents/{{number}}/pages/{{page}}/thumbnail", tags=["jobs"],
@@ -218,16 +190,15 @@ async def get_thumbnail(job_id: JobId, number: DocumentNumber, page: PageNumber,
     if size > THUMBNAIL_MAX_BYTES:
         raise Refusal(413, "too-large", f"document {number} is too large for a thumbnail")
     data = b"".join([chunk async for chunk in deps.objects.read_stream(doc.object_key)])
-    try:
-        png, count = await asyncio.to_thread(_thumbnail, data, page)
-    except Exception as exc:  # pypdfium2.PdfiumError and a page PDFium cannot draw
-        raise Refusal(422, "document-format-error", f"document {number} cannot be rendered ({exc})") from None
-    if png is None:
+    made = await deps.thumbnails.thumbnail(data, page)  # in a worker process: PDFium is not thread-safe
+    if made.error is not None:
+        raise Refusal(422, "document-format-error", f"document {number} cannot be rendered ({made.error})")
+    if made.png is None:
         raise Refusal(404, "not-found", f"document {number} of job {job_id} has no page {page}")
     # A job's document never changes once stored: the browser may keep the picture (privately).
     # X-Page-Count tells the console how many thumbnails to ask for.
-    return Response(png, media_type="image/png",
-                    headers={"Cache-Control": "private, max-age=3600", "X-Page-Count": str(count)})
+    return Response(made.png, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600", "X-Page-Count": str(made.pages)})
 
 
 @router.post(f"{API_PREFIX}/jobs/{{job_id}}/cancel", tags=["jobs"])

@@ -5,6 +5,10 @@ separate processes ("spawn": a forked copy of an asyncio process with threads is
 never in the service's event loop or its threads. A semaphore bounds the transforms in flight
 (each holds one page of pixels in memory); a worker that dies (a crash in a C library on a
 hostile document) fails only its own job, and the pool is made again for the next.
+
+PDFium is not thread-safe either, so the console's page thumbnails are drawn here too
+(``thumbnail``), in a pool of their own that the service keeps apart from its transforms: a scan
+that kills its renderer cannot fail a print job's transform.
 """
 
 from __future__ import annotations
@@ -14,21 +18,27 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cloud_service.transform.page import UNPRINTABLE, Layout
 from cloud_service.transform.run import Outcome, transform_file
+from cloud_service.transform.thumbnail import Thumbnail
+from cloud_service.transform.thumbnail import render as render_thumbnail
 
 log = logging.getLogger("cloudimaging.transform")
+T = TypeVar("T")
 
 #: Longest one transform may take before its job is aborted (a 1000-page document at 600 dpi).
 TIMEOUT = 1800.0
 
 
 class Transformer:
-    """Runs transforms in at most ``workers`` processes at a time (made on first use)."""
+    """Runs transforms (and thumbnails: the service keeps a pool of one for those, apart from
+    its documents' transforms) in at most ``workers`` processes at a time (made on first use)."""
 
     def __init__(self, workers: int | None = None, timeout: float = TIMEOUT) -> None:
         self.workers = workers or max(1, min(2, os.cpu_count() or 1))
@@ -52,19 +62,34 @@ class Transformer:
 
     async def run(self, source: Path, source_format: str, target: Path, target_format: str,
                   layout: Layout) -> Outcome:
+        try:
+            return await self._call(transform_file, source, source_format, target, target_format, layout)
+        except TimeoutError:
+            return Outcome(reason=UNPRINTABLE, message=f"the transform took longer than {self.timeout:.0f} s")
+        except BrokenProcessPool:
+            log.error("a transform worker died on a %s document; the pool is made again", source_format)
+            return Outcome(reason=UNPRINTABLE, message="the document crashed the transform")
+
+    async def thumbnail(self, data: bytes, page: int) -> Thumbnail:
+        """Page ``page`` of the PDF ``data`` as a small PNG, drawn in a worker (transform.thumbnail)."""
+        try:
+            return await self._call(render_thumbnail, data, page)
+        except TimeoutError:
+            return Thumbnail(None, 0, f"drawing the page took longer than {self.timeout:.0f} s")
+        except BrokenProcessPool:
+            log.error("a thumbnail worker died on a PDF; the pool is made again")
+            return Thumbnail(None, 0, "the document crashed the renderer")
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker, within the bound and the timeout. A worker that times out or
+        dies takes the pool with it (its other workers are killed) and the next call makes a new one."""
         async with self._semaphore():
-            loop = asyncio.get_running_loop()
-            try:
-                future = loop.run_in_executor(self._executor(), transform_file, source, source_format, target,
-                                              target_format, layout)
+            try:  # a pool already broken refuses the submit itself
+                future = asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
                 return await asyncio.wait_for(future, self.timeout)
-            except TimeoutError:
+            except (TimeoutError, BrokenProcessPool):
                 self._reset()
-                return Outcome(reason=UNPRINTABLE, message=f"the transform took longer than {self.timeout:.0f} s")
-            except BrokenProcessPool:
-                log.error("a transform worker died on a %s document; the pool is made again", source_format)
-                self._reset()
-                return Outcome(reason=UNPRINTABLE, message="the document crashed the transform")
+                raise
 
     def _reset(self) -> None:
         pool, self._pool = self._pool, None
