@@ -2,9 +2,9 @@
 
 ``render`` runs in a worker process of its own ``Transformer`` (``Transformer.thumbnail``), never
 in the service's threads. PDFium is not thread-safe: two threads in it at once, even on two
-documents, fail to load pages, draw the wrong page, or crash the process (pypdfium2 says so, and
-four thumbnails asked for at once did it here). And the PDF came from a device: a crash on a
-hostile one ends a worker, not the service.
+documents, can fail to load a page, draw the wrong one, or crash the process (pypdfium2 says so,
+and six threads drawing at once here did the first two). And the PDF came from a device: a crash
+on a hostile one ends a worker, not the service.
 """
 
 from __future__ import annotations
