@@ -41,8 +41,7 @@ from cloud_service.registration import Registry
 from cloud_service.retention import Sweeper
 from cloud_service.store import JobStore
 from cloud_service.supervisor import Supervisor, SupervisorPolicy
-from cloud_service.transform import thumbnail
-from cloud_service.transform.service import Transformer
+from cloud_service.transform.service import Transformer, thumbnail_pool
 from schemas.messages import JobFetchable, Message
 
 log = logging.getLogger("cloudimaging.service")
@@ -103,7 +102,7 @@ class CloudService:
         self.objects = await self._object_store(signer)
         self.clf = ClfLog(cfg.logs_dir / "access.log")
         self.documents = Documents(self.store, self.objects, cfg.max_document_bytes, cfg.url_ttl, Transformer())
-        self.thumbnails = Transformer(workers=1, timeout=thumbnail.TIMEOUT)  # apart from the transforms
+        self.thumbnails = thumbnail_pool()  # apart from the transforms
         self.devices = DeviceProtocol(self.store, self.documents, self.clf,
                                       max_services=cfg.max_services_per_device,
                                       coalesce_presence=cfg.mqtt_shared_group is None)

@@ -24,8 +24,7 @@ from cloud_service.objects import ObjectStore
 from cloud_service.registration import Registry
 from cloud_service.sessions import COOKIE, CSRF_HEADER, find_session
 from cloud_service.store import JobStore
-from cloud_service.transform import thumbnail
-from cloud_service.transform.service import Transformer
+from cloud_service.transform.service import Transformer, thumbnail_pool
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class Deps:
     #: Each dependency ("database", "broker", "objects") -> "ok" or why not, for /readyz.
     readiness: Callable[[], Awaitable[dict[str, str]]] | None = None
     #: The worker that draws page thumbnails (PDFium, never in the service's own threads).
-    thumbnails: Transformer = field(default_factory=lambda: Transformer(workers=1, timeout=thumbnail.TIMEOUT))
+    thumbnails: Transformer = field(default_factory=thumbnail_pool)
 
 
 async def get_deps(request: Request) -> Deps:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from cloud_service.transform.page import UNPRINTABLE, Layout
 from cloud_service.transform.run import Outcome, transform_file
+from cloud_service.transform.thumbnail import TIMEOUT as THUMBNAIL_TIMEOUT
 from cloud_service.transform.thumbnail import Thumbnail
 from cloud_service.transform.thumbnail import render as render_thumbnail
 
@@ -102,6 +103,11 @@ class Transformer:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def thumbnail_pool() -> Transformer:
+    """The pool that draws page thumbnails: one worker, ``thumbnail.TIMEOUT`` a page."""
+    return Transformer(workers=1, timeout=THUMBNAIL_TIMEOUT)
 
 
 def _quiet_on_interrupt() -> None:
