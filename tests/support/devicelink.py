@@ -171,13 +171,38 @@ class DeviceLink:
         return [m for m in self.up if isinstance(m, kind) and (job_id is None or getattr(m, "job_id", None) == job_id)]
 
     def types(self, job_id: int) -> list[str]:
-        """The job's up messages as 'type[:state]' strings, in order."""
-        return [f"{m.type}:{m.state}" if hasattr(m, "state") else m.type
-                for m in self.up if getattr(m, "job_id", None) == job_id]
+        """The job's up messages as 'type[:state]' strings, in order, each message once.
 
-    def codes(self, job_id: int | None = None) -> list[str]:
-        """The codes of the service's replies (to one job's messages)."""
-        return [r.code for r in self.replies if job_id is None or r.job_id == job_id]
+        A resend (the same message id, sent again when its reply was slow or lost) is the
+        transport's retry, not another report, so it is left out: a reply held past the
+        request timeout on a loaded machine must not change the sequence. Count resends
+        with ``of``, which keeps every send.
+        """
+        seen: set[str] = set()
+        kinds = []
+        for m in self.up:
+            if getattr(m, "job_id", None) != job_id or m.id in seen:
+                continue
+            seen.add(m.id)
+            kinds.append(f"{m.type}:{m.state}" if hasattr(m, "state") else m.type)
+        return kinds
+
+    def codes(self, job_id: int | None = None, resends: bool = True) -> list[str]:
+        """The codes of the service's replies (to one job's messages).
+
+        ``resends=False`` keeps only the first reply to each message: the service answers a
+        resend ``duplicate``, which says the first send was applied, not that it was refused.
+        """
+        seen: set[str] = set()
+        codes = []
+        for r in self.replies:
+            if job_id is not None and r.job_id != job_id:
+                continue
+            if not resends and r.re in seen:
+                continue
+            seen.add(r.re)
+            codes.append(r.code)
+        return codes
 
 
 @dataclass
