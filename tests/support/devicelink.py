@@ -167,8 +167,19 @@ class DeviceLink:
 
     # ------------------------------------------------------------------ reading the traffic
 
-    def of(self, kind: type[Message], job_id: int | None = None) -> list[Any]:
-        return [m for m in self.up if isinstance(m, kind) and (job_id is None or getattr(m, "job_id", None) == job_id)]
+    def of(self, kind: type[Message], job_id: int | None = None, resends: bool = True) -> list[Any]:
+        """The device's messages of one kind (for one job), every send; ``resends=False``
+        keeps each message once (see ``types``)."""
+        seen: set[str] = set()
+        found = []
+        for m in self.up:
+            if not isinstance(m, kind) or (job_id is not None and getattr(m, "job_id", None) != job_id):
+                continue
+            if not resends and m.id in seen:
+                continue
+            seen.add(m.id)
+            found.append(m)
+        return found
 
     def types(self, job_id: int) -> list[str]:
         """The job's up messages as 'type[:state]' strings, in order, each message once.
@@ -178,14 +189,8 @@ class DeviceLink:
         request timeout on a loaded machine must not change the sequence. Count resends
         with ``of``, which keeps every send.
         """
-        seen: set[str] = set()
-        kinds = []
-        for m in self.up:
-            if getattr(m, "job_id", None) != job_id or m.id in seen:
-                continue
-            seen.add(m.id)
-            kinds.append(f"{m.type}:{m.state}" if hasattr(m, "state") else m.type)
-        return kinds
+        return [f"{m.type}:{m.state}" if hasattr(m, "state") else m.type
+                for m in self.of(Message, job_id, resends=False)]
 
     def codes(self, job_id: int | None = None, resends: bool = True) -> list[str]:
         """The codes of the service's replies (to one job's messages).
